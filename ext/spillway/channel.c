@@ -1,0 +1,320 @@
+/*
+ * Channels: the table from channel name to subscribers, and the memory
+ * backend's backlog (a ring of shared frames per channel).
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hub_internal.h"
+
+/* ---- the table --------------------------------------------------------- */
+
+/* FNV-1a over the name, started from a per-process random seed and finished
+ * with a 64-bit avalanche, so chains are not predictable from outside. */
+static uint32_t hash_name(uint64_t seed, const char *s, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ull ^ seed;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 0x100000001b3ull;
+    }
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
+    return (uint32_t)h;
+}
+
+int spillway_chtab_init(spillway_chtab *t)
+{
+    struct timespec ts;
+    t->nbuckets = 64;
+    t->count = 0;
+    t->buckets = calloc(t->nbuckets, sizeof(*t->buckets));
+    if (t->buckets == NULL) return -1;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    t->seed = ((uint64_t)ts.tv_nsec << 32) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 16) ^
+              (uint64_t)(uintptr_t)t;
+    return 0;
+}
+
+static void channel_free(spillway_channel *ch)
+{
+    for (uint32_t i = 0; i < ch->ring_len; i++)
+        spillway_frame_unref(ch->ring[(ch->ring_start + i) % ch->ring_cap]);
+    free(ch->ring);
+    free(ch->subs);
+    free(ch);
+}
+
+void spillway_chtab_free(spillway_chtab *t)
+{
+    for (uint32_t b = 0; b < t->nbuckets; b++) {
+        spillway_channel *ch = t->buckets[b];
+        while (ch != NULL) {
+            spillway_channel *next = ch->hnext;
+            channel_free(ch);
+            ch = next;
+        }
+    }
+    free(t->buckets);
+    t->buckets = NULL;
+    t->nbuckets = 0;
+    t->count = 0;
+}
+
+spillway_channel *spillway_chtab_find(spillway_chtab *t, const char *name, size_t len)
+{
+    uint32_t h = hash_name(t->seed, name, len);
+    for (spillway_channel *ch = t->buckets[h & (t->nbuckets - 1)]; ch != NULL; ch = ch->hnext) {
+        if (ch->hash == h && ch->namelen == len && memcmp(ch->name, name, len) == 0) return ch;
+    }
+    return NULL;
+}
+
+static void grow(spillway_chtab *t)
+{
+    uint32_t n = t->nbuckets * 2;
+    spillway_channel **nb = calloc(n, sizeof(*nb));
+    if (nb == NULL) return; /* keep the longer chains; still correct */
+    for (uint32_t b = 0; b < t->nbuckets; b++) {
+        spillway_channel *ch = t->buckets[b];
+        while (ch != NULL) {
+            spillway_channel *next = ch->hnext;
+            ch->hnext = nb[ch->hash & (n - 1)];
+            nb[ch->hash & (n - 1)] = ch;
+            ch = next;
+        }
+    }
+    free(t->buckets);
+    t->buckets = nb;
+    t->nbuckets = n;
+}
+
+spillway_channel *spillway_chtab_get(spillway_hub *hub, const char *name, size_t len)
+{
+    spillway_chtab *t = &hub->chans;
+    spillway_channel *ch = spillway_chtab_find(t, name, len);
+    uint32_t h;
+
+    if (ch != NULL) return ch;
+    if (len == 0 || len > SPILLWAY_MAX_CHANNEL_LEN) return NULL;
+    ch = calloc(1, sizeof(*ch) + len + 1);
+    if (ch == NULL) return NULL;
+    memcpy(ch->name, name, len);
+    ch->name[len] = '\0';
+    ch->namelen = (uint16_t)len;
+    h = hash_name(t->seed, name, len);
+    ch->hash = h;
+    /* A channel that is new to this table may have lived before and lost
+     * its backlog; assume it lost everything up to the newest id evicted
+     * anywhere (conservative: a resume from before that gets a reset). */
+    ch->trimmed = hub->evicted;
+    ch->hnext = t->buckets[h & (t->nbuckets - 1)];
+    t->buckets[h & (t->nbuckets - 1)] = ch;
+    t->count++;
+    atomic_store_explicit(&hub->st_channels, t->count, memory_order_relaxed);
+    if (t->count > t->nbuckets) grow(t);
+    return ch;
+}
+
+static void lru_unlink(spillway_hub *hub, spillway_channel *ch)
+{
+    if (ch->lprev != NULL) ch->lprev->lnext = ch->lnext;
+    else if (hub->lru_head == ch) hub->lru_head = ch->lnext;
+    else return; /* not linked */
+    if (ch->lnext != NULL) ch->lnext->lprev = ch->lprev;
+    else hub->lru_tail = ch->lprev;
+    ch->lprev = ch->lnext = NULL;
+    hub->lru_count--;
+}
+
+/* Drops the backlog of the least recently published channel. */
+static void evict_oldest(spillway_hub *hub)
+{
+    spillway_channel *ch = hub->lru_head;
+    lru_unlink(hub, ch);
+    hub->evicted = spillway_id_max(hub->evicted, ch->last);
+    spillway_backlog_clear(hub, ch);
+    spillway_channel_maybe_release(hub, ch);
+}
+
+/* Removes the channel from the table and frees it. The caller makes sure no
+ * connection and no pending Redis command refers to it. */
+void spillway_channel_drop(spillway_hub *hub, spillway_channel *ch)
+{
+    spillway_chtab *t = &hub->chans;
+    spillway_channel **pp = &t->buckets[ch->hash & (t->nbuckets - 1)];
+
+    while (*pp != NULL && *pp != ch) pp = &(*pp)->hnext;
+    if (*pp == ch) *pp = ch->hnext;
+    t->count--;
+    atomic_store_explicit(&hub->st_channels, t->count, memory_order_relaxed);
+    if (hub->redis == NULL) lru_unlink(hub, ch);
+    if (!spillway_id_is_zero(ch->last)) hub->evicted = spillway_id_max(hub->evicted, ch->last);
+    spillway_backlog_clear(hub, ch);
+    channel_free(ch);
+}
+
+/* Called when a channel may have become useless: no subscribers left, or
+ * its backlog went away. */
+void spillway_channel_maybe_release(spillway_hub *hub, spillway_channel *ch)
+{
+    if (ch->nsubs > 0) return;
+    if (hub->redis != NULL) {
+        spillway_redis_channel_unwanted(hub, ch);
+    } else if (ch->ring_len == 0) {
+        spillway_channel_drop(hub, ch);
+    }
+}
+
+/* ---- subscribers ------------------------------------------------------- */
+
+int spillway_channel_add_sub(spillway_channel *ch, spillway_conn *c, uint32_t slot)
+{
+    if (ch->nsubs == ch->capsubs) {
+        uint32_t n = ch->capsubs ? ch->capsubs * 2 : 4;
+        spillway_sub *s = realloc(ch->subs, n * sizeof(*s));
+        if (s == NULL) return -1;
+        ch->subs = s;
+        ch->capsubs = n;
+    }
+    ch->subs[ch->nsubs].conn = c;
+    ch->subs[ch->nsubs].slot = slot;
+    c->mem[slot].ch = ch;
+    c->mem[slot].idx = ch->nsubs;
+    ch->nsubs++;
+    return 0;
+}
+
+/* Swap-remove: the last subscriber moves into the hole and its membership
+ * record learns its new index. */
+void spillway_channel_remove_sub(spillway_hub *hub, spillway_channel *ch, uint32_t idx)
+{
+    uint32_t last = ch->nsubs - 1;
+    if (idx != last) {
+        spillway_sub moved = ch->subs[last];
+        ch->subs[idx] = moved;
+        moved.conn->mem[moved.slot].idx = idx;
+    }
+    ch->nsubs--;
+    if (ch->nsubs == 0 && ch->capsubs > 16) {
+        free(ch->subs);
+        ch->subs = NULL;
+        ch->capsubs = 0;
+    }
+    spillway_channel_maybe_release(hub, ch);
+}
+
+void spillway_channel_fanout(spillway_hub *hub, spillway_channel *ch, spillway_frame *f)
+{
+    if (spillway_id_cmp(f->id, ch->last) > 0) ch->last = f->id;
+    for (uint32_t i = 0; i < ch->nsubs; i++) spillway_conn_deliver(hub, ch->subs[i].conn, f);
+}
+
+/* ---- memory backlog ---------------------------------------------------- */
+
+void spillway_lru_touch(spillway_hub *hub, spillway_channel *ch)
+{
+    ch->touched_ms = hub->now;
+    lru_unlink(hub, ch);
+    ch->lprev = hub->lru_tail;
+    ch->lnext = NULL;
+    if (hub->lru_tail != NULL) hub->lru_tail->lnext = ch;
+    else hub->lru_head = ch;
+    hub->lru_tail = ch;
+    hub->lru_count++;
+    while (hub->lru_count > hub->cfg.max_backlog_channels && hub->lru_head != ch) evict_oldest(hub);
+}
+
+static void backlog_account(spillway_hub *hub, spillway_frame *f, int sign)
+{
+    if (sign > 0) {
+        atomic_fetch_add_explicit(&hub->st_backlog_messages, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&hub->st_backlog_bytes, spillway_frame_size(f),
+                                  memory_order_relaxed);
+    } else {
+        atomic_fetch_sub_explicit(&hub->st_backlog_messages, 1, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&hub->st_backlog_bytes, spillway_frame_size(f),
+                                  memory_order_relaxed);
+    }
+}
+
+int spillway_backlog_push(spillway_hub *hub, spillway_channel *ch, spillway_frame *f)
+{
+    uint32_t limit = hub->cfg.backlog_size;
+
+    if (limit == 0) {
+        /* No backlog: every message is gone as soon as it is sent. */
+        ch->trimmed = spillway_id_max(ch->trimmed, f->id);
+        return 0;
+    }
+    if (ch->ring_len == ch->ring_cap && ch->ring_cap < limit) {
+        uint32_t n = ch->ring_cap ? ch->ring_cap * 2 : 8;
+        spillway_frame **r;
+        if (n > limit) n = limit;
+        r = malloc(n * sizeof(*r));
+        if (r == NULL) return -1;
+        for (uint32_t i = 0; i < ch->ring_len; i++) r[i] = ch->ring[(ch->ring_start + i) % ch->ring_cap];
+        free(ch->ring);
+        ch->ring = r;
+        ch->ring_cap = n;
+        ch->ring_start = 0;
+    }
+    if (ch->ring_len == ch->ring_cap) {
+        spillway_frame *old = ch->ring[ch->ring_start];
+        ch->trimmed = spillway_id_max(ch->trimmed, old->id);
+        backlog_account(hub, old, -1);
+        spillway_frame_unref(old);
+        ch->ring_start = (ch->ring_start + 1) % ch->ring_cap;
+        ch->ring_len--;
+    }
+    ch->ring[(ch->ring_start + ch->ring_len) % ch->ring_cap] = spillway_frame_ref(f);
+    ch->ring_len++;
+    backlog_account(hub, f, +1);
+    return 0;
+}
+
+/* Drops the whole backlog; what it held counts as trimmed. */
+void spillway_backlog_clear(spillway_hub *hub, spillway_channel *ch)
+{
+    for (uint32_t i = 0; i < ch->ring_len; i++) {
+        spillway_frame *f = ch->ring[(ch->ring_start + i) % ch->ring_cap];
+        ch->trimmed = spillway_id_max(ch->trimmed, f->id);
+        backlog_account(hub, f, -1);
+        spillway_frame_unref(f);
+    }
+    free(ch->ring);
+    ch->ring = NULL;
+    ch->ring_cap = ch->ring_len = ch->ring_start = 0;
+}
+
+/* Stores (without new references) the backlog frames newer than `after` in
+ * out (room for ring_len entries); returns how many. */
+size_t spillway_backlog_collect(spillway_channel *ch, spillway_id after, spillway_frame **out)
+{
+    uint32_t lo = 0, hi = ch->ring_len;
+    size_t n = 0;
+    /* The ring is in id order: binary search the first newer entry. */
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        spillway_frame *f = ch->ring[(ch->ring_start + mid) % ch->ring_cap];
+        if (spillway_id_cmp(f->id, after) <= 0) lo = mid + 1;
+        else hi = mid;
+    }
+    for (uint32_t i = lo; i < ch->ring_len; i++) out[n++] = ch->ring[(ch->ring_start + i) % ch->ring_cap];
+    return n;
+}
+
+/* Memory backend housekeeping, about once a second: backlogs whose last
+ * message is older than the TTL are dropped (the LRU list is in order of
+ * last message, so the scan stops at the first young one). */
+void spillway_backlog_sweep(spillway_hub *hub)
+{
+    uint64_t ttl_ms = (uint64_t)hub->cfg.backlog_ttl_s * 1000u;
+    if (ttl_ms == 0) return;
+    while (hub->lru_head != NULL && hub->lru_head->touched_ms + ttl_ms <= hub->now) evict_oldest(hub);
+}

@@ -1,0 +1,473 @@
+/*
+ * Connections: one per open stream. Each holds a ring of references to
+ * shared frames (its outbox) and writes them with one sendmsg() per flush,
+ * every pending frame gathered into the iovec. The outbox is capped in
+ * bytes: a stream over the cap, or one that makes no progress for the write
+ * timeout, is closed at the end of the iteration, never mid-call, and never
+ * slows anyone else.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "hub_internal.h"
+
+#define STAT_ADD(hub, field, n) atomic_fetch_add_explicit(&(hub)->field, (n), memory_order_relaxed)
+#define STAT_SUB(hub, field, n) atomic_fetch_sub_explicit(&(hub)->field, (n), memory_order_relaxed)
+
+/* Bytes an SSE client may send us before we call it abuse and hang up
+ * (a browser sends nothing after its request). */
+#define INBOUND_LIMIT 8192
+
+static void set_socket_options(spillway_hub *hub, spillway_conn *c)
+{
+    int domain = 0, one = 1;
+    socklen_t len = sizeof(domain);
+
+    if (getsockopt(c->h.fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0) return;
+    if (domain != AF_INET && domain != AF_INET6) return;
+    c->flags |= SW_CF_TCP;
+    /* We batch ourselves (one sendmsg per flush); Nagle would only add
+     * latency on top. */
+    setsockopt(c->h.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+#ifdef TCP_USER_TIMEOUT
+    {
+        /* A peer that vanished (no FIN, no RST) leaves our heartbeat
+         * unacknowledged: the kernel drops the connection after this long
+         * instead of retrying for ~15 minutes, so it is released within
+         * two heartbeats. */
+        unsigned int ms = hub->cfg.heartbeat_ms;
+        setsockopt(c->h.fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms));
+    }
+#endif
+}
+
+spillway_conn *spillway_conn_new(spillway_hub *hub, int fd, unsigned flags)
+{
+    struct epoll_event ev;
+    spillway_conn *c = calloc(1, sizeof(*c));
+
+    if (c == NULL) return NULL;
+    c->h.kind = SW_KIND_CONN;
+    c->h.fd = fd;
+    if (flags & SPILLWAY_ATTACH_FALLBACK) c->flags |= SW_CF_FALLBACK;
+    set_socket_options(hub, c);
+
+    /* Edge-triggered, registered once: no epoll_ctl on the hot path. */
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    ev.data.ptr = c;
+    if (epoll_ctl(hub->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+        int e = errno;
+        spillway_hub_error(hub, "spillway_conn_new: epoll_ctl(ADD, fd %d): %s", fd, strerror(e));
+        free(c);
+        errno = e;
+        return NULL;
+    }
+    return c;
+}
+
+/* ---- the outbox -------------------------------------------------------- */
+
+static int ring_push(spillway_frame ***ring, uint32_t *cap, uint32_t *start, uint32_t *len,
+                     spillway_frame *f)
+{
+    if (*len == *cap) {
+        uint32_t n = *cap ? *cap * 2 : 4;
+        spillway_frame **r = malloc(n * sizeof(*r));
+        if (r == NULL) return -1;
+        for (uint32_t i = 0; i < *len; i++) r[i] = (*ring)[(*start + i) % *cap];
+        free(*ring);
+        *ring = r;
+        *cap = n;
+        *start = 0;
+    }
+    (*ring)[(*start + *len) % *cap] = f;
+    (*len)++;
+    return 0;
+}
+
+/* Queues a reference to f (taking a new reference). Returns -1 when the
+ * stream was doomed instead (out of memory, or over its cap). */
+int spillway_conn_push(spillway_hub *hub, spillway_conn *c, spillway_frame *f)
+{
+    if (c->flags & SW_CF_DOOMED) return -1;
+    if (c->out_len == 0) c->progress_ms = hub->now;
+    if ((uint64_t)c->out_bytes + f->len > hub->cfg.outbox_limit) {
+        spillway_conn_doom(hub, c, true);
+        return -1;
+    }
+    if (ring_push(&c->out, &c->out_cap, &c->out_start, &c->out_len, f) != 0) {
+        spillway_hub_error(hub, "spillway_conn_push: out of memory (fd %d)", c->h.fd);
+        spillway_conn_doom(hub, c, false);
+        return -1;
+    }
+    spillway_frame_ref(f);
+    c->out_bytes += f->len;
+    spillway_conn_mark_dirty(hub, c);
+    return 0;
+}
+
+void spillway_conn_mark_dirty(spillway_hub *hub, spillway_conn *c)
+{
+    if (c->flags & (SW_CF_DIRTY | SW_CF_DOOMED)) return;
+    c->flags |= SW_CF_DIRTY;
+    c->lnext = hub->dirty;
+    hub->dirty = c;
+}
+
+static uint32_t held_bytes(const spillway_conn *c)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < c->held_len; i++) n += c->held[i]->len;
+    return n;
+}
+
+/* A message for this stream. Control frames (id zero) always go; message
+ * frames only when newer than what the stream already has, so overlapping
+ * sources (live, backlog, gap repair) never produce a duplicate. */
+void spillway_conn_deliver(spillway_hub *hub, spillway_conn *c, spillway_frame *f)
+{
+    if (c->flags & SW_CF_DOOMED) return;
+    if (c->flags & SW_CF_JOINING) {
+        /* Held until the resume read answers; counts against the cap. */
+        if ((uint64_t)c->out_bytes + held_bytes(c) + f->len > hub->cfg.outbox_limit) {
+            spillway_conn_doom(hub, c, true);
+            return;
+        }
+        if (c->held_len == c->held_cap) {
+            uint32_t n = c->held_cap ? c->held_cap * 2 : 4;
+            spillway_frame **h = realloc(c->held, n * sizeof(*h));
+            if (h == NULL) {
+                spillway_conn_doom(hub, c, false);
+                return;
+            }
+            c->held = h;
+            c->held_cap = n;
+        }
+        c->held[c->held_len++] = spillway_frame_ref(f);
+        return;
+    }
+    if (spillway_id_cmp(f->id, c->last) <= 0) return;
+    if (spillway_conn_push(hub, c, f) == 0) c->last = f->id;
+}
+
+int spillway_frame_cmp_id(const void *a, const void *b)
+{
+    const spillway_frame *fa = *(spillway_frame *const *)a;
+    const spillway_frame *fb = *(spillway_frame *const *)b;
+    return spillway_id_cmp(fa->id, fb->id);
+}
+
+/* The `event: reset` frame: this stream's cursor is older than what the
+ * backlog still holds for the listed channels. Its id moves the client's
+ * cursor to `now`, so a reconnect does not report the same hole again. */
+static spillway_frame *reset_frame(const spillway_conn *c, const bool *reset, spillway_id now)
+{
+    char idtext[SPILLWAY_ID_TEXT_MAX];
+    size_t idlen = spillway_id_format(now, idtext);
+    size_t len = 4 + idlen + 1 + 13 + 22 + 4;
+    spillway_frame *f;
+    char *p;
+
+    for (uint32_t i = 0; i < c->nmem; i++)
+        if (reset[i]) len += c->mem[i].ch->namelen + 3;
+    f = spillway_frame_new(len);
+    if (f == NULL) return NULL;
+    p = f->data;
+    memcpy(p, "id: ", 4), p += 4;
+    memcpy(p, idtext, idlen), p += idlen;
+    memcpy(p, "\nevent: reset\ndata: {\"channels\":[", 33), p += 33;
+    {
+        bool first = true;
+        for (uint32_t i = 0; i < c->nmem; i++) {
+            if (!reset[i]) continue;
+            if (!first) *p++ = ',';
+            first = false;
+            *p++ = '"';
+            memcpy(p, c->mem[i].ch->name, c->mem[i].ch->namelen);
+            p += c->mem[i].ch->namelen;
+            *p++ = '"';
+        }
+    }
+    memcpy(p, "]}\n\n", 4), p += 4;
+    f->len = (uint32_t)(p - f->data);
+    f->id = now;
+    return f;
+}
+
+/*
+ * Completes a join. The caller has set c->last to the stream's starting
+ * point (its cursor). frames (sorted by id, newer than the cursor) are what the
+ * stream missed; reset[i] is set for each membership slot whose backlog does
+ * not reach back to the cursor; now is the newest id at the time of the read.
+ * Then whatever arrived live while joining follows, minus duplicates.
+ */
+void spillway_conn_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **frames, size_t n,
+                          const bool *reset, spillway_id now)
+{
+    bool any_reset = false;
+    spillway_frame **held = c->held;
+    uint32_t held_len = c->held_len;
+
+    c->flags &= ~SW_CF_JOINING;
+    c->held = NULL;
+    c->held_len = c->held_cap = 0;
+
+    for (size_t i = 0; i < n; i++) spillway_conn_deliver(hub, c, frames[i]);
+    for (uint32_t i = 0; reset != NULL && i < c->nmem; i++) any_reset |= reset[i];
+    if (any_reset) {
+        spillway_frame *rf = reset_frame(c, reset, spillway_id_max(now, c->last));
+        STAT_ADD(hub, st_resets, 1);
+        if (rf != NULL) {
+            if (spillway_conn_push(hub, c, rf) == 0) c->last = rf->id;
+            spillway_frame_unref(rf);
+        }
+    }
+    c->last = spillway_id_max(c->last, now);
+    for (uint32_t i = 0; i < held_len; i++) {
+        spillway_conn_deliver(hub, c, held[i]);
+        spillway_frame_unref(held[i]);
+    }
+    free(held);
+}
+
+/* A reset for a live stream (gap repair could not reach back far enough
+ * for the flagged channels). */
+void spillway_conn_send_reset(spillway_hub *hub, spillway_conn *c, const bool *reset,
+                              spillway_id now)
+{
+    spillway_frame *rf = reset_frame(c, reset, spillway_id_max(now, c->last));
+    STAT_ADD(hub, st_resets, 1);
+    if (rf == NULL) return;
+    if (spillway_conn_push(hub, c, rf) == 0) c->last = rf->id;
+    spillway_frame_unref(rf);
+}
+
+/* ---- writing ----------------------------------------------------------- */
+
+/* Writes as much of the outbox as the socket takes: one sendmsg per batch of
+ * up to SPILLWAY_IOV_BATCH frames. Errors doom the stream. */
+void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
+{
+    while (c->out_len > 0 && !(c->flags & (SW_CF_DOOMED | SW_CF_BLOCKED))) {
+        struct msghdr msg;
+        uint32_t cnt = SW_MIN(c->out_len, (uint32_t)SPILLWAY_IOV_BATCH);
+        size_t want = 0;
+        ssize_t n;
+        uint64_t frames_done = 0;
+
+        for (uint32_t i = 0; i < cnt; i++) {
+            spillway_frame *f = c->out[(c->out_start + i) % c->out_cap];
+            uint32_t off = i == 0 ? c->out_off : 0;
+            hub->iov[i].iov_base = f->data + off;
+            hub->iov[i].iov_len = f->len - off;
+            want += f->len - off;
+        }
+        memset(&msg, 0, sizeof(msg));
+        msg.msg_iov = hub->iov;
+        msg.msg_iovlen = cnt;
+        do {
+            n = sendmsg(c->h.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        } while (n < 0 && errno == EINTR);
+        if (n < 0) {
+            int e = errno;
+            if (e == EAGAIN || e == EWOULDBLOCK) {
+                c->flags |= SW_CF_BLOCKED;
+                return;
+            }
+            /* EPIPE, ECONNRESET, ETIMEDOUT (TCP_USER_TIMEOUT): gone. */
+            sw_debug("sendmsg(fd %d): %s", c->h.fd, strerror(e));
+            spillway_conn_doom(hub, c, false);
+            return;
+        }
+        STAT_ADD(hub, st_bytes_out, (uint64_t)n);
+        c->progress_ms = hub->now;
+        c->out_bytes -= (uint32_t)n;
+        {
+            size_t left = (size_t)n;
+            while (c->out_len > 0) {
+                spillway_frame *f = c->out[c->out_start];
+                size_t rest = f->len - c->out_off;
+                if (left < rest) {
+                    c->out_off += (uint32_t)left;
+                    break;
+                }
+                left -= rest;
+                c->out_off = 0;
+                c->out_start = (c->out_start + 1) % c->out_cap;
+                c->out_len--;
+                if (!spillway_id_is_zero(f->id)) frames_done++;
+                spillway_frame_unref(f);
+            }
+        }
+        if (frames_done > 0) STAT_ADD(hub, st_delivered, frames_done);
+        if ((size_t)n < want) {
+            /* A short write: the socket buffer is full. With edge-triggered
+             * epoll, EPOLLOUT arrives once it drains. */
+            c->flags |= SW_CF_BLOCKED;
+            return;
+        }
+    }
+    if (c->out_len == 0 && c->out_cap > 64) {
+        /* A burst made the ring big; give the memory back while idle. */
+        free(c->out);
+        c->out = NULL;
+        c->out_cap = c->out_start = 0;
+    }
+}
+
+void spillway_conn_on_event(spillway_hub *hub, spillway_conn *c, uint32_t events)
+{
+    if (c->flags & (SW_CF_DOOMED | SW_CF_ZOMBIE)) return;
+    if (events & (EPOLLERR | EPOLLHUP)) {
+        spillway_conn_doom(hub, c, false);
+        return;
+    }
+    if (events & (EPOLLIN | EPOLLRDHUP)) {
+        char buf[1024];
+        size_t total = 0;
+        for (;;) {
+            ssize_t n = recv(c->h.fd, buf, sizeof(buf), MSG_DONTWAIT);
+            if (n > 0) {
+                total += (size_t)n;
+                if (total > INBOUND_LIMIT) {
+                    spillway_conn_doom(hub, c, false);
+                    return;
+                }
+                continue;
+            }
+            if (n == 0) {
+                spillway_conn_doom(hub, c, false);
+                return;
+            }
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                spillway_conn_doom(hub, c, false);
+                return;
+            }
+            break;
+        }
+        if (events & EPOLLRDHUP) {
+            spillway_conn_doom(hub, c, false);
+            return;
+        }
+    }
+    if (events & EPOLLOUT) {
+        c->flags &= ~SW_CF_BLOCKED;
+        if (c->out_len > 0) spillway_conn_flush(hub, c);
+    }
+}
+
+/* ---- closing ----------------------------------------------------------- */
+
+void spillway_conn_doom(spillway_hub *hub, spillway_conn *c, bool slow)
+{
+    if (c->flags & SW_CF_DOOMED) return;
+    c->flags |= SW_CF_DOOMED;
+    if (slow) {
+        c->flags |= SW_CF_SLOW;
+        STAT_ADD(hub, st_dropped_slow, 1);
+    }
+    c->dnext = hub->doomed;
+    hub->doomed = c;
+}
+
+/* Frees the memory of a closed stream (now, or when its last Redis request
+ * answers). */
+void spillway_conn_release(spillway_hub *hub, spillway_conn *c)
+{
+    SW_UNUSED(hub);
+    if (c->inflight > 0) {
+        c->flags |= SW_CF_ZOMBIE;
+        return;
+    }
+    free(c);
+}
+
+/* Closes the socket and leaves every channel. Runs at the end of an
+ * iteration, for the doomed list, or at stop. */
+void spillway_conn_close(spillway_hub *hub, spillway_conn *c)
+{
+    spillway_wheel_remove(hub, c);
+    for (uint32_t i = c->nmem; i-- > 0;) {
+        spillway_member m = c->mem[i];
+        if (m.ch != NULL) spillway_channel_remove_sub(hub, m.ch, m.idx);
+    }
+    free(c->mem);
+    c->mem = NULL;
+    c->nmem = 0;
+    while (c->out_len > 0) {
+        spillway_frame_unref(c->out[c->out_start]);
+        c->out_start = (c->out_start + 1) % c->out_cap;
+        c->out_len--;
+    }
+    free(c->out);
+    c->out = NULL;
+    for (uint32_t i = 0; i < c->held_len; i++) spillway_frame_unref(c->held[i]);
+    free(c->held);
+    c->held = NULL;
+    c->held_len = 0;
+    /* close() also removes the fd from the epoll set: we hold its only copy. */
+    close(c->h.fd);
+    c->h.fd = -1;
+    if (c->flags & SW_CF_FALLBACK) STAT_SUB(hub, st_fallback, 1);
+    STAT_ADD(hub, st_closed, 1);
+    atomic_fetch_sub_explicit(&hub->reserved, 1, memory_order_relaxed);
+    spillway_conn_release(hub, c);
+}
+
+/* ---- the heartbeat wheel ----------------------------------------------- */
+/*
+ * A wheel of SLOTS lists that turns once per heartbeat period. A stream sits
+ * in one slot for its whole life, so every stream gets a heartbeat exactly
+ * once per period, spread evenly over the period, with O(1) insert and
+ * remove and no per-stream timer.
+ */
+
+void spillway_wheel_insert(spillway_hub *hub, spillway_conn *c)
+{
+    /* The slot processed last in this turn: the first heartbeat comes one
+     * period after the stream opened. */
+    uint32_t slot = (hub->wheel_pos + hub->wheel_slots - 1) % hub->wheel_slots;
+    c->wslot = slot;
+    c->wprev = NULL;
+    c->wnext = hub->wheel[slot];
+    if (c->wnext != NULL) c->wnext->wprev = c;
+    hub->wheel[slot] = c;
+}
+
+void spillway_wheel_remove(spillway_hub *hub, spillway_conn *c)
+{
+    if (c->wprev != NULL) c->wprev->wnext = c->wnext;
+    else if (hub->wheel[c->wslot] == c) hub->wheel[c->wslot] = c->wnext;
+    else return;
+    if (c->wnext != NULL) c->wnext->wprev = c->wprev;
+    c->wprev = c->wnext = NULL;
+}
+
+/* Processes the slots that are due. */
+void spillway_wheel_tick(spillway_hub *hub)
+{
+    uint64_t tick_ms = SW_MAX(1u, hub->cfg.heartbeat_ms / hub->wheel_slots);
+    uint32_t budget = hub->wheel_slots;
+
+    while (hub->now >= hub->wheel_next_ms && budget-- > 0) {
+        for (spillway_conn *c = hub->wheel[hub->wheel_pos]; c != NULL; c = c->wnext) {
+            if (c->out_len > 0 && hub->now - c->progress_ms >= hub->cfg.write_timeout_ms) {
+                /* Bytes pending and none written for the whole timeout: the
+                 * client stopped reading. */
+                spillway_conn_doom(hub, c, true);
+                continue;
+            }
+            spillway_conn_push(hub, c, hub->f_heartbeat);
+        }
+        hub->wheel_pos = (hub->wheel_pos + 1) % hub->wheel_slots;
+        hub->wheel_next_ms += tick_ms;
+    }
+    if (hub->now >= hub->wheel_next_ms) hub->wheel_next_ms = hub->now + tick_ms;
+}

@@ -1,0 +1,54 @@
+# frozen_string_literal: true
+
+require "mkmf"
+
+# Build switches (environment):
+#   SPILLWAY_WERROR=1     turn warnings into errors (CI)
+#   SPILLWAY_SANITIZE=... build with -fsanitize=... (e.g. address,undefined)
+#   SPILLWAY_DEBUG=1      debug output from the C core, -O0 -g3
+#   --with-hiredis-dir=/opt/hiredis   a hiredis outside the system paths
+
+dir_config("hiredis")
+
+INSTALL_HINT = <<~MSG
+
+  Spillway needs the hiredis C library and its headers (0.14 or 1.x).
+    Debian/Ubuntu:  sudo apt-get install libhiredis-dev
+    Fedora/RHEL:    sudo dnf install hiredis-devel
+    Alpine:         apk add hiredis-dev
+    macOS:          brew install hiredis
+  or point at your own build:  gem install spillway -- --with-hiredis-dir=/path/to/hiredis
+
+MSG
+
+unless RUBY_PLATFORM.include?("linux")
+  abort "\nSpillway's native hub uses epoll and eventfd and builds on Linux only (this is #{RUBY_PLATFORM}).\n"
+end
+
+found = pkg_config("hiredis")
+found ||= have_library("hiredis", "redisReaderCreateWithFunctions", ["hiredis/hiredis.h"]) ||
+          have_library("hiredis", "redisReaderCreateWithFunctions", ["hiredis.h"])
+abort INSTALL_HINT unless found
+# A real link check even when pkg-config answered: the .pc file may exist
+# without the library (a broken -dev install).
+unless have_func("redisReaderCreateWithFunctions", ["hiredis/hiredis.h"]) ||
+       have_func("redisReaderCreateWithFunctions", ["hiredis.h"])
+  abort INSTALL_HINT
+end
+have_header("hiredis/hiredis.h") || have_header("hiredis.h") || abort(INSTALL_HINT)
+
+have_header("sys/epoll.h") || abort("sys/epoll.h is missing")
+have_header("sys/eventfd.h") || abort("sys/eventfd.h is missing")
+have_library("pthread")
+
+$CFLAGS << " -std=gnu11 -Wall -Wextra -fvisibility=hidden -D_GNU_SOURCE"
+$CFLAGS << " -Werror" if ENV["SPILLWAY_WERROR"] == "1"
+if ENV["SPILLWAY_DEBUG"] == "1"
+  $CFLAGS << " -O0 -g3 -DSPILLWAY_DEBUG=1"
+end
+if (san = ENV["SPILLWAY_SANITIZE"]) && !san.empty?
+  $CFLAGS << " -fsanitize=#{san} -fno-omit-frame-pointer"
+  $LDFLAGS << " -fsanitize=#{san}"
+end
+
+create_makefile("spillway/spillway_ext")

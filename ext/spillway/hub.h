@@ -1,0 +1,157 @@
+/*
+ * The native hub: one background thread per process running an epoll loop
+ * that owns every client socket, the channel table, the memory backlog and
+ * the Redis links. This header is the interface the Ruby binding uses; every
+ * function here may be called from any thread unless it says otherwise.
+ *
+ * Threads: the functions below never touch reactor state directly. They
+ * either push a command through the bounded queue (attach, publish) or read
+ * atomics (stats). Only the reactor thread touches sockets, channels and
+ * frames after a hand-over.
+ */
+#ifndef SPILLWAY_HUB_H
+#define SPILLWAY_HUB_H
+
+#include <sys/types.h>
+
+#include "common.h"
+#include "id.h"
+
+typedef struct spillway_hub spillway_hub;
+
+/* Connection to Redis (all strings are copied by spillway_hub_new). */
+typedef struct spillway_redis_config {
+    const char *host;     /* NULL: no Redis, the memory backend */
+    int port;
+    const char *path;     /* unix socket path instead of host/port */
+    const char *username; /* ACL user (NULL: none) */
+    const char *password; /* NULL: no AUTH */
+    int db;               /* database of the backlog keys */
+    const char *ns;       /* key and channel namespace, "spillway" */
+    uint32_t connect_timeout_ms;
+    uint32_t command_timeout_ms;
+    uint32_t health_interval_ms; /* PING the subscriber link this often */
+    uint32_t backlog_size;       /* MAXLEN of a channel's stream */
+    uint32_t backlog_ttl_s;      /* EXPIRE of a channel's stream, 0: none */
+    uint32_t async_limit;        /* async publishes waiting for Redis at most */
+    uint32_t unsubscribe_linger_ms;
+} spillway_redis_config;
+
+typedef struct spillway_config {
+    uint32_t heartbeat_ms;          /* comment to every stream this often */
+    uint32_t retry_ms;              /* the `retry:` hint sent to browsers */
+    uint32_t max_connections;       /* streams per process */
+    uint32_t max_channels_per_conn; /* channels per stream */
+    uint32_t outbox_limit;          /* bytes queued for one stream before it is dropped */
+    uint32_t write_timeout_ms;      /* pending bytes that make no progress this long: dropped */
+    uint32_t backlog_size;          /* memory backend: messages kept per channel */
+    uint32_t backlog_ttl_s;         /* memory backend: kept this long after the last message, 0: forever */
+    uint32_t max_backlog_channels;  /* memory backend: channels with a backlog, LRU beyond */
+    uint32_t queue_limit;           /* commands waiting for the reactor */
+    const char *extra_headers;      /* raw "Name: value\r\n" lines added to the head, or NULL */
+    spillway_redis_config redis;
+} spillway_config;
+
+typedef struct spillway_stats {
+    uint64_t connections;      /* open streams (including ones being handed over) */
+    uint64_t channels;         /* channels with subscribers or a backlog */
+    uint64_t published;        /* messages that entered this hub (memory or Redis) */
+    uint64_t delivered;        /* message frames fully written to sockets */
+    uint64_t dropped_slow;     /* streams closed for exceeding the outbox or write timeout */
+    uint64_t bytes_out;        /* bytes written to stream sockets */
+    uint64_t accepted;         /* streams handed to the hub since start */
+    uint64_t closed;           /* streams released since start */
+    uint64_t fallback_streams; /* open streams that go through a Ruby pump (TLS, no hijack) */
+    uint64_t fallback_total;
+    uint64_t resumes;          /* streams that came back with a cursor */
+    uint64_t resets;           /* `event: reset` sent (backlog did not reach the cursor) */
+    uint64_t backlog_messages; /* memory backend: frames kept in backlogs */
+    uint64_t backlog_bytes;
+    uint64_t redis_connected;  /* 1 when both Redis links are up */
+    uint64_t redis_reconnects;
+    uint64_t redis_messages;   /* pub/sub messages read from Redis */
+    uint64_t gap_repairs;      /* backlog reads after a reconnect */
+    uint64_t async_pending;    /* async publishes not yet acknowledged by Redis */
+    uint64_t async_failed;
+    uint64_t errors;           /* error events recorded (see last_error) */
+    uint64_t loop_iterations;
+    char last_error[256];
+} spillway_stats;
+
+/* Flags of spillway_hub_attach. */
+#define SPILLWAY_ATTACH_HEAD 1u     /* the hub writes the HTTP head (full hijack) */
+#define SPILLWAY_ATTACH_FALLBACK 2u /* the socket is a pair pumped by a Ruby thread */
+
+/*
+ * Creates the hub and starts its thread. 0 and *out, or -errno with a message
+ * in err (the function, the syscall, the reason).
+ */
+int spillway_hub_new(const spillway_config *cfg, spillway_hub **out, char *err, size_t errlen);
+
+/*
+ * Admission, before the hijack: takes one of max_connections places. 0, or
+ * -EBUSY when full. Every successful reserve is followed by exactly one
+ * attach or one unreserve.
+ */
+int spillway_hub_reserve(spillway_hub *hub);
+void spillway_hub_unreserve(spillway_hub *hub);
+
+/*
+ * Hands a stream to the hub. fd must be non-blocking and close-on-exec; on
+ * success the hub owns it, on failure the caller still does (and still holds
+ * its reservation). channels are validated names (the caller checks names
+ * and counts; the hub checks them again). cursor is the Last-Event-ID text
+ * (NULL: none; text that is not an id makes the stream start with a reset).
+ */
+int spillway_hub_attach(spillway_hub *hub, int fd, unsigned flags, const char *const *channels,
+                        const size_t *lens, size_t n, const char *cursor, size_t cursorlen,
+                        char *err, size_t errlen);
+
+/*
+ * Memory backend: publishes one message in this process. The frame is
+ * encoded here, on the calling thread; the id is assigned under the queue
+ * lock so that ids and queue order agree. Writes the id into idbuf
+ * (SPILLWAY_ID_TEXT_MAX). 0 or -errno with err filled.
+ */
+int spillway_hub_publish(spillway_hub *hub, const char *channel, size_t chlen, const char *event,
+                         size_t evlen, const char *data, size_t datalen, char *idbuf, char *err,
+                         size_t errlen);
+
+/*
+ * Redis backend: queues a publish for the hub's command link (pipelined
+ * EVALSHA). 0, -EAGAIN when async_limit publishes are already waiting, or
+ * -errno. *seq receives a ticket for spillway_hub_flush.
+ */
+int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t chlen,
+                               const char *event, size_t evlen, const char *data,
+                               size_t datalen, uint64_t *seq, char *err, size_t errlen);
+
+/* Blocks until every async publish queued before the call has been
+ * acknowledged by Redis or failed, or timeout_ms passed. 0 or -ETIMEDOUT.
+ * Blocking: call it without the GVL. */
+int spillway_hub_flush(spillway_hub *hub, uint32_t timeout_ms);
+/* Wakes a blocked spillway_hub_flush (the binding's unblock function). */
+void spillway_hub_flush_interrupt(spillway_hub *hub);
+
+void spillway_hub_stats(spillway_hub *hub, spillway_stats *out);
+
+/* Heap bytes the hub holds (for ObjectSpace.memsize_of); approximate. */
+size_t spillway_hub_memsize(const spillway_hub *hub);
+
+/*
+ * Stops: every stream gets a final retry hint and is closed, the Redis links
+ * close, the thread exits. Waits up to timeout_ms for the thread; 0 or
+ * -ETIMEDOUT (the thread then frees nothing and is left to finish).
+ * Blocking: call it without the GVL.
+ */
+int spillway_hub_stop(spillway_hub *hub, uint32_t timeout_ms);
+
+/* Frees a stopped hub (or a hub abandoned in a fork child: then only the
+ * handle itself). */
+void spillway_hub_free(spillway_hub *hub);
+
+/* The pid that created the hub: in any other process the hub is dead. */
+pid_t spillway_hub_owner(const spillway_hub *hub);
+bool spillway_hub_running(const spillway_hub *hub);
+
+#endif

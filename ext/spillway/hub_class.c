@@ -1,0 +1,448 @@
+/*
+ * Spillway::Native::Hub: the Ruby face of the native hub (hub.h).
+ * Every method runs on a Ruby thread; the hub's own thread never calls
+ * into Ruby.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "binding.h"
+#include "hub.h"
+#include "sse.h"
+
+static VALUE cHub;
+
+typedef struct hub_wrap {
+    spillway_hub *hub;
+} hub_wrap;
+
+static void hub_wrap_free(void *p)
+{
+    hub_wrap *w = p;
+    if (w->hub != NULL) {
+        /* dfree never blocks: a running hub is asked to stop without
+         * waiting; if its thread has not finished, the hub is left to it. */
+        if (spillway_hub_owner(w->hub) == getpid() && spillway_hub_running(w->hub)) {
+            if (spillway_hub_stop(w->hub, 0) == 0) spillway_hub_free(w->hub);
+        } else {
+            spillway_hub_stop(w->hub, 0);
+            spillway_hub_free(w->hub);
+        }
+    }
+    xfree(w);
+}
+
+static size_t hub_wrap_size(const void *p)
+{
+    const hub_wrap *w = p;
+    return sizeof(*w) + (w->hub ? spillway_hub_memsize(w->hub) : 0);
+}
+
+static const rb_data_type_t hub_type = {
+    .wrap_struct_name = "Spillway::Native::Hub",
+    .function = {
+        .dmark = NULL,
+        .dfree = hub_wrap_free,
+        .dsize = hub_wrap_size,
+    },
+    .flags = RUBY_TYPED_FREE_IMMEDIATELY,
+};
+
+static VALUE hub_alloc(VALUE klass)
+{
+    hub_wrap *w;
+    VALUE obj = TypedData_Make_Struct(klass, hub_wrap, &hub_type, w);
+    w->hub = NULL;
+    return obj;
+}
+
+static spillway_hub *get_hub(VALUE self)
+{
+    hub_wrap *w;
+    TypedData_Get_Struct(self, hub_wrap, &hub_type, w);
+    if (w->hub == NULL) rb_raise(spillway_eError, "the hub is not initialized");
+    if (spillway_hub_owner(w->hub) != getpid())
+        rb_raise(spillway_eError, "this hub belongs to process %d, not %d (forked?)",
+                 (int)spillway_hub_owner(w->hub), (int)getpid());
+    return w->hub;
+}
+
+/* ---- options ----------------------------------------------------------- */
+
+static VALUE opt(VALUE opts, const char *key)
+{
+    return rb_hash_aref(opts, ID2SYM(rb_intern(key)));
+}
+
+uint32_t spillway_opt_u32(VALUE opts, const char *key, uint32_t def)
+{
+    VALUE v = opt(opts, key);
+    unsigned long long n;
+    if (NIL_P(v)) return def;
+    n = NUM2ULL(v);
+    if (n > UINT32_MAX) rb_raise(rb_eArgError, "%s is too large (%llu)", key, n);
+    return (uint32_t)n;
+}
+
+int spillway_opt_int(VALUE opts, const char *key, int def)
+{
+    VALUE v = opt(opts, key);
+    return NIL_P(v) ? def : NUM2INT(v);
+}
+
+const char *spillway_opt_str(VALUE opts, const char *key)
+{
+    VALUE v = opt(opts, key);
+    if (NIL_P(v)) return NULL;
+    StringValue(v);
+    return StringValueCStr(v);
+}
+
+void spillway_fill_redis_config(VALUE opts, spillway_redis_config *r);
+void spillway_fill_redis_config(VALUE opts, spillway_redis_config *r)
+{
+    r->host = spillway_opt_str(opts, "redis_host");
+    r->port = spillway_opt_int(opts, "redis_port", 6379);
+    r->path = spillway_opt_str(opts, "redis_path");
+    r->username = spillway_opt_str(opts, "redis_username");
+    r->password = spillway_opt_str(opts, "redis_password");
+    r->db = spillway_opt_int(opts, "redis_db", 0);
+    r->ns = spillway_opt_str(opts, "namespace");
+    r->connect_timeout_ms = spillway_opt_u32(opts, "connect_timeout_ms", 1000);
+    r->command_timeout_ms = spillway_opt_u32(opts, "command_timeout_ms", 1000);
+    r->health_interval_ms = spillway_opt_u32(opts, "health_interval_ms", 5000);
+    r->backlog_size = spillway_opt_u32(opts, "backlog_size", 1000);
+    r->backlog_ttl_s = spillway_opt_u32(opts, "backlog_ttl", 86400);
+    r->async_limit = spillway_opt_u32(opts, "async_limit", 10000);
+    r->unsubscribe_linger_ms = spillway_opt_u32(opts, "unsubscribe_linger_ms", 1000);
+}
+
+/* Hub.new(options) — options are checked and defaulted by
+ * Spillway::Configuration; this only converts them. */
+static VALUE hub_initialize(VALUE self, VALUE opts)
+{
+    hub_wrap *w;
+    spillway_config cfg;
+    char err[256] = "";
+    int rc;
+
+    Check_Type(opts, T_HASH);
+    TypedData_Get_Struct(self, hub_wrap, &hub_type, w);
+    if (w->hub != NULL) rb_raise(spillway_eError, "already initialized");
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.heartbeat_ms = spillway_opt_u32(opts, "heartbeat_ms", 15000);
+    cfg.retry_ms = spillway_opt_u32(opts, "retry_ms", 2000);
+    cfg.max_connections = spillway_opt_u32(opts, "max_connections", 10000);
+    cfg.max_channels_per_conn = spillway_opt_u32(opts, "max_channels_per_connection", 32);
+    cfg.outbox_limit = spillway_opt_u32(opts, "outbox_limit", 1u << 20);
+    cfg.write_timeout_ms = spillway_opt_u32(opts, "write_timeout_ms", 30000);
+    cfg.backlog_size = spillway_opt_u32(opts, "backlog_size", 1000);
+    cfg.backlog_ttl_s = spillway_opt_u32(opts, "backlog_ttl", 86400);
+    cfg.max_backlog_channels = spillway_opt_u32(opts, "max_backlog_channels", 100000);
+    cfg.queue_limit = spillway_opt_u32(opts, "queue_limit", 65536);
+    cfg.extra_headers = spillway_opt_str(opts, "extra_headers");
+    spillway_fill_redis_config(opts, &cfg.redis);
+
+    rc = spillway_hub_new(&cfg, &w->hub, err, sizeof(err));
+    RB_GC_GUARD(opts);
+    if (rc != 0) {
+        w->hub = NULL;
+        if (rc == -EINVAL) rb_raise(rb_eArgError, "%s", err);
+        rb_raise(spillway_eError, "%s", err);
+    }
+    return self;
+}
+
+/* ---- streams ----------------------------------------------------------- */
+
+static VALUE hub_reserve(VALUE self)
+{
+    return spillway_hub_reserve(get_hub(self)) == 0 ? Qtrue : Qfalse;
+}
+
+static VALUE hub_unreserve(VALUE self)
+{
+    spillway_hub_unreserve(get_hub(self));
+    return Qnil;
+}
+
+static int io_fd(VALUE io)
+{
+    if (RB_INTEGER_TYPE_P(io)) return NUM2INT(io);
+    return NUM2INT(rb_funcall(io, rb_intern("fileno"), 0));
+}
+
+/*
+ * hub.attach(io, channels, cursor, flags) — takes a duplicate of io's
+ * descriptor (close-on-exec, non-blocking) and hands it to the hub, with the
+ * reservation made by #reserve. The caller closes io afterwards; the hub's
+ * copy lives on.
+ */
+static VALUE hub_attach(VALUE self, VALUE io, VALUE channels, VALUE cursor, VALUE vflags)
+{
+    spillway_hub *hub = get_hub(self);
+    long n;
+    const char **names;
+    size_t *lens;
+    char err[256] = "";
+    int fd, dupfd, fl, rc;
+
+    Check_Type(channels, T_ARRAY);
+    n = RARRAY_LEN(channels);
+    if (n <= 0 || n > 1024) rb_raise(rb_eArgError, "between 1 and 1024 channels, got %ld", n);
+    if (!NIL_P(cursor)) StringValue(cursor);
+    names = ALLOCA_N(const char *, n);
+    lens = ALLOCA_N(size_t, n);
+    for (long i = 0; i < n; i++) {
+        VALUE s = RARRAY_AREF(channels, i);
+        StringValue(s);
+        names[i] = RSTRING_PTR(s);
+        lens[i] = (size_t)RSTRING_LEN(s);
+    }
+
+    fd = io_fd(io);
+    dupfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    if (dupfd < 0) rb_sys_fail("Spillway::Native::Hub#attach: fcntl(F_DUPFD_CLOEXEC)");
+    fl = fcntl(dupfd, F_GETFL);
+    if (fl < 0 || fcntl(dupfd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        int e = errno;
+        close(dupfd);
+        errno = e;
+        rb_sys_fail("Spillway::Native::Hub#attach: fcntl(F_SETFL, O_NONBLOCK)");
+    }
+    rc = spillway_hub_attach(hub, dupfd, NUM2UINT(vflags), names, lens, (size_t)n,
+                             NIL_P(cursor) ? NULL : RSTRING_PTR(cursor),
+                             NIL_P(cursor) ? 0 : (size_t)RSTRING_LEN(cursor), err, sizeof(err));
+    RB_GC_GUARD(channels);
+    RB_GC_GUARD(cursor);
+    if (rc != 0) {
+        close(dupfd);
+        if (rc == -EINVAL) rb_raise(rb_eArgError, "%s", err);
+        rb_raise(spillway_eError, "%s", err);
+    }
+    return Qnil;
+}
+
+/* ---- publishing -------------------------------------------------------- */
+
+static void raise_publish(int rc, const char *err)
+{
+    if (rc == -EINVAL) rb_raise(rb_eArgError, "%s", err);
+    if (rc == -EAGAIN) rb_raise(spillway_eQueueFull, "%s", err);
+    rb_raise(spillway_eError, "%s", err);
+}
+
+/* hub.publish(channel, data, event) -> id (memory backend) */
+static VALUE hub_publish(VALUE self, VALUE channel, VALUE data, VALUE event)
+{
+    spillway_hub *hub = get_hub(self);
+    char id[SPILLWAY_ID_TEXT_MAX], err[256] = "";
+    int rc;
+
+    StringValue(channel);
+    StringValue(data);
+    if (!NIL_P(event)) StringValue(event);
+    rc = spillway_hub_publish(hub, RSTRING_PTR(channel), (size_t)RSTRING_LEN(channel),
+                              NIL_P(event) ? NULL : RSTRING_PTR(event),
+                              NIL_P(event) ? 0 : (size_t)RSTRING_LEN(event), RSTRING_PTR(data),
+                              (size_t)RSTRING_LEN(data), id, err, sizeof(err));
+    RB_GC_GUARD(channel);
+    RB_GC_GUARD(data);
+    RB_GC_GUARD(event);
+    if (rc != 0) raise_publish(rc, err);
+    return rb_str_new_cstr(id);
+}
+
+/* hub.publish_async(channel, data, event) -> ticket (Redis backend) */
+static VALUE hub_publish_async(VALUE self, VALUE channel, VALUE data, VALUE event)
+{
+    spillway_hub *hub = get_hub(self);
+    char err[256] = "";
+    uint64_t seq = 0;
+    int rc;
+
+    StringValue(channel);
+    StringValue(data);
+    if (!NIL_P(event)) StringValue(event);
+    rc = spillway_hub_publish_async(hub, RSTRING_PTR(channel), (size_t)RSTRING_LEN(channel),
+                                    NIL_P(event) ? NULL : RSTRING_PTR(event),
+                                    NIL_P(event) ? 0 : (size_t)RSTRING_LEN(event),
+                                    RSTRING_PTR(data), (size_t)RSTRING_LEN(data), &seq, err,
+                                    sizeof(err));
+    RB_GC_GUARD(channel);
+    RB_GC_GUARD(data);
+    RB_GC_GUARD(event);
+    if (rc != 0) raise_publish(rc, err);
+    return ULL2NUM(seq);
+}
+
+struct flush_args {
+    spillway_hub *hub;
+    uint32_t timeout_ms;
+    int rc;
+};
+
+static void *flush_nogvl(void *p)
+{
+    struct flush_args *a = p;
+    a->rc = spillway_hub_flush(a->hub, a->timeout_ms);
+    return NULL;
+}
+
+static void flush_ubf(void *p)
+{
+    spillway_hub_flush_interrupt(p);
+}
+
+/* hub.flush(timeout_seconds) -> true when every async publish made before
+ * the call is acknowledged, false on timeout. */
+static VALUE hub_flush(VALUE self, VALUE timeout)
+{
+    struct flush_args a;
+    a.hub = get_hub(self);
+    a.timeout_ms = (uint32_t)(NUM2DBL(timeout) * 1000.0);
+    a.rc = 0;
+    rb_thread_call_without_gvl(flush_nogvl, &a, flush_ubf, a.hub);
+    if (a.rc == -EINTR) rb_thread_check_ints();
+    return a.rc == 0 ? Qtrue : Qfalse;
+}
+
+/* ---- stats, stop ------------------------------------------------------- */
+
+#define SET(key, val) rb_hash_aset(h, ID2SYM(rb_intern(key)), ULL2NUM(val))
+
+static VALUE hub_stats(VALUE self)
+{
+    spillway_stats st;
+    VALUE h = rb_hash_new();
+    spillway_hub_stats(get_hub(self), &st);
+    SET("connections", st.connections);
+    SET("channels", st.channels);
+    SET("messages_in", st.published);
+    SET("delivered", st.delivered);
+    SET("dropped_slow", st.dropped_slow);
+    SET("bytes_out", st.bytes_out);
+    SET("accepted", st.accepted);
+    SET("closed", st.closed);
+    SET("fallback_streams", st.fallback_streams);
+    SET("fallback_total", st.fallback_total);
+    SET("resumes", st.resumes);
+    SET("resets", st.resets);
+    SET("backlog_messages", st.backlog_messages);
+    SET("backlog_bytes", st.backlog_bytes);
+    SET("redis_reconnects", st.redis_reconnects);
+    SET("redis_messages", st.redis_messages);
+    SET("gap_repairs", st.gap_repairs);
+    SET("async_pending", st.async_pending);
+    SET("async_failed", st.async_failed);
+    SET("errors", st.errors);
+    SET("loop_iterations", st.loop_iterations);
+    rb_hash_aset(h, ID2SYM(rb_intern("redis_connected")), st.redis_connected ? Qtrue : Qfalse);
+    rb_hash_aset(h, ID2SYM(rb_intern("last_error")),
+                 st.last_error[0] ? rb_str_new_cstr(st.last_error) : Qnil);
+    return h;
+}
+
+#undef SET
+
+struct stop_args {
+    spillway_hub *hub;
+    uint32_t timeout_ms;
+    int rc;
+};
+
+static void *stop_nogvl(void *p)
+{
+    struct stop_args *a = p;
+    a->rc = spillway_hub_stop(a->hub, a->timeout_ms);
+    return NULL;
+}
+
+/* hub.stop(timeout_seconds) -> true when the thread finished in time. */
+static VALUE hub_stop(VALUE self, VALUE timeout)
+{
+    hub_wrap *w;
+    struct stop_args a;
+    TypedData_Get_Struct(self, hub_wrap, &hub_type, w);
+    if (w->hub == NULL) return Qtrue;
+    if (spillway_hub_owner(w->hub) != getpid()) return Qtrue;
+    a.hub = w->hub;
+    a.timeout_ms = (uint32_t)(NUM2DBL(timeout) * 1000.0);
+    a.rc = 0;
+    rb_thread_call_without_gvl(stop_nogvl, &a, NULL, NULL);
+    if (a.rc != 0) return Qfalse;
+    spillway_hub_free(w->hub);
+    w->hub = NULL;
+    return Qtrue;
+}
+
+static VALUE hub_pid(VALUE self)
+{
+    hub_wrap *w;
+    TypedData_Get_Struct(self, hub_wrap, &hub_type, w);
+    return w->hub ? INT2NUM((int)spillway_hub_owner(w->hub)) : Qnil;
+}
+
+static VALUE hub_running_p(VALUE self)
+{
+    hub_wrap *w;
+    TypedData_Get_Struct(self, hub_wrap, &hub_type, w);
+    return w->hub && spillway_hub_owner(w->hub) == getpid() && spillway_hub_running(w->hub)
+               ? Qtrue
+               : Qfalse;
+}
+
+/* ---- the encoder, for tests and tools ---------------------------------- */
+
+/* Spillway::Native.sse_encode(id, event, data) -> String */
+static VALUE native_sse_encode(VALUE mod, VALUE id, VALUE event, VALUE data)
+{
+    ssize_t need, len;
+    VALUE out;
+    SW_UNUSED(mod);
+    if (!NIL_P(id)) StringValue(id);
+    if (!NIL_P(event)) StringValue(event);
+    StringValue(data);
+    need = spillway_sse_size(NIL_P(id) ? NULL : RSTRING_PTR(id), NIL_P(id) ? 0 : (size_t)RSTRING_LEN(id),
+                             NIL_P(event) ? NULL : RSTRING_PTR(event),
+                             NIL_P(event) ? 0 : (size_t)RSTRING_LEN(event), RSTRING_PTR(data),
+                             (size_t)RSTRING_LEN(data));
+    if (need < 0) rb_raise(rb_eArgError, "%s", spillway_sse_strerror(need));
+    out = rb_str_buf_new(need);
+    len = spillway_sse_encode(RSTRING_PTR(out), (size_t)need, NIL_P(id) ? NULL : RSTRING_PTR(id),
+                              NIL_P(id) ? 0 : (size_t)RSTRING_LEN(id),
+                              NIL_P(event) ? NULL : RSTRING_PTR(event),
+                              NIL_P(event) ? 0 : (size_t)RSTRING_LEN(event), RSTRING_PTR(data),
+                              (size_t)RSTRING_LEN(data));
+    if (len < 0) rb_raise(rb_eArgError, "%s", spillway_sse_strerror(len));
+    rb_str_set_len(out, len);
+    rb_enc_associate(out, rb_utf8_encoding());
+    return out;
+}
+
+void Init_spillway_sse(void)
+{
+    rb_define_module_function(spillway_mNative, "sse_encode", native_sse_encode, 3);
+    rb_define_const(spillway_mNative, "ID_TEXT_MAX", INT2NUM(SPILLWAY_ID_TEXT_MAX - 1));
+}
+
+void Init_spillway_hub(void)
+{
+    cHub = rb_define_class_under(spillway_mNative, "Hub", rb_cObject);
+    rb_define_alloc_func(cHub, hub_alloc);
+    rb_define_method(cHub, "initialize", hub_initialize, 1);
+    rb_define_method(cHub, "reserve", hub_reserve, 0);
+    rb_define_method(cHub, "unreserve", hub_unreserve, 0);
+    rb_define_method(cHub, "attach", hub_attach, 4);
+    rb_define_method(cHub, "publish", hub_publish, 3);
+    rb_define_method(cHub, "publish_async", hub_publish_async, 3);
+    rb_define_method(cHub, "flush", hub_flush, 1);
+    rb_define_method(cHub, "stats", hub_stats, 0);
+    rb_define_method(cHub, "stop", hub_stop, 1);
+    rb_define_method(cHub, "pid", hub_pid, 0);
+    rb_define_method(cHub, "running?", hub_running_p, 0);
+    rb_define_const(cHub, "ATTACH_HEAD", UINT2NUM(SPILLWAY_ATTACH_HEAD));
+    rb_define_const(cHub, "ATTACH_FALLBACK", UINT2NUM(SPILLWAY_ATTACH_FALLBACK));
+}

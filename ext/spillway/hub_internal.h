@@ -1,0 +1,278 @@
+/*
+ * Internal state of the hub, shared by the files of the C core (hub.c,
+ * conn.c, channel.c, redis.c). Everything in here belongs to the reactor
+ * thread unless a field says otherwise.
+ */
+#ifndef SPILLWAY_HUB_INTERNAL_H
+#define SPILLWAY_HUB_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/uio.h>
+
+#include "frame.h"
+#include "hub.h"
+#include "queue.h"
+
+/* What an epoll event points at: the first member of every registered
+ * object. */
+enum spillway_kind {
+    SW_KIND_CONN = 1,
+    SW_KIND_WAKE,
+    SW_KIND_REDIS,
+    SW_KIND_RESOLVER
+};
+
+typedef struct spillway_handle {
+    int kind;
+    int fd;
+} spillway_handle;
+
+/* Hard ceilings of the configurable limits (the binding checks the
+ * configured values against them). */
+#define SPILLWAY_MAX_CHANNEL_LEN 1024
+#define SPILLWAY_MAX_CHANNELS_PER_CONN 1024
+#define SPILLWAY_IOV_BATCH 256
+
+/* ---- commands (Ruby thread -> reactor) -------------------------------- */
+
+enum spillway_cmd_kind {
+    SW_CMD_ATTACH = 1,
+    SW_CMD_PUBLISH,
+    SW_CMD_PUBLISH_ASYNC,
+    SW_CMD_STOP
+};
+
+typedef struct spillway_cmd {
+    spillway_qnode node; /* first: the queue links through it */
+    int kind;
+} spillway_cmd;
+
+typedef struct spillway_cmd_attach {
+    spillway_cmd base;
+    int fd;
+    unsigned flags;
+    bool has_cursor;
+    bool cursor_ok;
+    spillway_id cursor;
+    uint32_t nch;
+    uint16_t *lens; /* points into the same allocation */
+    char *names;    /* the names back to back, no separators */
+} spillway_cmd_attach;
+
+typedef struct spillway_cmd_publish {
+    spillway_cmd base;
+    spillway_frame *frame; /* the full frame (memory) or the body after the id line (async) */
+    uint64_t seq;          /* async ticket */
+    uint32_t chlen;
+    char channel[];
+} spillway_cmd_publish;
+
+/* ---- channels ---------------------------------------------------------- */
+
+struct spillway_conn;
+
+typedef struct spillway_sub {
+    struct spillway_conn *conn;
+    uint32_t slot; /* index of this channel in conn->mem */
+} spillway_sub;
+
+/* Redis subscription state of a channel. */
+enum spillway_rstate {
+    SW_RS_NONE = 0,    /* not subscribed */
+    SW_RS_PENDING,     /* waiting to be sent in the next SUBSCRIBE batch */
+    SW_RS_SENT,        /* SUBSCRIBE sent, confirmation not yet read */
+    SW_RS_ACTIVE,      /* confirmed: every later message reaches us */
+    SW_RS_UNSUB_SENT   /* UNSUBSCRIBE sent, confirmation not yet read */
+};
+
+typedef struct spillway_channel {
+    struct spillway_channel *hnext; /* hash chain */
+    uint32_t hash;
+    uint16_t namelen;
+    uint8_t rstate;
+    uint8_t pad_;
+    uint8_t in_plist;  /* on the pending (un)subscribe list */
+    uint8_t lingering; /* on the linger list (Redis: subscribed, no subscriber) */
+    uint8_t mark;      /* scratch flag for one operation */
+    spillway_sub *subs;
+    uint32_t nsubs, capsubs;
+    /* memory backend backlog: a ring of frames in id order */
+    spillway_frame **ring;
+    uint32_t ring_cap, ring_start, ring_len;
+    spillway_id trimmed; /* highest id ever dropped from the ring */
+    spillway_id last;    /* highest id seen on this channel */
+    uint64_t touched_ms; /* last message (memory) or last subscriber left (Redis linger) */
+    struct spillway_channel *lprev, *lnext; /* LRU (memory) / linger list (Redis) */
+    struct spillway_channel *pnext;         /* pending (un)subscribe list */
+    char name[];
+} spillway_channel;
+
+typedef struct spillway_chtab {
+    spillway_channel **buckets;
+    uint32_t nbuckets; /* power of two */
+    uint32_t count;
+    uint64_t seed;
+} spillway_chtab;
+
+/* ---- connections ------------------------------------------------------- */
+
+enum spillway_conn_flag {
+    SW_CF_JOINING = 1u << 0,  /* waiting for its resume read (Redis) */
+    SW_CF_DOOMED = 1u << 1,   /* will be closed at the end of the iteration */
+    SW_CF_DIRTY = 1u << 2,    /* on the dirty list: flush at the end of the iteration */
+    SW_CF_FALLBACK = 1u << 3, /* a socket pair pumped by a Ruby thread */
+    SW_CF_TCP = 1u << 4,
+    SW_CF_ZOMBIE = 1u << 5,   /* closed, memory kept until its Redis requests answer */
+    SW_CF_SLOW = 1u << 6,     /* doomed for being too slow */
+    SW_CF_BLOCKED = 1u << 7,  /* the last write hit EAGAIN: wait for EPOLLOUT */
+    SW_CF_RESUME_SENT = 1u << 8, /* its resume read is on the command link */
+    SW_CF_SYNTHETIC = 1u << 9,   /* cursor is the hub's own estimate of "now" at attach */
+    SW_CF_MARK = 1u << 10        /* scratch flag for one operation */
+};
+
+typedef struct spillway_member {
+    spillway_channel *ch;
+    uint32_t idx; /* index of this connection in ch->subs */
+} spillway_member;
+
+typedef struct spillway_conn {
+    spillway_handle h; /* first */
+    uint32_t flags;
+    uint16_t nmem;
+    spillway_member *mem;
+    spillway_id last;   /* highest message id queued on this stream */
+    spillway_id cursor; /* the resume point the client asked for */
+    bool has_cursor, cursor_ok;
+    /* outbox: a ring of frame references; out_off bytes of the first are sent */
+    spillway_frame **out;
+    uint32_t out_cap, out_start, out_len, out_off;
+    uint32_t out_bytes;
+    /* live frames that arrived while joining (Redis) */
+    spillway_frame **held;
+    uint32_t held_len, held_cap;
+    uint64_t progress_ms; /* last write progress while bytes were pending */
+    struct spillway_conn *wprev, *wnext; /* heartbeat wheel slot list */
+    struct spillway_conn *lnext;         /* dirty list */
+    struct spillway_conn *dnext;         /* doomed list */
+    uint32_t wslot;
+    uint32_t inflight; /* Redis requests that point at this connection */
+} spillway_conn;
+
+/* ---- the hub ----------------------------------------------------------- */
+
+struct spillway_redis;
+
+struct spillway_hub {
+    spillway_config cfg; /* strings owned by the hub */
+    pid_t owner;
+    pthread_t thread;
+    bool thread_started;
+    atomic_bool running;
+    atomic_bool abandoned; /* fork child: never touch anything again */
+    int epfd;
+    spillway_handle wake;
+    spillway_queue q;
+    pthread_mutex_t loop_lock; /* held by the reactor except in epoll_wait */
+    struct spillway_hub *reg_next;
+    spillway_cmd stop_cmd;
+    atomic_bool stop_queued;
+
+    /* memory backend id generator: guarded by the queue lock */
+    spillway_id gen_last;
+
+    /* ---- reactor only ---- */
+    uint64_t now;
+    bool stopping;
+    spillway_chtab chans;
+    spillway_frame *f_head, *f_open, *f_heartbeat, *f_retry;
+    spillway_conn *dirty;
+    spillway_conn *doomed;
+    spillway_conn **wheel;
+    uint32_t wheel_slots, wheel_pos;
+    uint64_t wheel_next_ms;
+    uint64_t next_sweep_ms;
+    spillway_id last;    /* highest message id this hub has seen */
+    spillway_id origin;  /* memory: no id below this was ever issued here */
+    spillway_id evicted; /* memory: highest id of a backlog that was dropped */
+    spillway_channel *lru_head, *lru_tail;
+    uint32_t lru_count; /* memory: channels that hold a backlog */
+    struct iovec iov[SPILLWAY_IOV_BATCH];
+    struct spillway_redis *redis; /* NULL: memory backend */
+
+    /* ---- shared, atomics ---- */
+    atomic_uint_fast32_t reserved; /* open + being handed over */
+    atomic_uint_fast64_t st_channels, st_published, st_delivered, st_dropped_slow,
+        st_bytes_out, st_accepted, st_closed, st_fallback, st_fallback_total, st_resumes,
+        st_resets, st_backlog_messages, st_backlog_bytes, st_redis_connected,
+        st_redis_reconnects, st_redis_messages, st_gap_repairs, st_async_failed, st_errors,
+        st_iterations;
+    /* async publish tickets: issued under the queue lock, done by the reactor */
+    uint64_t async_issued;
+    atomic_uint_fast64_t async_done;
+    atomic_uint_fast32_t async_waiting_count;
+    atomic_uint_fast32_t flush_waiters;
+    pthread_mutex_t flush_lock;
+    pthread_cond_t flush_cond;
+    bool flush_interrupted;
+    /* last error */
+    pthread_mutex_t err_lock;
+    char last_error[256];
+};
+
+/* hub.c */
+void spillway_hub_error(spillway_hub *hub, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void spillway_hub_async_done(spillway_hub *hub, uint64_t seq, bool ok);
+
+/* channel.c */
+int spillway_chtab_init(spillway_chtab *t);
+void spillway_chtab_free(spillway_chtab *t);
+spillway_channel *spillway_chtab_find(spillway_chtab *t, const char *name, size_t len);
+spillway_channel *spillway_chtab_get(spillway_hub *hub, const char *name, size_t len);
+void spillway_channel_drop(spillway_hub *hub, spillway_channel *ch);
+void spillway_channel_maybe_release(spillway_hub *hub, spillway_channel *ch);
+int spillway_channel_add_sub(spillway_channel *ch, spillway_conn *c, uint32_t slot);
+void spillway_channel_remove_sub(spillway_hub *hub, spillway_channel *ch, uint32_t idx);
+void spillway_channel_fanout(spillway_hub *hub, spillway_channel *ch, spillway_frame *f);
+int spillway_backlog_push(spillway_hub *hub, spillway_channel *ch, spillway_frame *f);
+void spillway_backlog_clear(spillway_hub *hub, spillway_channel *ch);
+size_t spillway_backlog_collect(spillway_channel *ch, spillway_id after, spillway_frame **out);
+void spillway_backlog_sweep(spillway_hub *hub);
+void spillway_lru_touch(spillway_hub *hub, spillway_channel *ch);
+
+/* conn.c */
+spillway_conn *spillway_conn_new(spillway_hub *hub, int fd, unsigned flags);
+int spillway_conn_push(spillway_hub *hub, spillway_conn *c, spillway_frame *f);
+void spillway_conn_deliver(spillway_hub *hub, spillway_conn *c, spillway_frame *f);
+void spillway_conn_mark_dirty(spillway_hub *hub, spillway_conn *c);
+void spillway_conn_flush(spillway_hub *hub, spillway_conn *c);
+void spillway_conn_doom(spillway_hub *hub, spillway_conn *c, bool slow);
+void spillway_conn_close(spillway_hub *hub, spillway_conn *c);
+void spillway_conn_release(spillway_hub *hub, spillway_conn *c);
+void spillway_conn_on_event(spillway_hub *hub, spillway_conn *c, uint32_t events);
+void spillway_conn_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **frames,
+                          size_t n, const bool *reset, spillway_id now);
+void spillway_conn_send_reset(spillway_hub *hub, spillway_conn *c, const bool *reset,
+                              spillway_id now);
+void spillway_wheel_insert(spillway_hub *hub, spillway_conn *c);
+void spillway_wheel_remove(spillway_hub *hub, spillway_conn *c);
+void spillway_wheel_tick(spillway_hub *hub);
+int spillway_frame_cmp_id(const void *a, const void *b);
+
+/* redis.c (only when hub->redis != NULL) */
+int spillway_redis_new(spillway_hub *hub, char *err, size_t errlen);
+void spillway_redis_free(spillway_hub *hub);
+void spillway_redis_abandon(spillway_hub *hub);
+void spillway_redis_on_event(spillway_hub *hub, spillway_handle *h, uint32_t events);
+void spillway_redis_timers(spillway_hub *hub);
+uint64_t spillway_redis_next_timer(spillway_hub *hub);
+void spillway_redis_flush_writes(spillway_hub *hub);
+void spillway_redis_channel_wanted(spillway_hub *hub, spillway_channel *ch);
+void spillway_redis_channel_unwanted(spillway_hub *hub, spillway_channel *ch);
+void spillway_redis_conn_joined_channels(spillway_hub *hub, spillway_conn *c);
+void spillway_redis_publish_async(spillway_hub *hub, spillway_cmd_publish *cmd);
+void spillway_redis_stop(spillway_hub *hub);
+size_t spillway_redis_memsize(const spillway_hub *hub);
+
+#endif

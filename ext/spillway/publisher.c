@@ -1,0 +1,380 @@
+#include "publisher.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#if __has_include(<hiredis/hiredis.h>)
+#include <hiredis/hiredis.h>
+#else
+#include <hiredis.h>
+#endif
+
+#include "scripts.h"
+
+#define POOL_MAX 16
+
+typedef struct pconn {
+    redisContext *ctx;
+    pid_t pid;
+    uint64_t used_ms;
+} pconn;
+
+struct spillway_publisher {
+    spillway_redis_config cfg; /* strings owned */
+    char *idkey, *key_prefix, *chan_prefix;
+    size_t key_prefix_len, chan_prefix_len;
+    pthread_mutex_t lock;
+    pconn pool[POOL_MAX];
+    uint32_t npool;
+    char sha[41];
+    atomic_uint_fast64_t published, failed, connects;
+};
+
+static char *dup0(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+static char *join(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    char *s = malloc(la + lb + 1);
+    if (s != NULL) {
+        memcpy(s, a, la);
+        memcpy(s + la, b, lb + 1);
+    }
+    return s;
+}
+
+int spillway_publisher_new(const spillway_redis_config *cfg, spillway_publisher **out, char *err,
+                           size_t errlen)
+{
+    spillway_publisher *p = calloc(1, sizeof(*p));
+    const char *ns = cfg->ns ? cfg->ns : "spillway";
+    if (p == NULL) goto oom;
+    p->cfg = *cfg;
+    p->cfg.host = dup0(cfg->host);
+    p->cfg.path = dup0(cfg->path);
+    p->cfg.username = dup0(cfg->username);
+    p->cfg.password = dup0(cfg->password);
+    p->cfg.ns = dup0(ns);
+    p->idkey = join(ns, ":id");
+    p->key_prefix = join(ns, ":s:");
+    p->chan_prefix = join(ns, ":");
+    if (p->cfg.ns == NULL || p->idkey == NULL || p->key_prefix == NULL || p->chan_prefix == NULL) {
+        spillway_publisher_free(p);
+        goto oom;
+    }
+    p->key_prefix_len = strlen(p->key_prefix);
+    p->chan_prefix_len = strlen(p->chan_prefix);
+    pthread_mutex_init(&p->lock, NULL);
+    *out = p;
+    return 0;
+oom:
+    snprintf(err, errlen, "spillway_publisher_new: out of memory");
+    return -ENOMEM;
+}
+
+static uint64_t mono_ms(void)
+{
+    return spillway_mono_ms();
+}
+
+static struct timeval tv_ms(uint32_t ms)
+{
+    struct timeval tv;
+    tv.tv_sec = ms / 1000;
+    tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+    return tv;
+}
+
+/* A connection from the pool, or NULL: the caller connects. Connections of
+ * another process, or that Redis closed while they sat idle, are dropped. */
+static redisContext *pool_take(spillway_publisher *p)
+{
+    redisContext *ctx = NULL;
+    pid_t me = getpid();
+    pthread_mutex_lock(&p->lock);
+    while (ctx == NULL && p->npool > 0) {
+        pconn pc = p->pool[--p->npool];
+        if (pc.pid != me) {
+            /* Inherited over fork: close our copy, never speak on it. */
+            close(pc.ctx->fd);
+            continue;
+        }
+        {
+            struct pollfd pfd = {pc.ctx->fd, POLLIN | POLLRDHUP, 0};
+            /* Idle connections never have data to read: readable means
+             * Redis closed it (restart, timeout, CLIENT KILL). */
+            if (poll(&pfd, 1, 0) != 0) {
+                redisFree(pc.ctx);
+                continue;
+            }
+        }
+        ctx = pc.ctx;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return ctx;
+}
+
+static void pool_give(spillway_publisher *p, redisContext *ctx)
+{
+    pthread_mutex_lock(&p->lock);
+    if (p->npool < POOL_MAX) {
+        p->pool[p->npool].ctx = ctx;
+        p->pool[p->npool].pid = getpid();
+        p->pool[p->npool].used_ms = mono_ms();
+        p->npool++;
+        ctx = NULL;
+    }
+    pthread_mutex_unlock(&p->lock);
+    if (ctx != NULL) redisFree(ctx);
+}
+
+static void set_err(spillway_publish_call *c, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_err(spillway_publish_call *c, int rc, const char *fmt, ...)
+{
+    va_list ap;
+    c->rc = rc;
+    va_start(ap, fmt);
+    vsnprintf(c->err, sizeof(c->err), fmt, ap);
+    va_end(ap);
+}
+
+static void describe_target(const spillway_publisher *p, char *buf, size_t n)
+{
+    if (p->cfg.path) snprintf(buf, n, "unix://%s", p->cfg.path);
+    else snprintf(buf, n, "redis://%s:%d", p->cfg.host ? p->cfg.host : "127.0.0.1", p->cfg.port);
+}
+
+/* Runs one command; the reply (or NULL with the context's error). */
+static redisReply *run(redisContext *ctx, int argc, const char **argv, const size_t *lens)
+{
+    return redisCommandArgv(ctx, argc, argv, lens);
+}
+
+static int handshake(spillway_publisher *p, redisContext *ctx, spillway_publish_call *c)
+{
+    redisReply *rep;
+    char db[16];
+    if (p->cfg.password != NULL) {
+        const char *argv[3] = {"AUTH", p->cfg.username ? p->cfg.username : p->cfg.password, p->cfg.password};
+        rep = run(ctx, p->cfg.username ? 3 : 2, argv, NULL);
+        if (rep == NULL || rep->type == REDIS_REPLY_ERROR) goto fail;
+        freeReplyObject(rep);
+    }
+    if (p->cfg.db != 0) {
+        const char *argv[2] = {"SELECT", db};
+        snprintf(db, sizeof(db), "%d", p->cfg.db);
+        rep = run(ctx, 2, argv, NULL);
+        if (rep == NULL || rep->type == REDIS_REPLY_ERROR) goto fail;
+        freeReplyObject(rep);
+    }
+    return 0;
+fail:
+    if (rep != NULL) {
+        set_err(c, -EPROTO, "Redis refused the connection setup: %.150s", rep->str);
+        freeReplyObject(rep);
+    } else {
+        set_err(c, -EIO, "Redis connection setup failed: %.120s", ctx->errstr);
+    }
+    return -1;
+}
+
+static redisContext *connect_new(spillway_publisher *p, spillway_publish_call *c)
+{
+    struct timeval ctv = tv_ms(p->cfg.connect_timeout_ms);
+    struct timeval ttv = tv_ms(p->cfg.command_timeout_ms);
+    char target[160];
+    redisContext *ctx;
+
+    atomic_fetch_add(&p->connects, 1);
+    if (p->cfg.path != NULL) ctx = redisConnectUnixWithTimeout(p->cfg.path, ctv);
+    else ctx = redisConnectWithTimeout(p->cfg.host ? p->cfg.host : "127.0.0.1", p->cfg.port, ctv);
+    describe_target(p, target, sizeof(target));
+    if (ctx == NULL || ctx->err) {
+        set_err(c, -ECONNREFUSED, "cannot connect to Redis at %.100s: %.100s", target,
+                ctx ? ctx->errstr : "out of memory");
+        if (ctx != NULL) redisFree(ctx);
+        return NULL;
+    }
+    redisSetTimeout(ctx, ttv);
+    if (handshake(p, ctx, c) != 0) {
+        redisFree(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+static redisReply *eval_publish(spillway_publisher *p, redisContext *ctx, spillway_publish_call *c,
+                                bool by_text)
+{
+    char maxlen[16], ttl[16];
+    char *skey = malloc(p->key_prefix_len + c->chlen + 1);
+    char *chan = malloc(p->chan_prefix_len + c->chlen + 1);
+    const char *argv[9];
+    size_t lens[9];
+    redisReply *rep = NULL;
+
+    if (skey == NULL || chan == NULL) goto done;
+    memcpy(skey, p->key_prefix, p->key_prefix_len);
+    memcpy(skey + p->key_prefix_len, c->channel, c->chlen);
+    memcpy(chan, p->chan_prefix, p->chan_prefix_len);
+    memcpy(chan + p->chan_prefix_len, c->channel, c->chlen);
+    snprintf(maxlen, sizeof(maxlen), "%u", p->cfg.backlog_size);
+    snprintf(ttl, sizeof(ttl), "%u", p->cfg.backlog_ttl_s);
+    argv[0] = by_text ? "EVAL" : "EVALSHA";
+    argv[1] = by_text ? spillway_lua_publish : p->sha;
+    argv[2] = "2";
+    argv[3] = p->idkey;
+    argv[4] = skey;
+    argv[5] = chan;
+    argv[6] = c->body;
+    argv[7] = maxlen;
+    argv[8] = ttl;
+    for (int i = 0; i < 9; i++) lens[i] = strlen(argv[i]);
+    lens[4] = p->key_prefix_len + c->chlen;
+    lens[5] = p->chan_prefix_len + c->chlen;
+    lens[6] = c->bodylen;
+    rep = run(ctx, 9, argv, lens);
+done:
+    free(skey);
+    free(chan);
+    return rep;
+}
+
+void spillway_publish_run(spillway_publish_call *c)
+{
+    spillway_publisher *p = c->p;
+    redisContext *ctx = pool_take(p);
+    redisReply *rep;
+    bool by_text;
+
+    c->rc = 0;
+    c->id[0] = '\0';
+    if (ctx == NULL) ctx = connect_new(p, c);
+    if (ctx == NULL) goto failed;
+    __atomic_store_n(&c->fd, ctx->fd, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&c->interrupted, __ATOMIC_SEQ_CST)) {
+        set_err(c, -EINTR, "interrupted");
+        redisFree(ctx);
+        goto failed;
+    }
+    pthread_mutex_lock(&p->lock);
+    by_text = p->sha[0] == '\0';
+    pthread_mutex_unlock(&p->lock);
+    rep = eval_publish(p, ctx, c, by_text);
+    if (rep != NULL && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
+        freeReplyObject(rep);
+        rep = eval_publish(p, ctx, c, true);
+        by_text = true;
+    }
+    __atomic_store_n(&c->fd, -1, __ATOMIC_SEQ_CST);
+    if (rep == NULL) {
+        char target[160];
+        describe_target(p, target, sizeof(target));
+        if (__atomic_load_n(&c->interrupted, __ATOMIC_SEQ_CST)) set_err(c, -EINTR, "interrupted");
+        else if (ctx->err == REDIS_ERR_IO && strcmp(ctx->errstr, strerror(EAGAIN)) == 0)
+            set_err(c, -ETIMEDOUT, "Redis at %.100s did not answer within command_timeout", target);
+        else
+            set_err(c, -EIO, "Redis connection failed during publish (%.100s: %.100s)", target,
+                    ctx->errstr[0] ? ctx->errstr : "connection lost");
+        redisFree(ctx);
+        goto failed;
+    }
+    if (rep->type != REDIS_REPLY_STRING || rep->len >= SPILLWAY_ID_TEXT_MAX) {
+        set_err(c, -EPROTO, "Redis refused the publish: %.180s",
+                rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+        freeReplyObject(rep);
+        pool_give(p, ctx);
+        goto failed;
+    }
+    memcpy(c->id, rep->str, rep->len);
+    c->id[rep->len] = '\0';
+    freeReplyObject(rep);
+    if (by_text) {
+        /* EVAL cached the script: learn its sha for next time. */
+        const char *argv[3] = {"SCRIPT", "LOAD", spillway_lua_publish};
+        redisReply *sha = run(ctx, 3, argv, NULL);
+        if (sha != NULL && sha->type == REDIS_REPLY_STRING && sha->len == 40) {
+            pthread_mutex_lock(&p->lock);
+            memcpy(p->sha, sha->str, 40);
+            p->sha[40] = '\0';
+            pthread_mutex_unlock(&p->lock);
+        }
+        if (sha != NULL) freeReplyObject(sha);
+        else {
+            redisFree(ctx);
+            ctx = NULL;
+        }
+    }
+    if (ctx != NULL) pool_give(p, ctx);
+    atomic_fetch_add(&p->published, 1);
+    return;
+failed:
+    atomic_fetch_add(&p->failed, 1);
+}
+
+void spillway_publish_interrupt(spillway_publish_call *c)
+{
+    int fd;
+    __atomic_store_n(&c->interrupted, 1, __ATOMIC_SEQ_CST);
+    fd = __atomic_load_n(&c->fd, __ATOMIC_SEQ_CST);
+    /* shutdown, not close: the descriptor stays valid until its owner
+     * frees the context; the blocked read returns at once. */
+    if (fd >= 0) shutdown(fd, SHUT_RDWR);
+}
+
+void spillway_publisher_close(spillway_publisher *p)
+{
+    pid_t me = getpid();
+    pthread_mutex_lock(&p->lock);
+    while (p->npool > 0) {
+        pconn pc = p->pool[--p->npool];
+        if (pc.pid == me) redisFree(pc.ctx);
+        else close(pc.ctx->fd); /* the parent's connection: only our copy */
+    }
+    pthread_mutex_unlock(&p->lock);
+}
+
+void spillway_publisher_abandon(spillway_publisher *p)
+{
+    /* Fork child, single-threaded: no lock (another parent thread may have
+     * held it at fork time), close our copies, keep the memory. */
+    for (uint32_t i = 0; i < p->npool; i++) close(p->pool[i].ctx->fd);
+    p->npool = 0;
+}
+
+void spillway_publisher_free(spillway_publisher *p)
+{
+    if (p == NULL) return;
+    spillway_publisher_close(p);
+    free((char *)p->cfg.host);
+    free((char *)p->cfg.path);
+    free((char *)p->cfg.username);
+    free((char *)p->cfg.password);
+    free((char *)p->cfg.ns);
+    free(p->idkey);
+    free(p->key_prefix);
+    free(p->chan_prefix);
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+}
+
+void spillway_publisher_stats_get(spillway_publisher *p, spillway_publisher_stats *out)
+{
+    out->published = atomic_load(&p->published);
+    out->failed = atomic_load(&p->failed);
+    out->connects = atomic_load(&p->connects);
+    pthread_mutex_lock(&p->lock);
+    out->pooled = p->npool;
+    pthread_mutex_unlock(&p->lock);
+}

@@ -1,0 +1,59 @@
+/*
+ * The synchronous publisher: what Spillway.publish uses with the Redis
+ * backend. Blocking (hiredis's synchronous API) and meant to be called
+ * without the GVL. Thread-safe: a small pool of connections, one per
+ * concurrent caller, so an interrupted call only breaks its own connection.
+ *
+ * Fork: every connection records the pid that opened it; in another process
+ * it is closed (not used, not written to) and a new one is opened.
+ */
+#ifndef SPILLWAY_PUBLISHER_H
+#define SPILLWAY_PUBLISHER_H
+
+#include "hub.h"
+
+typedef struct spillway_publisher spillway_publisher;
+typedef struct spillway_publish_call spillway_publish_call;
+
+/* Copies the configuration; connects lazily. 0 or -errno (err filled). */
+int spillway_publisher_new(const spillway_redis_config *cfg, spillway_publisher **out, char *err,
+                           size_t errlen);
+void spillway_publisher_free(spillway_publisher *p);
+
+/* One call's state, so an unblock function can interrupt just it. */
+struct spillway_publish_call {
+    spillway_publisher *p;
+    const char *channel;
+    size_t chlen;
+    const char *body; /* the frame after its id line (spillway_sse_encode without id) */
+    size_t bodylen;
+    char id[SPILLWAY_ID_TEXT_MAX];
+    char err[256];
+    int rc;
+    int fd; /* the connection in use, for spillway_publish_interrupt */
+    int interrupted;
+};
+
+/* Runs the publish script: one round trip (plus a connect when needed).
+ * Sets call->rc: 0 (call->id filled) or -errno (call->err filled):
+ * -ECONNREFUSED/-ETIMEDOUT/-EIO Redis unreachable or silent, -EPROTO Redis
+ * answered with an error, -EINTR interrupted. */
+void spillway_publish_run(spillway_publish_call *call);
+/* Unblock function: shuts down the connection of this call only. */
+void spillway_publish_interrupt(spillway_publish_call *call);
+
+/* Closes the pooled connections (no command is sent). In a fork child this
+ * only closes the inherited descriptors. */
+void spillway_publisher_close(spillway_publisher *p);
+
+/* Fork child: closes the inherited descriptors without locking; the object
+ * must not be used afterwards (its memory is left, copy-on-write). */
+void spillway_publisher_abandon(spillway_publisher *p);
+
+typedef struct spillway_publisher_stats {
+    uint64_t published, failed, connects;
+    uint32_t pooled;
+} spillway_publisher_stats;
+void spillway_publisher_stats_get(spillway_publisher *p, spillway_publisher_stats *out);
+
+#endif

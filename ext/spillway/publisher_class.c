@@ -1,0 +1,173 @@
+/*
+ * Spillway::Native::Publisher: synchronous publishes to Redis from Ruby
+ * threads (publisher.h). The round trip runs without the GVL.
+ */
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "binding.h"
+#include "publisher.h"
+#include "sse.h"
+
+void spillway_fill_redis_config(VALUE opts, spillway_redis_config *r);
+
+typedef struct pub_wrap {
+    spillway_publisher *p;
+    pid_t pid;
+    bool abandoned;
+} pub_wrap;
+
+static void pub_free(void *ptr)
+{
+    pub_wrap *w = ptr;
+    if (w->p != NULL) {
+        if (w->abandoned || w->pid != getpid()) spillway_publisher_abandon(w->p);
+        else spillway_publisher_free(w->p);
+    }
+    xfree(w);
+}
+
+static size_t pub_size(const void *ptr)
+{
+    SW_UNUSED(ptr);
+    return sizeof(pub_wrap) + 512;
+}
+
+static const rb_data_type_t pub_type = {
+    .wrap_struct_name = "Spillway::Native::Publisher",
+    .function = {.dmark = NULL, .dfree = pub_free, .dsize = pub_size},
+    .flags = RUBY_TYPED_FREE_IMMEDIATELY,
+};
+
+static VALUE pub_alloc(VALUE klass)
+{
+    pub_wrap *w;
+    VALUE obj = TypedData_Make_Struct(klass, pub_wrap, &pub_type, w);
+    w->p = NULL;
+    w->pid = getpid();
+    return obj;
+}
+
+static pub_wrap *get(VALUE self)
+{
+    pub_wrap *w;
+    TypedData_Get_Struct(self, pub_wrap, &pub_type, w);
+    if (w->p == NULL) rb_raise(spillway_eError, "the publisher is closed");
+    return w;
+}
+
+/* Publisher.new(options) — the Redis part of the hub options. */
+static VALUE pub_initialize(VALUE self, VALUE opts)
+{
+    pub_wrap *w;
+    spillway_redis_config cfg;
+    char err[256] = "";
+    Check_Type(opts, T_HASH);
+    TypedData_Get_Struct(self, pub_wrap, &pub_type, w);
+    memset(&cfg, 0, sizeof(cfg));
+    spillway_fill_redis_config(opts, &cfg);
+    if (cfg.host == NULL && cfg.path == NULL) rb_raise(rb_eArgError, "no Redis configured");
+    if (spillway_publisher_new(&cfg, &w->p, err, sizeof(err)) != 0) rb_raise(spillway_eError, "%s", err);
+    RB_GC_GUARD(opts);
+    w->pid = getpid();
+    return self;
+}
+
+static void *publish_nogvl(void *ptr)
+{
+    spillway_publish_run(ptr);
+    return NULL;
+}
+
+static void publish_ubf(void *ptr)
+{
+    spillway_publish_interrupt(ptr);
+}
+
+/* publisher.publish(channel, data, event) -> id */
+static VALUE pub_publish(VALUE self, VALUE channel, VALUE data, VALUE event)
+{
+    pub_wrap *w = get(self);
+    spillway_publish_call call;
+    ssize_t need;
+    char *body;
+
+    if (w->pid != getpid()) rb_raise(spillway_eError, "publisher of process %d used in %d", (int)w->pid, (int)getpid());
+    StringValue(channel);
+    StringValue(data);
+    if (!NIL_P(event)) StringValue(event);
+    need = spillway_sse_size(NULL, 0, NIL_P(event) ? NULL : RSTRING_PTR(event),
+                             NIL_P(event) ? 0 : (size_t)RSTRING_LEN(event), RSTRING_PTR(data),
+                             (size_t)RSTRING_LEN(data));
+    if (need < 0) rb_raise(rb_eArgError, "%s", spillway_sse_strerror(need));
+    /* Encoded here, with the GVL: the Strings may change once it is gone. */
+    body = ruby_xmalloc((size_t)need + 1);
+    spillway_sse_encode(body, (size_t)need, NULL, 0, NIL_P(event) ? NULL : RSTRING_PTR(event),
+                        NIL_P(event) ? 0 : (size_t)RSTRING_LEN(event), RSTRING_PTR(data),
+                        (size_t)RSTRING_LEN(data));
+    memset(&call, 0, sizeof(call));
+    call.p = w->p;
+    call.chlen = (size_t)RSTRING_LEN(channel);
+    {
+        char *copy = ruby_xmalloc(call.chlen + 1);
+        memcpy(copy, RSTRING_PTR(channel), call.chlen);
+        copy[call.chlen] = '\0';
+        call.channel = copy;
+    }
+    call.body = body;
+    call.bodylen = (size_t)need;
+    call.fd = -1;
+    rb_thread_call_without_gvl(publish_nogvl, &call, publish_ubf, &call);
+    xfree(body);
+    xfree((char *)call.channel);
+    RB_GC_GUARD(data);
+    RB_GC_GUARD(event);
+    if (call.rc == -EINTR) rb_thread_check_ints();
+    if (call.rc != 0) rb_raise(spillway_eRedisError, "Spillway.publish: %s", call.err);
+    return rb_str_new_cstr(call.id);
+}
+
+static VALUE pub_close(VALUE self)
+{
+    pub_wrap *w;
+    TypedData_Get_Struct(self, pub_wrap, &pub_type, w);
+    if (w->p != NULL && !w->abandoned && w->pid == getpid()) spillway_publisher_close(w->p);
+    return Qnil;
+}
+
+/* In a fork child: close the inherited connections, send nothing. */
+static VALUE pub_abandon(VALUE self)
+{
+    pub_wrap *w;
+    TypedData_Get_Struct(self, pub_wrap, &pub_type, w);
+    if (w->p != NULL && !w->abandoned && w->pid != getpid()) {
+        spillway_publisher_abandon(w->p);
+        w->abandoned = true;
+    }
+    return Qnil;
+}
+
+static VALUE pub_stats(VALUE self)
+{
+    pub_wrap *w = get(self);
+    spillway_publisher_stats st;
+    VALUE h = rb_hash_new();
+    spillway_publisher_stats_get(w->p, &st);
+    rb_hash_aset(h, ID2SYM(rb_intern("published")), ULL2NUM(st.published));
+    rb_hash_aset(h, ID2SYM(rb_intern("failed")), ULL2NUM(st.failed));
+    rb_hash_aset(h, ID2SYM(rb_intern("connects")), ULL2NUM(st.connects));
+    rb_hash_aset(h, ID2SYM(rb_intern("pooled")), UINT2NUM(st.pooled));
+    return h;
+}
+
+void Init_spillway_publisher(void)
+{
+    VALUE c = rb_define_class_under(spillway_mNative, "Publisher", rb_cObject);
+    rb_define_alloc_func(c, pub_alloc);
+    rb_define_method(c, "initialize", pub_initialize, 1);
+    rb_define_method(c, "publish", pub_publish, 3);
+    rb_define_method(c, "close", pub_close, 0);
+    rb_define_method(c, "abandon", pub_abandon, 0);
+    rb_define_method(c, "stats", pub_stats, 0);
+}

@@ -1,0 +1,34 @@
+/*
+ * Name resolution off the reactor thread. getaddrinfo() blocks (DNS), so a
+ * short-lived helper thread runs it and pokes an eventfd the reactor
+ * watches. Numeric addresses and unix paths need no thread.
+ *
+ * Ownership: the request is shared by the reactor and the helper (a
+ * reference each); the last one to let go frees it.
+ */
+#ifndef SPILLWAY_RESOLVE_H
+#define SPILLWAY_RESOLVE_H
+
+#include <sys/socket.h>
+
+#include "common.h"
+
+typedef struct spillway_resolve spillway_resolve;
+
+/* Starts resolving host:port. NULL on failure to start (errno set). The
+ * eventfd spillway_resolve_fd() becomes readable when done. */
+spillway_resolve *spillway_resolve_start(const char *host, int port);
+int spillway_resolve_fd(const spillway_resolve *r);
+/* Once readable: 0 and the first address, or -1 and a message. */
+int spillway_resolve_result(spillway_resolve *r, struct sockaddr_storage *addr, socklen_t *len,
+                            char *err, size_t errlen);
+/* The reactor lets go (done with it, or giving up). */
+void spillway_resolve_release(spillway_resolve *r);
+/* Fork child: close the eventfd only. */
+void spillway_resolve_abandon(spillway_resolve *r);
+
+/* Numeric address or nothing: 0 and the address, -1 when host is a name. */
+int spillway_resolve_numeric(const char *host, int port, struct sockaddr_storage *addr,
+                             socklen_t *len);
+
+#endif

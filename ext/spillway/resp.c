@@ -1,0 +1,259 @@
+#include "resp.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#if __has_include(<hiredis/read.h>)
+#include <hiredis/hiredis.h>
+#include <hiredis/read.h>
+#else
+#include <hiredis.h>
+#include <read.h>
+#endif
+
+struct spillway_resp_reader {
+    redisReader *reader;
+};
+
+/* ---- reply objects: hiredis reader hooks ------------------------------- */
+
+static spillway_rv *rv_new(const redisReadTask *task, int type)
+{
+    spillway_rv *v = calloc(1, sizeof(*v));
+    if (v == NULL) return NULL;
+    v->type = type;
+    if (task->parent != NULL) {
+        spillway_rv *parent = task->parent->obj;
+        parent->element[task->idx] = v;
+    }
+    return v;
+}
+
+static int map_type(int t)
+{
+    switch (t) {
+    case REDIS_REPLY_STRING: return SW_RV_STRING;
+    case REDIS_REPLY_STATUS: return SW_RV_STATUS;
+    case REDIS_REPLY_ERROR: return SW_RV_ERROR;
+    default: return SW_RV_OTHER;
+    }
+}
+
+static void *create_string(const redisReadTask *task, char *str, size_t len)
+{
+    spillway_frame *f = spillway_frame_copy(str, len);
+    spillway_rv *v;
+    if (f == NULL) return NULL;
+    v = rv_new(task, map_type(task->type));
+    if (v == NULL) {
+        spillway_frame_unref(f);
+        return NULL;
+    }
+    v->str = f;
+    return v;
+}
+
+#if HIREDIS_MAJOR >= 1
+static void *create_array(const redisReadTask *task, size_t elements)
+#else
+static void *create_array(const redisReadTask *task, int elements)
+#endif
+{
+    spillway_rv *v;
+    spillway_rv **el = NULL;
+    if (elements > 0) {
+        el = calloc((size_t)elements, sizeof(*el));
+        if (el == NULL) return NULL;
+    }
+    v = rv_new(task, SW_RV_ARRAY);
+    if (v == NULL) {
+        free(el);
+        return NULL;
+    }
+    v->elements = (size_t)elements;
+    v->element = el;
+    return v;
+}
+
+static void *create_integer(const redisReadTask *task, long long value)
+{
+    spillway_rv *v = rv_new(task, SW_RV_INTEGER);
+    if (v != NULL) v->integer = value;
+    return v;
+}
+
+static void *create_nil(const redisReadTask *task)
+{
+    return rv_new(task, SW_RV_NIL);
+}
+
+#if HIREDIS_MAJOR >= 1
+/* RESP3 types: never requested (no HELLO 3), kept as opaque values. */
+static void *create_double(const redisReadTask *task, double value, char *str, size_t len)
+{
+    SW_UNUSED(value);
+    SW_UNUSED(str);
+    SW_UNUSED(len);
+    return rv_new(task, SW_RV_OTHER);
+}
+
+static void *create_bool(const redisReadTask *task, int value)
+{
+    SW_UNUSED(value);
+    return rv_new(task, SW_RV_OTHER);
+}
+#endif
+
+void spillway_rv_free(spillway_rv *v)
+{
+    if (v == NULL) return;
+    for (size_t i = 0; i < v->elements; i++) spillway_rv_free(v->element[i]);
+    free(v->element);
+    spillway_frame_unref(v->str);
+    free(v);
+}
+
+static void free_object(void *p)
+{
+    spillway_rv_free(p);
+}
+
+static redisReplyObjectFunctions functions = {
+    .createString = create_string,
+    .createArray = create_array,
+    .createInteger = create_integer,
+#if HIREDIS_MAJOR >= 1
+    .createDouble = create_double,
+#endif
+    .createNil = create_nil,
+#if HIREDIS_MAJOR >= 1
+    .createBool = create_bool,
+#endif
+    .freeObject = free_object,
+};
+
+spillway_resp_reader *spillway_resp_reader_new(void)
+{
+    spillway_resp_reader *r = calloc(1, sizeof(*r));
+    if (r == NULL) return NULL;
+    r->reader = redisReaderCreateWithFunctions(&functions);
+    if (r->reader == NULL) {
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+void spillway_resp_reader_free(spillway_resp_reader *r)
+{
+    if (r == NULL) return;
+    redisReaderFree(r->reader);
+    free(r);
+}
+
+int spillway_resp_feed(spillway_resp_reader *r, const char *buf, size_t len, const char **err)
+{
+    if (redisReaderFeed(r->reader, buf, len) != REDIS_OK) {
+        *err = r->reader->errstr;
+        return -1;
+    }
+    return 0;
+}
+
+int spillway_resp_next(spillway_resp_reader *r, spillway_rv **out, const char **err)
+{
+    void *reply = NULL;
+    if (redisReaderGetReply(r->reader, &reply) != REDIS_OK) {
+        *err = r->reader->errstr;
+        return -1;
+    }
+    if (reply == NULL) return 0;
+    *out = reply;
+    return 1;
+}
+
+bool spillway_rv_is(const spillway_rv *v, const char *s)
+{
+    size_t n = strlen(s);
+    return v != NULL && v->str != NULL && v->str->len == n && memcmp(v->str->data, s, n) == 0;
+}
+
+bool spillway_rv_starts(const spillway_rv *v, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return v != NULL && v->str != NULL && v->str->len >= n && memcmp(v->str->data, prefix, n) == 0;
+}
+
+/* ---- commands ---------------------------------------------------------- */
+
+void spillway_buf_free(spillway_buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = b->off = 0;
+}
+
+void spillway_buf_reset(spillway_buf *b)
+{
+    b->len = b->off = 0;
+    if (b->cap > 1u << 20) spillway_buf_free(b); /* give a burst's memory back */
+}
+
+static int reserve(spillway_buf *b, size_t more)
+{
+    size_t need = b->len + more, n;
+    char *d;
+    if (need <= b->cap) return 0;
+    if (b->off > 0 && b->off == b->len) {
+        b->len = b->off = 0;
+        if (more <= b->cap) return 0;
+    }
+    n = b->cap ? b->cap : 1024;
+    while (n < need) n *= 2;
+    d = realloc(b->data, n);
+    if (d == NULL) return -1;
+    b->data = d;
+    b->cap = n;
+    return 0;
+}
+
+static int put_len_line(spillway_buf *b, char tag, size_t n)
+{
+    char tmp[32];
+    int k = snprintf(tmp, sizeof(tmp), "%c%zu\r\n", tag, n);
+    if (reserve(b, (size_t)k) != 0) return -1;
+    memcpy(b->data + b->len, tmp, (size_t)k);
+    b->len += (size_t)k;
+    return 0;
+}
+
+int spillway_buf_begin(spillway_buf *b, size_t argc)
+{
+    return put_len_line(b, '*', argc);
+}
+
+int spillway_buf_arg2(spillway_buf *b, const char *a, size_t alen, const char *c, size_t clen)
+{
+    if (put_len_line(b, '$', alen + clen) != 0 || reserve(b, alen + clen + 2) != 0) return -1;
+    if (alen > 0) memcpy(b->data + b->len, a, alen);
+    if (clen > 0) memcpy(b->data + b->len + alen, c, clen);
+    b->len += alen + clen;
+    b->data[b->len++] = '\r';
+    b->data[b->len++] = '\n';
+    return 0;
+}
+
+int spillway_buf_arg(spillway_buf *b, const char *s, size_t len)
+{
+    return spillway_buf_arg2(b, s, len, NULL, 0);
+}
+
+int spillway_buf_command(spillway_buf *b, int argc, const char *const *argv, const size_t *lens)
+{
+    if (spillway_buf_begin(b, (size_t)argc) != 0) return -1;
+    for (int i = 0; i < argc; i++) {
+        size_t n = lens ? lens[i] : strlen(argv[i]);
+        if (spillway_buf_arg(b, argv[i], n) != 0) return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,67 @@
+/*
+ * RESP: commands out, replies in.
+ *
+ * Replies are parsed by hiredis's redisReader with our own object functions
+ * (its public hook), so a bulk string is copied exactly once, straight into a
+ * spillway_frame that can go to sockets as it is. hiredis 0.14 and 1.x both
+ * work; RESP2 only.
+ */
+#ifndef SPILLWAY_RESP_H
+#define SPILLWAY_RESP_H
+
+#include "common.h"
+#include "frame.h"
+
+enum {
+    SW_RV_STRING = 1,
+    SW_RV_ARRAY,
+    SW_RV_INTEGER,
+    SW_RV_NIL,
+    SW_RV_STATUS,
+    SW_RV_ERROR,
+    SW_RV_OTHER
+};
+
+typedef struct spillway_rv {
+    int type;
+    long long integer;
+    spillway_frame *str; /* STRING, STATUS, ERROR: the bytes (a frame) */
+    size_t elements;
+    struct spillway_rv **element;
+} spillway_rv;
+
+typedef struct spillway_resp_reader spillway_resp_reader;
+
+/* A reader; NULL on ENOMEM. */
+spillway_resp_reader *spillway_resp_reader_new(void);
+void spillway_resp_reader_free(spillway_resp_reader *r);
+/* 0, or -1 with the reader's error text in *err. */
+int spillway_resp_feed(spillway_resp_reader *r, const char *buf, size_t len, const char **err);
+/* 1 and *out (owned by the caller, free with spillway_rv_free) when a whole
+ * reply is there; 0 when more bytes are needed; -1 on a protocol error. */
+int spillway_resp_next(spillway_resp_reader *r, spillway_rv **out, const char **err);
+void spillway_rv_free(spillway_rv *v);
+
+/* true when v is a STRING/STATUS/ERROR equal to s (case-sensitive). */
+bool spillway_rv_is(const spillway_rv *v, const char *s);
+/* true when v is a STRING/STATUS/ERROR that starts with prefix. */
+bool spillway_rv_starts(const spillway_rv *v, const char *prefix);
+
+/* ---- commands ---- */
+
+typedef struct spillway_buf {
+    char *data;
+    size_t len, cap, off; /* off: bytes already written out */
+} spillway_buf;
+
+void spillway_buf_free(spillway_buf *b);
+void spillway_buf_reset(spillway_buf *b);
+/* Appends a command (argc arguments) in RESP. 0, or -1 on ENOMEM. */
+int spillway_buf_command(spillway_buf *b, int argc, const char *const *argv, const size_t *lens);
+/* Incremental form for commands with many arguments:
+ * begin(argc) then argc times arg(). */
+int spillway_buf_begin(spillway_buf *b, size_t argc);
+int spillway_buf_arg(spillway_buf *b, const char *s, size_t len);
+int spillway_buf_arg2(spillway_buf *b, const char *a, size_t alen, const char *c, size_t clen);
+
+#endif

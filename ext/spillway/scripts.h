@@ -1,0 +1,27 @@
+/*
+ * The Lua scripts Spillway runs in Redis. Every process (the hub's command
+ * link and the Ruby publisher) loads them with SCRIPT LOAD on connect and
+ * runs them with EVALSHA, falling back to EVAL on NOSCRIPT.
+ *
+ * Keys of a namespace NS:
+ *   NS:id        the last message id issued ("<ms>-<seq>"), for all channels
+ *   NS:s:<name>  the backlog of channel <name>: a capped stream whose entry ids
+ *                are the message ids, one field "f" holding the whole frame
+ * Pub/sub channel of <name>: NS:<name>; the payload is the whole frame.
+ */
+#ifndef SPILLWAY_SCRIPTS_H
+#define SPILLWAY_SCRIPTS_H
+
+/* KEYS: id key, stream key. ARGV: pub/sub channel, frame body (everything
+ * after the id line), backlog length (0: no backlog), TTL seconds (0: none).
+ * Returns the new id. */
+extern const char spillway_lua_publish[];
+
+/* KEYS: id key, then one stream key per channel. ARGV: mode ("c": a client's
+ * cursor, report resets; "s": a cursor of our own, no resets; "n": only the
+ * last id), max entries per channel, TTL seconds, backlog length, then one
+ * cursor per channel. Returns { last id or "", {reset 0/1 per channel},
+ * {channel index (0-based), frame, ...} in id order }. */
+extern const char spillway_lua_resume[];
+
+#endif

@@ -1,0 +1,248 @@
+# frozen_string_literal: true
+
+require "json"
+require "spillway/version"
+require "spillway/spillway_ext"
+require "spillway/configuration"
+require "spillway/fallback"
+require "spillway/middleware"
+
+# Spillway: Server-Sent Events for Rack apps, served by a native event loop
+# inside the app process, fanned out through Redis (or in-process).
+#
+#   use Spillway::Middleware                       # GET /stream?channel=chat:42
+#   Spillway.publish("chat:42", "hello", event: "message")
+module Spillway
+  # Event names: like an SSE field value, without CR, LF or NUL, kept short.
+  MAX_EVENT_LENGTH = 128
+
+  @lock = Mutex.new
+  @config = Configuration.new
+  @hub = nil
+  @publisher = nil
+  @pid = Process.pid
+  @published = 0
+  @at_exit_installed = false
+  @warned = {}
+
+  class << self
+    # Spillway.configure(redis_url: "redis://...", heartbeat: 10)
+    # Spillway.configure { |c| c.max_connections = 5000 }
+    # Returns the configuration. Configuring again restarts the native hub.
+    def configure(**options)
+      @lock.synchronize do
+        check_pid!
+        config = Configuration.new(**current_settings)
+        config.update(**options)
+        yield config if block_given?
+        restart_needed = @hub || @publisher
+        stop_native(2.0) if restart_needed
+        @config = config
+      end
+      @config
+    end
+
+    def config
+      @config
+    end
+
+    def logger
+      @config.effective_logger
+    end
+
+    # Publishes data on channel to every stream listening to it, in every
+    # process (Redis) or in this process (memory). data is a String (UTF-8);
+    # a Hash or Array is sent as JSON. Returns the message id, or nil for an
+    # async publish (Redis: queued on this process's link, see flush).
+    def publish(channel, data, event: nil, async: false)
+      channel = check_channel!(channel)
+      data = coerce_data(data)
+      event = check_event!(event)
+      check_size!(data, event)
+      id =
+        if @config.backend == :memory
+          hub.publish(channel, data, event)
+        elsif async
+          hub.publish_async(channel, data, event)
+          nil
+        else
+          publisher_call { |p| p.publish(channel, data, event) }
+        end
+      @lock.synchronize { @published += 1 }
+      id
+    end
+
+    def publish_async(channel, data, event: nil)
+      publish(channel, data, event: event, async: true)
+    end
+
+    # Waits until every async publish made before the call has reached
+    # Redis. true, or false when timeout seconds passed first.
+    def flush(timeout: 5)
+      h = @lock.synchronize { check_pid!; @hub }
+      return true if h.nil? || @config.backend == :memory
+
+      h.flush(timeout)
+    end
+
+    # Counters of this process. Starts nothing.
+    def stats
+      h, published = @lock.synchronize do
+        check_pid!
+        [@hub, @published]
+      end
+      base = {
+        backend: @config.backend, pid: Process.pid, running: !h.nil?, published: published,
+        connections: 0, channels: 0, delivered: 0, dropped_slow: 0, bytes_out: 0, fallback_streams: 0
+      }
+      base.merge!(h.stats) if h
+      base[:publisher] = @publisher.stats if @publisher
+      base
+    end
+
+    # Stops the native hub: every stream gets a last retry hint and is
+    # closed, the thread exits. Also runs at exit. The hub starts again on
+    # the next stream or publish.
+    def shutdown(timeout: 2.0)
+      @lock.synchronize do
+        check_pid!
+        stop_native(timeout)
+      end
+      nil
+    end
+
+    # Call in a forked child (Puma's on_worker_boot, Unicorn's after_fork)
+    # if you like to be explicit; Spillway notices forks on its own.
+    def after_fork
+      @lock = Mutex.new
+      forget_native!
+      nil
+    end
+
+    # The native hub of this process, started on first use.
+    def hub
+      @lock.synchronize do
+        check_pid!
+        @hub ||= start_hub
+      end
+    end
+
+    # Logs a message once per key (fallbacks, degraded modes).
+    def warn_once(key, message)
+      first = @lock.synchronize { @warned[key] ? false : (@warned[key] = true) }
+      logger.warn(message) if first
+    end
+
+    # Used by the Process._fork hook: the child starts from scratch.
+    def forked!
+      after_fork
+    end
+
+    private
+
+    def current_settings
+      Configuration::SETTINGS.keys.to_h { |k| [k, @config.public_send(k)] }
+    end
+
+    def check_pid!
+      return if @pid == Process.pid
+
+      forget_native!
+    end
+
+    # In a fork child: the parent's hub is not ours (its descriptors were
+    # closed by the native atfork handler); drop the references.
+    def forget_native!
+      @hub = nil
+      @publisher&.abandon
+      @publisher = nil
+      @pid = Process.pid
+      @published = 0
+    end
+
+    def start_hub
+      h = Native::Hub.new(@config.native_options)
+      install_at_exit
+      h
+    end
+
+    def stop_native(timeout)
+      if @hub
+        unless @hub.stop(timeout)
+          logger.warn("Spillway: the native hub did not stop within #{timeout}s; left to finish on its own")
+        end
+        @hub = nil
+      end
+      @publisher&.close
+      @publisher = nil
+    end
+
+    def install_at_exit
+      return if @at_exit_installed
+
+      @at_exit_installed = true
+      owner = Process.pid
+      at_exit { shutdown if Process.pid == owner }
+    end
+
+    def publisher_call
+      p = @lock.synchronize do
+        check_pid!
+        @publisher ||= Native::Publisher.new(@config.native_options)
+      end
+      yield p
+    end
+
+    def check_channel!(channel)
+      channel = channel.to_s if channel.is_a?(Symbol)
+      unless @config.valid_channel?(channel)
+        raise ArgumentError, "invalid channel name #{channel.inspect}: 1 to #{@config.max_channel_length} " \
+                             "(max_channel_length) characters of A-Z a-z 0-9 _ - . : @ / = +"
+      end
+      channel
+    end
+
+    def coerce_data(data)
+      data = JSON.generate(data) if data.is_a?(Hash) || data.is_a?(Array)
+      raise ArgumentError, "data must be a String (or a Hash/Array sent as JSON), got #{data.class}" unless data.is_a?(String)
+
+      utf8 = data.encoding == Encoding::UTF_8 ? data : data.dup.force_encoding(Encoding::UTF_8)
+      unless utf8.valid_encoding?
+        raise ArgumentError, "data is not valid UTF-8 (SSE streams are UTF-8; send binary data base64-encoded)"
+      end
+
+      utf8
+    end
+
+    def check_event!(event)
+      return nil if event.nil?
+
+      event = event.to_s
+      if event.empty? || event.bytesize > MAX_EVENT_LENGTH || event.match?(/[\r\n\0]/)
+        raise ArgumentError, "invalid event name #{event.inspect}: 1 to #{MAX_EVENT_LENGTH} characters, no CR, LF or NUL"
+      end
+
+      event
+    end
+
+    def check_size!(data, event)
+      size = data.bytesize + (event ? event.bytesize : 0)
+      return if size <= @config.max_message_bytes
+
+      raise ArgumentError, "message of #{size} bytes is over max_message_bytes (#{@config.max_message_bytes})"
+    end
+  end
+
+  # Process._fork (Ruby >= 3.1) runs for every fork: fork, Process.fork,
+  # Kernel#`, Process.daemon and the app servers' worker forks.
+  module ForkHook
+    def _fork
+      pid = super
+      Spillway.forked! if pid.zero?
+      pid
+    end
+  end
+  Process.singleton_class.prepend(ForkHook) if Process.respond_to?(:_fork)
+end
+
+require "spillway/railtie" if defined?(Rails::Railtie)

@@ -1,0 +1,220 @@
+# frozen_string_literal: true
+
+require "uri"
+require "logger"
+
+module Spillway
+  # Process-wide settings. Set them with Spillway.configure before the first
+  # stream or publish; configuring again restarts the native hub (open streams
+  # get a retry hint and reconnect).
+  class Configuration
+    # Channel names: what is safe in a URL query, a Redis key and a JSON
+    # string without escaping.
+    CHANNEL_PATTERN = %r{\A[A-Za-z0-9_\-.:@/=+]+\z}.freeze
+    # Hard ceilings: the native hub refuses anything above them.
+    MAX_CHANNEL_LENGTH_CEILING = 1024
+    MAX_CHANNELS_CEILING = 1024
+    MAX_MESSAGE_CEILING = 16 * 1024 * 1024
+
+    SETTINGS = {
+      # backend
+      redis_url: nil,              # nil: ENV["REDIS_URL"]; still nil: the memory backend
+      namespace: "spillway",       # prefix of Redis keys and pub/sub channels
+      # streams
+      heartbeat: 15,               # seconds between heartbeat comments
+      retry_interval: 2.0,         # seconds; the `retry:` hint browsers wait before reconnecting
+      max_connections: nil,        # nil: open-file limit minus 256
+      max_channels_per_connection: 32,
+      max_channel_length: 128,
+      max_message_bytes: 64 * 1024,
+      outbox_limit: 512 * 1024,    # bytes queued for one slow stream before it is dropped
+      write_timeout: 30,           # seconds a stream may sit on unsent bytes without progress
+      headers: {},                 # extra response headers (e.g. CORS) on every stream
+      # backlog (both backends)
+      backlog_size: 1000,          # messages kept per channel for resume
+      backlog_ttl: 86_400,         # seconds a channel's backlog outlives its last message (0: forever)
+      max_backlog_channels: 100_000, # memory backend: channels with a backlog (least recently used dropped)
+      # Redis
+      connect_timeout: 1.0,
+      command_timeout: 1.0,
+      health_interval: 5.0,        # seconds between PINGs on the subscriber link
+      unsubscribe_linger: 1.0,     # seconds a channel stays subscribed after its last stream left
+      async_limit: 10_000,         # async publishes waiting for Redis before publish raises
+      queue_limit: 65_536,         # commands waiting for the native hub
+      logger: nil                  # nil: a Logger on $stderr
+    }.freeze
+
+    attr_reader(*SETTINGS.keys)
+
+    def initialize(**options)
+      SETTINGS.each { |key, value| instance_variable_set(:"@#{key}", value.dup) }
+      update(**options)
+    end
+
+    def update(**options)
+      options.each do |key, value|
+        raise ArgumentError, "unknown Spillway setting #{key.inspect} (known: #{SETTINGS.keys.join(', ')})" unless SETTINGS.key?(key)
+
+        public_send(:"#{key}=", value)
+      end
+      self
+    end
+
+    def redis_url=(url)
+      @redis_url = url.nil? || url.to_s.empty? ? nil : url.to_s
+      redis if @redis_url # parse now: a bad URL fails at configure time
+    end
+
+    def namespace=(ns)
+      ns = ns.to_s
+      raise ArgumentError, "namespace must match #{CHANNEL_PATTERN.inspect}, got #{ns.inspect}" unless ns.match?(CHANNEL_PATTERN)
+
+      @namespace = ns
+    end
+
+    def logger=(logger)
+      @logger = logger
+    end
+
+    def headers=(headers)
+      headers.each do |name, value|
+        unless name.to_s.match?(/\A[A-Za-z0-9!#$%&'*+\-.^_`|~]+\z/) && !value.to_s.match?(/[\r\n\0]/)
+          raise ArgumentError, "invalid header #{name.inspect}: #{value.inspect}"
+        end
+      end
+      @headers = headers.to_h { |k, v| [k.to_s, v.to_s] }
+    end
+
+    {
+      heartbeat: [0.01, 3600], retry_interval: [0, 3600], write_timeout: [0.01, 86_400],
+      connect_timeout: [0.001, 60], command_timeout: [0.001, 60], health_interval: [0.1, 3600],
+      unsubscribe_linger: [0, 3600]
+    }.each do |name, (min, max)|
+      define_method(:"#{name}=") do |value|
+        value = Float(value)
+        raise ArgumentError, "#{name} must be between #{min} and #{max} seconds, got #{value}" unless value.between?(min, max)
+
+        instance_variable_set(:"@#{name}", value)
+      end
+    end
+
+    {
+      max_connections: [1, 10_000_000], max_channels_per_connection: [1, MAX_CHANNELS_CEILING],
+      max_channel_length: [1, MAX_CHANNEL_LENGTH_CEILING], max_message_bytes: [1, MAX_MESSAGE_CEILING],
+      outbox_limit: [1024, 2**31], backlog_size: [0, 10_000_000], backlog_ttl: [0, 2**31],
+      max_backlog_channels: [1, 100_000_000], async_limit: [1, 10_000_000], queue_limit: [16, 100_000_000]
+    }.each do |name, (min, max)|
+      define_method(:"#{name}=") do |value|
+        if value.nil? && name == :max_connections
+          @max_connections = nil
+          next
+        end
+        value = Integer(value)
+        raise ArgumentError, "#{name} must be between #{min} and #{max}, got #{value}" unless value.between?(min, max)
+
+        instance_variable_set(:"@#{name}", value)
+      end
+    end
+
+    def backend
+      redis ? :redis : :memory
+    end
+
+    def effective_redis_url
+      @redis_url || (ENV["REDIS_URL"].to_s.empty? ? nil : ENV["REDIS_URL"])
+    end
+
+    # The parsed Redis URL as a Hash, or nil for the memory backend.
+    def redis
+      url = effective_redis_url
+      return nil unless url
+      return @redis_parsed if @redis_parsed_for == url
+
+      @redis_parsed = parse_redis_url(url)
+      @redis_parsed_for = url
+      @redis_parsed
+    end
+
+    def max_connections_effective
+      @max_connections || begin
+        soft, = Process.getrlimit(:NOFILE)
+        soft = 1_000_000 if soft == Process::RLIM_INFINITY
+        [soft - 256, 16].max
+      end
+    end
+
+    def effective_logger
+      @logger ||= Logger.new($stderr, progname: "spillway")
+    end
+
+    def valid_channel?(name)
+      name.is_a?(String) && !name.empty? && name.bytesize <= max_channel_length && name.match?(CHANNEL_PATTERN)
+    end
+
+    # Options for Spillway::Native::Hub.new.
+    def native_options
+      opts = {
+        heartbeat_ms: ms(heartbeat), retry_ms: ms(retry_interval), max_connections: max_connections_effective,
+        max_channels_per_connection: max_channels_per_connection, outbox_limit: outbox_limit,
+        write_timeout_ms: ms(write_timeout), backlog_size: backlog_size, backlog_ttl: backlog_ttl,
+        max_backlog_channels: max_backlog_channels, queue_limit: queue_limit,
+        extra_headers: headers.empty? ? nil : headers.map { |k, v| "#{k}: #{v}\r\n" }.join
+      }
+      opts.merge!(redis_native_options) if redis
+      opts
+    end
+
+    def redis_native_options
+      r = redis
+      {
+        redis_host: r[:path] ? nil : r[:host], redis_port: r[:port], redis_path: r[:path],
+        redis_username: r[:username], redis_password: r[:password], redis_db: r[:db],
+        namespace: namespace, connect_timeout_ms: ms(connect_timeout), command_timeout_ms: ms(command_timeout),
+        health_interval_ms: ms(health_interval), backlog_size: backlog_size, backlog_ttl: backlog_ttl,
+        async_limit: async_limit, unsubscribe_linger_ms: ms(unsubscribe_linger)
+      }
+    end
+
+    private
+
+    def ms(seconds)
+      (seconds * 1000).round
+    end
+
+    def parse_redis_url(url)
+      uri = URI.parse(url)
+      case uri.scheme
+      when "redis"
+        host = uri.host.to_s.empty? ? "127.0.0.1" : uri.host.delete_prefix("[").delete_suffix("]")
+        path_db = uri.path.to_s.delete_prefix("/")
+        db = path_db.empty? ? query_db(uri) : Integer(path_db, 10)
+        { host: host, port: uri.port || 6379, path: nil, db: db }.merge(credentials(uri))
+      when "unix"
+        raise ArgumentError, "unix:// Redis URL without a socket path: #{url}" if uri.path.to_s.empty?
+
+        { host: nil, port: 0, path: uri.path, db: query_db(uri) }.merge(credentials(uri))
+      when "rediss"
+        raise ArgumentError, "rediss:// (TLS to Redis) is not supported yet: reach Redis over a private " \
+                             "network or a local TLS tunnel (stunnel, spiped) and use redis:// or unix://"
+      else
+        raise ArgumentError, "unsupported Redis URL #{url.inspect}: use redis://[user:password@]host[:port][/db] " \
+                             "or unix://[user:password@]/path/to/redis.sock[?db=N]"
+      end
+    rescue URI::InvalidURIError => e
+      raise ArgumentError, "invalid Redis URL #{url.inspect}: #{e.message}"
+    end
+
+    def query_db(uri)
+      db = URI.decode_www_form(uri.query.to_s).to_h["db"]
+      db ? Integer(db, 10) : 0
+    end
+
+    def credentials(uri)
+      user = uri.user && URI.decode_www_form_component(uri.user)
+      password = uri.password && URI.decode_www_form_component(uri.password)
+      # redis://:secret@host means a password without a user (AUTH secret).
+      user = nil if user&.empty?
+      { username: password ? user : nil, password: password }
+    end
+  end
+end

@@ -1,0 +1,167 @@
+# frozen_string_literal: true
+
+require "socket"
+
+module Spillway
+  # How a stream reaches the native hub, fastest first:
+  #
+  # 1. Full hijack of a plain TCP/Unix socket (Puma, Unicorn, Passenger):
+  #    the hub gets a duplicate of the descriptor and writes everything,
+  #    the HTTP head included. No Ruby thread stays involved.
+  # 2. Full hijack of something that is not a plain socket (Puma terminating
+  #    TLS itself hands out a Puma::MiniSSL::Socket): the hub writes into one
+  #    end of a socket pair and a Ruby thread pumps the bytes through the
+  #    hijacked IO. Never plaintext into a TLS socket.
+  # 3. No full hijack, but partial hijack (WEBrick): the server writes the
+  #    head, a Ruby thread pumps the pair into the IO it hands us.
+  # 4. Neither: a streaming body that reads the pair; the server's request
+  #    thread is busy for as long as the stream is open.
+  #
+  # Paths 2-4 warn once in the log and count in stats[:fallback_streams].
+  module Fallback
+    HEADERS = {
+      "content-type" => "text/event-stream; charset=utf-8",
+      "cache-control" => "no-cache, no-transform",
+      "x-accel-buffering" => "no"
+    }.freeze
+    CHUNK = 64 * 1024
+    ERROR_RESPONSE = "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n" \
+                     "Content-Length: 20\r\nConnection: close\r\n\r\nstream setup failed\n"
+
+    module_function
+
+    # Opens the stream on the best path available. hub.reserve has been
+    # called: the place passes to the hub with the attach, or is given back
+    # here when anything fails before that.
+    def open(env, hub, channels, cursor)
+      attached = false
+      io = nil
+      attach = lambda do |sock, flags|
+        hub.attach(sock, channels, cursor, flags)
+        attached = true
+      end
+      io = full_hijack(env)
+      if io.is_a?(::BasicSocket)
+        attach.call(io, Native::Hub::ATTACH_HEAD)
+        io.close
+        return [200, {}, []]
+      end
+      if io
+        Spillway.warn_once(:hijack_not_socket,
+                           "Spillway: the hijacked connection is a #{io.class}, not a plain socket (TLS terminated " \
+                           "by the app server?); streams go through a Ruby thread each. Terminate TLS in a proxy " \
+                           "for the native path.")
+        src = attach_pair(attach, Native::Hub::ATTACH_HEAD)
+        tune(io)
+        pump(src, io)
+        return [200, {}, []]
+      end
+      if env["rack.hijack?"]
+        Spillway.warn_once(:partial_hijack,
+                           "Spillway: #{env['SERVER_SOFTWARE'] || 'this server'} has no full hijack; streams go " \
+                           "through partial hijack and a Ruby thread each. Use Puma for the native path.")
+        src = attach_pair(attach, 0)
+        return [200, HEADERS.merge("rack.hijack" => ->(out) { pump(src, out) }), []]
+      end
+      Spillway.warn_once(:no_hijack,
+                         "Spillway: #{env['SERVER_SOFTWARE'] || 'this server'} supports no hijack; each stream " \
+                         "holds a server thread. Use Puma for the native path.")
+      src = attach_pair(attach, 0)
+      [200, HEADERS.dup, Body.new(src)]
+    rescue Exception # rubocop:disable Lint/RescueException
+      unless attached
+        hub.unreserve
+        # The server will not answer a hijacked connection: we must.
+        if io && !io.closed?
+          begin
+            io.write(ERROR_RESPONSE)
+          rescue StandardError
+            nil
+          end
+          io.close
+        end
+      end
+      raise
+    end
+
+    # The hijacked IO, or nil when the server cannot give one.
+    def full_hijack(env)
+      return nil unless env["rack.hijack?"] && env["rack.hijack"]
+
+      io = env["rack.hijack"].call
+      io = env["rack.hijack_io"] unless io.respond_to?(:write)
+      io
+    rescue NotImplementedError
+      # WEBrick under Rack 2: "only partial hijack is supported".
+      nil
+    end
+
+    # The hub's end of a socket pair is attached; ours is returned.
+    def attach_pair(attach, flags)
+      ours, theirs = UNIXSocket.pair
+      begin
+        attach.call(theirs, flags | Native::Hub::ATTACH_FALLBACK)
+      rescue StandardError
+        ours.close
+        raise
+      ensure
+        theirs.close
+      end
+      ours
+    end
+
+    # Copies what the hub writes into out until either side closes. A
+    # client that went away makes the write fail; the pair closes and the
+    # hub releases the stream.
+    def pump(src, out)
+      Thread.new do
+        Thread.current.name = "spillway-pump"
+        Thread.current.report_on_exception = false
+        begin
+          loop do
+            out.write(src.readpartial(CHUNK))
+            out.flush if out.respond_to?(:flush)
+          end
+        rescue StandardError
+          nil
+        ensure
+          src.close unless src.closed?
+          begin
+            out.close
+          rescue StandardError
+            nil
+          end
+        end
+      end
+    end
+
+    # Lets the kernel notice a vanished peer as the native path does.
+    def tune(io)
+      sock = io.respond_to?(:to_io) ? io.to_io : nil
+      return unless sock.is_a?(::BasicSocket) && defined?(Socket::TCP_USER_TIMEOUT)
+
+      sock.setsockopt(Socket::IPPROTO_TCP, Socket::TCP_USER_TIMEOUT, (Spillway.config.heartbeat * 1000).round)
+    rescue StandardError
+      nil
+    end
+
+    # A streaming Rack body over the pair (servers without hijack).
+    class Body
+      def initialize(src)
+        @src = src
+      end
+
+      def each
+        loop { yield @src.readpartial(CHUNK) }
+      rescue EOFError, IOError, SystemCallError
+        nil
+      ensure
+        close
+      end
+
+      def close
+        @src.close unless @src.closed?
+      end
+    end
+  end
+end

@@ -1,0 +1,91 @@
+# frozen_string_literal: true
+
+require "uri"
+require "socket"
+
+module Spillway
+  # Rack middleware that serves Server-Sent Events streams:
+  #
+  #   GET /stream?channel=chat:42&channel=user:7   (Last-Event-ID: <id>)
+  #
+  # The request thread validates, authorizes, hijacks the socket and hands a
+  # copy of its descriptor to the native hub; it is free again at once.
+  # Everything else passes through to the app.
+  #
+  #   use Spillway::Middleware, mount: "/events",
+  #                           authorize: ->(env, channels) { channels.all? { |c| c.start_with?("public:") } }
+  #
+  # authorize returns true (all channels), false/nil (403), or an Array of the
+  # channels the request may have (the others are dropped; none left: 403).
+  class Middleware
+    MAX_QUERY_BYTES = 16 * 1024
+    MAX_CURSOR_BYTES = 64
+    TEXT = { "content-type" => "text/plain; charset=utf-8", "cache-control" => "no-store" }.freeze
+
+    def initialize(app, mount: "/stream", authorize: nil, param: "channel")
+      raise ArgumentError, "mount must start with /" unless mount.to_s.start_with?("/")
+      raise ArgumentError, "authorize must respond to #call" if authorize && !authorize.respond_to?(:call)
+
+      @app = app
+      @mount = mount.to_s
+      @authorize = authorize
+      @param = param.to_s
+    end
+
+    def call(env)
+      return @app.call(env) unless env["PATH_INFO"] == @mount
+
+      serve(env)
+    end
+
+    private
+
+    def serve(env)
+      method = env["REQUEST_METHOD"]
+      return text(405, "#{method} is not allowed here: streams are opened with GET\n", "allow" => "GET") unless method == "GET"
+
+      query = env["QUERY_STRING"].to_s
+      return text(414, "query string longer than #{MAX_QUERY_BYTES} bytes\n") if query.bytesize > MAX_QUERY_BYTES
+
+      params = begin
+        URI.decode_www_form(query)
+      rescue ArgumentError
+        return text(400, "malformed query string\n")
+      end
+      config = Spillway.config
+      channels = params.filter_map { |k, v| v if k == @param }.uniq
+      return text(400, "no channel given: use ?#{@param}=NAME (repeat for several)\n") if channels.empty?
+      if channels.size > config.max_channels_per_connection
+        return text(400, "#{channels.size} channels requested; max_channels_per_connection is #{config.max_channels_per_connection}\n")
+      end
+
+      bad = channels.find { |c| !config.valid_channel?(c) }
+      if bad
+        return text(400, "invalid channel name #{bad[0, 64].inspect}: 1 to #{config.max_channel_length} " \
+                         "characters of A-Z a-z 0-9 _ - . : @ / = +\n")
+      end
+
+      cursor = env["HTTP_LAST_EVENT_ID"] || params.find { |k, _| k == "lastEventId" }&.last
+      cursor = nil if cursor&.empty?
+      return text(400, "Last-Event-ID longer than #{MAX_CURSOR_BYTES} bytes\n") if cursor && cursor.bytesize > MAX_CURSOR_BYTES
+
+      if @authorize
+        allowed = @authorize.call(env, channels.dup.freeze)
+        channels = allowed.is_a?(Array) ? channels & allowed.map(&:to_s) : (allowed ? channels : [])
+        return text(403, "not allowed\n") if channels.empty?
+      end
+
+      hub = Spillway.hub
+      unless hub.reserve
+        retry_after = [config.retry_interval.ceil, 1].max
+        return text(503, "too many open streams (max_connections #{config.max_connections_effective})\n",
+                    "retry-after" => retry_after.to_s)
+      end
+      Fallback.open(env, hub, channels, cursor)
+    end
+
+    def text(status, body, extra = {})
+      [status, TEXT.merge(extra).merge("content-length" => body.bytesize.to_s), [body]]
+    end
+  end
+end
