@@ -92,15 +92,16 @@ static int ring_push(spillway_frame ***ring, uint32_t *cap, uint32_t *start, uin
 }
 
 /* Queues a reference to f (taking a new reference). Returns -1 when the
- * stream was doomed instead (out of memory, or over its cap). */
+ * stream was doomed instead (out of memory).
+ *
+ * The cap is not checked here but after the end-of-iteration flush: a burst
+ * processed in one iteration may queue more than the cap for a client that
+ * then takes it all in one write. The queue holds only references to frames
+ * that exist anyway, so the cost of waiting is a few pointers. */
 int spillway_conn_push(spillway_hub *hub, spillway_conn *c, spillway_frame *f)
 {
     if (c->flags & SW_CF_DOOMED) return -1;
     if (c->out_len == 0) c->progress_ms = hub->now;
-    if ((uint64_t)c->out_bytes + f->len > hub->cfg.outbox_limit) {
-        spillway_conn_doom(hub, c, true);
-        return -1;
-    }
     if (ring_push(&c->out, &c->out_cap, &c->out_start, &c->out_len, f) != 0) {
         spillway_hub_error(hub, "spillway_conn_push: out of memory (fd %d)", c->h.fd);
         spillway_conn_doom(hub, c, false);
@@ -278,7 +279,7 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
             int e = errno;
             if (e == EAGAIN || e == EWOULDBLOCK) {
                 c->flags |= SW_CF_BLOCKED;
-                return;
+                break;
             }
             /* EPIPE, ECONNRESET, ETIMEDOUT (TCP_USER_TIMEOUT): gone. */
             sw_debug("sendmsg(fd %d): %s", c->h.fd, strerror(e));
@@ -310,8 +311,14 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
             /* A short write: the socket buffer is full. With edge-triggered
              * epoll, EPOLLOUT arrives once it drains. */
             c->flags |= SW_CF_BLOCKED;
-            return;
+            break;
         }
+    }
+    if (c->flags & SW_CF_DOOMED) return;
+    if (c->out_bytes > hub->cfg.outbox_limit) {
+        /* What the socket would not take is over the cap: a slow reader. */
+        spillway_conn_doom(hub, c, true);
+        return;
     }
     if (c->out_len == 0 && c->out_cap > 64) {
         /* A burst made the ring big; give the memory back while idle. */

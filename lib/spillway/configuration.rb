@@ -148,7 +148,8 @@ module Spillway
     end
 
     def valid_channel?(name)
-      name.is_a?(String) && !name.empty? && name.bytesize <= max_channel_length && name.match?(CHANNEL_PATTERN)
+      name.is_a?(String) && !name.empty? && name.bytesize <= max_channel_length && name.valid_encoding? &&
+        name.match?(CHANNEL_PATTERN)
     end
 
     # Options for Spillway::Native::Hub.new.

@@ -1,0 +1,102 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+
+# Slow, silent and vanished clients: each is released, nobody else waits.
+RSpec.describe "Connection lifecycle" do
+  describe "a client that never reads" do
+    before(:all) do
+      @server = AppServer.new(config: { outbox_limit: 64 * 1024, backlog_size: 10 }).start
+    end
+
+    after(:all) { @server&.stop }
+
+    it "is closed at its outbox cap while the others receive everything" do
+      stuck = SSEClient.open(@server.port, "firehose", rcvbuf: 4096)
+      stuck.wait_for_head
+      readers = SSESwarm.new(Array.new(3) { SSEClient.open(@server.port, "firehose") })
+      wait_until { @server.stats[:connections] == 4 }
+
+      # 400 x 8 KiB: far more than the stuck client's socket buffers plus its
+      # 64 KiB outbox.
+      4.times { |i| @server.post("/publish_seq?channel=firehose&from=#{i * 100 + 1}&count=100&size=8192") }
+      readers.wait_all(timeout: 30, message: "400 messages each") { |c| c.events.size >= 400 }
+      readers.clients.each do |c|
+        expect(c.data.map(&:to_i)).to eq((1..400).to_a)
+      end
+      wait_until(message: "the stuck client dropped") { @server.stats[:dropped_slow] == 1 }
+      expect(@server.stats[:connections]).to eq(3)
+      # What the stuck client got before the cut is a clean prefix.
+      stuck.wait_closed(timeout: 10) while stuck.pump
+      expect(stuck.data.map(&:to_i)).to eq((1..stuck.events.size).to_a)
+    ensure
+      stuck&.close
+      readers&.close_all
+    end
+  end
+
+  describe "heartbeats and vanished peers" do
+    before(:all) do
+      @server = AppServer.new(config: { heartbeat: 1 }).start
+    end
+
+    after(:all) { @server&.stop }
+
+    it "sends a heartbeat comment every period" do
+      client = SSEClient.open(@server.port, "beat")
+      client.wait_for_head
+      start = client.parser.comments
+      wait_until(timeout: 5, message: "3 heartbeats") { client.pump; client.parser.comments >= start + 3 }
+    ensure
+      client&.close
+    end
+
+    it "releases a client that closed at once, and one that reset the connection" do
+      a = SSEClient.open(@server.port, "bye")
+      b = SSEClient.open(@server.port, "bye")
+      [a, b].each(&:wait_for_head)
+      wait_until { @server.stats[:connections] == 2 }
+      a.close
+      b.sock.setsockopt(Socket::SOL_SOCKET, Socket::SO_LINGER, [1, 0].pack("ii")) # close sends RST
+      b.close
+      t0 = monotonic
+      wait_until(timeout: 5) { @server.stats[:connections].zero? }
+      expect(monotonic - t0).to be < 1.0
+      expect(@server.stats[:channels]).to be <= 1 # only a backlog, if any, may stay
+    end
+
+    it "releases a client that vanished without FIN or RST within two heartbeats" do
+      client = SSEClient.open(@server.port, "vanish")
+      client.wait_for_head
+      wait_until { @server.stats[:connections] == 1 }
+      port = client.sock.local_address.ip_port
+      rules = [["--dport", port.to_s], ["--sport", port.to_s]]
+      rules.each do |dir, p|
+        system("iptables", "-I", "INPUT", "-i", "lo", "-p", "tcp", dir, p, "-j", "DROP", exception: true)
+      end
+      t0 = monotonic
+      # The cable is pulled: nothing from or to the client arrives any more.
+      wait_until(timeout: 2.5, message: "release within two heartbeats") { @server.stats[:connections].zero? }
+      expect(monotonic - t0).to be <= 2.5
+    ensure
+      rules&.each { |dir, p| system("iptables", "-D", "INPUT", "-i", "lo", "-p", "tcp", dir, p, "-j", "DROP") }
+      client&.close
+    end
+  end
+
+  describe "shutdown" do
+    it "gives every stream a last retry hint and closes it when the server stops" do
+      server = AppServer.new(config: { retry_interval: 0.5 }).start
+      client = SSEClient.open(server.port, "bye-bye")
+      client.wait_for_head
+      wait_until { server.stats[:connections] == 1 }
+      hints = client.raw.scan("retry: 500").size
+      server.stop
+      client.wait_closed(timeout: 10)
+      expect(client.raw.scan("retry: 500").size).to eq(hints + 1)
+    ensure
+      client&.close
+      server&.stop
+    end
+  end
+end

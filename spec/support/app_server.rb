@@ -1,0 +1,122 @@
+# frozen_string_literal: true
+
+require "json"
+require "net/http"
+require "tmpdir"
+require "rbconfig"
+
+# A real Puma serving spec/fixtures/app.ru on a free port.
+#
+#   server = AppServer.new(config: { heartbeat: 1 }, threads: "1:1").start
+#   server.get("/stats")
+class AppServer
+  include Waiting
+
+  ROOT = File.expand_path("../..", __dir__)
+  FIXTURE = File.join(ROOT, "spec", "fixtures", "app.ru")
+  DEBIAN_PUMA = "/usr/bin/puma"
+
+  attr_reader :port, :pid, :log
+
+  # puma: :gem (the Gemfile's Puma) or :debian (Debian's Puma 5.6 and Rack 2).
+  def initialize(config: {}, middleware: {}, threads: "1:1", workers: 0, preload: false, puma: :gem,
+                 env: {}, tls: nil, rackup: FIXTURE)
+    @config = config
+    @middleware = middleware
+    @threads = threads
+    @workers = workers
+    @preload = preload
+    @puma = puma
+    @extra_env = env
+    @tls = tls
+    @rackup = rackup
+    @port = free_port
+    @log = File.join(Dir.mktmpdir("spillway-puma"), "puma.log")
+  end
+
+  def start
+    env = {
+      "SPILLWAY_CONFIG" => JSON.generate(@config),
+      "SPILLWAY_MIDDLEWARE" => JSON.generate(@middleware),
+      "RUBYLIB" => File.join(ROOT, "lib")
+    }.merge(@extra_env)
+    bind = @tls ? "ssl://127.0.0.1:#{port}?key=#{@tls[:key]}&cert=#{@tls[:cert]}&verify_mode=none" : "tcp://127.0.0.1:#{port}"
+    args = ["-t", @threads, "-b", bind, "--environment", "production"]
+    args += ["-w", @workers.to_s] if @workers.positive?
+    args << "--preload" if @preload
+    args << @rackup
+    cmd = @puma == :debian ? [DEBIAN_PUMA, *args] : [RbConfig.ruby, "-S", "puma", *args]
+    spawn_env = @puma == :debian ? env.merge("BUNDLE_GEMFILE" => nil, "RUBYOPT" => nil, "GEM_HOME" => nil) : env
+    runner = @puma == :debian && defined?(Bundler) ? Bundler.method(:with_unbundled_env) : ->(&b) { b.call }
+    runner.call do
+      @pid = Process.spawn(spawn_env, *cmd, out: @log, err: @log, pgroup: true)
+    end
+    wait_until(timeout: 30, interval: 0.05, message: "Puma on #{port} (log: #{log_tail})") { ready? }
+    self
+  end
+
+  def ready?
+    return false if exited?
+
+    get("/ping").body == "pong"
+  rescue SystemCallError, IOError, Net::ReadTimeout, OpenSSL::SSL::SSLError
+    false
+  end
+
+  def exited?
+    Process.waitpid(@pid, Process::WNOHANG) ? true : false
+  rescue Errno::ECHILD
+    true
+  end
+
+  def stop(timeout: 15)
+    return unless @pid
+
+    begin
+      Process.kill("TERM", -@pid)
+      wait_until(timeout: timeout, interval: 0.02, message: "Puma to exit") { Process.waitpid(@pid, Process::WNOHANG) }
+    rescue Waiting::Timeout
+      Process.kill("KILL", -@pid)
+      Process.wait(@pid)
+    rescue Errno::ESRCH, Errno::ECHILD
+      nil
+    end
+    @pid = nil
+  end
+
+  def http
+    h = Net::HTTP.new("127.0.0.1", port)
+    h.open_timeout = 5
+    h.read_timeout = 10
+    if @tls
+      h.use_ssl = true
+      h.verify_mode = OpenSSL::SSL::VERIFY_NONE
+    end
+    h
+  end
+
+  def get(path, headers = {})
+    http.start { |h| h.get(path, headers) }
+  end
+
+  def post(path, body = "")
+    http.start { |h| h.post(path, body, "Content-Type" => "application/octet-stream") }
+  end
+
+  def publish(channel, data, event: nil)
+    q = "channel=#{URI.encode_www_form_component(channel)}"
+    q << "&event=#{URI.encode_www_form_component(event)}" if event
+    res = post("/publish?#{q}", data)
+    raise "publish failed: #{res.code} #{res.body}" unless res.code == "200"
+
+    res.body
+  end
+
+  def stats
+    JSON.parse(get("/stats").body, symbolize_names: true)
+  end
+
+  def log_tail
+    File.exist?(@log) ? File.read(@log).lines.last(20).join : "(no log)"
+  end
+end

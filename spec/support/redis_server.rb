@@ -1,0 +1,85 @@
+# frozen_string_literal: true
+
+require "tmpdir"
+require "fileutils"
+
+# A real redis-server on a free port, in a temporary directory.
+class RedisServer
+  include Waiting
+
+  attr_reader :port, :dir
+
+  def initialize(persistence: false, password: nil, unixsocket: false)
+    @persistence = persistence
+    @password = password
+    @dir = Dir.mktmpdir("spillway-redis")
+    @port = free_port
+    @unixsocket = unixsocket ? File.join(@dir, "redis.sock") : nil
+  end
+
+  def start
+    args = ["redis-server", "--port", port.to_s, "--bind", "127.0.0.1", "--dir", dir,
+            "--logfile", File.join(dir, "redis.log"), "--daemonize", "no", "--protected-mode", "no"]
+    args += @persistence ? ["--appendonly", "yes", "--appendfsync", "always", "--save", ""] : ["--save", "", "--appendonly", "no"]
+    args += ["--requirepass", @password] if @password
+    args += ["--unixsocket", @unixsocket, "--unixsocketperm", "700"] if @unixsocket
+    @pid = Process.spawn(*args, out: File::NULL, err: File::NULL)
+    wait_until(timeout: 10, message: "redis-server on #{port}") { ping }
+    self
+  end
+
+  def url(db: 0)
+    auth = @password ? ":#{@password}@" : ""
+    "redis://#{auth}127.0.0.1:#{port}/#{db}"
+  end
+
+  def unix_url
+    "unix://#{@password ? ":#{@password}@" : ''}#{@unixsocket}"
+  end
+
+  def ping
+    client = RespClient.new(port: port, timeout: 1)
+    client.call("AUTH", @password) if @password
+    client.call("PING") == "PONG"
+  rescue SystemCallError, RespClient::Error, IOError
+    false
+  ensure
+    client&.close
+  end
+
+  def call(*args)
+    client = RespClient.new(port: port)
+    client.call("AUTH", @password) if @password
+    client.call(*args)
+  ensure
+    client&.close
+  end
+
+  def stop(signal = "TERM")
+    return unless @pid
+
+    Process.kill(signal, @pid)
+    Process.wait(@pid)
+    @pid = nil
+  rescue Errno::ESRCH, Errno::ECHILD
+    @pid = nil
+  end
+
+  def kill
+    stop("KILL")
+  end
+
+  def restart
+    stop
+    start
+  end
+
+  def running?
+    !@pid.nil?
+  end
+
+  def cleanup
+    stop
+    FileUtils.rm_rf(dir)
+  end
+end

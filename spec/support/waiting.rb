@@ -1,0 +1,36 @@
+# frozen_string_literal: true
+
+# Waiting on conditions, with deadlines; never a fixed sleep.
+module Waiting
+  class Timeout < StandardError; end
+
+  module_function
+
+  # Polls the block until it returns truthy; returns that value or raises
+  # with `message` (and the last value) after `timeout` seconds.
+  def wait_until(timeout: 10, interval: 0.005, message: "condition")
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+    last = nil
+    loop do
+      last = yield
+      return last if last
+
+      if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+        raise Timeout, "timed out after #{timeout}s waiting for #{message} (last: #{last.inspect})"
+      end
+
+      sleep interval
+    end
+  end
+
+  def monotonic
+    Process.clock_gettime(Process::CLOCK_MONOTONIC)
+  end
+
+  def free_port
+    server = TCPServer.new("127.0.0.1", 0)
+    server.addr[1]
+  ensure
+    server&.close
+  end
+end
