@@ -65,12 +65,20 @@ static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 static void atfork_prepare(void)
 {
     pthread_mutex_lock(&registry_lock);
-    for (spillway_hub *h = registry; h != NULL; h = h->reg_next) pthread_mutex_lock(&h->loop_lock);
+    /* Same order as the reactor (loop_lock, then the queue's lock): the
+     * queue, with streams not yet attached, is consistent too. */
+    for (spillway_hub *h = registry; h != NULL; h = h->reg_next) {
+        pthread_mutex_lock(&h->loop_lock);
+        pthread_mutex_lock(&h->q.lock);
+    }
 }
 
 static void atfork_parent(void)
 {
-    for (spillway_hub *h = registry; h != NULL; h = h->reg_next) pthread_mutex_unlock(&h->loop_lock);
+    for (spillway_hub *h = registry; h != NULL; h = h->reg_next) {
+        pthread_mutex_unlock(&h->q.lock);
+        pthread_mutex_unlock(&h->loop_lock);
+    }
     pthread_mutex_unlock(&registry_lock);
 }
 
@@ -81,6 +89,9 @@ static void abandon(spillway_hub *hub)
     for (uint32_t s = 0; hub->wheel != NULL && s < hub->wheel_slots; s++)
         for (spillway_conn *c = hub->wheel[s]; c != NULL; c = c->wnext)
             if (c->h.fd >= 0) close(c->h.fd);
+    /* Streams handed over but not attached yet. */
+    for (spillway_qnode *n = hub->q.head; n != NULL; n = n->next)
+        if (((spillway_cmd *)n)->kind == SW_CMD_ATTACH) close(((spillway_cmd_attach *)n)->fd);
     if (hub->redis != NULL) spillway_redis_abandon(hub);
     spillway_queue_abandon(&hub->q);
     if (hub->epfd >= 0) close(hub->epfd);

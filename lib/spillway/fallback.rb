@@ -52,8 +52,7 @@ module Spillway
                            "by the app server?); streams go through a Ruby thread each. Terminate TLS in a proxy " \
                            "for the native path.")
         src = attach_pair(attach, Native::Hub::ATTACH_HEAD)
-        tune(io)
-        pump(src, io)
+        pump(src, io, tune(io))
         return [200, {}, []]
       end
       if env["rack.hijack?"]
@@ -112,13 +111,21 @@ module Spillway
 
     # Copies what the hub writes into out until either side closes. A
     # client that went away makes the write fail; the pair closes and the
-    # hub releases the stream.
-    def pump(src, out)
+    # hub releases the stream. When the client's own socket is known
+    # (watch), its EOF is noticed at once, as on the native path.
+    def pump(src, out, watch = nil)
       Thread.new do
         Thread.current.name = "spillway-pump"
         Thread.current.report_on_exception = false
+        ios = watch ? [src, watch] : [src]
         begin
           loop do
+            ready, = IO.select(ios)
+            # An SSE client sends nothing after its request: readable means
+            # EOF, a reset, or a TLS close_notify. Either way it is gone.
+            break if watch && ready.include?(watch) && watch.recv_nonblock(1, Socket::MSG_PEEK, exception: false) != :wait_readable
+            next unless ready.include?(src)
+
             out.write(src.readpartial(CHUNK))
             out.flush if out.respond_to?(:flush)
           end
@@ -135,12 +142,16 @@ module Spillway
       end
     end
 
-    # Lets the kernel notice a vanished peer as the native path does.
+    # The socket under a wrapped IO (TLS), set up so the kernel notices a
+    # vanished peer as on the native path; nil when there is none.
     def tune(io)
       sock = io.respond_to?(:to_io) ? io.to_io : nil
-      return unless sock.is_a?(::BasicSocket) && defined?(Socket::TCP_USER_TIMEOUT)
+      return nil unless sock.is_a?(::BasicSocket)
 
-      sock.setsockopt(Socket::IPPROTO_TCP, Socket::TCP_USER_TIMEOUT, (Spillway.config.heartbeat * 1000).round)
+      if defined?(Socket::TCP_USER_TIMEOUT) && sock.local_address.ip?
+        sock.setsockopt(Socket::IPPROTO_TCP, Socket::TCP_USER_TIMEOUT, (Spillway.config.heartbeat * 1000).round)
+      end
+      sock
     rescue StandardError
       nil
     end

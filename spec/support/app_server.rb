@@ -15,10 +15,18 @@ class AppServer
   ROOT = File.expand_path("../..", __dir__)
   FIXTURE = File.join(ROOT, "spec", "fixtures", "app.ru")
   DEBIAN_PUMA = "/usr/bin/puma"
+  # Only the gems Debian's packages installed (Puma 5.6, Rack 2.2): what a
+  # machine with `apt-get install puma ruby-rack` and no Bundler has.
+  DEBIAN_ONLY_GEMS = {
+    "BUNDLE_GEMFILE" => nil, "RUBYOPT" => nil, "BUNDLER_SETUP" => nil, "GEM_HOME" => "/nonexistent",
+    "GEM_PATH" => %w[/usr/lib/ruby/gems/3.1.0 /usr/share/rubygems-integration/3.1.0
+                     /usr/share/rubygems-integration/all /usr/lib/x86_64-linux-gnu/rubygems-integration/3.1.0].join(":")
+  }.freeze
 
   attr_reader :port, :pid, :log
 
-  # puma: :gem (the Gemfile's Puma) or :debian (Debian's Puma 5.6 and Rack 2).
+  # puma: :gem (the Gemfile's Puma), :debian (Debian's Puma 5.6 and Rack 2)
+  # or :webrick (rackup's WEBrick: no full hijack).
   def initialize(config: {}, middleware: {}, threads: "1:1", workers: 0, preload: false, puma: :gem,
                  env: {}, tls: nil, rackup: FIXTURE)
     @config = config
@@ -45,8 +53,13 @@ class AppServer
     args += ["-w", @workers.to_s] if @workers.positive?
     args << "--preload" if @preload
     args << @rackup
-    cmd = @puma == :debian ? [DEBIAN_PUMA, *args] : [RbConfig.ruby, "-S", "puma", *args]
-    spawn_env = @puma == :debian ? env.merge("BUNDLE_GEMFILE" => nil, "RUBYOPT" => nil, "GEM_HOME" => nil) : env
+    cmd =
+      case @puma
+      when :debian then [DEBIAN_PUMA, *args]
+      when :webrick then [RbConfig.ruby, "-S", "rackup", "-s", "webrick", "-o", "127.0.0.1", "-p", port.to_s, @rackup]
+      else [RbConfig.ruby, "-S", "puma", *args]
+      end
+    spawn_env = @puma == :debian ? env.merge(DEBIAN_ONLY_GEMS) : env
     runner = @puma == :debian && defined?(Bundler) ? Bundler.method(:with_unbundled_env) : ->(&b) { b.call }
     runner.call do
       @pid = Process.spawn(spawn_env, *cmd, out: @log, err: @log, pgroup: true)
