@@ -591,15 +591,13 @@ static int queue_resume(spillway_hub *hub, rq *q, char mode, spillway_channel **
     spillway_redis *r = R(hub);
     spillway_buf *b = &r->cmd.out;
     const spillway_redis_config *rc = &hub->cfg.redis;
-    char nkeys[16], count[16], ttl[16], maxlen[16];
+    char nkeys[16], ttl[16];
     size_t clen = strlen(cursor);
     int bad = 0;
 
     snprintf(nkeys, sizeof(nkeys), "%u", n + 1);
-    snprintf(count, sizeof(count), "%u", rc->backlog_size ? rc->backlog_size + 1000 : 1);
     snprintf(ttl, sizeof(ttl), "%u", rc->backlog_ttl_s);
-    snprintf(maxlen, sizeof(maxlen), "%u", rc->backlog_size);
-    bad |= spillway_buf_begin(b, 3 + 1 + n + 4 + n);
+    bad |= spillway_buf_begin(b, 3 + 1 + n + 2 + n);
     if (eval) bad |= spillway_buf_arg(b, "EVAL", 4), bad |= spillway_buf_arg(b, spillway_lua_resume, strlen(spillway_lua_resume));
     else bad |= spillway_buf_arg(b, "EVALSHA", 7), bad |= spillway_buf_arg(b, r->resume_sha, 40);
     bad |= spillway_buf_arg(b, nkeys, strlen(nkeys));
@@ -607,9 +605,7 @@ static int queue_resume(spillway_hub *hub, rq *q, char mode, spillway_channel **
     for (uint32_t i = 0; i < n; i++)
         bad |= spillway_buf_arg2(b, r->key_prefix, r->key_prefix_len, chans[i]->name, chans[i]->namelen);
     bad |= spillway_buf_arg(b, &mode, 1);
-    bad |= spillway_buf_arg(b, count, strlen(count));
     bad |= spillway_buf_arg(b, ttl, strlen(ttl));
-    bad |= spillway_buf_arg(b, maxlen, strlen(maxlen));
     for (uint32_t i = 0; i < n; i++) bad |= spillway_buf_arg(b, cursor, clen);
     if (bad) {
         spillway_hub_error(hub, "Redis command link: out of memory");

@@ -6,7 +6,8 @@
  * Keys of a namespace NS:
  *   NS:id        the last message id issued ("<ms>-<seq>"), for all channels
  *   NS:s:<name>  the backlog of channel <name>: a capped stream whose entry ids
- *                are the message ids, one field "f" holding the whole frame
+ *                are the message ids; field "f" holds the whole frame, field
+ *                "p" the id of the channel's previous message
  * Pub/sub channel of <name>: NS:<name>; the payload is the whole frame.
  */
 #ifndef SPILLWAY_SCRIPTS_H
@@ -19,9 +20,9 @@ extern const char spillway_lua_publish[];
 
 /* KEYS: id key, then one stream key per channel. ARGV: mode ("c": a client's
  * cursor, report resets; "s": a cursor of our own, no resets; "n": only the
- * last id), max entries per channel, TTL seconds, backlog length, then one
- * cursor per channel. Returns { last id or "", {reset 0/1 per channel},
- * {channel index (0-based), frame, ...} in id order }. */
+ * last id), TTL seconds, then one cursor per channel. Returns { last id or
+ * "", {reset 0/1 per channel}, {channel index (0-based), frame, ...} in id
+ * order }. A channel with a reset gets no frames. */
 extern const char spillway_lua_resume[];
 
 #endif

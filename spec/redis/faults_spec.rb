@@ -1,0 +1,108 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+
+# Fault injection while a numbered sequence is published: every client must
+# receive every number exactly once, in order.
+RSpec.describe "Redis faults during a continuous sequence" do
+  COUNT = 1500
+  STREAMS = 20
+
+  # Publishes 1..count in order from this process. A publish that fails is
+  # checked against the backlog (it may have gone through before the
+  # connection broke) and otherwise retried until Redis is back.
+  def publisher(redis, count)
+    Thread.new do
+      (1..count).each do |i|
+        deadline = monotonic + 30
+        begin
+          Spillway.publish("seq", i.to_s)
+        rescue Spillway::RedisError
+          raise if monotonic > deadline
+
+          sleep 0.02
+          last = begin
+            redis.call("XREVRANGE", "spillway:s:seq", "+", "-", "COUNT", "1")
+          rescue SystemCallError, RespClient::Error, IOError
+            nil
+          end
+          retry unless last && last[0] && last[0][1][1].end_with?("data: #{i}\n\n")
+        end
+        @published = i
+        sleep 0.001 if (i % 10).zero? # spread the sequence over a second or two
+      end
+    end
+  end
+
+  def check_sequence(swarm, count)
+    swarm.wait_all(timeout: 60, message: "all #{count} numbers on every stream") do |c|
+      c.events.size >= count
+    end
+    swarm.pump_all
+    swarm.clients.each do |c|
+      expect(c.data.map { |d| Integer(d) }).to eq((1..count).to_a)
+    end
+  end
+
+  def start(redis)
+    @server = AppServer.new(config: { redis_url: redis.url, heartbeat: 2, connect_timeout: 0.5 }).start
+    swarm = SSESwarm.new(Array.new(STREAMS) { SSEClient.open(@server.port, "seq") })
+    swarm.wait_all(message: "heads") { |c| c.status == 200 }
+    wait_until(message: "streams live") { @server.stats[:connections] == STREAMS && @server.stats[:redis_connected] }
+    # Every stream is live once a probe message reaches all of them.
+    Spillway.configure(redis_url: redis.url, connect_timeout: 0.5, command_timeout: 0.5)
+    swarm
+  end
+
+  after do
+    @server&.stop
+    @redis&.cleanup
+  end
+
+  it "survives CLIENT KILL TYPE pubsub (twice) without a loss or a duplicate" do
+    @redis = RedisServer.new.start
+    swarm = start(@redis)
+    @published = 0
+    pub = publisher(@redis, COUNT)
+    [COUNT / 3, 2 * COUNT / 3].each do |mark|
+      wait_until(timeout: 30) { @published >= mark }
+      killed = @redis.call("CLIENT", "KILL", "TYPE", "pubsub")
+      expect(killed).to eq(1)
+    end
+    pub.join
+    check_sequence(swarm, COUNT)
+    stats = @server.stats
+    expect(stats[:redis_reconnects]).to be >= 2
+    expect(stats[:gap_repairs]).to be >= 2
+  ensure
+    swarm&.close_all
+  end
+
+  it "survives a restart of redis-server with persistence on" do
+    @redis = RedisServer.new(persistence: true).start
+    swarm = start(@redis)
+    @published = 0
+    pub = publisher(@redis, COUNT)
+    wait_until(timeout: 30) { @published >= COUNT / 2 }
+    @redis.restart
+    pub.join
+    check_sequence(swarm, COUNT)
+    expect(@server.stats[:gap_repairs]).to be >= 1
+  ensure
+    swarm&.close_all
+  end
+
+  it "survives the command link being killed while streams resume" do
+    @redis = RedisServer.new.start
+    swarm = start(@redis)
+    ids = Array.new(10) { |i| Spillway.publish("seq", (i + 1).to_s) }
+    check_sequence(swarm, 10)
+    @redis.call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    late = SSEClient.open(@server.port, "seq", cursor: ids[4])
+    late.wait_for_events(5)
+    expect(late.data).to eq(%w[6 7 8 9 10])
+  ensure
+    late&.close
+    swarm&.close_all
+  end
+end
