@@ -1,0 +1,78 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+
+RSpec.describe "Spillway.publish (memory backend)" do
+  it "returns strictly increasing ids" do
+    ids = Array.new(1000) { Spillway.publish("ids", "x") }
+    parsed = ids.map { |id| id.split("-").map(&:to_i) }
+    expect(parsed).to eq(parsed.sort)
+    expect(parsed.uniq.size).to eq(1000)
+  end
+
+  it "keeps ids in order across threads" do
+    before = Spillway.stats[:published]
+    ids = Queue.new
+    4.times.map { Thread.new { 250.times { ids << Spillway.publish("threads", "x") } } }.each(&:join)
+    expect(ids.size).to eq(1000)
+    expect(Spillway.stats[:published] - before).to eq(1000)
+  end
+
+  it "refuses bad input with ArgumentError naming the rule or the limit" do
+    Spillway.configure(max_message_bytes: 10, max_channel_length: 5)
+    before = Spillway.stats[:published]
+    expect { Spillway.publish("ok", "x" * 11) }.to raise_error(ArgumentError, /max_message_bytes \(10\)/)
+    expect { Spillway.publish("toolong", "x") }.to raise_error(ArgumentError, /max_channel_length/)
+    expect { Spillway.publish("ok", "x", event: "a\rb") }.to raise_error(ArgumentError, /invalid event name/)
+    expect { Spillway.publish("ok", "x", event: "") }.to raise_error(ArgumentError, /invalid event name/)
+    expect { Spillway.publish("ok", 42) }.to raise_error(ArgumentError, /must be a String/)
+    expect { Spillway.publish("ok", "\xc3".b) }.to raise_error(ArgumentError, /not valid UTF-8/)
+    expect(Spillway.publish(:ok, { a: 1 })).to match(/\A\d+-\d+\z/)
+    expect(Spillway.stats[:published] - before).to eq(1)
+  end
+
+  it "does not start a hub for stats" do
+    expect(Spillway.stats).to include(running: false, connections: 0, backend: :memory)
+    expect(Spillway.stats[:running]).to be(false)
+  end
+
+  it "reports the hub's memory through ObjectSpace.memsize_of" do
+    require "objspace"
+    hub = Spillway.hub
+    expect(ObjectSpace.memsize_of(hub)).to be > 1000
+  end
+end
+
+RSpec.describe "Spillway::Native.sse_encode" do
+  def enc(id, event, data)
+    Spillway::Native.sse_encode(id, event, data)
+  end
+
+  it "encodes id, event and data lines" do
+    expect(enc("1-0", "ev", "a")).to eq("id: 1-0\nevent: ev\ndata: a\n\n")
+    expect(enc(nil, nil, "")).to eq("data: \n\n")
+    expect(enc(nil, nil, "a\r\nb\rc\nd\n")).to eq("data: a\ndata: b\ndata: c\ndata: d\ndata: \n\n")
+  end
+
+  it "rejects CR, LF and NUL in ids and event names" do
+    ["a\nb", "a\rb", "a\0b"].each do |bad|
+      expect { enc(bad, nil, "x") }.to raise_error(ArgumentError, /id contains/)
+      expect { enc(nil, bad, "x") }.to raise_error(ArgumentError, /event name contains/)
+    end
+  end
+
+  it "round-trips random data through a browser-style parser" do
+    rng = Random.new(42)
+    alphabet = ["a", "b", " ", ":", "\r", "\n", "\r\n", "é", "\0", "data: "]
+    500.times do
+      data = Array.new(rng.rand(0..12)) { alphabet[rng.rand(alphabet.size)] }.join
+      parser = SSEParser.new
+      frame = enc("7-1", "t", data)
+      frame.bytes.each_slice(rng.rand(1..5)) { |s| parser.feed(s.pack("C*")) }
+      event = parser.events.first
+      expect(event.data).to eq(data.gsub(/\r\n|\r/, "\n")), data.inspect
+      expect(event.type).to eq("t")
+      expect(event.last_event_id).to eq("7-1")
+    end
+  end
+end
