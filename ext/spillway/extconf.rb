@@ -8,7 +8,13 @@ require "mkmf"
 #   SPILLWAY_DEBUG=1      debug output from the C core, -O0 -g3
 #   --with-hiredis-dir=/opt/hiredis   a hiredis outside the system paths
 
-dir_config("hiredis")
+_, hiredis_lib = dir_config("hiredis")
+if hiredis_lib
+  # Ahead of Ruby's own library directory: on Debian that is the multiarch
+  # directory, which holds the system hiredis. And found again at run time.
+  hiredis_lib.split(File::PATH_SEPARATOR).reverse_each { |dir| $DEFLIBPATH.unshift(dir) }
+  hiredis_lib.split(File::PATH_SEPARATOR).each { |dir| $LDFLAGS << " -Wl,-rpath,#{dir}" }
+end
 
 INSTALL_HINT = <<~MSG
 
