@@ -24,6 +24,7 @@ module Spillway
   @published = 0
   @at_exit_installed = false
   @warned = {}
+  @forked = false
 
   class << self
     # Spillway.configure(redis_url: "redis://...", heartbeat: 10)
@@ -61,6 +62,7 @@ module Spillway
       check_size!(data, event)
       id =
         if @config.backend == :memory
+          warn_forked_memory if @forked
           hub.publish(channel, data, event)
         elsif async
           hub.publish_async(channel, data, event)
@@ -70,6 +72,18 @@ module Spillway
         end
       @lock.synchronize { @published += 1 }
       id
+    end
+
+    # The id of the newest message published so far in the namespace (Redis)
+    # or process (memory): the cursor for "from now on". A page that renders
+    # state and then opens its stream with ?lastEventId=<cursor> misses
+    # nothing published in between.
+    def cursor
+      if @config.backend == :memory
+        hub.cursor
+      else
+        publisher_call(&:cursor)
+      end
     end
 
     def publish_async(channel, data, event: nil)
@@ -136,9 +150,16 @@ module Spillway
     # Used by the Process._fork hook: the child starts from scratch.
     def forked!
       after_fork
+      @forked = true
     end
 
     private
+
+    def warn_forked_memory
+      warn_once(:forked_memory,
+                "Spillway: publishing with the in-process memory backend in a forked process (pid #{Process.pid}): " \
+                "only streams of this very process receive it. Configure redis_url to reach the app's processes.")
+    end
 
     def current_settings
       Configuration::SETTINGS.keys.to_h { |k| [k, @config.public_send(k)] }

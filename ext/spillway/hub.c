@@ -184,7 +184,7 @@ static void free_cmd(spillway_cmd *cmd)
 /* The memory backend's resume: everything is in this process. */
 static void memory_join(spillway_hub *hub, spillway_conn *c)
 {
-    spillway_id now = hub->last;
+    spillway_id now = hub->last, issued;
     bool all_reset;
     bool *reset;
     spillway_frame **frames;
@@ -197,7 +197,12 @@ static void memory_join(spillway_hub *hub, spillway_conn *c)
     /* Not an id, an id this hub never issued (from the future: another
      * process or a restart), or from before this process started: nothing
      * here can tell what was missed. */
-    all_reset = !c->cursor_ok || spillway_id_cmp(c->cursor, now) > 0 ||
+    /* Issued but not yet processed here counts as known (Spillway.cursor
+     * may hand out an id whose publish is still in the queue). */
+    pthread_mutex_lock(&hub->q.lock);
+    issued = hub->gen_last;
+    pthread_mutex_unlock(&hub->q.lock);
+    all_reset = !c->cursor_ok || spillway_id_cmp(c->cursor, spillway_id_max(now, issued)) > 0 ||
                 spillway_id_cmp(c->cursor, hub->origin) < 0;
     for (uint32_t i = 0; i < c->nmem; i++) total += c->mem[i].ch->ring_len;
     reset = calloc(c->nmem ? c->nmem : 1, sizeof(*reset));
@@ -758,6 +763,15 @@ int spillway_hub_publish(spillway_hub *hub, const char *channel, size_t chlen, c
         return rc;
     }
     return 0;
+}
+
+void spillway_hub_cursor(spillway_hub *hub, char *idbuf)
+{
+    spillway_id id;
+    pthread_mutex_lock(&hub->q.lock);
+    id = hub->gen_last;
+    pthread_mutex_unlock(&hub->q.lock);
+    spillway_id_format(id, idbuf);
 }
 
 struct async_stamp {

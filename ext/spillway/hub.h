@@ -117,6 +117,10 @@ int spillway_hub_publish(spillway_hub *hub, const char *channel, size_t chlen, c
                          size_t evlen, const char *data, size_t datalen, char *idbuf, char *err,
                          size_t errlen);
 
+/* Memory backend: the newest id issued so far (the start of this hub when
+ * none), for a page that renders state and then subscribes from "now". */
+void spillway_hub_cursor(spillway_hub *hub, char *idbuf);
+
 /*
  * Redis backend: queues a publish for the hub's command link (pipelined
  * EVALSHA). 0, -EAGAIN when async_limit publishes are already waiting, or

@@ -255,6 +255,14 @@ static VALUE hub_publish(VALUE self, VALUE channel, VALUE data, VALUE event)
     return rb_str_new_cstr(id);
 }
 
+/* hub.cursor -> the newest id issued (memory backend) */
+static VALUE hub_cursor(VALUE self)
+{
+    char id[SPILLWAY_ID_TEXT_MAX];
+    spillway_hub_cursor(get_hub(self), id);
+    return rb_str_new_cstr(id);
+}
+
 /* hub.publish_async(channel, data, event) -> ticket (Redis backend) */
 static VALUE hub_publish_async(VALUE self, VALUE channel, VALUE data, VALUE event)
 {
@@ -438,6 +446,7 @@ void Init_spillway_hub(void)
     rb_define_method(cHub, "attach", hub_attach, 4);
     rb_define_method(cHub, "publish", hub_publish, 3);
     rb_define_method(cHub, "publish_async", hub_publish_async, 3);
+    rb_define_method(cHub, "cursor", hub_cursor, 0);
     rb_define_method(cHub, "flush", hub_flush, 1);
     rb_define_method(cHub, "stats", hub_stats, 0);
     rb_define_method(cHub, "stop", hub_stop, 1);

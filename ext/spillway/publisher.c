@@ -240,10 +240,13 @@ static redisReply *eval_publish(spillway_publisher *p, redisContext *ctx, spillw
     argv[6] = c->body;
     argv[7] = maxlen;
     argv[8] = ttl;
-    for (int i = 0; i < 9; i++) lens[i] = strlen(argv[i]);
-    lens[4] = p->key_prefix_len + c->chlen;
-    lens[5] = p->chan_prefix_len + c->chlen;
-    lens[6] = c->bodylen;
+    for (int i = 0; i < 9; i++) {
+        /* skey, chan and the body are not NUL-terminated. */
+        if (i == 4) lens[i] = p->key_prefix_len + c->chlen;
+        else if (i == 5) lens[i] = p->chan_prefix_len + c->chlen;
+        else if (i == 6) lens[i] = c->bodylen;
+        else lens[i] = strlen(argv[i]);
+    }
     rep = run(ctx, 9, argv, lens);
 done:
     free(skey);
@@ -321,6 +324,37 @@ void spillway_publish_run(spillway_publish_call *c)
     return;
 failed:
     atomic_fetch_add(&p->failed, 1);
+}
+
+void spillway_publish_cursor(spillway_publish_call *c)
+{
+    spillway_publisher *p = c->p;
+    redisContext *ctx = pool_take(p);
+    redisReply *rep;
+    const char *argv[4] = {"EVAL", spillway_lua_cursor, "1", p->idkey};
+
+    c->rc = 0;
+    c->id[0] = '\0';
+    if (ctx == NULL) ctx = connect_new(p, c);
+    if (ctx == NULL) return;
+    __atomic_store_n(&c->fd, ctx->fd, __ATOMIC_SEQ_CST);
+    rep = __atomic_load_n(&c->interrupted, __ATOMIC_SEQ_CST) ? NULL : run(ctx, 4, argv, NULL);
+    __atomic_store_n(&c->fd, -1, __ATOMIC_SEQ_CST);
+    if (rep == NULL) {
+        set_err(c, __atomic_load_n(&c->interrupted, __ATOMIC_SEQ_CST) ? -EINTR : -EIO,
+                "Redis connection failed while reading the cursor (%.100s)", ctx->errstr);
+        redisFree(ctx);
+        return;
+    }
+    if (rep->type != REDIS_REPLY_STRING || rep->len >= SPILLWAY_ID_TEXT_MAX) {
+        set_err(c, -EPROTO, "Redis refused the cursor read: %.180s",
+                rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+    } else {
+        memcpy(c->id, rep->str, rep->len);
+        c->id[rep->len] = '\0';
+    }
+    freeReplyObject(rep);
+    pool_give(p, ctx);
 }
 
 void spillway_publish_interrupt(spillway_publish_call *c)

@@ -39,6 +39,10 @@ struct spillway_publish_call {
  * -ECONNREFUSED/-ETIMEDOUT/-EIO Redis unreachable or silent, -EPROTO Redis
  * answered with an error, -EINTR interrupted. */
 void spillway_publish_run(spillway_publish_call *call);
+/* Like spillway_publish_run, but reads the namespace's newest id (the
+ * cursor for "now") into call->id; channel and body are unused. */
+void spillway_publish_cursor(spillway_publish_call *call);
+
 /* Unblock function: shuts down the connection of this call only. */
 void spillway_publish_interrupt(spillway_publish_call *call);
 

@@ -128,6 +128,27 @@ static VALUE pub_publish(VALUE self, VALUE channel, VALUE data, VALUE event)
     return rb_str_new_cstr(call.id);
 }
 
+static void *cursor_nogvl(void *ptr)
+{
+    spillway_publish_cursor(ptr);
+    return NULL;
+}
+
+/* publisher.cursor -> the namespace's newest id */
+static VALUE pub_cursor(VALUE self)
+{
+    pub_wrap *w = get(self);
+    spillway_publish_call call;
+    if (w->pid != getpid()) rb_raise(spillway_eError, "publisher of process %d used in %d", (int)w->pid, (int)getpid());
+    memset(&call, 0, sizeof(call));
+    call.p = w->p;
+    call.fd = -1;
+    rb_thread_call_without_gvl(cursor_nogvl, &call, publish_ubf, &call);
+    if (call.rc == -EINTR) rb_thread_check_ints();
+    if (call.rc != 0) rb_raise(spillway_eRedisError, "Spillway.cursor: %s", call.err);
+    return rb_str_new_cstr(call.id);
+}
+
 static VALUE pub_close(VALUE self)
 {
     pub_wrap *w;
@@ -167,6 +188,7 @@ void Init_spillway_publisher(void)
     rb_define_alloc_func(c, pub_alloc);
     rb_define_method(c, "initialize", pub_initialize, 1);
     rb_define_method(c, "publish", pub_publish, 3);
+    rb_define_method(c, "cursor", pub_cursor, 0);
     rb_define_method(c, "close", pub_close, 0);
     rb_define_method(c, "abandon", pub_abandon, 0);
     rb_define_method(c, "stats", pub_stats, 0);

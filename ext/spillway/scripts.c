@@ -100,3 +100,11 @@ const char spillway_lua_resume[] =
     "local flat = {}\n"
     "for _, e in ipairs(entries) do flat[#flat + 1] = e[3]; flat[#flat + 1] = e[4] end\n"
     "return {last or '', resets, flat}\n";
+
+const char spillway_lua_cursor[] =
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if v then return v end\n"
+    "local t = redis.call('TIME')\n"
+    "v = string.format('%d-0', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))\n"
+    "if redis.call('SET', KEYS[1], v, 'NX') then return v end\n"
+    "return redis.call('GET', KEYS[1])\n";

@@ -25,4 +25,9 @@ extern const char spillway_lua_publish[];
  * order }. A channel with a reset gets no frames. */
 extern const char spillway_lua_resume[];
 
+/* KEYS: id key. Returns the last id issued; when the namespace has none
+ * yet, starts it at Redis's clock (so a cursor taken before the first
+ * publish is valid). */
+extern const char spillway_lua_cursor[];
+
 #endif

@@ -144,7 +144,7 @@ module Spillway
     end
 
     def effective_logger
-      @logger ||= Logger.new($stderr, progname: "spillway")
+      @logger || (@default_logger ||= Logger.new($stderr, progname: "spillway"))
     end
 
     def valid_channel?(name)

@@ -59,13 +59,33 @@ class AppServer
       when :webrick then [RbConfig.ruby, "-S", "rackup", "-s", "webrick", "-o", "127.0.0.1", "-p", port.to_s, @rackup]
       else [RbConfig.ruby, "-S", "puma", *args]
       end
+    cmd = valgrind_prefix + cmd if ENV["SPILLWAY_VALGRIND"] && @puma != :debian
     spawn_env = @puma == :debian ? env.merge(DEBIAN_ONLY_GEMS) : env
     runner = @puma == :debian && defined?(Bundler) ? Bundler.method(:with_unbundled_env) : ->(&b) { b.call }
     runner.call do
       @pid = Process.spawn(spawn_env, *cmd, out: @log, err: @log, pgroup: true)
     end
-    wait_until(timeout: 30, interval: 0.05, message: "Puma on #{port} (log: #{log_tail})") { ready? }
+    wait_until(timeout: ENV["SPILLWAY_VALGRIND"] ? 12 : 30, interval: 0.05, message: "Puma on #{port} (log: #{log_tail})") { ready? }
     self
+  end
+
+  VALGRIND_SUPP = File.join(ROOT, "spec", "valgrind-ruby.supp")
+
+  # memcheck over the server; its log is checked when the server stops.
+  def valgrind_prefix
+    @valgrind_log = File.join(File.dirname(@log), "valgrind.%p.log")
+    ["valgrind", "--undef-value-errors=no", "--leak-check=no", "--suppressions=#{VALGRIND_SUPP}",
+     "--log-file=#{@valgrind_log}"]
+  end
+
+  def check_valgrind!
+    return unless @valgrind_log
+
+    Dir[@valgrind_log.sub("%p", "*")].each do |f|
+      text = File.read(f)
+      summary = text[/ERROR SUMMARY: (\d+) errors/, 1]
+      raise "valgrind found errors in the server (#{f}):\n#{text.lines.last(60).join}" if summary && summary != "0"
+    end
   end
 
   def ready?
@@ -95,6 +115,7 @@ class AppServer
       nil
     end
     @pid = nil
+    check_valgrind!
   end
 
   def http

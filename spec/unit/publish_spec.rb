@@ -76,3 +76,29 @@ RSpec.describe "Spillway::Native.sse_encode" do
     end
   end
 end
+
+RSpec.describe "Spillway.cursor" do
+  it "is the newest id (memory), a clean start for a stream before or after publishes" do
+    first = Spillway.cursor
+    expect(first).to match(/\A\d+-\d+\z/)
+    id = Spillway.publish("cur", "x")
+    expect(Spillway.cursor).to eq(id)
+  end
+
+  it "warns once when a forked child publishes with the memory backend" do
+    log = StringIO.new
+    Spillway.configure(logger: Logger.new(log))
+    reader, writer = IO.pipe
+    pid = fork do
+      reader.close
+      2.times { Spillway.publish("forked", "x") }
+      writer.write(log.string)
+      exit!(0)
+    end
+    writer.close
+    out = reader.read
+    Process.wait(pid)
+    expect(out.scan("forked process").size).to eq(1)
+    expect(out).to include("Configure redis_url")
+  end
+end
