@@ -215,6 +215,7 @@ void spillway_conn_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **
     spillway_frame **held = c->held;
     uint32_t held_len = c->held_len;
 
+    if (c->flags & SW_CF_JOINING) STAT_SUB(hub, st_joining, 1);
     c->flags &= ~SW_CF_JOINING;
     c->held = NULL;
     c->held_len = c->held_cap = 0;
@@ -401,6 +402,10 @@ void spillway_conn_release(spillway_hub *hub, spillway_conn *c)
 void spillway_conn_close(spillway_hub *hub, spillway_conn *c)
 {
     spillway_wheel_remove(hub, c);
+    if (c->flags & SW_CF_JOINING) {
+        c->flags &= ~SW_CF_JOINING;
+        STAT_SUB(hub, st_joining, 1);
+    }
     for (uint32_t i = c->nmem; i-- > 0;) {
         spillway_member m = c->mem[i];
         if (m.ch != NULL) spillway_channel_remove_sub(hub, m.ch, m.idx);

@@ -250,7 +250,10 @@ static void do_attach(spillway_hub *hub, spillway_cmd_attach *cmd)
     c->cursor_ok = cmd->cursor_ok;
     c->cursor = cmd->cursor;
     if (c->has_cursor) STAT_ADD(hub, st_resumes, 1);
-    if (hub->redis != NULL) c->flags |= SW_CF_JOINING;
+    if (hub->redis != NULL) {
+        c->flags |= SW_CF_JOINING;
+        STAT_ADD(hub, st_joining, 1);
+    }
 
     c->mem = calloc(cmd->nch ? cmd->nch : 1, sizeof(*c->mem));
     if (c->mem == NULL) {
@@ -383,6 +386,7 @@ static void shutdown_streams(spillway_hub *hub)
     for (uint32_t s = 0; s < hub->wheel_slots; s++) {
         for (spillway_conn *c = hub->wheel[s]; c != NULL; c = c->wnext) {
             if (c->flags & SW_CF_DOOMED) continue;
+            if (c->flags & SW_CF_JOINING) atomic_fetch_sub_explicit(&hub->st_joining, 1, memory_order_relaxed);
             c->flags &= ~SW_CF_JOINING;
             spillway_conn_push(hub, c, hub->f_retry);
             spillway_conn_flush(hub, c);
@@ -910,6 +914,7 @@ void spillway_hub_stats(spillway_hub *hub, spillway_stats *out)
     out->fallback_total = STAT_GET(hub, st_fallback_total);
     out->resumes = STAT_GET(hub, st_resumes);
     out->resets = STAT_GET(hub, st_resets);
+    out->joining = STAT_GET(hub, st_joining);
     out->backlog_messages = STAT_GET(hub, st_backlog_messages);
     out->backlog_bytes = STAT_GET(hub, st_backlog_bytes);
     out->redis_connected = STAT_GET(hub, st_redis_connected);

@@ -65,6 +65,7 @@ typedef struct spillway_stats {
     uint64_t fallback_total;
     uint64_t resumes;          /* streams that came back with a cursor */
     uint64_t resets;           /* `event: reset` sent (backlog did not reach the cursor) */
+    uint64_t joining;          /* streams waiting for their subscriptions (Redis) */
     uint64_t backlog_messages; /* memory backend: frames kept in backlogs */
     uint64_t backlog_bytes;
     uint64_t redis_connected;  /* 1 when both Redis links are up */

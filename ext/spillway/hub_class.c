@@ -338,6 +338,7 @@ static VALUE hub_stats(VALUE self)
     SET("fallback_total", st.fallback_total);
     SET("resumes", st.resumes);
     SET("resets", st.resets);
+    SET("joining", st.joining);
     SET("backlog_messages", st.backlog_messages);
     SET("backlog_bytes", st.backlog_bytes);
     SET("redis_reconnects", st.redis_reconnects);

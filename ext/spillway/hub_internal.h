@@ -82,7 +82,9 @@ enum spillway_rstate {
     SW_RS_NONE = 0,    /* not subscribed */
     SW_RS_PENDING,     /* waiting to be sent in the next SUBSCRIBE batch */
     SW_RS_SENT,        /* SUBSCRIBE sent, confirmation not yet read */
-    SW_RS_ACTIVE,      /* confirmed: every later message reaches us */
+    SW_RS_SYNCING,     /* confirmed; waiting for a barrier through the sub link */
+    SW_RS_ACTIVE,      /* every later message reaches us, and hub->last covers
+                          everything published before the subscription */
     SW_RS_UNSUB_SENT   /* UNSUBSCRIBE sent, confirmation not yet read */
 };
 
@@ -95,6 +97,7 @@ typedef struct spillway_channel {
     uint8_t in_plist;  /* on the pending (un)subscribe list */
     uint8_t lingering; /* on the linger list (Redis: subscribed, no subscriber) */
     uint8_t mark;      /* scratch flag for one operation */
+    uint8_t in_slist;  /* on the syncing list */
     spillway_sub *subs;
     uint32_t nsubs, capsubs;
     /* memory backend backlog: a ring of frames in id order */
@@ -105,6 +108,8 @@ typedef struct spillway_channel {
     uint64_t touched_ms; /* last message (memory) or last subscriber left (Redis linger) */
     struct spillway_channel *lprev, *lnext; /* LRU (memory) / linger list (Redis) */
     struct spillway_channel *pnext;         /* pending (un)subscribe list */
+    struct spillway_channel *snext;         /* Redis: the syncing list */
+    uint64_t barrier;                       /* Redis: the barrier that activates it (0: none yet) */
     char name[];
 } spillway_channel;
 
@@ -127,7 +132,6 @@ enum spillway_conn_flag {
     SW_CF_SLOW = 1u << 6,     /* doomed for being too slow */
     SW_CF_BLOCKED = 1u << 7,  /* the last write hit EAGAIN: wait for EPOLLOUT */
     SW_CF_RESUME_SENT = 1u << 8, /* its resume read is on the command link */
-    SW_CF_SYNTHETIC = 1u << 9,   /* cursor is the hub's own estimate of "now" at attach */
     SW_CF_MARK = 1u << 10        /* scratch flag for one operation */
 };
 
@@ -142,7 +146,8 @@ typedef struct spillway_conn {
     uint16_t nmem;
     spillway_member *mem;
     spillway_id last;   /* highest message id queued on this stream */
-    spillway_id cursor; /* the resume point the client asked for */
+    spillway_id cursor; /* the resume point the client asked for; without one
+                           (Redis), hub->last when the stream was attached */
     bool has_cursor, cursor_ok;
     /* outbox: a ring of frame references; out_off bytes of the first are sent */
     spillway_frame **out;
@@ -204,7 +209,7 @@ struct spillway_hub {
     atomic_uint_fast32_t reserved; /* open + being handed over */
     atomic_uint_fast64_t st_channels, st_published, st_delivered, st_dropped_slow,
         st_bytes_out, st_accepted, st_closed, st_fallback, st_fallback_total, st_resumes,
-        st_resets, st_backlog_messages, st_backlog_bytes, st_redis_connected,
+        st_resets, st_joining, st_backlog_messages, st_backlog_bytes, st_redis_connected,
         st_redis_reconnects, st_redis_messages, st_gap_repairs, st_async_failed, st_errors,
         st_iterations;
     /* async publish tickets: issued under the queue lock, done by the reactor */

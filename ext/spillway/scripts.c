@@ -108,3 +108,13 @@ const char spillway_lua_cursor[] =
     "v = string.format('%d-0', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))\n"
     "if redis.call('SET', KEYS[1], v, 'NX') then return v end\n"
     "return redis.call('GET', KEYS[1])\n";
+
+const char spillway_lua_barrier[] =
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if not v then\n"
+    "  local t = redis.call('TIME')\n"
+    "  v = string.format('%d-0', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))\n"
+    "  if not redis.call('SET', KEYS[1], v, 'NX') then v = redis.call('GET', KEYS[1]) end\n"
+    "end\n"
+    "redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. v)\n"
+    "return v\n";

@@ -30,4 +30,11 @@ extern const char spillway_lua_resume[];
  * publish is valid). */
 extern const char spillway_lua_cursor[];
 
+/* KEYS: id key. ARGV: the hub's private control channel, a barrier number.
+ * Takes the cursor (as spillway_lua_cursor) and PUBLISHes "<number> <id>"
+ * on the control channel: arriving on the subscriber link in order, it
+ * tells the hub that every message up to that id has arrived or was
+ * published before its subscriptions took effect. */
+extern const char spillway_lua_barrier[];
+
 #endif

@@ -92,6 +92,34 @@ RSpec.describe "Redis faults during a continuous sequence" do
     swarm&.close_all
   end
 
+  it "never replays to a new stream what was published on its channel before it subscribed, even across a repair" do
+    @redis = RedisServer.new.start
+    @server = AppServer.new(config: { redis_url: @redis.url }).start
+    Spillway.configure(redis_url: @redis.url)
+    early = SSEClient.open(@server.port, "other")
+    wait_until { @server.stats[:redis_connected] && @server.stats[:connections] == 1 }
+    Spillway.publish("other", "seen by the hub")
+    early.wait_for_events(1)
+    Spillway.publish("quiet", "before anyone listened") # the hub is not subscribed to "quiet"
+    fresh = SSEClient.open(@server.port, "quiet")
+    fresh.wait_for_head
+    # Live, without any message that would move the hub's position past the
+    # early one: subscribed, and no stream waiting any more.
+    wait_until(message: "fresh stream live") do
+      s = @server.stats
+      s[:connections] == 2 && s[:joining].zero? && @redis.call("PUBSUB", "NUMSUB", "spillway:quiet")[1] == 1
+    end
+    @redis.call("CLIENT", "KILL", "TYPE", "pubsub")
+    Spillway.publish("quiet", "during the outage")
+    wait_until(timeout: 10, message: "repair") { @server.stats[:gap_repairs] >= 1 }
+    Spillway.publish("quiet", "after")
+    fresh.wait_for_events(2)
+    fresh.pump
+    expect(fresh.data).to eq(["during the outage", "after"])
+  ensure
+    [early, fresh].compact.each(&:close)
+  end
+
   it "survives the command link being killed while streams resume" do
     @redis = RedisServer.new.start
     swarm = start(@redis)

@@ -1,0 +1,471 @@
+#include "redis_link.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "scripts.h"
+
+#define BACKOFF_MIN_MS 50u
+#define BACKOFF_MAX_MS 2000u
+#define READ_CHUNK 65536
+
+void spillway_link_init(spillway_rlink *l, int role, uint64_t now)
+{
+    memset(l, 0, sizeof(*l));
+    l->h.kind = SW_KIND_REDIS;
+    l->h.fd = -1;
+    l->rh.kind = SW_KIND_RESOLVER;
+    l->rh.fd = -1;
+    l->role = role;
+    l->state = SW_LS_IDLE;
+    l->retry_at = now; /* connect on the first iteration */
+    l->rng = (uint32_t)spillway_mono_ms() ^ (uint32_t)getpid() ^ (uint32_t)(uintptr_t)l ^ 0x9e3779b9u;
+    if (l->rng == 0) l->rng = 1;
+}
+
+const char *spillway_link_name(const spillway_rlink *l)
+{
+    return l->role == SW_LINK_SUB ? "subscriber" : "command";
+}
+
+/* ---- requests ---------------------------------------------------------- */
+
+spillway_rq *spillway_rq_new(int kind)
+{
+    spillway_rq *q = calloc(1, sizeof(*q));
+    if (q != NULL) q->kind = kind;
+    return q;
+}
+
+void spillway_rq_free(spillway_rq *q)
+{
+    if (q == NULL) return;
+    for (uint32_t i = 0; i < q->nch; i++) free(q->names[i]);
+    free(q->names);
+    free(q);
+}
+
+void spillway_link_push_rq(spillway_hub *hub, spillway_rlink *l, spillway_rq *q)
+{
+    q->sent_ms = hub->now;
+    q->wend = l->queued_total + (l->out.len - l->out.off);
+    q->next = NULL;
+    if (l->tail) l->tail->next = q;
+    else l->head = q;
+    l->tail = q;
+}
+
+spillway_rq *spillway_link_pop(spillway_rlink *l)
+{
+    spillway_rq *q = l->head;
+    if (q != NULL) {
+        l->head = q->next;
+        if (l->head == NULL) l->tail = NULL;
+        q->next = NULL;
+    }
+    return q;
+}
+
+int spillway_link_queue(spillway_hub *hub, spillway_rlink *l, spillway_rq *q, int argc,
+                        const char *const *argv, const size_t *lens)
+{
+    if (spillway_buf_command(&l->out, argc, argv, lens) != 0) {
+        spillway_hub_error(hub, "Redis %s link: out of memory", spillway_link_name(l));
+        spillway_rq_free(q);
+        return -1;
+    }
+    if (q != NULL) spillway_link_push_rq(hub, l, q);
+    return 0;
+}
+
+/* ---- connecting -------------------------------------------------------- */
+
+static uint32_t jitter(spillway_rlink *l, uint32_t ms)
+{
+    /* xorshift32: spreads the reconnects of many processes by +-25%. */
+    l->rng ^= l->rng << 13;
+    l->rng ^= l->rng >> 17;
+    l->rng ^= l->rng << 5;
+    return ms * 3 / 4 + (ms > 1 ? l->rng % (ms / 2 + 1) : 0);
+}
+
+static void close_fds(spillway_hub *hub, spillway_rlink *l)
+{
+    if (l->h.fd >= 0) {
+        epoll_ctl(hub->epfd, EPOLL_CTL_DEL, l->h.fd, NULL);
+        close(l->h.fd);
+        l->h.fd = -1;
+    }
+    if (l->resolving != NULL) {
+        epoll_ctl(hub->epfd, EPOLL_CTL_DEL, l->rh.fd, NULL);
+        spillway_resolve_release(l->resolving);
+        l->resolving = NULL;
+        l->rh.fd = -1;
+    }
+}
+
+/* Closes and hands every waiting request to redis.c. */
+static void drop(spillway_hub *hub, spillway_rlink *l)
+{
+    spillway_rq *q;
+    close_fds(hub, l);
+    spillway_resp_reader_free(l->reader);
+    l->reader = NULL;
+    while ((q = spillway_link_pop(l)) != NULL) {
+        spillway_redis_on_failed_rq(hub, l, q);
+        spillway_rq_free(q);
+    }
+    spillway_buf_free(&l->out);
+    l->queued_total = l->written_total = 0;
+    l->handshake_left = 0;
+    l->ping_out = false;
+}
+
+void spillway_link_fail(spillway_hub *hub, spillway_rlink *l, const char *what, const char *why)
+{
+    bool was_ready = l->state == SW_LS_READY;
+
+    spillway_hub_error(hub, "Redis %s link: %s: %s", spillway_link_name(l), what, why);
+    l->state = SW_LS_IDLE;
+    drop(hub, l);
+    if (l->backoff_ms == 0) l->backoff_ms = BACKOFF_MIN_MS;
+    l->retry_at = hub->now + jitter(l, l->backoff_ms);
+    l->backoff_ms = SW_MIN(l->backoff_ms * 2, BACKOFF_MAX_MS);
+    if (was_ready) atomic_fetch_add_explicit(&hub->st_redis_reconnects, 1, memory_order_relaxed);
+    spillway_redis_on_lost(hub, l, was_ready);
+}
+
+void spillway_link_write(spillway_hub *hub, spillway_rlink *l)
+{
+    while (l->h.fd >= 0 && l->out.off < l->out.len &&
+           (l->state == SW_LS_READY || l->state == SW_LS_HANDSHAKE)) {
+        ssize_t n = send(l->h.fd, l->out.data + l->out.off, l->out.len - l->out.off,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            l->out.off += (size_t)n;
+            l->written_total += (uint64_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return; /* EPOLLOUT follows */
+        spillway_link_fail(hub, l, "send", n < 0 ? strerror(errno) : "closed");
+        return;
+    }
+    if (l->out.len > 0 && l->out.off == l->out.len) {
+        l->queued_total += l->out.len;
+        l->written_total = l->queued_total;
+        spillway_buf_reset(&l->out);
+    }
+}
+
+static void handshake(spillway_hub *hub, spillway_rlink *l)
+{
+    const spillway_redis_config *rc = &hub->cfg.redis;
+    char name[64], db[16];
+
+    l->state = SW_LS_HANDSHAKE;
+    l->deadline = hub->now + rc->connect_timeout_ms + rc->command_timeout_ms;
+    l->handshake_left = 0;
+    if (rc->password != NULL) {
+        const char *argv[] = {"AUTH", rc->username ? rc->username : rc->password, rc->password};
+        spillway_link_queue(hub, l, spillway_rq_new(SW_RQ_HANDSHAKE), rc->username ? 3 : 2, argv, NULL);
+        l->handshake_left++;
+    }
+    snprintf(name, sizeof(name), "spillway-%s-%d", l->role == SW_LINK_SUB ? "sub" : "cmd", (int)getpid());
+    {
+        const char *argv[] = {"CLIENT", "SETNAME", name};
+        spillway_link_queue(hub, l, spillway_rq_new(SW_RQ_HANDSHAKE), 3, argv, NULL);
+        l->handshake_left++;
+    }
+    if (l->role == SW_LINK_CMD) {
+        const char *load_p[] = {"SCRIPT", "LOAD", spillway_lua_publish};
+        const char *load_r[] = {"SCRIPT", "LOAD", spillway_lua_resume};
+        const char *load_b[] = {"SCRIPT", "LOAD", spillway_lua_barrier};
+        if (rc->db != 0) {
+            const char *argv[] = {"SELECT", db};
+            snprintf(db, sizeof(db), "%d", rc->db);
+            spillway_link_queue(hub, l, spillway_rq_new(SW_RQ_HANDSHAKE), 2, argv, NULL);
+            l->handshake_left++;
+        }
+        spillway_link_queue(hub, l, spillway_rq_new(SW_RQ_SCRIPT_PUBLISH), 3, load_p, NULL);
+        spillway_link_queue(hub, l, spillway_rq_new(SW_RQ_SCRIPT_RESUME), 3, load_r, NULL);
+        spillway_link_queue(hub, l, spillway_rq_new(SW_RQ_SCRIPT_BARRIER), 3, load_b, NULL);
+        l->handshake_left += 3;
+    }
+    spillway_link_write(hub, l);
+}
+
+static void connect_addr(spillway_hub *hub, spillway_rlink *l, const struct sockaddr *sa, socklen_t len)
+{
+    struct epoll_event ev;
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+
+    if (fd < 0) {
+        spillway_link_fail(hub, l, "socket", strerror(errno));
+        return;
+    }
+    if (sa->sa_family != AF_UNIX) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    l->h.fd = fd;
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    ev.data.ptr = &l->h;
+    if (epoll_ctl(hub->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+        spillway_link_fail(hub, l, "epoll_ctl", strerror(errno));
+        return;
+    }
+    l->reader = spillway_resp_reader_new();
+    if (l->reader == NULL) {
+        spillway_link_fail(hub, l, "reader", "out of memory");
+        return;
+    }
+    l->state = SW_LS_CONNECTING;
+    l->deadline = hub->now + hub->cfg.redis.connect_timeout_ms;
+    if (connect(fd, sa, len) != 0 && errno != EINPROGRESS) {
+        spillway_link_fail(hub, l, "connect", strerror(errno));
+        return;
+    }
+    /* Connected or in progress: EPOLLOUT tells (edge-triggered, it comes
+     * once the connection is up or has failed). */
+}
+
+void spillway_link_start(spillway_hub *hub, spillway_rlink *l)
+{
+    const spillway_redis_config *rc = &hub->cfg.redis;
+    struct sockaddr_storage ss;
+    socklen_t len;
+
+    if (rc->path != NULL) {
+        struct sockaddr_un *un = (struct sockaddr_un *)&ss;
+        memset(un, 0, sizeof(*un));
+        un->sun_family = AF_UNIX;
+        if (strlen(rc->path) >= sizeof(un->sun_path)) {
+            spillway_link_fail(hub, l, "connect", "unix socket path too long");
+            return;
+        }
+        memcpy(un->sun_path, rc->path, strlen(rc->path) + 1);
+        connect_addr(hub, l, (struct sockaddr *)un, sizeof(*un));
+        return;
+    }
+    if (spillway_resolve_numeric(rc->host, rc->port, &ss, &len) == 0) {
+        connect_addr(hub, l, (struct sockaddr *)&ss, len);
+        return;
+    }
+    /* A name: resolved on a helper thread, never in the loop. */
+    l->resolving = spillway_resolve_start(rc->host, rc->port);
+    if (l->resolving == NULL) {
+        spillway_link_fail(hub, l, "resolve", strerror(errno));
+        return;
+    }
+    {
+        struct epoll_event ev;
+        l->rh.fd = spillway_resolve_fd(l->resolving);
+        ev.events = EPOLLIN;
+        ev.data.ptr = &l->rh;
+        if (epoll_ctl(hub->epfd, EPOLL_CTL_ADD, l->rh.fd, &ev) != 0) {
+            spillway_link_fail(hub, l, "epoll_ctl(resolver)", strerror(errno));
+            return;
+        }
+    }
+    l->state = SW_LS_RESOLVING;
+    l->deadline = hub->now + rc->connect_timeout_ms;
+}
+
+static void on_resolved(spillway_hub *hub, spillway_rlink *l)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = 0;
+    char err[200];
+    int rc = spillway_resolve_result(l->resolving, &ss, &len, err, sizeof(err));
+
+    epoll_ctl(hub->epfd, EPOLL_CTL_DEL, l->rh.fd, NULL);
+    spillway_resolve_release(l->resolving);
+    l->resolving = NULL;
+    l->rh.fd = -1;
+    if (rc != 0) {
+        spillway_link_fail(hub, l, "resolve", err);
+        return;
+    }
+    connect_addr(hub, l, (struct sockaddr *)&ss, len);
+}
+
+/* ---- replies ----------------------------------------------------------- */
+
+static void copy_sha(char *dst, const spillway_rv *v)
+{
+    if (v != NULL && v->type == SW_RV_STRING && v->str != NULL && v->str->len == 40) {
+        memcpy(dst, v->str->data, 40);
+        dst[40] = '\0';
+    }
+}
+
+static void on_handshake_reply(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
+{
+    spillway_rq *q = spillway_link_pop(l);
+    if (q == NULL || v->type == SW_RV_ERROR) {
+        char msg[160] = "a reply nobody asked for";
+        if (v->type == SW_RV_ERROR && v->str != NULL)
+            snprintf(msg, sizeof(msg), "%.*s", (int)SW_MIN(v->str->len, 150u), v->str->data);
+        spillway_rq_free(q);
+        spillway_link_fail(hub, l, "handshake", msg);
+        return;
+    }
+    if (q->kind == SW_RQ_SCRIPT_PUBLISH) copy_sha(l->publish_sha, v);
+    if (q->kind == SW_RQ_SCRIPT_RESUME) copy_sha(l->resume_sha, v);
+    if (q->kind == SW_RQ_SCRIPT_BARRIER) copy_sha(l->barrier_sha, v);
+    spillway_rq_free(q);
+    if (--l->handshake_left == 0) {
+        l->state = SW_LS_READY;
+        l->ever_ready = true;
+        l->backoff_ms = 0;
+        l->next_ping = hub->now + hub->cfg.redis.health_interval_ms;
+        spillway_redis_on_ready(hub, l);
+    }
+}
+
+static void dispatch(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
+{
+    if (l->state == SW_LS_HANDSHAKE) {
+        on_handshake_reply(hub, l, v);
+    } else if (l->role == SW_LINK_SUB) {
+        spillway_redis_on_sub_reply(hub, l, v);
+    } else {
+        spillway_rq *q = spillway_link_pop(l);
+        if (q == NULL) {
+            spillway_link_fail(hub, l, "protocol", "a reply nobody asked for");
+            return;
+        }
+        spillway_redis_on_cmd_reply(hub, l, q, v);
+        spillway_rq_free(q);
+    }
+}
+
+/* Reads until EAGAIN (edge-triggered), handing each whole reply over as it
+ * is parsed: Redis is read as fast as it writes, so the subscriber link
+ * stays far from client-output-buffer-limit pubsub. */
+static void link_read(spillway_hub *hub, spillway_rlink *l)
+{
+    char buf[READ_CHUNK];
+    for (;;) {
+        ssize_t n = recv(l->h.fd, buf, sizeof(buf), MSG_DONTWAIT);
+        const char *err = NULL;
+        if (n == 0) {
+            spillway_link_fail(hub, l, "recv", "connection closed by Redis");
+            return;
+        }
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+            spillway_link_fail(hub, l, "recv", strerror(errno));
+            return;
+        }
+        if (spillway_resp_feed(l->reader, buf, (size_t)n, &err) != 0) {
+            spillway_link_fail(hub, l, "protocol", err);
+            return;
+        }
+        for (;;) {
+            spillway_rv *v = NULL;
+            int rc = spillway_resp_next(l->reader, &v, &err);
+            if (rc < 0) {
+                spillway_link_fail(hub, l, "protocol", err ? err : "parse error");
+                return;
+            }
+            if (rc == 0) break;
+            dispatch(hub, l, v);
+            spillway_rv_free(v);
+            if (l->state == SW_LS_IDLE) return; /* failed while handling */
+        }
+    }
+}
+
+void spillway_link_on_event(spillway_hub *hub, spillway_rlink *l, spillway_handle *h, uint32_t events)
+{
+    if (h == &l->rh) {
+        if (l->state == SW_LS_RESOLVING && l->resolving != NULL) on_resolved(hub, l);
+        return;
+    }
+    if (l->h.fd < 0) return;
+    if (l->state == SW_LS_CONNECTING) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
+        if (getsockopt(l->h.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+        if (err != 0) {
+            spillway_link_fail(hub, l, "connect", strerror(err));
+            return;
+        }
+        handshake(hub, l);
+        if (l->state == SW_LS_IDLE) return;
+    }
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
+        link_read(hub, l);
+        if (l->state == SW_LS_IDLE) return;
+    }
+    if (events & EPOLLOUT) spillway_link_write(hub, l);
+}
+
+/* ---- timers ------------------------------------------------------------ */
+
+void spillway_link_timers(spillway_hub *hub, spillway_rlink *l)
+{
+    const spillway_redis_config *rc = &hub->cfg.redis;
+    switch (l->state) {
+    case SW_LS_IDLE:
+        if (hub->now >= l->retry_at) spillway_link_start(hub, l);
+        break;
+    case SW_LS_RESOLVING:
+    case SW_LS_CONNECTING:
+    case SW_LS_HANDSHAKE:
+        if (hub->now >= l->deadline) spillway_link_fail(hub, l, "connect", "timed out (connect_timeout)");
+        break;
+    case SW_LS_READY:
+        if (l->role == SW_LINK_CMD && l->head != NULL) {
+            /* A gap repair may read many backlogs: it gets more time. */
+            uint64_t limit = rc->command_timeout_ms * (l->head->kind == SW_RQ_REPAIR ? 5u : 1u);
+            if (hub->now >= l->head->sent_ms + limit)
+                spillway_link_fail(hub, l, "command", "Redis did not answer in time (command_timeout)");
+        } else if (l->role == SW_LINK_SUB) {
+            if (l->ping_out && hub->now >= l->ping_deadline) {
+                spillway_link_fail(hub, l, "health check", "no PONG in time");
+            } else if (!l->ping_out && hub->now >= l->next_ping) {
+                const char *argv[] = {"PING"};
+                spillway_link_queue(hub, l, NULL, 1, argv, NULL);
+                l->ping_out = true;
+                l->ping_deadline = hub->now + rc->command_timeout_ms + 1000;
+                l->next_ping = hub->now + rc->health_interval_ms;
+            }
+        }
+        break;
+    }
+}
+
+uint64_t spillway_link_next_timer(const spillway_hub *hub, const spillway_rlink *l)
+{
+    switch (l->state) {
+    case SW_LS_IDLE: return l->retry_at;
+    case SW_LS_READY:
+        if (l->role == SW_LINK_SUB) return l->ping_out ? l->ping_deadline : l->next_ping;
+        return l->head != NULL ? l->head->sent_ms + hub->cfg.redis.command_timeout_ms : UINT64_MAX;
+    default: return l->deadline;
+    }
+}
+
+void spillway_link_teardown(spillway_hub *hub, spillway_rlink *l)
+{
+    l->state = SW_LS_IDLE;
+    l->ever_ready = false; /* no repair on the way out */
+    drop(hub, l);
+}
+
+void spillway_link_abandon(spillway_rlink *l)
+{
+    if (l->h.fd >= 0) close(l->h.fd);
+    l->h.fd = -1;
+    if (l->resolving != NULL) spillway_resolve_abandon(l->resolving);
+}
