@@ -128,9 +128,10 @@ static uint32_t held_bytes(const spillway_conn *c)
     return n;
 }
 
-/* A message for this stream. Control frames (id zero) always go; message
- * frames only when newer than what the stream already has, so overlapping
- * sources (live, backlog, gap repair) never produce a duplicate. */
+/* A message for this stream: only when newer than what the stream already
+ * has, so overlapping sources (live, backlog, gap repair) never produce a
+ * duplicate. Control frames (heartbeat, head, reset) are pushed directly
+ * with spillway_conn_push, not through here. */
 void spillway_conn_deliver(spillway_hub *hub, spillway_conn *c, spillway_frame *f)
 {
     if (c->flags & SW_CF_DOOMED) return;
@@ -221,6 +222,10 @@ void spillway_conn_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **
     c->held_len = c->held_cap = 0;
 
     for (size_t i = 0; i < n; i++) spillway_conn_deliver(hub, c, frames[i]);
+    /* The replay is references to backlog frames that exist anyway: it does
+     * not count against the cap (the write timeout still catches a client
+     * that stops reading in the middle of it). */
+    c->replay_bytes = c->out_bytes;
     for (uint32_t i = 0; reset != NULL && i < c->nmem; i++) any_reset |= reset[i];
     if (any_reset) {
         spillway_frame *rf = reset_frame(c, reset, spillway_id_max(now, c->last));
@@ -290,6 +295,7 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
         STAT_ADD(hub, st_bytes_out, (uint64_t)n);
         c->progress_ms = hub->now;
         c->out_bytes -= (uint32_t)n;
+        c->replay_bytes -= SW_MIN(c->replay_bytes, (uint32_t)n);
         {
             size_t left = (size_t)n;
             while (c->out_len > 0) {
@@ -316,7 +322,7 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
         }
     }
     if (c->flags & SW_CF_DOOMED) return;
-    if (c->out_bytes > hub->cfg.outbox_limit) {
+    if (!hub->stopping && c->out_bytes > (uint64_t)hub->cfg.outbox_limit + c->replay_bytes) {
         /* What the socket would not take is over the cap: a slow reader. */
         spillway_conn_doom(hub, c, true);
         return;
@@ -338,12 +344,12 @@ void spillway_conn_on_event(spillway_hub *hub, spillway_conn *c, uint32_t events
     }
     if (events & (EPOLLIN | EPOLLRDHUP)) {
         char buf[1024];
-        size_t total = 0;
         for (;;) {
             ssize_t n = recv(c->h.fd, buf, sizeof(buf), MSG_DONTWAIT);
             if (n > 0) {
-                total += (size_t)n;
-                if (total > INBOUND_LIMIT) {
+                /* Counted over the stream's life, not per wake-up. */
+                c->inbound += (uint32_t)n;
+                if (c->inbound > INBOUND_LIMIT) {
                     spillway_conn_doom(hub, c, false);
                     return;
                 }
@@ -462,10 +468,18 @@ void spillway_wheel_remove(spillway_hub *hub, spillway_conn *c)
     c->wprev = c->wnext = NULL;
 }
 
+/* How long slot pos lasts. The slots of one turn add up to heartbeat_ms
+ * exactly; heartbeat_ms / slots for every slot would drop the remainder (a
+ * 150 ms heartbeat became 100 ms, a 50 ms one 100 ms). */
+static uint64_t slot_len(const spillway_hub *hub, uint32_t pos)
+{
+    uint64_t hb = hub->cfg.heartbeat_ms, n = hub->wheel_slots;
+    return (pos + 1) * hb / n - pos * hb / n;
+}
+
 /* Processes the slots that are due. */
 void spillway_wheel_tick(spillway_hub *hub)
 {
-    uint64_t tick_ms = SW_MAX(1u, hub->cfg.heartbeat_ms / hub->wheel_slots);
     uint32_t budget = hub->wheel_slots;
 
     while (hub->now >= hub->wheel_next_ms && budget-- > 0) {
@@ -479,7 +493,8 @@ void spillway_wheel_tick(spillway_hub *hub)
             spillway_conn_push(hub, c, hub->f_heartbeat);
         }
         hub->wheel_pos = (hub->wheel_pos + 1) % hub->wheel_slots;
-        hub->wheel_next_ms += tick_ms;
+        hub->wheel_next_ms += slot_len(hub, hub->wheel_pos);
     }
-    if (hub->now >= hub->wheel_next_ms) hub->wheel_next_ms = hub->now + tick_ms;
+    if (hub->now >= hub->wheel_next_ms)
+        hub->wheel_next_ms = hub->now + SW_MAX(1u, slot_len(hub, hub->wheel_pos));
 }

@@ -105,6 +105,12 @@ static void atfork_child(void)
     while (h != NULL) {
         spillway_hub *next = h->reg_next;
         abandon(h);
+        /* atfork_prepare locked these in the thread that forked, which is the
+         * child's only thread: release them, or the first call in the child
+         * that takes one (spillway_hub_flush takes the queue lock) blocks
+         * forever. */
+        pthread_mutex_unlock(&h->q.lock);
+        pthread_mutex_unlock(&h->loop_lock);
         h->reg_next = NULL;
         h = next;
     }
@@ -610,9 +616,16 @@ void spillway_hub_unreserve(spillway_hub *hub)
     atomic_fetch_sub_explicit(&hub->reserved, 1, memory_order_relaxed);
 }
 
+/* Names go unescaped into the JSON of the reset event (and into Redis keys):
+ * besides CR, LF and NUL, refuse what a JSON string would need escaped. */
 static bool channel_name_ok(const char *s, size_t len)
 {
-    return len > 0 && len <= SPILLWAY_MAX_CHANNEL_LEN && spillway_sse_field_ok(s, len);
+    if (len == 0 || len > SPILLWAY_MAX_CHANNEL_LEN) return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f || c == '"' || c == '\\') return false;
+    }
+    return true;
 }
 
 int spillway_hub_attach(spillway_hub *hub, int fd, unsigned flags, const char *const *channels,
@@ -737,6 +750,11 @@ int spillway_hub_publish(spillway_hub *hub, const char *channel, size_t chlen, c
     need = spillway_sse_size(longest, SPILLWAY_ID_TEXT_MAX - 1, event, evlen, data, datalen);
     if (need < 0) {
         set_err(err, errlen, "spillway_hub_publish: %s", spillway_sse_strerror(need));
+        return -EINVAL;
+    }
+    if ((size_t)need > SPILLWAY_FRAME_MAX) {
+        set_err(err, errlen, "spillway_hub_publish: a frame of %zd bytes is over SPILLWAY_FRAME_MAX (%u)", need,
+                SPILLWAY_FRAME_MAX);
         return -EINVAL;
     }
     st.frame = spillway_frame_new((size_t)need);

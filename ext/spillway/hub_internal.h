@@ -153,6 +153,7 @@ typedef struct spillway_conn {
     spillway_frame **out;
     uint32_t out_cap, out_start, out_len, out_off;
     uint32_t out_bytes;
+    uint32_t replay_bytes; /* of out_bytes, what a resume replay queued: not capped */
     /* live frames that arrived while joining (Redis) */
     spillway_frame **held;
     uint32_t held_len, held_cap;
@@ -162,6 +163,7 @@ typedef struct spillway_conn {
     struct spillway_conn *dnext;         /* doomed list */
     uint32_t wslot;
     uint32_t inflight; /* Redis requests that point at this connection */
+    uint32_t inbound;  /* bytes the client sent after its request (it should send none) */
 } spillway_conn;
 
 /* ---- the hub ----------------------------------------------------------- */

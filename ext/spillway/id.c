@@ -76,9 +76,14 @@ spillway_id spillway_id_next(spillway_id last, uint64_t now_ms)
     if (now_ms > last.ms) {
         id.ms = now_ms;
         id.seq = 0;
-    } else {
+    } else if (last.seq < UINT64_MAX) {
         id.ms = last.ms;
         id.seq = last.seq + 1;
+    } else {
+        /* The sequence is spent: borrow the next millisecond rather than
+         * wrap to 0 and go back in time. */
+        id.ms = last.ms + 1;
+        id.seq = 0;
     }
     return id;
 }

@@ -92,6 +92,13 @@ ssize_t spillway_sse_encode(char *out, size_t cap, const char *id, size_t idlen,
         p = put(p, event, evlen);
         *p++ = '\n';
     }
+    if (datalen == 0) {
+        /* data may be NULL then: no pointer arithmetic on it. */
+        p = put(p, DATA_PREFIX, LIT_LEN(DATA_PREFIX));
+        *p++ = '\n';
+        *p++ = '\n';
+        return (ssize_t)(p - out);
+    }
     for (size_t i = 0; i <= datalen; i++) {
         if (i == datalen || data[i] == '\n' || data[i] == '\r') {
             p = put(p, DATA_PREFIX, LIT_LEN(DATA_PREFIX));

@@ -12,7 +12,8 @@
  *                         data gives one "data: \n" line.
  *   "\n"                  the blank line that dispatches the event.
  * Data may contain any other byte, NUL included (the encoder does not check
- * UTF-8; the Ruby layer does).
+ * UTF-8; the Ruby layer does). data may be NULL when datalen is 0; id and
+ * event may be NULL (no such line).
  *
  * spillway_sse_size() returns the exact length spillway_sse_encode() writes, or
  * a negative SPILLWAY_SSE_E* code when a field is invalid. spillway_sse_encode()

@@ -1,0 +1,259 @@
+# frozen_string_literal: true
+
+# The C core's own unit tests (spec/c/*.c), built and run outside Ruby.
+#
+#   rake ctest            every test under ASan+UBSan (LeakSanitizer on), the
+#                         queue and hub tests again under TSan, and the SSE
+#                         encoder fuzzed (libFuzzer when clang can link it,
+#                         the same property on seeded random input otherwise)
+#   rake test:c           the same
+#   rake ctest:valgrind   the tests built without sanitizers, under valgrind
+#
+# Knobs (environment): CTEST_CC (gcc), CTEST_CLANG (clang-14, then clang),
+# CTEST_EXT (another copy of ext/spillway to test),
+# CTEST_NO_FUZZER=1 (use the gcc fallback), FUZZ_RUNS (200000), CHECK_SEED,
+# CHECK_SLOW (see spec/c/check.h). Test names given as CTEST_ONLY="a b" are
+# passed to every binary as filters.
+#
+# Everything is built into spec/c/build/ (ignored by git), incrementally.
+
+require "rbconfig"
+require "shellwords"
+
+module SpillwayCTest
+  extend Rake::FileUtilsExt # sh
+
+  ROOT = File.expand_path("..", __dir__)
+  SPEC = File.join(ROOT, "spec", "c")
+  # CTEST_EXT points the tests at another copy of the core (a patch under
+  # review, an older commit); its objects go to a build directory of their own.
+  EXT = File.expand_path(ENV.fetch("CTEST_EXT", File.join(ROOT, "ext", "spillway")))
+  BUILD = if ENV["CTEST_EXT"]
+            require "digest"
+            File.join(SPEC, "build", "ext-#{Digest::SHA1.hexdigest(EXT)[0, 8]}")
+          else
+            File.join(SPEC, "build")
+          end
+
+  BASE_FLAGS = %w[-std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror -g -O1 -fno-omit-frame-pointer].freeze
+  VARIANTS = {
+    asan: %w[-fsanitize=address,undefined -fno-sanitize-recover=all],
+    tsan: %w[-fsanitize=thread],
+    plain: []
+  }.freeze
+
+  # The whole C core, for the binaries that link the hub (hub.c calls into
+  # the Redis link, which needs the rest): every .c that does not speak Ruby.
+  # Found, not listed, so a file split or added in the core needs no change
+  # here.
+  HUB_CORE = Dir[File.join(EXT, "*.c")].sort.reject do |f|
+    File.read(f).match?(%r{#include\s*[<"](ruby\.h|ruby/|binding\.h)})
+  end.map { |f| File.basename(f, ".c") }.freeze
+
+  # test binary => core files it links
+  TESTS = {
+    "test_sse" => %w[sse],
+    "test_id" => %w[id],
+    "test_queue" => %w[queue],
+    "test_resp" => %w[resp],
+    "test_channel" => HUB_CORE,
+    "test_hub" => HUB_CORE
+  }.freeze
+  TSAN_TESTS = %w[test_queue test_hub].freeze
+
+  module_function
+
+  def cc
+    ENV.fetch("CTEST_CC", "gcc")
+  end
+
+  def hiredis_flags
+    @hiredis_flags ||= begin
+      out = `pkg-config --cflags --libs hiredis 2>/dev/null`
+      $?.success? ? Shellwords.split(out) : %w[-lhiredis]
+    end
+  end
+
+  def headers
+    Dir[File.join(EXT, "*.h")] + Dir[File.join(SPEC, "*.h")]
+  end
+
+  def obj_dir(variant)
+    File.join(BUILD, variant.to_s)
+  end
+
+  # Defines (once) the file task for one object of a variant; returns its path.
+  def object(variant, src, extra = [])
+    tag = extra.empty? ? "" : "-#{extra.join.gsub(/\W/, '')}"
+    obj = File.join(obj_dir(variant), File.basename(src, ".c") + tag + ".o")
+    unless Rake::Task.task_defined?(obj)
+      Rake::FileTask.define_task(obj => [src, *headers]) do
+        FileUtils.mkdir_p(File.dirname(obj))
+        sh cc, *BASE_FLAGS, *VARIANTS.fetch(variant), *extra, "-I#{EXT}",
+           *hiredis_flags.grep(/\A-[ID]/), "-c", src, "-o", obj, verbose: false
+      end
+    end
+    obj
+  end
+
+  # Defines the file task for a test binary of a variant; returns its path.
+  def binary(variant, name, core)
+    suffix = variant == :asan ? "" : "_#{variant}"
+    bin = File.join(BUILD, name + suffix)
+    objs = [object(variant, File.join(SPEC, "#{name}.c"))] +
+           core.map { |c| object(variant, File.join(EXT, "#{c}.c")) }
+    unless Rake::Task.task_defined?(bin)
+      Rake::FileTask.define_task(bin => objs) do
+        sh cc, *VARIANTS.fetch(variant), *objs, *hiredis_flags, "-lpthread", "-o", bin, verbose: false
+      end
+    end
+    bin
+  end
+
+  def fuzz_fallback_binary(variant)
+    suffix = variant == :asan ? "" : "_#{variant}"
+    bin = File.join(BUILD, "fuzz_sse_rand" + suffix)
+    objs = [object(variant, File.join(SPEC, "fuzz_sse.c"), %w[-DFUZZ_STANDALONE]),
+            object(variant, File.join(EXT, "sse.c"))]
+    unless Rake::Task.task_defined?(bin)
+      Rake::FileTask.define_task(bin => objs) do
+        sh cc, *VARIANTS.fetch(variant), *objs, "-o", bin, verbose: false
+      end
+    end
+    bin
+  end
+
+  # A clang that can link -fsanitize=fuzzer (Debian: clang-14 plus
+  # libclang-rt-14-dev), or nil.
+  def fuzz_clang
+    return nil if ENV["CTEST_NO_FUZZER"] == "1"
+    return @fuzz_clang if defined?(@fuzz_clang)
+
+    @fuzz_clang = [ENV["CTEST_CLANG"], "clang-14", "clang"].compact.find do |clang|
+      next false unless system(clang, "--version", out: File::NULL, err: File::NULL)
+
+      FileUtils.mkdir_p(BUILD)
+      probe = File.join(BUILD, "fuzz_probe.c")
+      File.write(probe, "#include <stddef.h>\n#include <stdint.h>\n" \
+                        "int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) { (void)d; (void)n; return 0; }\n")
+      system(clang, "-fsanitize=fuzzer,address,undefined", probe, "-o", File.join(BUILD, "fuzz_probe"),
+             out: File::NULL, err: File::NULL)
+    end
+  end
+
+  def fuzz_binary(clang)
+    bin = File.join(BUILD, "fuzz_sse")
+    srcs = [File.join(SPEC, "fuzz_sse.c"), File.join(EXT, "sse.c")]
+    unless Rake::Task.task_defined?(bin)
+      Rake::FileTask.define_task(bin => srcs + headers) do
+        sh clang, *BASE_FLAGS, "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all",
+           "-I#{EXT}", *srcs, "-o", bin, verbose: false
+      end
+    end
+    bin
+  end
+
+  # Runs one command, echoing its output; returns [ok, passed, failed] where
+  # the counts come from the binary's closing "name: N passed, N failed"
+  # line (a crash leaves none: then it counts as one failure).
+  def run(label, cmd, env = {}, quiet: nil)
+    $stdout.sync = true
+    puts "== #{label}"
+    passed = failed = nil
+    IO.popen(env, cmd, err: %i[child out]) do |io|
+      io.each_line do |line|
+        print line unless quiet&.match?(line)
+        if (m = line.match(/\A\S+: (\d+) passed, (\d+) failed\s*\z/))
+          passed = m[1].to_i
+          failed = m[2].to_i
+        end
+      end
+    end
+    ok = $?.success?
+    puts "== #{label}: exited with #{$?.exitstatus || $?}" unless ok
+    [ok, passed || 0, failed || (ok ? 0 : 1)]
+  end
+
+  def filters
+    Shellwords.split(ENV.fetch("CTEST_ONLY", ""))
+  end
+
+  def report(results, started)
+    passed = results.sum { |r| r[1] }
+    failed = results.sum { |r| r[2] }
+    bad = results.reject { |r| r[0] }
+    puts format("ctest: %d binaries in %.1f s", results.size,
+                Process.clock_gettime(Process::CLOCK_MONOTONIC) - started)
+    puts "ctest: #{passed} passed, #{failed} failed"
+    abort "ctest: failed: #{bad.map { |r| r[3] }.join(', ')}" unless bad.empty?
+  end
+
+  def sanitizer_env
+    {
+      "ASAN_OPTIONS" => "detect_leaks=1:check_initialization_order=1:strict_init_order=1",
+      "UBSAN_OPTIONS" => "print_stacktrace=1",
+      "TSAN_OPTIONS" => "halt_on_error=1:second_deadlock_stack=1"
+    }
+  end
+end
+
+# libFuzzer's progress lines and its dictionary advice: not worth a screen.
+FUZZ_NOISE = /\A(#\d+\s+(NEW|REDUCE|pulse|INITED|RELOAD)\b|###### |"[^"]*" # Uses: |INFO: |\s*NEW_FUNC)/.freeze
+
+desc "C core unit tests under ASan+UBSan, TSan for the queue and hub, and the SSE fuzz target"
+task :ctest do
+  t = SpillwayCTest
+  started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+  runs = t::TESTS.map { |name, core| [name, t.binary(:asan, name, core)] }
+  runs += t::TSAN_TESTS.map { |name| ["#{name} (tsan)", t.binary(:tsan, name, t::TESTS.fetch(name))] }
+  clang = t.fuzz_clang
+  fuzz = clang ? t.fuzz_binary(clang) : t.fuzz_fallback_binary(:asan)
+  (runs.map(&:last) + [fuzz]).each { |bin| Rake::Task[bin].invoke }
+
+  results = runs.map do |label, bin|
+    [*t.run(label, [bin, *t.filters], t.sanitizer_env), label]
+  end
+  fuzz_runs = ENV.fetch("FUZZ_RUNS", "200000")
+  if clang
+    corpus = File.join(t::BUILD, "fuzz_corpus")
+    FileUtils.mkdir_p(corpus)
+    ok, = t.run("fuzz_sse (libFuzzer, #{fuzz_runs} runs)",
+                [fuzz, "-runs=#{fuzz_runs}", "-seed=1", "-max_len=4096", "-print_final_stats=0",
+                 "-artifact_prefix=#{t::BUILD}/", corpus], t.sanitizer_env, quiet: FUZZ_NOISE)
+    results << [ok, ok ? 1 : 0, ok ? 0 : 1, "fuzz_sse"]
+  else
+    puts "== fuzz_sse: no clang with libFuzzer (apt-get install clang-14 libclang-rt-14-dev); " \
+         "running the same property on seeded random input"
+    results << [*t.run("fuzz_sse_rand", [fuzz], t.sanitizer_env.merge("FUZZ_RUNS" => fuzz_runs)),
+                "fuzz_sse_rand"]
+  end
+  t.report(results, started)
+end
+
+namespace :ctest do
+  desc "C core unit tests built without sanitizers, under valgrind"
+  task :valgrind do
+    t = SpillwayCTest
+    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    abort "ctest:valgrind: valgrind is not installed (apt-get install valgrind)" unless
+      system("valgrind", "--version", out: File::NULL, err: File::NULL)
+
+    runs = t::TESTS.map { |name, core| [name, t.binary(:plain, name, core)] }
+    runs << ["fuzz_sse_rand", t.fuzz_fallback_binary(:plain)]
+    runs.each { |_, bin| Rake::Task[bin].invoke }
+    # Everything runs ~30x slower: deadlines stretch and loops shrink.
+    env = { "CHECK_SLOW" => ENV.fetch("CHECK_SLOW", "10"), "FUZZ_RUNS" => ENV.fetch("FUZZ_RUNS", "20000") }
+    results = runs.map do |label, bin|
+      args = label.start_with?("fuzz") ? [] : t.filters
+      [*t.run("#{label} (valgrind)",
+              ["valgrind", "--error-exitcode=1", "--leak-check=full", "--quiet", bin, *args], env),
+       label]
+    end
+    t.report(results, started)
+  end
+end
+
+namespace :test do
+  desc "Alias of ctest"
+  task c: :ctest
+end

@@ -1,0 +1,860 @@
+/*
+ * The reactor's data structures without the reactor: the channel table,
+ * subscriber lists, the memory backlog and its LRU, and a connection's outbox
+ * (against a real socketpair and a real epoll set), driven through
+ * hub_internal.h on a hub built by hand. Single-threaded on purpose: every
+ * step is deterministic, and the end-to-end behaviour is in test_hub.c.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "hub_internal.h"
+#include "sse_ref.h"
+
+#define T0 1000000u /* the fake clock's start, in ms */
+
+/* A hub with what the reactor's data structures need and no thread, no
+ * queue, no Redis. spillway_hub_free() tears it down. */
+static spillway_hub *fake_hub(uint32_t backlog, uint32_t max_channels, uint32_t outbox)
+{
+    spillway_hub *hub = calloc(1, sizeof(*hub));
+    REQUIRE(hub != NULL);
+    hub->cfg.heartbeat_ms = 1000;
+    hub->cfg.write_timeout_ms = 500;
+    hub->cfg.outbox_limit = outbox;
+    hub->cfg.backlog_size = backlog;
+    hub->cfg.max_backlog_channels = max_channels;
+    pthread_mutex_init(&hub->loop_lock, NULL);
+    pthread_mutex_init(&hub->err_lock, NULL);
+    pthread_mutex_init(&hub->flush_lock, NULL);
+    pthread_cond_init(&hub->flush_cond, NULL);
+    hub->q.efd = -1;
+    hub->epfd = epoll_create1(EPOLL_CLOEXEC);
+    REQUIRE(hub->epfd >= 0);
+    hub->now = T0;
+    hub->wheel_slots = 100;
+    hub->wheel = calloc(hub->wheel_slots, sizeof(*hub->wheel));
+    hub->wheel_next_ms = hub->now + hub->cfg.heartbeat_ms / hub->wheel_slots;
+    hub->f_heartbeat = spillway_frame_copy(":\n\n", 3);
+    REQUIRE(hub->wheel != NULL && hub->f_heartbeat != NULL);
+    REQUIRE_INT(spillway_chtab_init(&hub->chans), ==, 0);
+    return hub;
+}
+
+/* A message frame with id 1-seq and `pad` bytes of data. The caller owns it. */
+static spillway_frame *msg(uint64_t seq, size_t pad)
+{
+    char id[SPILLWAY_ID_TEXT_MAX], *data = malloc(pad + 1);
+    spillway_id sid = {1, seq};
+    size_t idlen = spillway_id_format(sid, id);
+    ssize_t need;
+    spillway_frame *f;
+    REQUIRE(data != NULL);
+    for (size_t i = 0; i < pad; i++) data[i] = (char)('a' + (seq + i) % 26);
+    need = spillway_sse_size(id, idlen, NULL, 0, data, pad);
+    f = spillway_frame_new((size_t)need);
+    REQUIRE(f != NULL);
+    REQUIRE_INT(spillway_sse_encode(f->data, (size_t)need, id, idlen, NULL, 0, data, pad), ==, need);
+    f->id = sid;
+    free(data);
+    return f;
+}
+
+/* What the reactor does at the end of an iteration: flush the dirty, close
+ * the doomed. */
+static void end_iteration(spillway_hub *hub)
+{
+    spillway_conn *c;
+    while ((c = hub->dirty) != NULL) {
+        hub->dirty = c->lnext;
+        c->lnext = NULL;
+        c->flags &= ~SW_CF_DIRTY;
+        if (!(c->flags & SW_CF_DOOMED)) spillway_conn_flush(hub, c);
+    }
+    while ((c = hub->doomed) != NULL) {
+        hub->doomed = c->dnext;
+        c->dnext = NULL;
+        epoll_ctl(hub->epfd, EPOLL_CTL_DEL, c->h.fd, NULL);
+        spillway_conn_close(hub, c);
+    }
+}
+
+/* A connection on one end of a socketpair; *peer gets the other end. */
+static spillway_conn *socket_conn(spillway_hub *hub, int *peer, int sndbuf)
+{
+    int sv[2];
+    spillway_conn *c;
+    REQUIRE_INT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), ==, 0);
+    if (sndbuf > 0) setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+    c = spillway_conn_new(hub, sv[0], 0);
+    REQUIRE(c != NULL);
+    atomic_fetch_add(&hub->reserved, 1); /* conn_close gives the place back */
+    spillway_wheel_insert(hub, c);
+    *peer = sv[1];
+    return c;
+}
+
+/* Reads whatever the peer has now (non-blocking) and appends it. */
+static void drain(int fd, sse_buf *into)
+{
+    char buf[65536];
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+        if (n > 0) {
+            sse_buf_put(into, buf, (size_t)n);
+            continue;
+        }
+        break;
+    }
+}
+
+/* ---- the table --------------------------------------------------------- */
+
+static void check_table(spillway_chtab *t)
+{
+    uint32_t seen = 0;
+    CHECK(t->nbuckets >= 64 && (t->nbuckets & (t->nbuckets - 1)) == 0);
+    for (uint32_t b = 0; b < t->nbuckets; b++) {
+        for (spillway_channel *ch = t->buckets[b]; ch != NULL; ch = ch->hnext) {
+            if ((ch->hash & (t->nbuckets - 1)) != b) CHECK(!"channel in the wrong bucket");
+            if (ch->name[ch->namelen] != '\0') CHECK(!"name not terminated");
+            seen++;
+        }
+    }
+    CHECK_U64(seen, ==, t->count);
+}
+
+TEST(chtab_thousands_of_names_and_resizes)
+{
+    spillway_hub *hub = fake_hub(10, 100000, 1 << 20);
+    enum { N = 5000 };
+    char name[32];
+
+    for (int i = 0; i < N; i++) {
+        int n = snprintf(name, sizeof(name), "chan:%d", i);
+        spillway_channel *ch = spillway_chtab_get(hub, name, (size_t)n);
+        REQUIRE(ch != NULL);
+        CHECK_MEM(ch->name, ch->namelen, name, (size_t)n);
+        /* Asking again finds the same channel, never a second one. */
+        CHECK(spillway_chtab_get(hub, name, (size_t)n) == ch);
+    }
+    CHECK_U64(hub->chans.count, ==, N);
+    CHECK_U64(atomic_load(&hub->st_channels), ==, N);
+    /* It grew: at most one channel per bucket on average. */
+    CHECK_U64(hub->chans.nbuckets, >=, N);
+    check_table(&hub->chans);
+    for (int i = 0; i < N; i++) {
+        int n = snprintf(name, sizeof(name), "chan:%d", i);
+        spillway_channel *ch = spillway_chtab_find(&hub->chans, name, (size_t)n);
+        if (ch == NULL || ch->namelen != n || memcmp(ch->name, name, (size_t)n) != 0) {
+            CHECK(!"a channel went missing after the resize");
+            break;
+        }
+    }
+    CHECK(spillway_chtab_find(&hub->chans, "chan:5000", 9) == NULL);
+    CHECK(spillway_chtab_find(&hub->chans, "chan:", 5) == NULL);
+    CHECK(spillway_chtab_find(&hub->chans, "chan:1", 5) != spillway_chtab_find(&hub->chans, "chan:1", 6));
+
+    /* Drop every other one; the rest stay findable. */
+    for (int i = 0; i < N; i += 2) {
+        int n = snprintf(name, sizeof(name), "chan:%d", i);
+        spillway_channel_drop(hub, spillway_chtab_find(&hub->chans, name, (size_t)n));
+    }
+    CHECK_U64(hub->chans.count, ==, N / 2);
+    CHECK_U64(atomic_load(&hub->st_channels), ==, N / 2);
+    check_table(&hub->chans);
+    for (int i = 0; i < N; i++) {
+        int n = snprintf(name, sizeof(name), "chan:%d", i);
+        bool there = spillway_chtab_find(&hub->chans, name, (size_t)n) != NULL;
+        if (there != (i % 2 == 1)) {
+            CHECK(there == (i % 2 == 1));
+            break;
+        }
+    }
+    spillway_hub_free(hub);
+}
+
+TEST(chtab_name_limits_and_binary_names)
+{
+    spillway_hub *hub = fake_hub(10, 100, 1 << 20);
+    char longname[SPILLWAY_MAX_CHANNEL_LEN + 1];
+    spillway_channel *a, *b;
+
+    memset(longname, 'n', sizeof(longname));
+    CHECK(spillway_chtab_get(hub, "", 0) == NULL);
+    CHECK(spillway_chtab_get(hub, longname, SPILLWAY_MAX_CHANNEL_LEN + 1) == NULL);
+    CHECK(spillway_chtab_get(hub, longname, SPILLWAY_MAX_CHANNEL_LEN) != NULL);
+    /* The table compares bytes: a NUL inside a name is just a byte. */
+    a = spillway_chtab_get(hub, "a\0b", 3);
+    b = spillway_chtab_get(hub, "a\0c", 3);
+    CHECK(a != NULL && b != NULL && a != b);
+    CHECK(spillway_chtab_find(&hub->chans, "a", 1) == NULL);
+    CHECK_U64(hub->chans.count, ==, 3);
+    spillway_hub_free(hub);
+}
+
+/* ---- subscribers ------------------------------------------------------- */
+
+/* Every subscriber record and membership record point at each other. */
+static void check_subs(spillway_channel *ch)
+{
+    for (uint32_t i = 0; i < ch->nsubs; i++) {
+        spillway_sub s = ch->subs[i];
+        if (s.conn->mem[s.slot].ch != ch || s.conn->mem[s.slot].idx != i) {
+            CHECK(!"subscriber and membership records disagree");
+            return;
+        }
+    }
+}
+
+TEST(swap_remove_keeps_back_pointers)
+{
+    enum { N = 40 };
+    spillway_hub *hub = fake_hub(10, 100, 1 << 20);
+    spillway_conn *conns[N];
+    spillway_channel *x = spillway_chtab_get(hub, "x", 1), *y = spillway_chtab_get(hub, "y", 1);
+    spillway_frame *f = msg(1, 4);
+    check_rng r = {check_seed()};
+    uint32_t order[N];
+
+    REQUIRE(x != NULL && y != NULL);
+    for (int i = 0; i < N; i++) {
+        conns[i] = calloc(1, sizeof(spillway_conn));
+        REQUIRE(conns[i] != NULL);
+        conns[i]->mem = calloc(2, sizeof(spillway_member));
+        REQUIRE(conns[i]->mem != NULL);
+        REQUIRE_INT(spillway_channel_add_sub(x, conns[i], 0), ==, 0);
+        REQUIRE_INT(spillway_channel_add_sub(y, conns[i], 1), ==, 0);
+        conns[i]->nmem = 2;
+        order[i] = (uint32_t)i;
+    }
+    CHECK_U64(x->nsubs, ==, N);
+    check_subs(x);
+    check_subs(y);
+    /* y keeps a backlog, so it outlives its subscribers. */
+    REQUIRE_INT(spillway_backlog_push(hub, y, f), ==, 0);
+
+    for (int i = N - 1; i > 0; i--) {
+        uint32_t j = check_below(&r, (uint32_t)i + 1), t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+    for (int k = 0; k < N; k++) {
+        spillway_conn *c = conns[order[k]];
+        spillway_channel_remove_sub(hub, x, c->mem[0].idx);
+        c->mem[0].ch = NULL;
+        if (k < N - 1) {
+            CHECK_U64(x->nsubs, ==, (uint64_t)(N - 1 - k));
+            check_subs(x);
+        }
+    }
+    /* The last subscriber of a channel without a backlog takes it away. */
+    CHECK(spillway_chtab_find(&hub->chans, "x", 1) == NULL);
+
+    for (int k = 0; k < N; k++) {
+        spillway_conn *c = conns[order[(k * 7) % N]];
+        spillway_channel_remove_sub(hub, y, c->mem[1].idx);
+        c->mem[1].ch = NULL;
+        if (k < N - 1) check_subs(y);
+    }
+    CHECK(spillway_chtab_find(&hub->chans, "y", 1) == y);
+    CHECK_U64(y->nsubs, ==, 0);
+    /* A big subscriber array is given back once empty. */
+    CHECK(y->subs == NULL && y->capsubs == 0);
+    for (int i = 0; i < N; i++) {
+        free(conns[i]->mem);
+        free(conns[i]);
+    }
+    spillway_frame_unref(f);
+    spillway_hub_free(hub);
+}
+
+/* ---- the backlog ------------------------------------------------------- */
+
+static size_t collect_after(spillway_channel *ch, uint64_t seq, spillway_frame **out)
+{
+    return spillway_backlog_collect(ch, (spillway_id){1, seq}, out);
+}
+
+TEST(backlog_ring_trims_and_collects_after_a_cursor)
+{
+    spillway_hub *hub = fake_hub(5, 100, 1 << 20);
+    spillway_channel *ch = spillway_chtab_get(hub, "b", 1);
+    spillway_frame *f[13], *out[8];
+    uint64_t bytes = 0;
+
+    REQUIRE(ch != NULL);
+    /* Ids 1-2, 1-4, ... 1-24: gaps, so cursors can fall between them. */
+    for (int i = 1; i <= 12; i++) {
+        f[i] = msg((uint64_t)i * 2, (size_t)i);
+        REQUIRE_INT(spillway_backlog_push(hub, ch, f[i]), ==, 0);
+        CHECK_U64(f[i]->refs, ==, 2);
+    }
+    CHECK_U64(ch->ring_len, ==, 5);
+    CHECK_U64(ch->ring_cap, ==, 5);
+    /* Trimmed: the newest dropped id, and the dropped frames let go. */
+    CHECK(ch->trimmed.ms == 1 && ch->trimmed.seq == 14);
+    for (int i = 1; i <= 7; i++) CHECK_U64(f[i]->refs, ==, 1);
+    for (int i = 8; i <= 12; i++) bytes += spillway_frame_size(f[i]);
+    CHECK_U64(atomic_load(&hub->st_backlog_messages), ==, 5);
+    CHECK_U64(atomic_load(&hub->st_backlog_bytes), ==, bytes);
+
+    /* The ring has wrapped (start != 0); the search must not care. */
+    CHECK_U64(ch->ring_start, !=, 0);
+    for (uint64_t cursor = 0; cursor <= 26; cursor++) {
+        size_t n = collect_after(ch, cursor, out);
+        /* Frames 8..12 hold ids 16..24: everything newer than cursor. */
+        size_t want = cursor < 16 ? 5 : cursor >= 24 ? 0 : (size_t)((25 - cursor) / 2);
+        CHECK_U64(n, ==, want);
+        for (size_t i = 0; i < n; i++) CHECK_U64(out[i]->id.seq, ==, 24 - 2 * (n - 1 - i));
+    }
+    CHECK_U64(spillway_backlog_collect(ch, (spillway_id){2, 0}, out), ==, 0);
+    CHECK_U64(spillway_backlog_collect(ch, (spillway_id){0, 999}, out), ==, 5);
+
+    spillway_backlog_clear(hub, ch);
+    CHECK_U64(ch->ring_len, ==, 0);
+    CHECK(ch->ring == NULL);
+    CHECK(ch->trimmed.seq == 24);
+    CHECK_U64(atomic_load(&hub->st_backlog_messages), ==, 0);
+    CHECK_U64(atomic_load(&hub->st_backlog_bytes), ==, 0);
+    for (int i = 1; i <= 12; i++) {
+        CHECK_U64(f[i]->refs, ==, 1);
+        spillway_frame_unref(f[i]);
+    }
+    spillway_hub_free(hub);
+}
+
+TEST(backlog_grows_in_order_up_to_its_limit)
+{
+    spillway_hub *hub = fake_hub(100, 100, 1 << 20);
+    spillway_channel *ch = spillway_chtab_get(hub, "g", 1);
+    spillway_frame *out[100];
+    REQUIRE(ch != NULL);
+    for (uint64_t i = 1; i <= 150; i++) {
+        spillway_frame *f = msg(i, 1);
+        REQUIRE_INT(spillway_backlog_push(hub, ch, f), ==, 0);
+        spillway_frame_unref(f);
+        CHECK_U64(ch->ring_cap, <=, 100);
+    }
+    CHECK_U64(ch->ring_len, ==, 100);
+    REQUIRE_U64(collect_after(ch, 0, out), ==, 100);
+    for (int i = 0; i < 100; i++) CHECK_U64(out[i]->id.seq, ==, 51 + i);
+    CHECK_U64(ch->trimmed.seq, ==, 50);
+    spillway_hub_free(hub);
+}
+
+TEST(backlog_size_zero_keeps_nothing_but_remembers)
+{
+    spillway_hub *hub = fake_hub(0, 100, 1 << 20);
+    spillway_channel *ch = spillway_chtab_get(hub, "z", 1);
+    spillway_frame *f = msg(9, 3);
+    REQUIRE(ch != NULL);
+    REQUIRE_INT(spillway_backlog_push(hub, ch, f), ==, 0);
+    CHECK_U64(ch->ring_len, ==, 0);
+    CHECK_U64(f->refs, ==, 1);
+    /* A resume from before it must be told it missed something. */
+    CHECK(ch->trimmed.ms == 1 && ch->trimmed.seq == 9);
+    spillway_frame_unref(f);
+    spillway_hub_free(hub);
+}
+
+/* The LRU list is a consistent doubly linked list of lru_count channels,
+ * each with a backlog. */
+static void check_lru(spillway_hub *hub)
+{
+    uint32_t n = 0;
+    spillway_channel *prev = NULL;
+    for (spillway_channel *ch = hub->lru_head; ch != NULL; ch = ch->lnext) {
+        if (ch->lprev != prev) CHECK(!"LRU back pointer broken");
+        if (ch->ring_len == 0) CHECK(!"a channel without backlog on the LRU");
+        prev = ch;
+        if (++n > 100000) break;
+    }
+    CHECK(hub->lru_tail == prev);
+    CHECK_U64(n, ==, hub->lru_count);
+    CHECK_U64(n, <=, hub->cfg.max_backlog_channels);
+}
+
+/* What do_publish in hub.c does with a message (memory backend). */
+static void publish(spillway_hub *hub, const char *name, uint64_t seq)
+{
+    spillway_channel *ch = spillway_chtab_get(hub, name, strlen(name));
+    spillway_frame *f = msg(seq, 8);
+    REQUIRE(ch != NULL);
+    if (hub->cfg.backlog_size > 0) spillway_lru_touch(hub, ch);
+    REQUIRE_INT(spillway_backlog_push(hub, ch, f), ==, 0);
+    spillway_channel_fanout(hub, ch, f);
+    spillway_channel_maybe_release(hub, ch);
+    spillway_frame_unref(f);
+}
+
+static spillway_channel *find(spillway_hub *hub, const char *name)
+{
+    return spillway_chtab_find(&hub->chans, name, strlen(name));
+}
+
+TEST(lru_evicts_the_least_recently_published)
+{
+    spillway_hub *hub = fake_hub(4, 3, 1 << 20);
+    spillway_conn *c = calloc(1, sizeof(*c));
+    spillway_channel *c3;
+
+    REQUIRE(c != NULL);
+    publish(hub, "c0", 1);
+    publish(hub, "c1", 2);
+    publish(hub, "c2", 3);
+    check_lru(hub);
+    CHECK_U64(hub->lru_count, ==, 3);
+    /* A fourth channel pushes out the oldest, which had nothing else to live
+     * for: it leaves the table, and the hub remembers what it lost. */
+    publish(hub, "c3", 4);
+    check_lru(hub);
+    CHECK(find(hub, "c0") == NULL);
+    CHECK(hub->evicted.ms == 1 && hub->evicted.seq == 1);
+    CHECK_U64(atomic_load(&hub->st_backlog_messages), ==, 3);
+
+    /* Publishing again makes a channel young: c2 goes before c1. */
+    publish(hub, "c1", 5);
+    publish(hub, "c4", 6);
+    check_lru(hub);
+    CHECK(find(hub, "c1") != NULL);
+    CHECK(find(hub, "c2") == NULL);
+    CHECK(hub->evicted.seq == 3);
+
+    /* A channel with a subscriber loses its backlog but stays. */
+    c->mem = calloc(1, sizeof(spillway_member));
+    REQUIRE(c->mem != NULL);
+    c3 = find(hub, "c3");
+    REQUIRE(c3 != NULL);
+    REQUIRE_INT(spillway_channel_add_sub(c3, c, 0), ==, 0);
+    c->nmem = 1;
+    c->last = (spillway_id){1, 1000}; /* so fanout queues nothing on this fake */
+    publish(hub, "c5", 7);
+    publish(hub, "c6", 8);
+    check_lru(hub);
+    CHECK(find(hub, "c3") == c3);
+    CHECK_U64(c3->ring_len, ==, 0);
+    CHECK(c3->trimmed.seq == 4);
+    CHECK(c3->lprev == NULL && c3->lnext == NULL && hub->lru_head != c3);
+    CHECK(hub->evicted.seq == 5); /* c1, last published as 1-5 */
+
+    /* A channel new to the table assumes it lost what was evicted anywhere. */
+    {
+        spillway_channel *fresh = spillway_chtab_get(hub, "fresh", 5);
+        REQUIRE(fresh != NULL);
+        CHECK_INT(spillway_id_cmp(fresh->trimmed, hub->evicted), ==, 0);
+    }
+    spillway_channel_remove_sub(hub, c3, c->mem[0].idx);
+    free(c->mem);
+    free(c);
+    spillway_hub_free(hub);
+}
+
+TEST(sweep_drops_backlogs_older_than_the_ttl)
+{
+    spillway_hub *hub = fake_hub(4, 100, 1 << 20);
+    hub->cfg.backlog_ttl_s = 2;
+    publish(hub, "old", 1);
+    hub->now = T0 + 1000;
+    publish(hub, "mid", 2);
+    hub->now = T0 + 1999;
+    publish(hub, "new", 3);
+
+    spillway_backlog_sweep(hub);
+    CHECK(find(hub, "old") != NULL);
+    hub->now = T0 + 2000; /* exactly the TTL after "old" */
+    spillway_backlog_sweep(hub);
+    CHECK(find(hub, "old") == NULL);
+    CHECK(find(hub, "mid") != NULL);
+    CHECK(hub->evicted.seq == 1);
+    hub->now = T0 + 3500;
+    spillway_backlog_sweep(hub);
+    CHECK(find(hub, "mid") == NULL && find(hub, "new") != NULL);
+    hub->now = T0 + 1000000;
+    spillway_backlog_sweep(hub);
+    CHECK_U64(hub->chans.count, ==, 0);
+    CHECK_U64(hub->lru_count, ==, 0);
+    CHECK(hub->lru_head == NULL && hub->lru_tail == NULL);
+    CHECK_U64(atomic_load(&hub->st_backlog_messages), ==, 0);
+
+    /* TTL 0: kept forever. */
+    hub->cfg.backlog_ttl_s = 0;
+    publish(hub, "kept", 4);
+    hub->now += 1000000000u;
+    spillway_backlog_sweep(hub);
+    CHECK(find(hub, "kept") != NULL);
+    spillway_hub_free(hub);
+}
+
+/* ---- a connection's outbox --------------------------------------------- */
+
+/* The outbox is written with partial writes into a small socket buffer;
+ * EPOLLOUT (edge-triggered, registered once) must come each time the peer
+ * drains, and the bytes must arrive complete and in order. */
+TEST(outbox_partial_writes_resume_in_order)
+{
+    spillway_hub *hub = fake_hub(10, 100, 4u << 20);
+    int peer;
+    spillway_conn *c = socket_conn(hub, &peer, 4096);
+    sse_buf want = {0}, got = {0};
+    uint64_t frames = 300, total = 0;
+    int rounds = 0;
+
+    for (uint64_t i = 1; i <= frames; i++) {
+        /* Mostly small frames, and every 50th far bigger than the socket
+         * buffer: it takes several partial writes on its own. */
+        spillway_frame *f = msg(i, i % 50 == 0 ? 40000 : (size_t)(50 + (i * 37) % 1500));
+        REQUIRE_INT(spillway_conn_push(hub, c, f), ==, 0);
+        sse_buf_put(&want, f->data, f->len);
+        total += f->len;
+        spillway_frame_unref(f); /* the outbox holds the only reference now */
+    }
+    CHECK(c->flags & SW_CF_DIRTY);
+    CHECK(hub->dirty == c && c->lnext == NULL);
+    CHECK_U64(c->out_bytes, ==, total);
+    end_iteration(hub);
+    CHECK(c->flags & SW_CF_BLOCKED);
+    CHECK_U64(c->out_len, >, 0);
+
+    while (c->out_len > 0 && rounds++ < 100000) {
+        struct epoll_event ev[4];
+        int n;
+        drain(peer, &got);
+        n = epoll_wait(hub->epfd, ev, 4, (int)(2000 * check_slow()));
+        if (n <= 0) {
+            CHECK(!"no EPOLLOUT after the peer drained: the stream would stall");
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            CHECK(ev[i].data.ptr == c);
+            spillway_conn_on_event(hub, ev[i].data.ptr, ev[i].events);
+        }
+    }
+    drain(peer, &got);
+    CHECK_U64(c->out_len, ==, 0);
+    CHECK_U64(c->out_bytes, ==, 0);
+    CHECK_U64(c->out_off, ==, 0);
+    CHECK(!(c->flags & SW_CF_DOOMED));
+    CHECK_MEM(got.p, got.len, want.p, want.len);
+    CHECK_U64(atomic_load(&hub->st_bytes_out), ==, total);
+    CHECK_U64(atomic_load(&hub->st_delivered), ==, frames);
+    /* The ring that a burst grew is given back once empty. */
+    CHECK(c->out == NULL && c->out_cap == 0);
+    sse_buf_free(&want);
+    sse_buf_free(&got);
+    close(peer);
+    spillway_hub_free(hub);
+}
+
+/* More pending frames than one iovec batch: several sendmsg calls in one
+ * flush, nothing lost at the batch edges. */
+TEST(outbox_flush_spans_iov_batches)
+{
+    spillway_hub *hub = fake_hub(10, 100, 4u << 20);
+    int peer;
+    spillway_conn *c = socket_conn(hub, &peer, 1 << 20);
+    sse_buf want = {0}, got = {0};
+    uint64_t n = 3 * SPILLWAY_IOV_BATCH + 17;
+    for (uint64_t i = 1; i <= n; i++) {
+        spillway_frame *f = msg(i, 3);
+        REQUIRE_INT(spillway_conn_push(hub, c, f), ==, 0);
+        sse_buf_put(&want, f->data, f->len);
+        spillway_frame_unref(f);
+    }
+    spillway_conn_flush(hub, c);
+    CHECK_U64(c->out_len, ==, 0);
+    drain(peer, &got);
+    CHECK_MEM(got.p, got.len, want.p, want.len);
+    CHECK_U64(atomic_load(&hub->st_delivered), ==, n);
+    sse_buf_free(&want);
+    sse_buf_free(&got);
+    hub->dirty = NULL;
+    close(peer);
+    spillway_hub_free(hub);
+}
+
+/* The cap applies to what the socket did not take, after the flush at the
+ * end of the iteration: a burst bigger than the cap is fine for a reader that
+ * takes it all, and dooms one that does not. */
+TEST(outbox_cap_applies_after_the_flush)
+{
+    spillway_hub *hub = fake_hub(10, 100, 4096);
+    int fast_peer, slow_peer;
+    spillway_conn *fast = socket_conn(hub, &fast_peer, 1 << 20);
+    spillway_conn *slow = socket_conn(hub, &slow_peer, 4096);
+    spillway_frame *f = spillway_frame_new(1000), *g = spillway_frame_new(10);
+    sse_buf got = {0};
+    REQUIRE(f != NULL && g != NULL);
+    memset(f->data, 'x', f->len);
+    memset(g->data, 'y', g->len);
+
+    /* 40 KB queued for both within one iteration, ten times the cap. */
+    for (int i = 0; i < 40; i++) {
+        CHECK_INT(spillway_conn_push(hub, fast, f), ==, 0);
+        CHECK_INT(spillway_conn_push(hub, slow, f), ==, 0);
+    }
+    CHECK_U64(f->refs, ==, 81);
+    CHECK(!(fast->flags & SW_CF_DOOMED) && !(slow->flags & SW_CF_DOOMED));
+    /* The flushes of the end of the iteration (the doomed are closed right
+     * after them, in end_iteration below). */
+    spillway_conn_flush(hub, fast);
+    spillway_conn_flush(hub, slow);
+    CHECK(!(fast->flags & SW_CF_DOOMED));
+    CHECK_U64(fast->out_len, ==, 0);
+    /* The slow one's socket took a few KB; the rest is over the cap. */
+    CHECK((slow->flags & (SW_CF_DOOMED | SW_CF_SLOW)) == (SW_CF_DOOMED | SW_CF_SLOW));
+    CHECK(hub->doomed == slow);
+    CHECK_U64(atomic_load(&hub->st_dropped_slow), ==, 1);
+    /* Doomed: nothing more is taken, and dooming twice counts once. */
+    CHECK_INT(spillway_conn_push(hub, slow, g), ==, -1);
+    CHECK_U64(g->refs, ==, 1);
+    spillway_conn_doom(hub, slow, true);
+    CHECK_U64(atomic_load(&hub->st_dropped_slow), ==, 1);
+    CHECK(slow->dnext == NULL);
+    end_iteration(hub);
+
+    /* Its references went, its fd closed, its place was given back; the
+     * fast reader has all 40 KB. */
+    CHECK_U64(f->refs, ==, 1);
+    CHECK_U64(atomic_load(&hub->reserved), ==, 1);
+    CHECK_U64(atomic_load(&hub->st_closed), ==, 1);
+    drain(fast_peer, &got);
+    CHECK_U64(got.len, ==, 40000);
+    got.len = 0;
+    drain(slow_peer, &got);
+    CHECK_U64(got.len, <, 40000);
+    /* Whatever the socket took (it may end inside a frame: a browser drops
+     * an event that has no blank line yet), then EOF. */
+    for (size_t i = 0; i < got.len; i++) {
+        if (got.p[i] != 'x') {
+            CHECK(!"the slow reader got bytes that were never queued");
+            break;
+        }
+    }
+    {
+        char buf[16];
+        CHECK_INT(read(slow_peer, buf, sizeof(buf)), ==, 0);
+    }
+    sse_buf_free(&got);
+    spillway_frame_unref(f);
+    spillway_frame_unref(g);
+    close(fast_peer);
+    close(slow_peer);
+    spillway_hub_free(hub);
+}
+
+TEST(deliver_skips_what_the_stream_already_has)
+{
+    spillway_hub *hub = fake_hub(10, 100, 1 << 20);
+    int peer;
+    spillway_conn *c = socket_conn(hub, &peer, 0);
+    spillway_frame *f3 = msg(3, 1), *f5 = msg(5, 1), *f6 = msg(6, 1);
+
+    c->last = (spillway_id){1, 5};
+    spillway_conn_deliver(hub, c, f3);
+    spillway_conn_deliver(hub, c, f5);
+    CHECK_U64(c->out_len, ==, 0);
+    spillway_conn_deliver(hub, c, f6);
+    CHECK_U64(c->out_len, ==, 1);
+    CHECK(c->last.seq == 6);
+    spillway_conn_deliver(hub, c, f6);
+    CHECK_U64(c->out_len, ==, 1);
+    CHECK_U64(f6->refs, ==, 2);
+    spillway_frame_unref(f3);
+    spillway_frame_unref(f5);
+    spillway_frame_unref(f6);
+    hub->dirty = NULL;
+    close(peer);
+    spillway_hub_free(hub);
+}
+
+/* A joining stream holds live frames aside; the replay then sends the missed
+ * frames, then the held ones, each id once, in order. */
+TEST(replay_merges_missed_and_held_frames)
+{
+    spillway_hub *hub = fake_hub(10, 100, 1 << 20);
+    int peer;
+    spillway_conn *c = socket_conn(hub, &peer, 0);
+    spillway_frame *f[8];
+    spillway_frame *missed[3];
+
+    for (int i = 1; i < 8; i++) f[i] = msg((uint64_t)i, 2);
+    c->flags |= SW_CF_JOINING;
+    c->last = (spillway_id){1, 2};
+    spillway_conn_deliver(hub, c, f[5]);
+    spillway_conn_deliver(hub, c, f[7]);
+    CHECK_U64(c->out_len, ==, 0);
+    CHECK_U64(c->held_len, ==, 2);
+    missed[0] = f[3];
+    missed[1] = f[4];
+    missed[2] = f[5];
+    spillway_conn_replay(hub, c, missed, 3, NULL, (spillway_id){1, 5});
+    CHECK(!(c->flags & SW_CF_JOINING));
+    CHECK(c->held == NULL && c->held_len == 0);
+    REQUIRE_U64(c->out_len, ==, 4);
+    {
+        uint64_t want[] = {3, 4, 5, 7};
+        for (uint32_t i = 0; i < 4; i++)
+            CHECK_U64(c->out[(c->out_start + i) % c->out_cap]->id.seq, ==, want[i]);
+    }
+    CHECK(c->last.seq == 7);
+    for (int i = 1; i < 8; i++) spillway_frame_unref(f[i]);
+    hub->dirty = NULL;
+    close(peer);
+    spillway_hub_free(hub);
+}
+
+/* The reset event names the channels whose backlog does not reach back, as
+ * a JSON array in its data, and moves the client's cursor to `now`. */
+TEST(reset_frame_names_the_channels)
+{
+    spillway_hub *hub = fake_hub(10, 100, 1 << 20);
+    int peer;
+    spillway_conn *c = socket_conn(hub, &peer, 0);
+    const char *names[] = {"alpha", "beta", "chat:42"};
+    bool reset[] = {true, false, true};
+    sse_parser p;
+    spillway_frame *rf;
+
+    c->mem = calloc(3, sizeof(spillway_member));
+    REQUIRE(c->mem != NULL);
+    for (uint32_t i = 0; i < 3; i++) {
+        spillway_channel *ch = spillway_chtab_get(hub, names[i], strlen(names[i]));
+        REQUIRE(ch != NULL);
+        REQUIRE_INT(spillway_channel_add_sub(ch, c, i), ==, 0);
+        c->nmem++;
+    }
+    c->last = (spillway_id){1, 3};
+    spillway_conn_send_reset(hub, c, reset, (spillway_id){1700000000000ull, 12});
+    REQUIRE_U64(c->out_len, ==, 1);
+    rf = c->out[c->out_start];
+    CHECK(rf->id.ms == 1700000000000ull && rf->id.seq == 12);
+    CHECK(c->last.ms == 1700000000000ull);
+    CHECK_U64(atomic_load(&hub->st_resets), ==, 1);
+    sse_parser_init(&p);
+    sse_parser_feed(&p, rf->data, rf->len);
+    REQUIRE_U64(p.nevents, ==, 1);
+    CHECK(sse_parser_idle(&p));
+    CHECK_STR(p.events[0].type.p, "reset");
+    CHECK_STR(p.events[0].id.p, "1700000000000-12");
+    CHECK_STR(p.events[0].data.p, "{\"channels\":[\"alpha\",\"chat:42\"]}");
+    sse_parser_free(&p);
+    hub->dirty = NULL;
+    close(peer);
+    spillway_hub_free(hub); /* closes c: leaves the channels, which go */
+}
+
+/* ---- the heartbeat wheel and the write timeout ------------------------- */
+
+TEST(wheel_heartbeat_once_per_period_then_write_timeout)
+{
+    spillway_hub *hub = fake_hub(10, 100, 1 << 20);
+    int peer;
+    spillway_conn *c = socket_conn(hub, &peer, 0);
+    sse_buf got = {0};
+
+    /* heartbeat 1000 ms over 100 slots: one slot per 10 ms, and a new stream
+     * sits in the slot processed last in the current turn. */
+    hub->now = T0 + 500;
+    spillway_wheel_tick(hub);
+    CHECK_U64(c->out_len, ==, 0);
+    hub->now = T0 + 1000;
+    spillway_wheel_tick(hub);
+    CHECK_U64(c->out_len, ==, 1);
+    end_iteration(hub);
+    drain(peer, &got);
+    CHECK_MEM(got.p, got.len, ":\n\n", 3);
+    CHECK_U64(atomic_load(&hub->st_delivered), ==, 0); /* a comment is not a message */
+
+    /* Once per period, not once per tick. */
+    hub->now = T0 + 1990;
+    spillway_wheel_tick(hub);
+    CHECK_U64(c->out_len, ==, 0);
+    hub->now = T0 + 2000;
+    spillway_wheel_tick(hub);
+    CHECK_U64(c->out_len, ==, 1);
+
+    /* Bytes pending (never flushed: the client is not reading) for longer
+     * than write_timeout: the next visit dooms it as slow. */
+    hub->dirty = NULL;
+    c->flags &= ~SW_CF_DIRTY;
+    hub->now = T0 + 3000;
+    spillway_wheel_tick(hub);
+    CHECK(c->flags & SW_CF_DOOMED);
+    CHECK(c->flags & SW_CF_SLOW);
+    CHECK_U64(atomic_load(&hub->st_dropped_slow), ==, 1);
+    end_iteration(hub);
+    CHECK(hub->wheel[99] == NULL);
+    sse_buf_free(&got);
+    close(peer);
+    spillway_hub_free(hub);
+}
+
+/* A reactor that slept through many periods does a bounded amount of work
+ * and then catches up with the clock instead of replaying every tick. */
+TEST(wheel_catches_up_after_a_long_stall)
+{
+    spillway_hub *hub = fake_hub(10, 100, 1 << 20);
+    int peer;
+    spillway_conn *c = socket_conn(hub, &peer, 0);
+    hub->now = T0 + 3600000;
+    spillway_wheel_tick(hub);
+    /* At most one heartbeat for the whole stall. */
+    CHECK_U64(c->out_len, ==, 1);
+    CHECK_U64(hub->wheel_next_ms, >, hub->now);
+    hub->dirty = NULL;
+    close(peer);
+    spillway_hub_free(hub);
+}
+
+/* ---- input from the client --------------------------------------------- */
+
+static void wait_event(spillway_hub *hub)
+{
+    struct epoll_event ev[4];
+    int n = epoll_wait(hub->epfd, ev, 4, (int)(2000 * check_slow()));
+    CHECK_INT(n, >, 0);
+    for (int i = 0; i < n; i++) spillway_conn_on_event(hub, ev[i].data.ptr, ev[i].events);
+}
+
+TEST(client_input_eof_and_abuse_doom_the_stream)
+{
+    spillway_hub *hub = fake_hub(10, 100, 1 << 20);
+    int p1, p2, p3;
+    spillway_conn *quiet = socket_conn(hub, &p1, 0);
+    spillway_conn *gone = socket_conn(hub, &p2, 0);
+    spillway_conn *noisy = socket_conn(hub, &p3, 0);
+    char junk[9000];
+
+    /* The first EPOLLOUT of each new socket. */
+    wait_event(hub);
+    CHECK(!(quiet->flags & SW_CF_DOOMED));
+    /* A few stray bytes are read and dropped. */
+    memset(junk, 'j', sizeof(junk));
+    CHECK_INT(write(p1, junk, 100), ==, 100);
+    wait_event(hub);
+    CHECK(!(quiet->flags & SW_CF_DOOMED));
+    /* EOF from the peer. */
+    shutdown(p2, SHUT_WR);
+    wait_event(hub);
+    CHECK(gone->flags & SW_CF_DOOMED);
+    CHECK(!(gone->flags & SW_CF_SLOW));
+    /* More than the inbound limit in one go. */
+    CHECK_INT(write(p3, junk, sizeof(junk)), ==, (ssize_t)sizeof(junk));
+    wait_event(hub);
+    CHECK(noisy->flags & SW_CF_DOOMED);
+    CHECK(!(quiet->flags & SW_CF_DOOMED));
+    end_iteration(hub);
+    CHECK_U64(atomic_load(&hub->st_closed), ==, 2);
+    CHECK_U64(atomic_load(&hub->reserved), ==, 1);
+    close(p1);
+    close(p2);
+    close(p3);
+    spillway_hub_free(hub);
+}
+
+CHECK_MAIN
