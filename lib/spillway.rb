@@ -198,12 +198,13 @@ module Spillway
       @publisher = nil
     end
 
+    # One handler for every process: in a fork child it stops the child's
+    # own hub, if any (shutdown forgets an inherited one without touching it).
     def install_at_exit
       return if @at_exit_installed
 
       @at_exit_installed = true
-      owner = Process.pid
-      at_exit { shutdown if Process.pid == owner }
+      at_exit { shutdown }
     end
 
     def publisher_call

@@ -6,7 +6,8 @@ RSpec.describe "Forking" do
   describe "puma -w 2 --preload" do
     before(:all) do
       @redis = RedisServer.new.start
-      @server = AppServer.new(config: { redis_url: @redis.url }, threads: "1:1", workers: 2, preload: true).start
+      @server = AppServer.new(config: { redis_url: @redis.url }, threads: "1:1", workers: 2, preload: true,
+                              env: { "BOOT_PUBLISH" => "1" }).start
     end
 
     after(:all) do
@@ -29,13 +30,58 @@ RSpec.describe "Forking" do
 
       Spillway.configure(redis_url: @redis.url)
       ids = Array.new(5) { |i| Spillway.publish("fork:all", "n#{i}") }
-      clients.wait_all(message: "5 messages everywhere") { |c| c.events.size >= 5 }
+      # Publishes from the workers, which inherited the master's connection.
+      ids += Array.new(4) { |i| @server.publish("fork:all", "w#{i}") }
+      clients.wait_all(message: "9 messages everywhere") { |c| c.events.size >= 9 }
       clients.clients.each do |c|
-        expect(c.data).to eq(%w[n0 n1 n2 n3 n4])
+        expect(c.data).to eq(%w[n0 n1 n2 n3 n4 w0 w1 w2 w3])
         expect(c.events.last.last_event_id).to eq(ids.last)
       end
+      expect(@redis.call("XLEN", "spillway:s:boot")).to eq(1)
     ensure
       clients&.close_all
+    end
+
+    it "gives the streams of every worker a last retry hint when Puma stops" do
+      clients = SSESwarm.new(Array.new(20) { SSEClient.open(@server.port, "fork:bye") })
+      clients.wait_all(message: "heads") { |c| c.status == 200 }
+      seen = {}
+      wait_until(timeout: 20, message: "both workers holding streams") do
+        s = @server.stats
+        seen[s[:pid]] = s[:connections]
+        seen.size == 2 && seen.values.sum == 20
+      end
+      before = clients.clients.map { |c| c.raw.scan("retry:").size }
+      @server.stop
+      clients.wait_all(message: "every stream closed") { |c| c.eof? }
+      after = clients.clients.map { |c| c.raw.scan("retry:").size }
+      expect(after.zip(before).map { |a, b| a - b }).to all(eq(1))
+    ensure
+      clients&.close_all
+    end
+  end
+
+  describe "puma -w 2 --preload, memory backend, a hub already running in the master" do
+    it "lets each worker start its own hub" do
+      server = AppServer.new(threads: "1:1", workers: 2, preload: true, env: { "BOOT_PUBLISH" => "1" }).start
+      clients = SSESwarm.new(Array.new(10) { SSEClient.open(server.port, "mem:fork") })
+      clients.wait_all(message: "heads") { |c| c.status == 200 }
+      # Each POST lands on one worker and reaches that worker's streams only.
+      n = 0
+      clients.wait_all(timeout: 20, message: "a message on every stream") do |c|
+        server.publish("mem:fork", "m#{n += 1}") if c == clients.clients.first
+        c.events.any?
+      end
+      pids = {}
+      wait_until(timeout: 20, message: "both workers answering") do
+        s = server.stats
+        pids[s[:pid]] = s[:running]
+        pids.size == 2
+      end
+      expect(pids.keys).not_to include(server.pid)
+    ensure
+      clients&.close_all
+      server&.stop
     end
   end
 
