@@ -685,6 +685,21 @@ int spillway_hub_attach(spillway_hub *hub, int fd, unsigned flags, const char *c
     return 0;
 }
 
+/* What both publish paths check first. */
+static int check_publish(spillway_hub *hub, const char *fn, const char *channel, size_t chlen, char *err,
+                         size_t errlen)
+{
+    if (!atomic_load(&hub->running)) {
+        set_err(err, errlen, "%s: the hub is not running", fn);
+        return -EPIPE;
+    }
+    if (!channel_name_ok(channel, chlen)) {
+        set_err(err, errlen, "%s: invalid channel name", fn);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 struct publish_stamp {
     spillway_hub *hub;
     spillway_frame *frame;
@@ -737,14 +752,8 @@ int spillway_hub_publish(spillway_hub *hub, const char *channel, size_t chlen, c
     ssize_t need;
     int rc;
 
-    if (!atomic_load(&hub->running)) {
-        set_err(err, errlen, "spillway_hub_publish: the hub is not running");
-        return -EPIPE;
-    }
-    if (!channel_name_ok(channel, chlen)) {
-        set_err(err, errlen, "spillway_hub_publish: invalid channel name");
-        return -EINVAL;
-    }
+    rc = check_publish(hub, "spillway_hub_publish", channel, chlen, err, errlen);
+    if (rc != 0) return rc;
     memset(longest, '9', SPILLWAY_ID_TEXT_MAX - 1);
     longest[20] = '-';
     need = spillway_sse_size(longest, SPILLWAY_ID_TEXT_MAX - 1, event, evlen, data, datalen);
@@ -823,14 +832,8 @@ int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t ch
         set_err(err, errlen, "spillway_hub_publish_async: no Redis configured");
         return -EINVAL;
     }
-    if (!atomic_load(&hub->running)) {
-        set_err(err, errlen, "spillway_hub_publish_async: the hub is not running");
-        return -EPIPE;
-    }
-    if (!channel_name_ok(channel, chlen)) {
-        set_err(err, errlen, "spillway_hub_publish_async: invalid channel name");
-        return -EINVAL;
-    }
+    rc = check_publish(hub, "spillway_hub_publish_async", channel, chlen, err, errlen);
+    if (rc != 0) return rc;
     need = spillway_sse_size(NULL, 0, event, evlen, data, datalen);
     if (need < 0) {
         set_err(err, errlen, "spillway_hub_publish_async: %s", spillway_sse_strerror(need));
@@ -867,6 +870,20 @@ int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t ch
 
 /* Reactor: an async publish is finished (acknowledged, or failed for good).
  * Tickets finish in order, so `done` is a high-water mark. */
+/* CLOCK_REALTIME now + ms, for pthread_cond_timedwait and timedjoin. */
+static struct timespec deadline_after(uint32_t ms)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_sec += ms / 1000;
+    t.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (t.tv_nsec >= 1000000000L) {
+        t.tv_sec++;
+        t.tv_nsec -= 1000000000L;
+    }
+    return t;
+}
+
 void spillway_hub_async_done(spillway_hub *hub, uint64_t seq, bool ok)
 {
     atomic_fetch_sub(&hub->async_waiting_count, 1);
@@ -889,13 +906,7 @@ int spillway_hub_flush(spillway_hub *hub, uint32_t timeout_ms)
     target = hub->async_issued;
     pthread_mutex_unlock(&hub->q.lock);
 
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    deadline = deadline_after(timeout_ms);
     atomic_fetch_add(&hub->flush_waiters, 1);
     pthread_mutex_lock(&hub->flush_lock);
     hub->flush_interrupted = false;
@@ -971,13 +982,7 @@ int spillway_hub_stop(spillway_hub *hub, uint32_t timeout_ms)
         hub->stop_cmd.kind = SW_CMD_STOP;
         spillway_queue_push(&hub->q, &hub->stop_cmd.node, SPILLWAY_QUEUE_FORCE, NULL, NULL);
     }
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    deadline = deadline_after(timeout_ms);
     rc = pthread_timedjoin_np(hub->thread, NULL, &deadline);
     if (rc != 0) return -rc;
     hub->thread_started = false;
