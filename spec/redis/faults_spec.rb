@@ -120,6 +120,40 @@ RSpec.describe "Redis faults during a continuous sequence" do
     [early, fresh].compact.each(&:close)
   end
 
+  it "reads Redis fast enough to stay under a tight client-output-buffer-limit while a client is stuck" do
+    # Redis drops a subscriber whose unread output passes 256 KiB at once.
+    @redis = RedisServer.new(args: %w[--client-output-buffer-limit pubsub 256kb 128kb 1]).start
+    @server = AppServer.new(config: { redis_url: @redis.url, outbox_limit: 8 * 1024 * 1024 }).start
+    readers = SSESwarm.new(Array.new(2) { SSEClient.open(@server.port, "flood") })
+    stuck = SSEClient.open(@server.port, "flood", rcvbuf: 4096)
+    readers.wait_all(message: "heads") { |c| c.status == 200 }
+    wait_until { @server.stats[:connections] == 3 && @server.stats[:joining].zero? }
+    # The control: a subscriber that does not read is cut off by the limit.
+    lazy = Socket.new(:INET, :STREAM)
+    lazy.setsockopt(:SOCKET, :RCVBUF, 4096)
+    lazy.connect(Socket.sockaddr_in(@redis.port, "127.0.0.1"))
+    lazy.write("*2\r\n$9\r\nSUBSCRIBE\r\n$14\r\nspillway:flood\r\n")
+    wait_until { @redis.call("PUBSUB", "NUMSUB", "spillway:flood")[1] == 2 }
+    Spillway.configure(redis_url: @redis.url, async_limit: 100_000)
+    pad = "x" * 2500
+    # ~7.5 MB pipelined at Redis: more than a socket's buffers can hide.
+    3000.times { |i| Spillway.publish("flood", "#{i + 1} #{pad}", async: true) }
+    expect(Spillway.flush(timeout: 30)).to be(true)
+    readers.wait_all(timeout: 60, message: "3000 messages each") { |c| c.events.size >= 3000 }
+    readers.clients.each { |c| expect(c.data.map(&:to_i)).to eq((1..3000).to_a) }
+    stats = @server.stats
+    expect(stats[:redis_reconnects]).to eq(0)
+    expect(stats[:gap_repairs]).to eq(0)
+    # The lazy one (no name) was dropped by Redis; the app's hub was not.
+    subscribers = @redis.call("CLIENT", "LIST", "TYPE", "pubsub").lines
+    expect(subscribers.grep(/name= /)).to be_empty
+    expect(subscribers.grep(/name=spillway-sub-#{@server.stats[:pid]} /).size).to eq(1)
+  ensure
+    readers&.close_all
+    stuck&.close
+    lazy&.close
+  end
+
   it "survives the command link being killed while streams resume" do
     @redis = RedisServer.new.start
     swarm = start(@redis)

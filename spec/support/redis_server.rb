@@ -9,7 +9,8 @@ class RedisServer
 
   attr_reader :port, :dir
 
-  def initialize(persistence: false, password: nil, unixsocket: false)
+  def initialize(persistence: false, password: nil, unixsocket: false, args: [])
+    @args = args
     @persistence = persistence
     @password = password
     @dir = Dir.mktmpdir("spillway-redis")
@@ -23,6 +24,7 @@ class RedisServer
     args += @persistence ? ["--appendonly", "yes", "--appendfsync", "always", "--save", ""] : ["--save", "", "--appendonly", "no"]
     args += ["--requirepass", @password] if @password
     args += ["--unixsocket", @unixsocket, "--unixsocketperm", "700"] if @unixsocket
+    args += @args
     @pid = Process.spawn(*args, out: File::NULL, err: File::NULL)
     wait_until(timeout: 10, message: "redis-server on #{port}") { ping }
     self
