@@ -135,9 +135,16 @@ void spillway_link_fail(spillway_hub *hub, spillway_rlink *l, const char *what, 
     spillway_hub_error(hub, "Redis %s link: %s: %s", spillway_link_name(l), what, why);
     l->state = SW_LS_IDLE;
     drop(hub, l);
-    if (l->backoff_ms == 0) l->backoff_ms = BACKOFF_MIN_MS;
-    l->retry_at = hub->now + jitter(l, l->backoff_ms);
-    l->backoff_ms = SW_MIN(l->backoff_ms * 2, BACKOFF_MAX_MS);
+    if (l->backoff_ms == 0) {
+        /* It was up: try again at once (a killed connection, a failover
+         * that is already done). Only failed attempts back off, with
+         * jitter so that many processes do not hit Redis in step. */
+        l->retry_at = hub->now;
+        l->backoff_ms = BACKOFF_MIN_MS;
+    } else {
+        l->retry_at = hub->now + jitter(l, l->backoff_ms);
+        l->backoff_ms = SW_MIN(l->backoff_ms * 2, BACKOFF_MAX_MS);
+    }
     if (was_ready) atomic_fetch_add_explicit(&hub->st_redis_reconnects, 1, memory_order_relaxed);
     spillway_redis_on_lost(hub, l, was_ready);
 }
