@@ -1,0 +1,53 @@
+# The message_bus peer (discourse/message_bus 4.x, Redis backend) on Puma.
+#
+#   POST /message-bus/<client_id>/poll   message_bus's own client protocol:
+#                                        form body "<channel>=<last id>&__seq=N",
+#                                        hijacked socket, chunked JSON arrays
+#                                        separated by "\r\n|\r\n" (streaming long
+#                                        poll), closed after long_polling_interval
+#                                        (25 s by default), then the client polls
+#                                        again from its last id.
+#   POST /pub?channel=C&count=K          MessageBus.publish("/C", data) K times; the
+#                                        data of each is "<seq> <t_ns> <body>",
+#                                        stamped right before its publish.
+#
+# Run: REDIS_URL=redis://127.0.0.1:PORT puma -t 1:1 -b tcp://127.0.0.1:PORT
+require "message_bus"
+require "logger"
+
+MessageBus.configure(backend: :redis, url: ENV.fetch("REDIS_URL"))
+# The default cap is 1000 long polls per process; past it message_bus answers
+# at once and the client falls back to polling. Raise it so the process can
+# hold as many streams as it is able to.
+MessageBus.configure(max_active_clients: Integer(ENV.fetch("MB_MAX_ACTIVE_CLIENTS", "20000")))
+# Left at message_bus's default (25 s) unless the harness asks otherwise.
+if (ms = ENV["MB_LONG_POLLING_INTERVAL_MS"])
+  MessageBus.configure(long_polling_interval: Integer(ms))
+end
+MessageBus.logger = Logger.new($stderr, level: Logger::WARN)
+
+SEQ = Hash.new(0)
+SEQ_LOCK = Mutex.new
+
+use MessageBus::Rack::Middleware
+
+run lambda { |env|
+  req = Rack::Request.new(env)
+  if req.path_info == "/pub"
+    channel = req.params["channel"] or return [400, {}, ["channel?\n"]]
+    count = (req.params["count"] || 1).to_i
+    pad = req.body.read
+    pad = " #{pad}" unless pad.empty?
+    SEQ_LOCK.synchronize do
+      count.times do
+        seq = (SEQ[channel] += 1)
+        MessageBus.publish("/#{channel}",
+                           "#{seq} #{Process.clock_gettime(Process::CLOCK_REALTIME, :nanosecond)}#{pad}")
+      end
+    end
+    body = "#{count}\n"
+    [200, { "content-type" => "text/plain", "content-length" => body.bytesize.to_s }, [body]]
+  else
+    [404, { "content-length" => "0" }, []]
+  end
+}

@@ -1,0 +1,131 @@
+# frozen_string_literal: true
+
+# Tests of the loadgen's parsers against crafted responses, sent in small
+# pieces so every boundary case (CRLF split across reads, chunk sizes in the
+# middle of a line, ...) is exercised. Run: ruby bench/test/loadgen_test.rb
+# (builds the tools first with make -C bench).
+require "minitest/autorun"
+require "json"
+require "socket"
+
+BENCH_DIR = File.expand_path("..", __dir__)
+system("make", "-s", "-C", BENCH_DIR) or abort "make -C bench failed"
+
+class LoadgenTest < Minitest::Test
+  # Serves `chunks` (an Array of Strings, written one by one with a pause) to
+  # the first connection, then closes it unless keep_open. Returns the
+  # loadgen's JSON summary.
+  def run_loadgen(chunks, args, keep_open: false, requests: 1)
+    server = TCPServer.new("127.0.0.1", 0)
+    port = server.addr[1]
+    seen = []
+    th = Thread.new do
+      requests.times do |i|
+        c = server.accept
+        seen << c.readpartial(65_536)
+        Array(chunks.is_a?(Proc) ? chunks.call(i) : chunks).each do |s|
+          c.write(s)
+          c.flush
+          sleep 0.01
+        end
+        sleep 0.3 if keep_open
+        c.close
+      end
+    rescue IOError, SystemCallError
+      nil
+    end
+    out = IO.popen([File.join(BENCH_DIR, "loadgen"), "-q", *args, "-t", "5",
+                    yield(port)], err: File::NULL, &:read)
+    th.join(2)
+    server.close
+    @requests = seen
+    JSON.parse(out.lines.last)
+  end
+
+  def stamp(seq)
+    "#{seq} #{Process.clock_gettime(Process::CLOCK_REALTIME, :nanosecond)}"
+  end
+
+  def test_sse_line_endings_comments_and_multiline_data
+    body = +"\xEF\xBB\xBF: hello\r\n\r\n"
+    body << "id: 1\rdata: #{stamp(1)}\rdata: second line\r\r"         # CR only
+    body << "event: x\ndata:#{stamp(2)}\n\n"                          # LF, no space after ':'
+    body << "retry: 1000\r\ndata: #{stamp(3)}\r\n\r\n"                # CRLF
+    body << "data\n\n"                                                # empty data: dispatched, not a message
+    body << "id: 4\n\n"                                               # no data: not dispatched
+    body << "data: #{stamp(5)}\r\n\r\n"
+    head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+    # split every few bytes, including between the CR and LF of a CRLF
+    pieces = [head] + body.b.scan(/.{1,3}/mn)
+    r = run_loadgen(pieces, %w[-c 1 -e 5]) { |p| "http://127.0.0.1:#{p}/sub" }
+    assert_equal 1, r["connected"]
+    assert_equal 4, r["messages"]
+    assert_equal 1, r["other_events"] # "data" with an empty value
+    assert_equal 1, r["lost"]          # seq 4 never came
+    assert_equal 1, r["missing"]
+    assert_equal 0, r["dup"]
+    assert_equal 1, r["comments"]
+    assert_equal 1, r["closed_by_server"]
+    assert_match %r{\AGET /sub HTTP/1.1\r\n}, @requests[0]
+  end
+
+  def test_sse_chunked_with_dups_and_out_of_order
+    events = [1, 2, 2, 4, 3, 5].map { |s| "data: #{stamp(s)}\n\n" }.join
+    # chunk sizes that cut lines and the stamp in the middle
+    chunks = events.b.scan(/.{1,7}/mn).map { |c| "#{c.bytesize.to_s(16)}\r\n#{c}\r\n" }
+    pieces = ["HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", *chunks, "0\r\n\r\n"]
+    r = run_loadgen(pieces, %w[-c 1 -e 5]) { |p| "http://127.0.0.1:#{p}/sub" }
+    assert_equal 6, r["messages"]
+    assert_equal 1, r["dup"]
+    assert_equal 1, r["ooo"]
+    assert_equal 0, r["lost"]
+    assert_equal 0, r["missing"]
+    assert_equal 1, r["closed_by_server"]
+  end
+
+  def test_stop_after_m_messages
+    events = (1..3).map { |s| "data: #{stamp(s)}\n\n" }.join
+    r = run_loadgen(["HTTP/1.1 200 OK\r\n\r\n", events], %w[-c 1 -M 3 -e 3], keep_open: true) do |p|
+      "http://127.0.0.1:#{p}/sub"
+    end
+    assert_equal 3, r["messages"]
+    assert_equal 1, r["conns_with_all"]
+    assert_equal 0, r["closed_by_server"]
+  end
+
+  def test_non_200_counts_as_failed_after_retries
+    r = run_loadgen(["HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"], %w[-c 1 -r 1], requests: 2) do |p|
+      "http://127.0.0.1:#{p}/sub"
+    end
+    assert_equal 0, r["connected"]
+    assert_equal 1, r["failed"]
+    assert_equal 1, r["retries"]
+    assert_equal 2, r["errors"]["bad_status"]
+  end
+
+  def test_message_bus_streaming_and_repoll
+    sep = "\r\n|\r\n"
+    chunk = ->(s) { "#{s.bytesize.to_s(16)}\r\n#{s}\r\n" }
+    msg = ->(id, data) { { global_id: id + 100, message_id: id, channel: "/c", data: data } }
+    polls = lambda do |i|
+      head = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n" \
+             "Transfer-Encoding: chunked\r\n\r\n"
+      if i.zero?
+        status = [{ global_id: -1, message_id: -1, channel: "/__status", data: { "/c" => 0 } }]
+        both = JSON.dump([msg.(1, stamp(1)), { global_id: 9, message_id: 9, channel: "/other", data: "x" }]) + sep +
+               JSON.dump([msg.(2, stamp(2))])
+        [head, chunk.(JSON.dump(status) + sep), chunk.(both + sep)[0, 30], chunk.(both + sep)[30..], chunk.("[]" + sep), "0\r\n\r\n"]
+      else
+        # the second poll: a message whose data holds an escaped separator and quotes
+        [head, chunk.(JSON.dump([msg.(3, "#{stamp(3)} \"q\" \\ \r\n||\r\n")]) + sep), "0\r\n\r\n"]
+      end
+    end
+    r = run_loadgen(polls, %w[-m mb -C /c -c 1 -M 3 -e 3], requests: 2) { |p| "http://127.0.0.1:#{p}/message-bus" }
+    assert_equal 3, r["messages"]
+    assert_equal 0, r["missing"]
+    assert_operator r["repolls"], :>=, 1 # and it polls again after the second one ends
+    assert_match %r{\APOST /message-bus/lg\d+x0/poll HTTP/1.1\r\n}, @requests[0]
+    assert_match(/\r\n\r\n%2Fc=-1&__seq=1\z/, @requests[0])
+    assert_match(/\r\n\r\n%2Fc=2&__seq=2\z/, @requests[1]) # polls again from the last id seen
+  end
+end
