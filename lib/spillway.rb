@@ -90,8 +90,10 @@ module Spillway
       publish(channel, data, event: event, async: true)
     end
 
-    # Waits until every async publish made before the call has reached
-    # Redis. true, or false when timeout seconds passed first.
+    # Waits until every async publish made before the call is finished.
+    # true when all of them (and any since the last flush) reached Redis;
+    # false when one failed (stats[:async_failed], stats[:last_error]) or
+    # timeout seconds passed first.
     def flush(timeout: 5)
       h = @lock.synchronize { check_pid!; @hub }
       return true if h.nil? || @config.backend == :memory

@@ -464,6 +464,10 @@ static void *reactor_main(void *arg)
     }
     shutdown_streams(hub);
     atomic_store(&hub->running, false);
+    /* A flush waiting for Redis will not get its answer any more. */
+    pthread_mutex_lock(&hub->flush_lock);
+    pthread_cond_broadcast(&hub->flush_cond);
+    pthread_mutex_unlock(&hub->flush_lock);
     pthread_mutex_unlock(&hub->loop_lock);
     return NULL;
 }
@@ -887,7 +891,10 @@ static struct timespec deadline_after(uint32_t ms)
 void spillway_hub_async_done(spillway_hub *hub, uint64_t seq, bool ok)
 {
     atomic_fetch_sub(&hub->async_waiting_count, 1);
-    if (!ok) STAT_ADD(hub, st_async_failed, 1);
+    if (!ok) {
+        STAT_ADD(hub, st_async_failed, 1);
+        if (seq > atomic_load(&hub->async_failed_max)) atomic_store(&hub->async_failed_max, seq);
+    }
     if (seq > atomic_load(&hub->async_done)) atomic_store(&hub->async_done, seq);
     if (atomic_load(&hub->flush_waiters) > 0) {
         pthread_mutex_lock(&hub->flush_lock);
@@ -898,7 +905,7 @@ void spillway_hub_async_done(spillway_hub *hub, uint64_t seq, bool ok)
 
 int spillway_hub_flush(spillway_hub *hub, uint32_t timeout_ms)
 {
-    uint64_t target;
+    uint64_t target, since = atomic_load(&hub->async_reported);
     struct timespec deadline;
     int rc = 0;
 
@@ -914,7 +921,14 @@ int spillway_hub_flush(spillway_hub *hub, uint32_t timeout_ms)
            atomic_load(&hub->running)) {
         if (pthread_cond_timedwait(&hub->flush_cond, &hub->flush_lock, &deadline) == ETIMEDOUT) break;
     }
-    if (atomic_load(&hub->async_done) < target) rc = hub->flush_interrupted ? -EINTR : -ETIMEDOUT;
+    if (atomic_load(&hub->async_done) < target) {
+        rc = hub->flush_interrupted ? -EINTR : -ETIMEDOUT;
+    } else {
+        /* Everything is finished: did any publish since the last flush
+         * that reported fail? */
+        if (atomic_load(&hub->async_failed_max) > since) rc = -EIO;
+        if (target > atomic_load(&hub->async_reported)) atomic_store(&hub->async_reported, target);
+    }
     pthread_mutex_unlock(&hub->flush_lock);
     atomic_fetch_sub(&hub->flush_waiters, 1);
     return rc;

@@ -132,7 +132,9 @@ int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t ch
                                size_t datalen, uint64_t *seq, char *err, size_t errlen);
 
 /* Blocks until every async publish queued before the call has been
- * acknowledged by Redis or failed, or timeout_ms passed. 0 or -ETIMEDOUT.
+ * acknowledged by Redis or failed, or timeout_ms passed. 0 when all of
+ * them (and any since the last flush that returned) reached Redis; -EIO when
+ * one of those failed; -ETIMEDOUT; -EINTR (spillway_hub_flush_interrupt).
  * Blocking: call it without the GVL. */
 int spillway_hub_flush(spillway_hub *hub, uint32_t timeout_ms);
 /* Wakes a blocked spillway_hub_flush (the binding's unblock function). */

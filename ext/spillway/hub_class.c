@@ -21,16 +21,10 @@ typedef struct hub_wrap {
 static void hub_wrap_free(void *p)
 {
     hub_wrap *w = p;
-    if (w->hub != NULL) {
-        /* dfree never blocks: a running hub is asked to stop without
-         * waiting; if its thread has not finished, the hub is left to it. */
-        if (spillway_hub_owner(w->hub) == getpid() && spillway_hub_running(w->hub)) {
-            if (spillway_hub_stop(w->hub, 0) == 0) spillway_hub_free(w->hub);
-        } else {
-            spillway_hub_stop(w->hub, 0);
-            spillway_hub_free(w->hub);
-        }
-    }
+    /* dfree never blocks: a running hub is asked to stop without waiting
+     * (a zero timeout); if its thread has not finished, the hub is left to
+     * it. A stopped or abandoned (fork child) hub is freed. */
+    if (w->hub != NULL && spillway_hub_stop(w->hub, 0) == 0) spillway_hub_free(w->hub);
     xfree(w);
 }
 
@@ -381,10 +375,10 @@ static VALUE hub_stop(VALUE self, VALUE timeout)
     a.timeout_ms = (uint32_t)(NUM2DBL(timeout) * 1000.0);
     a.rc = 0;
     rb_thread_call_without_gvl(stop_nogvl, &a, NULL, NULL);
-    if (a.rc != 0) return Qfalse;
-    spillway_hub_free(w->hub);
-    w->hub = NULL;
-    return Qtrue;
+    /* Not freed here: another Ruby thread may be inside #flush without the
+     * GVL, on this hub's condition variable. The memory goes with the
+     * object (dfree), once no frame refers to it any more. */
+    return a.rc == 0 ? Qtrue : Qfalse;
 }
 
 static VALUE hub_pid(VALUE self)

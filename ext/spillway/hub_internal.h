@@ -217,6 +217,8 @@ struct spillway_hub {
     /* async publish tickets: issued under the queue lock, done by the reactor */
     uint64_t async_issued;
     atomic_uint_fast64_t async_done;
+    atomic_uint_fast64_t async_failed_max; /* highest ticket that failed */
+    atomic_uint_fast64_t async_reported;   /* tickets up to here were reported by a flush */
     atomic_uint_fast32_t async_waiting_count;
     atomic_uint_fast32_t flush_waiters;
     pthread_mutex_t flush_lock;

@@ -159,6 +159,23 @@ RSpec.describe "Redis backend" do
     down&.cleanup
   end
 
+  it "wakes a flush that waits for an unreachable Redis when another thread shuts down" do
+    down = RedisServer.new # never started
+    Spillway.configure(redis_url: down.url, connect_timeout: 0.2)
+    Spillway.publish("never", "x", async: true)
+    result = nil
+    waiter = Thread.new { result = Spillway.flush(timeout: 30) }
+    wait_until { waiter.status == "sleep" }
+    t0 = monotonic
+    Spillway.shutdown
+    expect(waiter.join(5)).to be_truthy
+    expect(result).to be(false)
+    expect(monotonic - t0).to be < 3 * Waiting::SLOW
+    expect(Spillway.stats[:running]).to be(false)
+  ensure
+    down&.cleanup
+  end
+
   it "raises within command_timeout when Redis accepts but does not answer" do
     # A listener that never answers: a Redis that hangs.
     mute = TCPServer.new("127.0.0.1", 0)
