@@ -1,0 +1,131 @@
+/*
+ * The loadgen's shared state and the interfaces between its files:
+ *
+ *   loadgen.c    connections, the epoll loop, stdin commands, main
+ *   lg_parse.c   response bodies: chunked/Content-Length/close framing, the
+ *                SSE line grammar, message_bus's JSON arrays
+ *   lg_stats.c   per-message bookkeeping (seq, latency histogram) and the
+ *                JSON lines the loadgen prints
+ *
+ * Everything runs on one thread; nothing here is locked.
+ */
+#ifndef BENCH_LG_H
+#define BENCH_LG_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#include "util.h"
+
+/* Limits, named so a failure can say which one it hit. */
+#define LG_MAX_CONNS 19900         /* below `ulimit -n` 20000 with room for stdio and epoll */
+#define LG_MAX_HEAD (64 * 1024)    /* response head */
+#define LG_MAX_LINE (1024 * 1024)  /* one SSE line or one message_bus chunk */
+#define LG_MAX_DATA (1024 * 1024)  /* one SSE event's data */
+#define LG_READ_BUF (256 * 1024)
+#define LG_MAX_EXPECT (1 << 22)    /* -e: per-connection seen-bitmap size */
+
+/* epoll ids that are not connection indexes */
+#define LG_ID_STDIN UINT32_MAX
+
+enum lg_mode { MODE_SSE, MODE_MB };
+enum lg_cstate { C_IDLE, C_CONNECTING, C_HEAD, C_BODY, C_WAIT_RETRY, C_DEAD };
+enum lg_ckstate { CK_SIZE, CK_EXT, CK_DATA, CK_DATA_END, CK_TRAILER, CK_END };
+
+enum lg_err {
+    E_CONNECT, E_REFUSED, E_RESET, E_TIMEOUT, E_EOF_HEAD, E_STATUS, E_PROTO, E_SOCKET, E_NERR
+};
+
+struct conn {
+    int fd;
+    uint8_t state;
+    uint8_t chunked;
+    uint8_t ever_ok;  /* counted in `connected` */
+    uint8_t cr;       /* SSE: the previous span ended with CR */
+    uint8_t body_seen; /* at least one body byte since the head */
+    uint8_t ckstate;
+    uint8_t ck_digits;
+    uint8_t has_clen;
+    uint16_t retries;
+    int64_t clen;     /* remaining Content-Length when has_clen */
+    int64_t ck_left;  /* chunk bytes left, or trailer line length */
+    int64_t t_attempt; /* mono ns when this attempt started */
+    char *buf;        /* head, partial line, or partial message_bus segment */
+    uint32_t len, cap;
+    char *data;       /* SSE data buffer of the event being assembled */
+    uint32_t dlen, dcap;
+    uint32_t msgs;
+    uint32_t unique;
+    uint32_t lost, dup, ooo;
+    uint32_t polls;
+    int64_t last_seq;  /* highest seq seen; -1 until the first one */
+    int64_t mb_pos;    /* message_bus: last message id seen on our channel */
+    uint64_t *seen;    /* bitmap of seqs 1..expect when -e is given */
+    uint16_t local_port;
+};
+
+struct lg_state {
+    enum lg_mode mode;
+    struct url url;
+    int target;          /* connections wanted */
+    int launched;        /* connections whose first attempt started */
+    int in_flight;       /* started, neither connected nor given up */
+    int max_in_flight;
+    int addr_lo, addr_hi;
+    int max_retries;
+    int64_t connect_timeout_ns;
+    int64_t deadline_ns;   /* absolute mono, 0 = none */
+    int64_t idle_ns;       /* stop after this long without a message, 0 = never */
+    int64_t want_msgs;     /* -M */
+    int64_t expect;        /* -e */
+    int hold;
+    int quiet;
+    int ready_on_body;
+    int64_t batch_ns;      /* -b: minimum loop period, lets bytes pile up per read */
+    char mb_channel[256];
+    char mb_channel_enc[768];
+
+    int ep;
+    struct conn *c;
+    char *rbuf;
+
+    /* counters */
+    int connected, failed, closed_by_server, open;
+    uint64_t retries, repolls, messages, other_events, comments, ids, retry_fields, bytes;
+    uint64_t errs[E_NERR];
+    int64_t first_pub_ns, first_rx_ns, last_rx_ns;
+    int64_t start_real_ns, start_mono_ns, all_connected_mono_ns;
+    int64_t last_msg_mono_ns;
+    double cpu_at_first_rx;
+    int ready_printed_for;
+    int stdin_open;
+    uint64_t connect_lat_sum_ns;
+    int64_t connect_lat_max_ns;
+
+};
+
+extern struct lg_state lg;
+extern volatile sig_atomic_t lg_stop;
+extern int64_t lg_now_real; /* CLOCK_REALTIME when the bytes being parsed were read */
+
+/* loadgen.c */
+void lg_mark_connected(struct conn *c);
+
+/* lg_parse.c */
+/* Append to a growable buffer; returns -1 when it would pass `limit`. */
+int lg_grow_append(char **b, uint32_t *len, uint32_t *cap, const char *p, size_t n, size_t limit);
+/* Body bytes as read from the socket. Returns 1 when the response is
+ * complete, -1 on a protocol error, 0 otherwise. */
+int lg_body_feed(struct conn *c, const char *p, size_t n);
+/* One message_bus JSON array (no separator). Returns -1 if it does not parse. */
+int lg_mb_segment(struct conn *c, const char *p, size_t n);
+
+/* lg_stats.c */
+double lg_cpu_now(void);
+/* A message's data: "<seq> <t_ns>[ ...]"; anything else is an "other" event. */
+void lg_on_data(struct conn *c, const char *d, size_t n, int64_t now_real);
+void lg_print_ready(void);
+void lg_print_status(int64_t seq);
+void lg_print_summary(void);
+
+#endif
