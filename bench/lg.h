@@ -6,6 +6,8 @@
  *                SSE line grammar, message_bus's JSON arrays
  *   lg_stats.c   per-message bookkeeping (seq, latency histogram) and the
  *                JSON lines the loadgen prints
+ *   lg_pub.c     the lockstep publisher (-P): publishes the next batch when
+ *                every stream has everything published so far
  *
  * Everything runs on one thread; nothing here is locked.
  */
@@ -27,6 +29,7 @@
 
 /* epoll ids that are not connection indexes */
 #define LG_ID_STDIN UINT32_MAX
+#define LG_ID_PUB (UINT32_MAX - 1)
 
 enum lg_mode { MODE_SSE, MODE_MB };
 enum lg_cstate { C_IDLE, C_CONNECTING, C_HEAD, C_BODY, C_WAIT_RETRY, C_DEAD };
@@ -62,6 +65,45 @@ struct conn {
     int64_t mb_pos;    /* message_bus: last message id seen on our channel */
     uint64_t *seen;    /* bitmap of seqs 1..expect when -e is given */
     uint16_t local_port;
+};
+
+/* The lockstep publisher's state (lg_pub.c); inactive unless -P is given. */
+struct lg_pub {
+    int on;              /* -P given */
+    int raw;             /* -p raw: K pipelined POSTs stamped here; else one POST &count=K */
+    struct url url;
+    int64_t batch;       /* -K: messages per batch */
+    int64_t total;       /* -n: messages at most */
+    int64_t min_batches; /* -N: batches at least, even past the duration */
+    int64_t duration_ns; /* -D: start no new batch after this long (0: until -n) */
+    int64_t stall_ns;    /* -L: a batch not complete after this long ends the run */
+    int64_t size;        /* -s: pad messages to about this many bytes */
+    int wait_go;         /* -g: publish only after "go" on stdin */
+    int go;              /* "go" arrived (or not needed) */
+
+    int fd;
+    char *out;           /* requests not yet written */
+    size_t out_len, out_off, out_cap;
+    char *in;            /* answers not yet parsed */
+    size_t in_len, in_cap;
+    char *pad;
+    size_t padlen;
+
+    int64_t published;   /* messages sent so far (the highest seq) */
+    int64_t target;      /* seq every open stream must have before the next batch */
+    int reached;         /* open streams whose `unique` reached target */
+    int64_t batches, batches_done;
+    int64_t requests, answers, ok, bad_status, errors, reconnects;
+    int64_t batch_k;     /* messages in the current batch */
+    int64_t first_send_real_ns, first_send_mono_ns, batch_send_real_ns, batch_send_mono_ns;
+    int64_t done_real_ns; /* last receive of the last complete batch */
+    int64_t delivered_done; /* deliveries owed by the complete batches */
+    int64_t messages_done;  /* messages of the complete batches */
+    int done;            /* no more batches: finished, stalled or failed */
+    int stalled;
+    int failed_streams;  /* streams that died while they owed messages */
+    int64_t *round_ns;   /* per batch: send to the last stream's receive */
+    int64_t round_cap;
 };
 
 struct lg_state {
@@ -102,6 +144,7 @@ struct lg_state {
     uint64_t connect_lat_sum_ns;
     int64_t connect_lat_max_ns;
 
+    struct lg_pub pub;
 };
 
 extern struct lg_state lg;
@@ -127,5 +170,14 @@ void lg_on_data(struct conn *c, const char *d, size_t n, int64_t now_real);
 void lg_print_ready(void);
 void lg_print_status(int64_t seq);
 void lg_print_summary(void);
+
+/* lg_pub.c */
+int lg_pub_start(void);            /* connect; -1 (with a message) on failure */
+void lg_pub_tick(void);            /* publish the next batch when the last one is complete */
+void lg_pub_on_event(uint32_t events);
+void lg_pub_reached(struct conn *c, uint32_t before); /* c->unique grew from `before` */
+void lg_pub_conn_lost(struct conn *c); /* an open stream went away */
+void lg_pub_print(void);           /* the "lockstep" member of the summary */
+int lg_pub_finished(void);         /* every batch done (or stalled) and answered: stop */
 
 #endif

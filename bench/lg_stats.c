@@ -101,6 +101,7 @@ static void record(struct conn *c, int64_t seq, int64_t tns, int64_t now_real)
         c->last_seq = lg.expect > 0 ? 0 : seq - 1; /* with -e every seq from 1 is owed */
     int tracked = c->seen && seq >= 1 && seq <= lg.expect;
     int was_seen = tracked && (c->seen[(seq - 1) >> 6] >> ((seq - 1) & 63) & 1);
+    uint32_t unique_before = c->unique;
     if (seq > c->last_seq) {
         if (seq > c->last_seq + 1)
             c->lost += (uint32_t)(seq - c->last_seq - 1);
@@ -121,6 +122,8 @@ static void record(struct conn *c, int64_t seq, int64_t tns, int64_t now_real)
         c->ooo++;
     if (tracked)
         c->seen[(seq - 1) >> 6] |= 1ULL << ((seq - 1) & 63);
+    if (c->unique != unique_before)
+        lg_pub_reached(c, unique_before);
 }
 
 void lg_on_data(struct conn *c, const char *d, size_t n, int64_t now_real)
@@ -159,8 +162,10 @@ static void conn_stats(uint64_t *lost, uint64_t *dup, uint64_t *ooo, uint64_t *m
         *lost += c->lost;
         *dup += c->dup;
         *ooo += c->ooo;
-        if (lg.expect > 0 && c->unique < lg.expect)
-            *missing += (uint64_t)(lg.expect - c->unique);
+        /* In lockstep only what was published is owed (-n is an upper bound). */
+        int64_t owed = lg.pub.on && lg.pub.published < lg.expect ? lg.pub.published : lg.expect;
+        if (owed > 0 && c->unique < owed)
+            *missing += (uint64_t)(owed - c->unique);
         if (*minm < 0 || c->msgs < *minm)
             *minm = c->msgs;
         if (c->msgs > *maxm)
@@ -222,7 +227,7 @@ void lg_print_summary(void)
            "\"deliveries_per_s\":%.1f,"
            "\"latency_ms\":{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"p999\":%.3f,\"max\":%.3f,\"mean\":%.3f},"
            "\"connect_s\":{\"all\":%.3f,\"mean\":%.4f,\"max\":%.3f},"
-           "\"bytes\":%llu,\"cpu_s\":%.3f,\"cpu_busy_in_window\":%.3f,\"deliveries_per_cpu_s\":%.0f,\"wall_s\":%.3f,\"errors\":{",
+           "\"bytes\":%llu,\"cpu_s\":%.3f,\"cpu_busy_in_window\":%.3f,\"deliveries_per_cpu_s\":%.0f,\"wall_s\":%.3f",
            lg.mode == MODE_SSE ? "sse" : "mb", lg.url.host, lg.url.port, lg.url.path, lg.target,
            lg.connected, lg.failed, (unsigned long long)lg.retries, lg.closed_by_server, lg.open,
            (unsigned long long)lg.repolls, (unsigned long long)lg.messages,
@@ -237,6 +242,8 @@ void lg_print_summary(void)
            lg.connected ? (double)lg.connect_lat_sum_ns / lg.connected / 1e9 : 0.0,
            (double)lg.connect_lat_max_ns / 1e9, (unsigned long long)lg.bytes, cpu, busy,
            cpu > 0 ? (double)lg.messages / cpu : 0.0, (double)(mono_ns() - lg.start_mono_ns) / 1e9);
+    lg_pub_print();
+    printf(",\"errors\":{");
     int first = 1;
     for (int i = 0; i < E_NERR; i++) {
         if (!lg.errs[i])

@@ -55,6 +55,15 @@ static void on_signal(int sig)
 static void conn_start(int i);
 static void conn_close_fd(struct conn *c);
 
+/* An open stream ended (the server closed it, or a re-poll failed). */
+static void stream_gone(struct conn *c)
+{
+    lg.open--;
+    lg.closed_by_server++;
+    c->state = C_DEAD;
+    lg_pub_conn_lost(c);
+}
+
 static void give_up(struct conn *c, enum lg_err why)
 {
     lg.errs[why]++;
@@ -68,8 +77,7 @@ static void give_up(struct conn *c, enum lg_err why)
     }
     if (c->ever_ok) {
         /* A message_bus re-poll that failed: the stream is gone. */
-        lg.open--;
-        lg.closed_by_server++;
+        stream_gone(c);
     } else {
         lg.failed++;
         lg.in_flight--;
@@ -92,9 +100,7 @@ static void end_of_response(struct conn *c)
         conn_start((int)(c - lg.c));
         return;
     }
-    lg.open--;
-    lg.closed_by_server++;
-    c->state = C_DEAD;
+    stream_gone(c);
 }
 
 /* A stream counts as connected at its 200 head, or with -R at its first body
@@ -199,9 +205,7 @@ static void on_readable(struct conn *c)
         lg.errs[E_PROTO]++;
         c->len = 0;
         conn_close_fd(c);
-        lg.open--;
-        lg.closed_by_server++;
-        c->state = C_DEAD;
+        stream_gone(c);
         return;
     }
     if (r > 0)
@@ -336,6 +340,8 @@ static void on_stdin(void)
             set_target(lg.target + atoi(g_cmd + 4));
         else if (strncmp(g_cmd, "status", 6) == 0)
             lg_print_status(atoll(g_cmd + 6));
+        else if (strcmp(g_cmd, "go") == 0)
+            lg.pub.go = 1;
         else if (strcmp(g_cmd, "quit") == 0)
             lg_stop = 1;
         size_t used = (size_t)(nl - g_cmd) + 1;
@@ -370,7 +376,19 @@ static void usage(void)
             "  -b MS         poll at most once per MS milliseconds (e.g. 1): messages pile up\n"
             "                and one read() takes several, so the loadgen spends less CPU per\n"
             "                delivery; adds up to MS to the measured latency\n"
-            "  -q            fewer messages on stderr\n",
+            "  -q            fewer messages on stderr\n"
+            "Lockstep publishing (closed loop; see lg_pub.c):\n"
+            "  -P URL        publish to URL (http://127.0.0.1:P/pub?channel=C) once every attempt\n"
+            "                is resolved; the next batch when every open stream has every message\n"
+            "  -p app|raw    app: one POST URL&count=K per batch, the app stamps (default);\n"
+            "                raw: K pipelined POSTs, body \"<seq> <t_ns> pad\" stamped here\n"
+            "  -K K          messages per batch (default 1)\n"
+            "  -n N          messages at most (default 200)\n"
+            "  -D SEC        start no new batch after SEC seconds (once -N batches are complete)\n"
+            "  -N B          batches at least (default 1)\n"
+            "  -L SEC        a batch not complete after SEC seconds ends the run (default 30)\n"
+            "  -s SIZE       pad messages to about SIZE bytes\n"
+            "  -g            publish only after a \"go\" line on stdin\n",
             LG_MAX_CONNS);
     exit(2);
 }
@@ -384,9 +402,13 @@ int main(int argc, char **argv)
     lg.addr_hi = 250;
     lg.max_retries = 3;
     lg.connect_timeout_ns = 30LL * 1000000000LL;
+    lg.pub.batch = 1;
+    lg.pub.total = 200;
+    lg.pub.min_batches = 1;
+    lg.pub.stall_ns = 30LL * 1000000000LL;
     int opt;
     double t_total = 0, t_idle = 0;
-    while ((opt = getopt(argc, argv, "m:C:c:k:a:r:T:M:e:t:i:HRb:q")) != -1) {
+    while ((opt = getopt(argc, argv, "m:C:c:k:a:r:T:M:e:t:i:HRb:qP:p:K:n:D:N:L:s:g")) != -1) {
         switch (opt) {
         case 'm':
             if (strcmp(optarg, "sse") == 0)
@@ -414,6 +436,26 @@ int main(int argc, char **argv)
         case 'R': lg.ready_on_body = 1; break;
         case 'b': lg.batch_ns = (int64_t)(atof(optarg) * 1e6); break;
         case 'q': lg.quiet = 1; break;
+        case 'P':
+            lg.pub.on = 1;
+            if (url_parse(optarg, &lg.pub.url) < 0)
+                usage();
+            break;
+        case 'p':
+            if (strcmp(optarg, "raw") == 0)
+                lg.pub.raw = 1;
+            else if (strcmp(optarg, "app") == 0)
+                lg.pub.raw = 0;
+            else
+                usage();
+            break;
+        case 'K': lg.pub.batch = atoll(optarg); break;
+        case 'n': lg.pub.total = atoll(optarg); break;
+        case 'D': lg.pub.duration_ns = (int64_t)(atof(optarg) * 1e9); break;
+        case 'N': lg.pub.min_batches = atoll(optarg); break;
+        case 'L': lg.pub.stall_ns = (int64_t)(atof(optarg) * 1e9); break;
+        case 's': lg.pub.size = atoll(optarg); break;
+        case 'g': lg.pub.wait_go = 1; break;
         default: usage();
         }
     }
@@ -427,6 +469,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "loadgen: -e %lld is over LG_MAX_EXPECT (%d)\n", (long long)lg.expect, LG_MAX_EXPECT);
         return 2;
     }
+    if (lg.pub.on && lg_pub_start() < 0)
+        return 2;
     /* form-encode the message_bus channel name (it usually starts with '/') */
     {
         char *o = lg.mb_channel_enc;
@@ -471,7 +515,7 @@ int main(int argc, char **argv)
         int fl = fcntl(0, F_GETFL);
         if (fl >= 0)
             fcntl(0, F_SETFL, fl | O_NONBLOCK);
-        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = UINT32_MAX};
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = LG_ID_STDIN};
         lg.stdin_open = epoll_ctl(lg.ep, EPOLL_CTL_ADD, 0, &ev) == 0;
     }
 
@@ -493,8 +537,12 @@ int main(int argc, char **argv)
         int n = epoll_wait(lg.ep, evs, 1024, 20);
         for (int k = 0; k < n; k++) {
             uint32_t id = evs[k].data.u32;
-            if (id == UINT32_MAX) {
+            if (id == LG_ID_STDIN) {
                 on_stdin();
+                continue;
+            }
+            if (id == LG_ID_PUB) {
+                lg_pub_on_event(evs[k].events);
                 continue;
             }
             struct conn *c = &lg.c[id];
@@ -525,6 +573,9 @@ int main(int argc, char **argv)
             lg.ready_printed_for = lg.target;
             lg_print_ready();
         }
+        lg_pub_tick();
+        if (lg_pub_finished())
+            break;
         if (lg.deadline_ns && now >= lg.deadline_ns)
             break;
         if (lg.batch_ns && n > 0 && now - loop_start < lg.batch_ns) {
