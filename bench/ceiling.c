@@ -10,7 +10,8 @@
  * says how many subscribers took the frame, and is sent after the fan-out,
  * so a publisher that waits for it is paced by the fan-out.
  *
- * `GET /stats` answers {"subscribers":..,"published":..,"delivered":..,"dropped":..}.
+ * `GET /stats` answers {"subscribers":..,"published":..,"delivered":..,"dropped":..};
+ * `GET /ping` is an ordinary request (the harness times it while streams are held).
  *
  * It is the reference for Spillway's per-message fan-out; everything a real
  * server adds (outboxes, coalescing, heartbeats, Redis) costs relative to it.
@@ -150,6 +151,8 @@ static int handle(int fd)
             snprintf(body, sizeof body, "{\"id\":%llu,\"subscribers\":%d}",
                      (unsigned long long)(next_id - 1), nsubs);
             reply(fd, "200 OK", body);
+        } else if (strncmp(c->buf, "GET /ping", 9) == 0) {
+            reply(fd, "200 OK", "\"pong\"");
         } else if (strncmp(c->buf, "GET /stats", 10) == 0) {
             char body[256];
             snprintf(body, sizeof body,

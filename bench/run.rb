@@ -33,29 +33,49 @@ GEMFILE = File.join(BENCH, "Gemfile")
 CLK_TCK = Etc.sysconf(Etc::SC_CLK_TCK)
 NOFILE = 20_000
 IPT_TAG = "spillway-bench-vanish"
+# Client addresses kept apart from the loadgens' 127.0.0.2..250: the silently
+# vanishing client and the one whose FIN/RST the server should notice.
 VANISH_ADDR = 251
+FIN_ADDR = 252
 RAMP_PASS = 0.995
-FANOUT_PASS = 0.95 # 127.0.0.251 is kept for the vanishing client; loadgens use 2..250
+FANOUT_PASS = 0.95
+# Lockstep runs: at least this many batches even past --lockstep-seconds.
+LOCKSTEP_MIN_ROUNDS = 20
+LOCKSTEP_MIN_BURSTS = 3
 
 SYSTEMS = %w[ceiling nchan nchan-redis live message_bus spillway spillway-memory].freeze
+# profile runs only for the Spillway systems, and only where perf works.
+WORKLOADS = %w[ramp throughput burst openloop latency fin vanish profile].freeze
 
 Options = Struct.new(:quick, :systems, :streams, :messages, :burst, :ramp_steps, :live_threads,
                      :latency_seconds, :rate, :vanish_timeout, :workloads, :output, :install,
-                     :size, :keep_tmp, keyword_init: true)
+                     :size, :keep_tmp, :lockstep_messages, :burst_messages, :lockstep_seconds,
+                     :fin_timeout, :skipped, keyword_init: true)
 
 def parse_options(argv)
   o = Options.new(quick: false, systems: SYSTEMS.dup, install: true, rate: 10, burst: 100, size: 0,
-                  workloads: %w[ramp throughput burst latency vanish], keep_tmp: false)
+                  workloads: nil, keep_tmp: false, skipped: [])
   quick = argv.include?("--quick")
   OptionParser.new do |op|
     op.banner = "usage: ruby bench/run.rb [options]"
     op.on("--quick", "smoke mode: small N, a few seconds per workload") { o.quick = true }
     op.on("--systems LIST", "comma list of: #{SYSTEMS.join(',')}") { |v| o.systems = v.split(",") }
-    op.on("--workloads LIST", "comma list of: ramp,throughput,burst,latency,vanish") do |v|
+    op.on("--workloads LIST", "comma list of: #{WORKLOADS.join(',')} (default: all; --quick: all but profile)") do |v|
       o.workloads = v.split(",")
     end
     op.on("--streams N", Integer, "streams for throughput/latency (default 5000)") { |v| o.streams = v }
-    op.on("--messages N", Integer, "messages per throughput run (default 200)") { |v| o.messages = v }
+    op.on("--messages N", Integer, "messages of the open-loop run (default 200, repeated bigger if short)") do |v|
+      o.messages = v
+    end
+    op.on("--lockstep-messages N", Integer, "most messages of the one-at-a-time lockstep run (default 2000)") do |v|
+      o.lockstep_messages = v
+    end
+    op.on("--burst-messages N", Integer, "most messages of the bursts-of-100 lockstep run (default 5000)") do |v|
+      o.burst_messages = v
+    end
+    op.on("--lockstep-seconds S", Float, "start no new lockstep batch after S seconds (default 10)") do |v|
+      o.lockstep_seconds = v
+    end
     op.on("--ramp-max N", Integer, "stop the ramp at N streams (default 19000)") { |v| o.ramp_steps = [v] }
     op.on("--live-threads N", Integer, "Puma threads for the live peer (default 5100)") do |v|
       o.live_threads = v
@@ -65,6 +85,9 @@ def parse_options(argv)
     end
     op.on("--vanish-timeout S", Integer, "give up waiting for a vanished client after S (default 60)") do |v|
       o.vanish_timeout = v
+    end
+    op.on("--fin-timeout S", Integer, "give up waiting for the release after a FIN/RST after S (default 10)") do |v|
+      o.fin_timeout = v
     end
     op.on("--size BYTES", Integer, "pad each message's data to about BYTES") { |v| o.size = v }
     op.on("--output PATH", "report path (default bench/RESULTS.md, --quick: bench/RESULTS-quick.md)") do |v|
@@ -79,12 +102,19 @@ def parse_options(argv)
   o.ramp_steps << ramp_max unless o.ramp_steps.last == ramp_max
   o.streams ||= quick ? 300 : 5000
   o.messages ||= quick ? 20 : 200
+  o.lockstep_messages ||= quick ? 100 : 2000
+  o.burst_messages ||= quick ? 500 : 5000
+  o.lockstep_seconds ||= quick ? 2 : 10
+  o.fin_timeout ||= quick ? 5 : 10
+  o.workloads ||= quick ? WORKLOADS - %w[profile] : WORKLOADS.dup
   o.live_threads ||= quick ? 700 : 5100
   o.latency_seconds ||= quick ? 3 : 30
   o.vanish_timeout ||= quick ? 8 : 60
   o.output ||= File.join(BENCH, quick ? "RESULTS-quick.md" : "RESULTS.md")
   bad = o.systems - SYSTEMS
   abort "unknown system(s): #{bad.join(', ')} (known: #{SYSTEMS.join(', ')})" unless bad.empty?
+  bad = o.workloads - WORKLOADS
+  abort "unknown workload(s): #{bad.join(', ')} (known: #{WORKLOADS.join(', ')})" unless bad.empty?
   o
 end
 
@@ -95,7 +125,10 @@ end
 require_relative "harness/support"
 require_relative "harness/servers"
 require_relative "harness/workloads"
+require_relative "harness/profile"
 require_relative "harness/report"
+require_relative "harness/targets"
+require_relative "harness/profile_report"
 
 # ---------- main ----------
 
@@ -105,14 +138,24 @@ def main(argv)
   tmp = Dir.mktmpdir("spillway-bench-")
   started = Time.now
   ensure_setup(opts, tmp)
-  system("iptables", "-S", out: File::NULL, err: File::NULL) or
-    (opts.workloads.delete("vanish") && log("iptables unavailable: skipping the vanish workload"))
+  # Workloads that need what this machine may not give are skipped out loud:
+  # in the log and in the report's header.
+  if opts.workloads.include?("vanish") && !system("iptables", "-S", out: File::NULL, err: File::NULL)
+    opts.workloads.delete("vanish")
+    opts.skipped << "vanish (iptables unavailable: it needs root)"
+  end
+  if opts.workloads.include?("profile") && !perf_usable?
+    opts.workloads.delete("profile")
+    opts.skipped << "profile (perf record failed)"
+  end
+  opts.skipped.each { |s| log "SKIPPED: #{s}" }
   log "systems: #{opts.systems.join(', ')}; workloads: #{opts.workloads.join(', ')}; tmp #{tmp}"
   results = opts.systems.map { |name| run_system(name, opts, tmp) }
   finished = Time.now
+  # The raw results first: a report that fails must not lose a long run.
+  File.write(opts.output.sub(/\.md\z/, ".json"), JSON.pretty_generate(results))
   md = report(results, opts, started, finished, original)
   File.write(opts.output, md)
-  File.write(opts.output.sub(/\.md\z/, ".json"), JSON.pretty_generate(results))
   puts md
   log "wrote #{opts.output}"
 ensure

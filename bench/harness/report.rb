@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
-# Part of bench/run.rb: RESULTS.md from the results.
+# Part of bench/run.rb: RESULTS.md from the results (the targets of issue #4
+# are in targets.rb, the profile section in profile_report.rb).
 
 def versions
   lock = File.read(File.join(BENCH, "Gemfile.lock")) rescue ""
@@ -10,10 +11,14 @@ def versions
   redis = `redis-server --version`[/v=(\S+)/, 1]
   sw = File.read(File.join(ROOT, "lib/spillway/version.rb"))[/VERSION\s*=\s*"([^"]+)"/, 1] rescue "?"
   rev = `git -C #{ROOT} rev-parse --short HEAD 2>/dev/null`.strip
+  # Only changes to what the benchmark loads (the C core and the Ruby layer) matter here.
+  dirty = `git -C #{ROOT} status --porcelain -- ext lib 2>/dev/null`.lines.map { |l| l[3..].strip }
   {
     "ruby" => RUBY_DESCRIPTION, "puma" => gem_v["puma"], "rack" => gem_v["rack"], "redis gem" => gem_v["redis"],
     "message_bus" => gem_v["message_bus"], "redis-server" => redis, "nginx" => nginx, "nchan" => nchan,
-    "spillway" => "#{sw} (#{rev.empty? ? 'no commit yet' : rev}#{`git -C #{ROOT} status --porcelain 2>/dev/null`.empty? ? '' : ', uncommitted changes'})",
+    "spillway" => "#{sw} (#{rev.empty? ? 'no commit yet' : rev}" \
+                  "#{dirty.empty? ? '' : ", uncommitted changes in #{dirty.join(', ')}"})",
+    "perf" => `perf --version 2>/dev/null`.strip.sub("perf version ", ""),
     "gcc" => `gcc -dumpfullversion 2>/dev/null`.strip
   }
 end
@@ -25,77 +30,99 @@ def fmt(v, digits = 0)
   digits.zero? ? v.round.to_s.reverse.scan(/\d{1,3}/).join(",").reverse : format("%.#{digits}f", v)
 end
 
+def ok_run(x)
+  x.is_a?(Hash) && !x[:error] ? x : {}
+end
+
 def metrics(r, opts)
-  t = r[:throughput] || {}
-  b = r[:burst] || {}
-  l = r[:latency] || {}
+  t = ok_run(r[:throughput])
+  b = ok_run(r[:burst])
+  o = ok_run(r[:openloop])
+  l = ok_run(r[:latency])
   ramp = r[:ramp] || {}
   held = ramp[:held]
+  ping = ramp[:ping_at_held] || {}
+  gone = lambda do |key, timeout|
+    x = r[key]
+    x && !x[:error] && x[:released_s].nil? ? "> #{timeout}" : nil
+  end
   {
     held: held && !ramp[:error] ? held : nil,
     held_note: if ramp[:error] then "error"
                elsif ramp[:capped] then "capped at #{ramp[:capped]} (Puma threads #{opts.live_threads})"
                elsif ramp[:failure] then "failed next step: #{ramp[:failure]}"
-               elsif ramp[:last_step] == ramp[:max_tried] then "ramp limit"
+               elsif ramp[:last_step] && ramp[:last_step] == ramp[:max_tried] then "ramp limit"
                end,
     per_thread: held && r[:threads] ? held.to_f / r[:threads] : nil,
+    ping_max: ping[:max_ms],
+    ping_note: ping[:failed].to_i.positive? ? "#{ping[:failed]} of #{ping[:samples_ms].size} failed" : nil,
     mem_kb: ramp[:mem_per_stream_kb],
-    dps1: t.dig(:loadgen, "deliveries_per_s"),
-    dps100: b.dig(:loadgen, "deliveries_per_s"),
+    dps1: t.dig(:lockstep, "deliveries_per_s"),
+    dps100: b.dig(:lockstep, "deliveries_per_s"),
+    dpsopen: o.dig(:loadgen, "deliveries_per_s"),
     p50: l.dig(:loadgen, "latency_ms", "p50"),
     p99: l.dig(:loadgen, "latency_ms", "p99"),
+    fin: r.dig(:fin, :released_s),
+    fin_note: gone.(:fin, opts.fin_timeout),
     release: r.dig(:vanish, :released_s),
-    release_note: r[:vanish] && !r[:vanish][:error] && r.dig(:vanish, :released_s).nil? ? "> #{opts.vanish_timeout}" : nil,
-    cpu: t[:cpu_s_per_million],
-    lost: [t, b, l].sum { |x| x.dig(:loadgen, "missing").to_i + 0 },
-    dup: [t, b, l].sum { |x| x.dig(:loadgen, "dup").to_i },
-    lg_busy: t.dig(:loadgen, "cpu_busy_in_window"),
-    lg_busy_burst: b.dig(:loadgen, "cpu_busy_in_window")
+    release_note: gone.(:vanish, opts.vanish_timeout),
+    cpu1: t[:cpu_s_per_million],
+    cpu100: b[:cpu_s_per_million],
+    lost: [t, b, o, l].sum { |x| x.dig(:loadgen, "missing").to_i },
+    dup: [t, b, o, l].sum { |x| x.dig(:loadgen, "dup").to_i },
+    busy1: [t[:server_busy], t.dig(:lockstep, "loadgen_cpu_busy")],
+    busy100: [b[:server_busy], b.dig(:lockstep, "loadgen_cpu_busy")],
+    busy_open: o.dig(:loadgen, "cpu_busy_in_window"),
+    round1: t.dig(:lockstep, "round_ms", "p50"),
+    round100: b.dig(:lockstep, "round_ms", "p50"),
+    burst_as: b.dig(:lockstep, "mode") && (b.dig(:lockstep, "mode") == "app" ? "1 request count=#{opts.burst}" : "#{opts.burst} pipelined POSTs")
   }
 end
 
 METRICS = [
   [:held, "streams held by one process", 0, :higher],
   [:per_thread, "streams per app-server thread", 0, :higher],
+  [:ping_max, "ordinary request while the streams are held, slowest of 5 (ms)", 1, :lower],
   [:mem_kb, "memory per open stream (KiB RSS)", 2, :lower],
-  [:dps1, "deliveries/s, one message at a time", 0, :higher],
-  [:dps100, "deliveries/s, bursts of 100", 0, :higher],
+  [:dps1, "deliveries/s, one message at a time (lockstep)", 0, :higher],
+  [:dps100, "deliveries/s, bursts of 100 (lockstep)", 0, :higher],
+  [:dpsopen, "deliveries/s, open loop (publish as fast as answered)", 0, :higher],
   [:p50, "latency p50 at 10 msg/s (ms)", 2, :lower],
   [:p99, "latency p99 at 10 msg/s (ms)", 2, :lower],
-  [:release, "vanished client released after (s)", 1, :lower],
-  [:cpu, "server CPU s per million deliveries", 2, :lower]
+  [:fin, "client gone with FIN/RST: released after (s)", 2, :lower],
+  [:release, "client gone silently: released after (s)", 1, :lower],
+  [:cpu1, "server CPU s per million deliveries, one at a time", 2, :lower],
+  [:cpu100, "server CPU s per million deliveries, bursts of 100", 2, :lower]
 ].freeze
 
-def report(results, opts, started, finished, argv)
-  m = results.to_h { |r| [r[:name], metrics(r, opts)] }
-  mem = File.read("/proc/meminfo")[/MemTotal:\s+(\d+)/, 1].to_i / 1024
-  out = +"# Spillway side-by-side benchmark\n\n"
-  out << "Generated by `bench/run.rb` from a real run; nothing in this file is typed by hand.\n\n"
-  out << "- date: #{started.utc.iso8601} (#{(finished - started).round} s)\n"
-  out << "- command: `ruby bench/run.rb #{argv.join(' ')}`\n"
-  out << "- machine: `#{`uname -a`.strip}`, #{Etc.nprocessors} cores, #{mem} MiB\n"
-  out << "- mode: #{opts.quick ? 'quick (smoke; numbers are not comparable to a full run)' : 'full'}\n"
-  out << "- streams for throughput/latency: #{opts.streams}; messages per throughput run: #{opts.messages}; " \
-         "latency: #{opts.rate} msg/s for #{opts.latency_seconds} s; ramp steps up to #{opts.ramp_steps.last}\n"
-  out << "- versions: #{versions.map { |k, v| "#{k} #{v}" }.join('; ')}\n\n"
+NOTES_FOR = { ping_max: :ping_note, fin: :fin_note, release: :release_note }.freeze
+
+def results_table(results, m)
   names = results.map { |r| r[:name] }
-  out << "## Results\n\n| metric | #{names.join(' | ')} |\n|---|#{names.map { '---:' }.join('|')}|\n"
+  out = +"| metric | #{names.join(' | ')} |\n|---|#{names.map { '---:' }.join('|')}|\n"
   METRICS.each do |key, label, digits, _dir|
-    row = names.map do |n|
-      v = m[n][key]
-      note = key == :release ? m[n][:release_note] : nil
-      note || fmt(v, digits)
-    end
+    row = names.map { |n| (NOTES_FOR[key] && m[n][NOTES_FOR[key]]) || fmt(m[n][key], digits) }
     out << "| #{label} | #{row.join(' | ')} |\n"
   end
-  out << "| messages missing (all runs) | #{names.map { |n| fmt(m[n][:lost]) }.join(' | ')} |\n"
-  out << "| duplicates (all runs) | #{names.map { |n| fmt(m[n][:dup]) }.join(' | ')} |\n"
-  out << "| loadgen CPU busy, throughput / burst run (1.00 = loadgen saturated) | " \
-         "#{names.map { |n| "#{fmt(m[n][:lg_busy], 2)} / #{fmt(m[n][:lg_busy_burst], 2)}" }.join(' | ')} |\n"
+  pair = ->(a) { a.all?(&:nil?) ? "–" : "#{fmt(a[0], 2)} / #{fmt(a[1], 2)}" }
+  out << "| messages missing (all delivery runs) | #{names.map { |n| fmt(m[n][:lost]) }.join(' | ')} |\n"
+  out << "| duplicates (all delivery runs) | #{names.map { |n| fmt(m[n][:dup]) }.join(' | ')} |\n"
+  out << "| lockstep round p50 (ms), one at a time / burst | " \
+         "#{names.map { |n| "#{fmt(m[n][:round1], 1)} / #{fmt(m[n][:round100], 1)}" }.join(' | ')} |\n"
+  out << "| CPU busy server / loadgen, one at a time | #{names.map { |n| pair.(m[n][:busy1]) }.join(' | ')} |\n"
+  out << "| CPU busy server / loadgen, bursts | #{names.map { |n| pair.(m[n][:busy100]) }.join(' | ')} |\n"
+  out << "| CPU busy loadgen, open loop | #{names.map { |n| fmt(m[n][:busy_open], 2) }.join(' | ')} |\n"
+  out << "| a burst is published as | #{names.map { |n| m[n][:burst_as] || '–' }.join(' | ')} |\n"
   out << "| load average at start | #{results.map { |r| r[:loadavg_start] }.join(' | ')} |\n"
-  notes = results.filter_map do |r|
-    errs = %i[ramp throughput burst latency vanish].filter_map { |k| "#{k}: #{r[k][:error]}" if r[k].is_a?(Hash) && r[k][:error] }
-    %i[throughput burst latency].each do |k|
+  out
+end
+
+def run_notes(results, m)
+  results.filter_map do |r|
+    errs = %i[ramp throughput burst openloop latency fin vanish profile].filter_map do |k|
+      "#{k}: #{r[k][:error]}" if r[k].is_a?(Hash) && r[k][:error]
+    end
+    %i[throughput burst openloop latency].each do |k|
       x = r[k]
       next unless x.is_a?(Hash) && x[:connected] && x[:connected] < x[:streams]
 
@@ -107,63 +134,112 @@ def report(results, opts, started, finished, argv)
     parts.concat(errs)
     "- **#{r[:name]}**: #{parts.join('; ')}" unless parts.empty?
   end
+end
+
+def ratio_s(a, b)
+  return "–" unless a && b && b.to_f != 0
+
+  q = a.to_f / b
+  q >= 0.1 ? format("%.2f", q) : format("%.2g", q) # keep two significant digits of small ratios
+end
+
+def ratios_table(sw, names, m)
+  peers = names - [sw]
+  out = +"Above 1 is better for Spillway where higher is better (streams, deliveries); below 1 is better " \
+         "where lower is better (time, memory, latency, release, CPU).\n\n"
+  out << "| metric | better | #{peers.join(' | ')} |\n|---|---|#{peers.map { '---:' }.join('|')}|\n"
+  METRICS.each do |key, label, _d, dir|
+    out << "| #{label} | #{dir} | #{peers.map { |p| ratio_s(m[sw][key], m[p][key]) }.join(' | ')} |\n"
+  end
+  out
+end
+
+def report(results, opts, started, finished, argv)
+  m = results.to_h { |r| [r[:name], metrics(r, opts)] }
+  mem = File.read("/proc/meminfo")[/MemTotal:\s+(\d+)/, 1].to_i / 1024
+  out = +"# Spillway side-by-side benchmark\n\n"
+  out << "Generated by `bench/run.rb` from a real run; nothing in this file is typed by hand " \
+         "(except the dated profile notes it includes from `bench/PROFILE-NOTES.md`).\n\n"
+  out << "- date: #{started.utc.iso8601} (#{(finished - started).round} s)\n"
+  out << "- command: `ruby bench/run.rb #{argv.join(' ')}`\n"
+  out << "- machine: `#{`uname -a`.strip}`, #{Etc.nprocessors} cores, #{mem} MiB, `ulimit -n` #{NOFILE}\n"
+  out << "- mode: #{opts.quick ? 'quick (smoke; numbers are not comparable to a full run)' : 'full'}\n"
+  out << "- streams for deliveries/latency: #{opts.streams}; lockstep: up to #{opts.lockstep_messages} messages " \
+         "one at a time and #{opts.burst_messages} in bursts of #{opts.burst}, no new batch after " \
+         "#{opts.lockstep_seconds} s once #{LOCKSTEP_MIN_ROUNDS} rounds / #{LOCKSTEP_MIN_BURSTS} bursts are done; " \
+         "open loop: #{opts.messages}+ messages; latency: #{opts.rate} msg/s for #{opts.latency_seconds} s; " \
+         "ramp up to #{opts.ramp_steps.last}\n"
+  out << "- workloads: #{opts.workloads.join(', ')}#{opts.skipped.empty? ? '' : "; SKIPPED: #{opts.skipped.join('; ')}"}\n"
+  out << "- versions: #{versions.map { |k, v| "#{k} #{v}" }.join('; ')}\n\n"
+  names = results.map { |r| r[:name] }
+  out << "## Results\n\n" << results_table(results, m)
+  notes = run_notes(results, m)
   out << "\n#{notes.join("\n")}\n" unless notes.empty?
 
-  sw = %w[spillway spillway-memory].find { |n| names.include?(n) && m[n][:dps1] }
+  sw = %w[spillway spillway-memory].find { |n| names.include?(n) }
   if sw
-    out << "\n## Ratios #{sw} / peer\n\nAbove 1 is better for Spillway where higher is better " \
-           "(streams, deliveries); below 1 is better where lower is better (memory, latency, release, CPU).\n\n"
-    peers = names - [sw]
-    out << "| metric | better | #{peers.join(' | ')} |\n|---|---|#{peers.map { '---:' }.join('|')}|\n"
-    METRICS.each do |key, label, _d, dir|
-      a = m[sw][key]
-      row = peers.map do |p|
-        b = m[p][key]
-        next "–" unless a && b && b.to_f != 0
-
-        q = a.to_f / b
-        q >= 0.1 ? format("%.2f", q) : format("%.2g", q) # keep two significant digits of small ratios
-      end
-      out << "| #{label} | #{dir} | #{row.join(' | ')} |\n"
-    end
+    out << "\n## Ratios #{sw} / peer\n\n" << ratios_table(sw, names, m)
+    out << "\n## Targets (issue #4)\n\n" << targets_section(names, m, results, opts)
   else
-    out << "\n## Ratios\n\nNo Spillway result in this run (not selected, or it did not start), so no ratios.\n"
+    out << "\n## Ratios\n\nNo Spillway result in this run (not selected), so no ratios and no targets.\n"
   end
-  out << <<~MD
+  out << "\n" << how_measured(opts)
+  prof = profile_section(results)
+  out << "\n" << prof if prof
+  out
+end
 
+def how_measured(opts)
+  <<~MD
     ## How each number is measured
 
     - **streams held**: one hold-mode `loadgen` adds streams in steps (#{opts.ramp_steps.first} at a time);
       after each step one message is published and every open stream must receive it. Held = the last
-      step that passed; the ramp stops at the first failed step or at its limit (`ulimit -n` is 20000, so
+      step that passed; the ramp stops at the first failed step or at its limit (`ulimit -n` is #{NOFILE}, so
       #{opts.ramp_steps.last} is the most one process can be asked to hold here).
       Live needs one Puma thread and one Redis connection per stream, so its ramp is capped below its
       thread count.
+    - **ordinary request while held**: after each ramp step, 5 × `GET /ping` (a plain Rack/nginx answer) on a
+      fresh connection each, timed from connect to the whole answer; the table shows the slowest of the 5
+      at the last step held.
     - **streams per app-server thread**: held / request threads of the server (Puma `-t 1:1` for
       Spillway and message_bus; one nginx worker; the ceiling's one thread; Live: its Puma threads).
     - **memory per open stream**: (VmRSS of the server process at the last held step - VmRSS before
-      the first stream) / streams, from `/proc/<pid>/status`. User-space memory only: the kernel's socket
-      buffers are not in RSS (which is why the ceiling, which keeps one slot per stream, shows almost 0).
-    - **deliveries/s**: #{opts.streams} streams on one channel, #{opts.messages} messages published by `pubgen`
-      (one request per message and waiting for each answer, or bursts of #{opts.burst}); deliveries counted by
-      `loadgen` over the window from the first message's publish stamp to the last receive. A run whose
-      window is under #{MIN_WINDOW_S} s is repeated with more messages (up to #{MAX_MESSAGES}; see `messages` in the JSON).
-      The ceiling and nchan fan a message out before they answer its publish, so a publisher that waits for
-      each answer paces them message by message; live, message_bus and Spillway answer once the message is
-      handed on (Redis, or the hub's queue), so there "one at a time" also lets messages queue up and the
-      number is their fan-out rate.
-    - **latency**: #{opts.streams} streams, #{opts.rate} messages/s for #{opts.latency_seconds} s; publish-to-receive from the
-      CLOCK_REALTIME stamp at the start of each message (stamped by the app right before its publish call,
-      or by `pubgen` right before write() for nchan and the ceiling).
-    - **vanished client**: one stream from 127.0.0.#{VANISH_ADDR}; iptables drops every packet to and from that
+      the first stream) / streams, from `/proc/<pid>/status`. The streams are idle apart from the one
+      message per step. User-space memory only: the kernel's socket buffers are not in RSS (which is why
+      the ceiling, which keeps one slot per stream, shows almost 0).
+    - **deliveries/s, lockstep** (the two rows issue #4 asks for): #{opts.streams} streams on one channel; the
+      `loadgen` itself publishes (`-P`, its own keep-alive connection) #{opts.burst} messages back to back, or one, and
+      the next batch only when every open stream has received every message published so far, so no
+      system can coalesce across batches. Apps get one `POST /pub?count=K` (the app stamps and publishes K
+      messages); nchan and the ceiling, which take the message body as is, get K pipelined POSTs in one
+      write. Deliveries/s = streams × messages of the complete batches / (last receive of the last batch -
+      the write of the first). The run starts no new batch after #{opts.lockstep_seconds} s once at least
+      #{LOCKSTEP_MIN_ROUNDS} rounds (one at a time) or #{LOCKSTEP_MIN_BURSTS} bursts are complete.
+    - **deliveries/s, open loop** (what a real app does; not an issue #4 row): `pubgen` publishes one message per
+      request and sends the next when the answer is in. nchan and the ceiling answer after their fan-out,
+      so this paces them message by message; live, message_bus and Spillway answer once the message is
+      handed on (Redis, or the hub's queue), so messages queue up and Spillway batches every pending frame
+      of a socket into one write. Counted at the streams from the first publish stamp to the last receive;
+      a window under #{MIN_WINDOW_S} s is repeated with more messages (up to #{MAX_MESSAGES}).
+    - **CPU busy server / loadgen**: CPU seconds over the lockstep window. This VM has #{Etc.nprocessors} cores; when
+      both are near 1.00 the machine is the limit (one loopback delivery costs the sender ~5 µs and the
+      receiver ~5 µs of kernel time), and a second loadgen process would only share the same cores.
+    - **latency**: #{opts.streams} streams, #{opts.rate} messages/s for #{opts.latency_seconds} s (open loop, fixed schedule);
+      publish-to-receive from the CLOCK_REALTIME stamp at the start of each message (stamped by the app right
+      before its publish call, or by `pubgen` right before write() for nchan and the ceiling).
+    - **client gone with FIN/RST**: one stream from 127.0.0.#{FIN_ADDR}; the client process is killed (its kernel sends
+      FIN, or RST) while a message a second is published; the time until the server has no ESTABLISHED or
+      CLOSE-WAIT socket to that address (`ss`, polled every 10 ms). "> N" = not within N s.
+    - **client gone silently**: one stream from 127.0.0.#{VANISH_ADDR}; iptables drops every packet to and from that
       address on lo, the client is killed (its FIN is dropped too) and a message a second is published;
       the time until the server has no ESTABLISHED socket to that address (`ss`). "> N" = not within N s.
-    - **CPU per million deliveries**: utime+stime of the server process (`/proc/<pid>/stat`) during the
-      one-at-a-time throughput run / deliveries x 10^6. Redis's own CPU is in results.json.
+      Needs root (iptables); without it the workload is listed as SKIPPED above.
+    - **CPU per million deliveries**: utime+stime of the server process (`/proc/<pid>/stat`) over the
+      lockstep run / deliveries × 10^6. Redis's own CPU is in the JSON.
     - Every workload runs on a fresh server process (and a fresh Redis); Redis runs with
       `client-output-buffer-limit pubsub 0 0 0` and no persistence.
-    - The machine has #{Etc.nprocessors} cores: server, Redis, `loadgen` and `pubgen` share them, so absolute numbers
-      are machine-bound; the ratios are the point. Raw numbers: `#{File.basename(opts.output, '.md')}.json`.
+    - Server, Redis, `loadgen` and `pubgen` share the #{Etc.nprocessors} cores, so absolute numbers are
+      machine-bound; the ratios are the point. Raw numbers: `#{File.basename(opts.output, '.md')}.json`.
   MD
-  out
 end

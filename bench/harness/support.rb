@@ -209,3 +209,52 @@ def ensure_setup(opts, tmp)
   Process.setrlimit(:NOFILE, NOFILE, NOFILE) rescue Process.setrlimit(:NOFILE, Process.getrlimit(:NOFILE)[1])
   FileUtils.mkdir_p(tmp)
 end
+
+def mono
+  Process.clock_gettime(Process::CLOCK_MONOTONIC)
+end
+
+# One ordinary request (GET /ping) on a fresh connection, as a new browser
+# tab would make it: ms from connect to the whole answer, or nil when it does
+# not complete within timeout.
+def ping_ms(port, timeout: 5)
+  t0 = mono
+  s = Socket.tcp("127.0.0.1", port, connect_timeout: timeout)
+  s.write("GET /ping HTTP/1.1\r\nHost: 127.0.0.1:#{port}\r\nConnection: close\r\n\r\n")
+  buf = +""
+  loop do
+    if (eoh = buf.index("\r\n\r\n"))
+      len = buf[0, eoh][/^content-length:\s*(\d+)/i, 1]
+      break if len && buf.bytesize >= eoh + 4 + len.to_i
+    end
+    left = t0 + timeout - mono
+    return nil if left <= 0 || !IO.select([s], nil, nil, left)
+
+    chunk = s.read_nonblock(65_536, exception: false)
+    break if chunk.nil? # EOF: the answer is whatever came
+    buf << chunk unless chunk == :wait_readable
+  end
+  return nil unless buf.start_with?("HTTP/1.1 200", "HTTP/1.0 200")
+
+  ((mono - t0) * 1000).round(2)
+rescue SystemCallError, IOError
+  nil
+ensure
+  s&.close
+end
+
+# n ordinary requests one after the other: their times and a summary.
+def ping_stats(port, n: 5)
+  ms = Array.new(n) { ping_ms(port) }
+  ok = ms.compact.sort
+  { samples_ms: ms, p50_ms: ok[ok.size / 2], max_ms: ok.max, failed: ms.count(nil) }
+end
+
+# Server-side sockets to dst (an IPv4 address) the server has not let go of:
+# ESTABLISHED, or CLOSE-WAIT (the client's FIN arrived, the server has not
+# closed its end yet).
+def held_sockets(port, dst)
+  out = IO.popen(["ss", "-Htn", "state", "established", "state", "close-wait",
+                  "( sport = :#{port} and dst #{dst} )"], &:read)
+  out.lines.count { |l| !l.strip.empty? }
+end

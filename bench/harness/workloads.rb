@@ -49,8 +49,12 @@ def ramp(srv, opts, tmp)
     lost_streams = n - got["have_seq"]
     held = got["have_seq"]
     rss = rss_kb(srv.pid)
-    rows << { step: n, streams: held, failed: lost_streams, rss_kb: rss, threads: threads_of(srv.pid), established: established(srv.port) }
-    log "  ramp #{srv.name}: #{held} of #{n} streams held, RSS #{rss / 1024} MiB"
+    # An ordinary request while the streams are held (after the RSS sample,
+    # so its allocations do not count as stream memory).
+    ping = ping_stats(srv.port)
+    rows << { step: n, streams: held, failed: lost_streams, rss_kb: rss, threads: threads_of(srv.pid),
+              established: established(srv.port), ping: ping }
+    log "  ramp #{srv.name}: #{held} of #{n} streams held, RSS #{rss / 1024} MiB, /ping max #{ping[:max_ms].inspect} ms"
   end
   summary = lg.finish(30)
   lg = nil
@@ -60,7 +64,7 @@ def ramp(srv, opts, tmp)
     capped: cap && last && last[:step] == steps.last ? cap : nil,
     base_rss_kb: base_rss, base_threads: base_threads, rows: rows,
     mem_per_stream_kb: last && held > 0 ? (last[:rss_kb] - base_rss).to_f / held : nil,
-    threads_at_max: last && last[:threads], loadgen: summary
+    threads_at_max: last && last[:threads], ping_at_held: last && last[:ping], loadgen: summary
   }
 ensure
   lg&.close!
@@ -98,6 +102,91 @@ def fanout_run(srv, opts, tmp, channel:, streams:, messages:, k:, rate: 0, idle:
     cpu_s_per_million: delivered > 0 ? (cpu * 1e6 / delivered).round(2) : nil,
     redis_cpu_s_per_million: rcpu && delivered > 0 ? (rcpu * 1e6 / delivered).round(2) : nil
   }
+ensure
+  lg&.close!
+end
+
+# Closed loop (lockstep): the loadgen publishes k messages (one `count=k`
+# request to an app, k pipelined POSTs to nchan and the ceiling) and the next
+# k only when every stream has all of them, so a server cannot coalesce
+# across batches: k = 1 is the pure per-message fan-out cost, k = 100 shows
+# what coalescing gains. The run stops after opts.lockstep_seconds once a
+# few batches are complete, or at the message limit.
+def lockstep_run(srv, opts, tmp, channel:, k:, on_go: nil, on_done: nil)
+  warm_up(srv, opts)
+  max_msgs = k == 1 ? opts.lockstep_messages : opts.burst_messages
+  min_batches = k == 1 ? LOCKSTEP_MIN_ROUNDS : LOCKSTEP_MIN_BURSTS
+  deadline = opts.quick ? 120 : 600
+  lg = loadgen([*srv.lg_args(channel), "-R", "-r", "0", "-c", opts.streams.to_s, "-e", max_msgs.to_s,
+                "-t", deadline.to_s, "-P", srv.pub_url(channel), "-p", srv.pub_mode, "-K", k.to_s,
+                "-n", max_msgs.to_s, "-D", opts.lockstep_seconds.to_s, "-N", min_batches.to_s,
+                "-L", (opts.quick ? 30 : 180).to_s, "-s", opts.size.to_s, "-g", srv.sub_url(channel)],
+               tmp, stdin: true)
+  ready = lg.wait_event("ready", 180)
+  connected = ready["connected"].to_i
+  if connected < opts.streams * FANOUT_PASS
+    lg.finish(30)
+    return { error: "only #{connected} of #{opts.streams} streams connected" }
+  end
+  rss = rss_kb(srv.pid)
+  cpu0 = cpu_s(srv.pid)
+  rcpu0 = cpu_s(srv.redis&.pid)
+  on_go&.call
+  lg.command("go")
+  res = lg.finish(deadline + 60)
+  on_done&.call
+  cpu = cpu_s(srv.pid) - cpu0
+  rcpu = srv.redis ? cpu_s(srv.redis.pid) - rcpu0 : nil
+  ls = res["lockstep"] || {}
+  delivered = ls["deliveries"].to_i
+  window = ls["window_s"].to_f
+  out = {
+    streams: opts.streams, connected: connected, rss_kb: rss, batch: k, loadgen: res, lockstep: ls,
+    server_cpu_s: cpu.round(3), redis_cpu_s: rcpu&.round(3),
+    cpu_s_per_million: delivered > 0 ? (cpu * 1e6 / delivered).round(2) : nil,
+    redis_cpu_s_per_million: rcpu && delivered > 0 ? (rcpu * 1e6 / delivered).round(2) : nil,
+    server_busy: window > 0 ? (cpu / window).round(3) : nil
+  }
+  out[:error] = "stalled: a batch did not reach every stream (#{ls['batches_complete']} complete)" if ls["stalled"]
+  out[:error] ||= "no batch completed" if ls["batches_complete"].to_i.zero?
+  out
+ensure
+  lg&.close!
+end
+
+# Time until the server lets go of a client whose socket told it so: one
+# stream from 127.0.0.#{FIN_ADDR}, the client process is killed (its kernel
+# sends FIN, or RST when unread bytes were left) while a message a second is
+# published; released = no ESTABLISHED or CLOSE-WAIT socket to that address
+# on the server's port (CLOSE-WAIT: the FIN arrived but the server has not
+# closed its end). Needs no root.
+def fin_release(srv, opts, tmp)
+  channel = "fin"
+  warm_up(srv, opts)
+  addr = "127.0.0.#{FIN_ADDR}"
+  lg = loadgen([*srv.lg_args(channel), "-H", "-R", "-c", "1", "-a", "#{FIN_ADDR}-#{FIN_ADDR}",
+                srv.sub_url(channel)], tmp, stdin: true)
+  ready = lg.wait_event("ready", 30)
+  return { error: "the client did not connect" } unless ready["connected"] == 1
+
+  wait_until("the server side of the stream", 10) { held_sockets(srv.port, addr) >= 1 }
+  ticker = Process.spawn(File.join(BENCH, "pubgen"), "-m", srv.pub_mode, "-n", (opts.fin_timeout + 30).to_s,
+                         "-R", "1", "-s", opts.size.to_s, "-t", (opts.fin_timeout + 5).to_s, srv.pub_url(channel),
+                         out: File::NULL, err: File::NULL)
+  begin
+    t0 = mono
+    lg.kill9
+    released = nil
+    begin
+      wait_until("release", opts.fin_timeout, interval: 0.01) { held_sockets(srv.port, addr).zero? }
+      released = mono - t0
+    rescue RuntimeError
+      released = nil
+    end
+    { released_s: released&.round(3), timeout_s: opts.fin_timeout }
+  ensure
+    stop_process(ticker, grace: 2)
+  end
 ensure
   lg&.close!
 end
@@ -183,13 +272,19 @@ def run_system(name, opts, tmp)
     end
   end
   step.call(:ramp) { with_server(name, opts, tmp) { |s| res[:threads] = s.threads; ramp(s, opts, tmp) } } if wl.include?("ramp")
-  if wl.include?("throughput")
-    step.call(:throughput) { throughput_run(name, opts, tmp, channel: "one", k: 1, res: res) }
-    log "  #{name} throughput: #{res[:throughput].dig(:loadgen, 'deliveries_per_s') || res[:throughput][:error]}"
+  { throughput: 1, burst: opts.burst }.each do |key, k|
+    next unless wl.include?(key.to_s)
+
+    step.call(key) do
+      with_server(name, opts, tmp) { |s| res[:threads] = s.threads; lockstep_run(s, opts, tmp, channel: key.to_s, k: k) }
+    end
+    r = res[key]
+    log "  #{name} #{key} (lockstep, #{k} per batch): #{r.dig(:lockstep, 'deliveries_per_s')} deliveries/s" \
+        "#{r[:error] ? " (#{r[:error]})" : ''}; server busy #{r[:server_busy]}, loadgen busy #{r.dig(:lockstep, 'loadgen_cpu_busy')}"
   end
-  if wl.include?("burst")
-    step.call(:burst) { throughput_run(name, opts, tmp, channel: "burst", k: opts.burst, res: res) }
-    log "  #{name} burst: #{res[:burst].dig(:loadgen, 'deliveries_per_s') || res[:burst][:error]}"
+  if wl.include?("openloop")
+    step.call(:openloop) { throughput_run(name, opts, tmp, channel: "open", k: 1, res: res) }
+    log "  #{name} openloop: #{res[:openloop].dig(:loadgen, 'deliveries_per_s') || res[:openloop][:error]}"
   end
   if wl.include?("latency")
     step.call(:latency) do
@@ -200,9 +295,17 @@ def run_system(name, opts, tmp)
     end
     log "  #{name} latency p99: #{res[:latency].dig(:loadgen, 'latency_ms', 'p99') || res[:latency][:error]} ms"
   end
+  if wl.include?("fin")
+    step.call(:fin) { with_server(name, opts, tmp) { |s| fin_release(s, opts, tmp) } }
+    log "  #{name} fin: #{res[:fin].inspect}"
+  end
   if wl.include?("vanish")
     step.call(:vanish) { with_server(name, opts, tmp) { |s| vanish(s, opts, tmp) } }
     log "  #{name} vanish: #{res[:vanish].inspect}"
+  end
+  if wl.include?("profile") && PROFILED.include?(name)
+    step.call(:profile) { with_server(name, opts, tmp) { |s| profile_run(s, opts, tmp) } }
+    log "  #{name} profile: #{res[:profile][:error] || "#{res[:profile][:samples]} samples"}"
   end
   res
 end

@@ -9,6 +9,8 @@
 #   POST /pub?channel=C&count=K   publishes K messages with Redis PUBLISH; the
 #                                 data of each is "<seq> <t_ns> <body>",
 #                                 stamped right before its PUBLISH.
+#   GET  /ping                    an ordinary request ("pong"), timed by the
+#                                 harness while the streams are held
 #
 # Run: REDIS_URL=redis://127.0.0.1:PORT [LIVE_PUB_PORT=P2] puma -t 0:N -b tcp://127.0.0.1:PORT
 # The thread count caps the streams: it needs one Puma thread per stream.
@@ -99,6 +101,8 @@ end
 run lambda { |env|
   req = Rack::Request.new(env)
   case req.path_info
+  when "/ping"
+    [200, { "content-type" => "text/plain", "content-length" => "5" }, ["pong\n"]]
   when "/stream"
     channel = req.params["channel"] or return [400, {}, ["channel?\n"]]
     [200, { "content-type" => "text/event-stream", "cache-control" => "no-cache" },

@@ -10,6 +10,8 @@
 #   POST /pub?channel=C&count=K          MessageBus.publish("/C", data) K times; the
 #                                        data of each is "<seq> <t_ns> <body>",
 #                                        stamped right before its publish.
+#   GET  /ping                           an ordinary request ("pong"), timed by
+#                                        the harness while the streams are held
 #
 # Run: REDIS_URL=redis://127.0.0.1:PORT puma -t 1:1 -b tcp://127.0.0.1:PORT
 require "message_bus"
@@ -33,6 +35,8 @@ use MessageBus::Rack::Middleware
 
 run lambda { |env|
   req = Rack::Request.new(env)
+  return [200, { "content-type" => "text/plain", "content-length" => "5" }, ["pong\n"]] if req.path_info == "/ping"
+
   if req.path_info == "/pub"
     channel = req.params["channel"] or return [400, {}, ["channel?\n"]]
     count = (req.params["count"] || 1).to_i

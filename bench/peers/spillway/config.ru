@@ -5,6 +5,8 @@
 #                                  "<seq> <t_ns> <body>", stamped right before
 #                                  its publish call
 #   GET  /stats                    Spillway.stats as JSON
+#   GET  /ping                     an ordinary request ("pong"), timed by the
+#                                  harness while the streams are held
 #
 # Run: [REDIS_URL=redis://127.0.0.1:PORT] puma -t 1:1 -b tcp://127.0.0.1:PORT
 # Without REDIS_URL Spillway uses its in-process memory backend.
@@ -36,6 +38,8 @@ run lambda { |env|
     end
     body = "#{last}\n"
     [200, { "content-type" => "text/plain", "content-length" => body.bytesize.to_s }, [body]]
+  when "/ping"
+    [200, { "content-type" => "text/plain", "content-length" => "5" }, ["pong\n"]]
   when "/stats"
     body = JSON.generate(Spillway.stats)
     [200, { "content-type" => "application/json", "content-length" => body.bytesize.to_s }, [body]]
