@@ -50,7 +50,7 @@ WORKLOADS = %w[ramp throughput burst openloop latency fin vanish profile].freeze
 Options = Struct.new(:quick, :systems, :streams, :messages, :burst, :ramp_steps, :live_threads,
                      :latency_seconds, :rate, :vanish_timeout, :workloads, :output, :install,
                      :size, :keep_tmp, :lockstep_messages, :burst_messages, :lockstep_seconds,
-                     :fin_timeout, :skipped, keyword_init: true)
+                     :fin_timeout, :skipped, :spillway_rev, :spillway_built, keyword_init: true)
 
 def parse_options(argv)
   o = Options.new(quick: false, systems: SYSTEMS.dup, install: true, rate: 10, burst: 100, size: 0,
@@ -93,6 +93,8 @@ def parse_options(argv)
     op.on("--output PATH", "report path (default bench/RESULTS.md, --quick: bench/RESULTS-quick.md)") do |v|
       o.output = v
     end
+    op.on("--spillway-rev REV", "measure Spillway as committed at REV (built into the tmp dir), " \
+                                "not the working tree's lib/") { |v| o.spillway_rev = v }
     op.on("--no-install", "do not apt-get / bundle install") { o.install = false }
     op.on("--keep-tmp", "keep the temporary directory (logs, configs)") { o.keep_tmp = true }
   end.parse!(argv)

@@ -3,7 +3,7 @@
 # Part of bench/run.rb: RESULTS.md from the results (the targets of issue #4
 # are in targets.rb, the profile section in profile_report.rb).
 
-def versions
+def versions(opts)
   lock = File.read(File.join(BENCH, "Gemfile.lock")) rescue ""
   gem_v = ->(g) { lock[/^    #{Regexp.escape(g)} \(([^)]+)\)/, 1] || "?" }
   nginx = `nginx -v 2>&1`.strip.sub("nginx version: ", "")
@@ -16,8 +16,13 @@ def versions
   {
     "ruby" => RUBY_DESCRIPTION, "puma" => gem_v["puma"], "rack" => gem_v["rack"], "redis gem" => gem_v["redis"],
     "message_bus" => gem_v["message_bus"], "redis-server" => redis, "nginx" => nginx, "nchan" => nchan,
-    "spillway" => "#{sw} (#{rev.empty? ? 'no commit yet' : rev}" \
-                  "#{dirty.empty? ? '' : ", uncommitted changes in #{dirty.join(', ')}"})",
+    "spillway" => if opts.spillway_built
+                    "#{sw}: #{spillway_identity(opts)} (--spillway-rev #{opts.spillway_rev})"
+                  else
+                    "#{sw} (#{rev.empty? ? 'no commit yet' : rev}" \
+                      "#{dirty.empty? ? '' : ", uncommitted changes in #{dirty.join(', ')}"}); " \
+                      "measured: #{spillway_identity(opts)}"
+                  end,
     "perf" => `perf --version 2>/dev/null`.strip.sub("perf version ", ""),
     "gcc" => `gcc -dumpfullversion 2>/dev/null`.strip
   }
@@ -170,7 +175,7 @@ def report(results, opts, started, finished, argv)
          "open loop: #{opts.messages}+ messages; latency: #{opts.rate} msg/s for #{opts.latency_seconds} s; " \
          "ramp up to #{opts.ramp_steps.last}\n"
   out << "- workloads: #{opts.workloads.join(', ')}#{opts.skipped.empty? ? '' : "; SKIPPED: #{opts.skipped.join('; ')}"}\n"
-  out << "- versions: #{versions.map { |k, v| "#{k} #{v}" }.join('; ')}\n\n"
+  out << "- versions: #{versions(opts).map { |k, v| "#{k} #{v}" }.join('; ')}\n\n"
   names = results.map { |r| r[:name] }
   out << "## Results\n\n" << results_table(results, m)
   notes = run_notes(results, m)

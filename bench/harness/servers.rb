@@ -85,7 +85,7 @@ def start_server(name, opts, tmp)
       [Process.spawn(ruby_env(redis), *puma_cmd(port, "1:1"),
                      chdir: File.join(BENCH, "peers/message_bus"), **spawn_opts), "app", "mb", 1]
     when "spillway", "spillway-memory"
-      [Process.spawn(ruby_env(redis), *puma_cmd(port, "1:1", ["-I", File.join(ROOT, "lib")]),
+      [Process.spawn(ruby_env(redis), *puma_cmd(port, "1:1", ["-I", spillway_lib(opts, tmp)]),
                      chdir: File.join(BENCH, "peers/spillway"), **spawn_opts), "app", "sse", 1]
     end
   srv = Server.new(name: name, pid: pid, port: port, pub_port: pub_port, redis: redis, pub_mode: pub_mode, lg_mode: lg_mode,
@@ -134,4 +134,44 @@ def warm_up(srv, opts)
   # One publish on a channel nobody listens to: loads the code paths (and, for
   # Ruby, the constants) before the baseline is taken.
   pubgen(srv, "warmup", n: 1, size: opts.size, deadline: 30)
+end
+
+# Where the Spillway peer loads the gem from: the working tree's lib/ (with
+# whatever spillway_ext.so was last compiled there), or with --spillway-rev
+# a copy of ext/ and lib/ at that git revision, built once per run into the
+# temporary directory, so that what is measured is a known commit and not
+# someone's half-finished edit or a sanitizer build.
+def spillway_lib(opts, tmp)
+  return File.join(ROOT, "lib") unless opts.spillway_rev
+
+  @spillway_lib ||= begin
+    sha = IO.popen(["git", "-C", ROOT, "rev-parse", "--verify", "#{opts.spillway_rev}^{commit}"], &:read).strip
+    raise "--spillway-rev #{opts.spillway_rev}: not a commit" unless $?.success?
+
+    dir = File.join(tmp, "spillway-#{sha[0, 12]}")
+    FileUtils.mkdir_p(dir)
+    log "building spillway at #{sha[0, 12]} into #{dir}"
+    system("sh", "-c", "git -C \"$1\" archive \"$2\" ext lib | tar -x -C \"$3\"", "sh", ROOT, sha, dir) or
+      raise "git archive #{sha} failed"
+    ext = File.join(dir, "ext", "spillway")
+    logf = File.join(dir, "build.log")
+    (system(RbConfig.ruby, "extconf.rb", chdir: ext, out: logf, err: [:child, :out]) &&
+      system("make", "-j2", chdir: ext, out: [logf, "a"], err: [:child, :out])) or
+      raise "building spillway at #{sha[0, 12]} failed (#{logf})"
+    FileUtils.cp(File.join(ext, "spillway_ext.so"), File.join(dir, "lib", "spillway", "spillway_ext.so"))
+    opts.spillway_built = sha
+    File.join(dir, "lib")
+  end
+end
+
+# What the Spillway peer ran: the revision, and the extension it loaded.
+def spillway_identity(opts)
+  lib = opts.spillway_rev && @spillway_lib ? @spillway_lib : File.join(ROOT, "lib")
+  so = File.join(lib, "spillway", "spillway_ext.so")
+  return "no spillway_ext.so in #{lib}" unless File.exist?(so)
+
+  san = IO.popen(["ldd", so], err: File::NULL, &:read)[/lib(asan|tsan|ubsan)/, 1]
+  built = File.mtime(so).utc.iso8601
+  src = opts.spillway_built ? "built by the bench from #{opts.spillway_built[0, 12]}" : "#{so.sub("#{ROOT}/", '')} (compiled #{built})"
+  "#{src}#{san ? ", SANITIZER #{san}" : ''}"
 end
