@@ -121,13 +121,6 @@ void spillway_conn_mark_dirty(spillway_hub *hub, spillway_conn *c)
     hub->dirty = c;
 }
 
-static uint32_t held_bytes(const spillway_conn *c)
-{
-    uint32_t n = 0;
-    for (uint32_t i = 0; i < c->held_len; i++) n += c->held[i]->len;
-    return n;
-}
-
 /* A message for this stream: only when newer than what the stream already
  * has, so overlapping sources (live, backlog, gap repair) never produce a
  * duplicate. Control frames (heartbeat, head, reset) are pushed directly
@@ -137,7 +130,7 @@ void spillway_conn_deliver(spillway_hub *hub, spillway_conn *c, spillway_frame *
     if (c->flags & SW_CF_DOOMED) return;
     if (c->flags & SW_CF_JOINING) {
         /* Held until the resume read answers; counts against the cap. */
-        if ((uint64_t)c->out_bytes + held_bytes(c) + f->len > hub->cfg.outbox_limit) {
+        if (c->out_bytes + c->held_bytes + f->len > hub->cfg.outbox_limit) {
             spillway_conn_doom(hub, c, true);
             return;
         }
@@ -152,6 +145,7 @@ void spillway_conn_deliver(spillway_hub *hub, spillway_conn *c, spillway_frame *
             c->held_cap = n;
         }
         c->held[c->held_len++] = spillway_frame_ref(f);
+        c->held_bytes += f->len;
         return;
     }
     if (spillway_id_cmp(f->id, c->last) <= 0) return;
@@ -220,6 +214,7 @@ void spillway_conn_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **
     c->flags &= ~SW_CF_JOINING;
     c->held = NULL;
     c->held_len = c->held_cap = 0;
+    c->held_bytes = 0;
 
     for (size_t i = 0; i < n; i++) spillway_conn_deliver(hub, c, frames[i]);
     /* The replay is references to backlog frames that exist anyway: it does
@@ -294,8 +289,8 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
         }
         STAT_ADD(hub, st_bytes_out, (uint64_t)n);
         c->progress_ms = hub->now;
-        c->out_bytes -= (uint32_t)n;
-        c->replay_bytes -= SW_MIN(c->replay_bytes, (uint32_t)n);
+        c->out_bytes -= (uint64_t)n;
+        c->replay_bytes -= SW_MIN(c->replay_bytes, (uint64_t)n);
         {
             size_t left = (size_t)n;
             while (c->out_len > 0) {
@@ -322,7 +317,7 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
         }
     }
     if (c->flags & SW_CF_DOOMED) return;
-    if (!hub->stopping && c->out_bytes > (uint64_t)hub->cfg.outbox_limit + c->replay_bytes) {
+    if (!hub->stopping && c->out_bytes > hub->cfg.outbox_limit + c->replay_bytes) {
         /* What the socket would not take is over the cap: a slow reader. */
         spillway_conn_doom(hub, c, true);
         return;
@@ -430,7 +425,8 @@ void spillway_conn_close(spillway_hub *hub, spillway_conn *c)
     free(c->held);
     c->held = NULL;
     c->held_len = 0;
-    /* close() also removes the fd from the epoll set: we hold its only copy. */
+    /* The caller removed the fd from the epoll set (a copy of it may live
+     * elsewhere, e.g. in a fork child that has not closed it yet). */
     close(c->h.fd);
     c->h.fd = -1;
     if (c->flags & SW_CF_FALLBACK) STAT_SUB(hub, st_fallback, 1);

@@ -348,7 +348,7 @@ static void run_commands(spillway_hub *hub)
 
 /* ---- the loop ---------------------------------------------------------- */
 
-static void end_iteration(spillway_hub *hub)
+static void flush_and_close(spillway_hub *hub)
 {
     spillway_conn *c;
     while ((c = hub->dirty) != NULL) {
@@ -363,7 +363,17 @@ static void end_iteration(spillway_hub *hub)
         epoll_ctl(hub->epfd, EPOLL_CTL_DEL, c->h.fd, NULL);
         spillway_conn_close(hub, c);
     }
-    if (hub->redis != NULL) spillway_redis_flush_writes(hub);
+}
+
+static void end_iteration(spillway_hub *hub)
+{
+    flush_and_close(hub);
+    if (hub->redis != NULL) {
+        spillway_redis_flush_writes(hub);
+        /* A repair that finished there (resets, held frames released)
+         * queued frames: out with them now, not at the next wake-up. */
+        if (hub->dirty != NULL || hub->doomed != NULL) flush_and_close(hub);
+    }
 }
 
 static int next_timeout(spillway_hub *hub)
@@ -583,10 +593,22 @@ int spillway_hub_new(const spillway_config *cfg, spillway_hub **out, char *err, 
     if (hub->cfg.redis.host != NULL || hub->cfg.redis.path != NULL) {
         rc = spillway_redis_new(hub, err, errlen);
         if (rc != 0) goto fail;
+        /* Redis issues the ids: no local clock may seed the position (a
+         * clock ahead of Redis's would hold back every live frame). Zero
+         * accepts everything that arrives after a subscription. */
+        hub->last = (spillway_id){0, 0};
     }
 
     atomic_store(&hub->running, true);
-    rc = pthread_create(&hub->thread, NULL, reactor_main, hub);
+    {
+        /* The thread starts with every signal blocked (it unblocks none):
+         * no signal can land on it before reactor_main runs. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &old);
+        rc = pthread_create(&hub->thread, NULL, reactor_main, hub);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    }
     if (rc != 0) {
         atomic_store(&hub->running, false);
         set_err(err, errlen, "spillway_hub_new: pthread_create: %s", strerror(rc));
@@ -756,6 +778,10 @@ int spillway_hub_publish(spillway_hub *hub, const char *channel, size_t chlen, c
     ssize_t need;
     int rc;
 
+    if (hub->redis != NULL) {
+        set_err(err, errlen, "spillway_hub_publish: this hub uses Redis (publish through Redis)");
+        return -EINVAL;
+    }
     rc = check_publish(hub, "spillway_hub_publish", channel, chlen, err, errlen);
     if (rc != 0) return rc;
     memset(longest, '9', SPILLWAY_ID_TEXT_MAX - 1);
@@ -893,7 +919,9 @@ void spillway_hub_async_done(spillway_hub *hub, uint64_t seq, bool ok)
     atomic_fetch_sub(&hub->async_waiting_count, 1);
     if (!ok) {
         STAT_ADD(hub, st_async_failed, 1);
-        if (seq > atomic_load(&hub->async_failed_max)) atomic_store(&hub->async_failed_max, seq);
+        pthread_mutex_lock(&hub->flush_lock);
+        hub->failed_ring[hub->failed_count++ % 64] = seq;
+        pthread_mutex_unlock(&hub->flush_lock);
     }
     if (seq > atomic_load(&hub->async_done)) atomic_store(&hub->async_done, seq);
     if (atomic_load(&hub->flush_waiters) > 0) {
@@ -925,8 +953,16 @@ int spillway_hub_flush(spillway_hub *hub, uint32_t timeout_ms)
         rc = hub->flush_interrupted ? -EINTR : -ETIMEDOUT;
     } else {
         /* Everything is finished: did any publish since the last flush
-         * that reported fail? */
-        if (atomic_load(&hub->async_failed_max) > since) rc = -EIO;
+         * that reported, and up to this one, fail? When more failed than
+         * the ring keeps, assume so. */
+        uint64_t kept = SW_MIN(hub->failed_count, 64u);
+        bool lost = hub->failed_count > 64;
+        for (uint64_t i = 0; i < kept; i++) {
+            uint64_t t = hub->failed_ring[(hub->failed_count - 1 - i) % 64];
+            if (t > since && t <= target) rc = -EIO;
+            if (lost && t <= since) lost = false; /* the ring reaches back far enough */
+        }
+        if (lost) rc = -EIO;
         if (target > atomic_load(&hub->async_reported)) atomic_store(&hub->async_reported, target);
     }
     pthread_mutex_unlock(&hub->flush_lock);

@@ -300,11 +300,20 @@ static void flush_ubf(void *p)
 
 /* hub.flush(timeout_seconds) -> true when every async publish made before
  * the call is acknowledged, false on timeout. */
+/* Seconds (a Numeric) to milliseconds, clamped to [0, 1 day]. */
+static uint32_t timeout_ms(VALUE seconds)
+{
+    double ms = NUM2DBL(seconds) * 1000.0;
+    if (!(ms > 0)) return 0; /* negative, NaN */
+    if (ms > 86400000.0) return 86400000u;
+    return (uint32_t)ms;
+}
+
 static VALUE hub_flush(VALUE self, VALUE timeout)
 {
     struct flush_args a;
     a.hub = get_hub(self);
-    a.timeout_ms = (uint32_t)(NUM2DBL(timeout) * 1000.0);
+    a.timeout_ms = timeout_ms(timeout);
     a.rc = 0;
     rb_thread_call_without_gvl(flush_nogvl, &a, flush_ubf, a.hub);
     if (a.rc == -EINTR) rb_thread_check_ints();
@@ -372,7 +381,7 @@ static VALUE hub_stop(VALUE self, VALUE timeout)
     if (w->hub == NULL) return Qtrue;
     if (spillway_hub_owner(w->hub) != getpid()) return Qtrue;
     a.hub = w->hub;
-    a.timeout_ms = (uint32_t)(NUM2DBL(timeout) * 1000.0);
+    a.timeout_ms = timeout_ms(timeout);
     a.rc = 0;
     rb_thread_call_without_gvl(stop_nogvl, &a, NULL, NULL);
     /* Not freed here: another Ruby thread may be inside #flush without the

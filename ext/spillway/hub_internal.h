@@ -152,11 +152,12 @@ typedef struct spillway_conn {
     /* outbox: a ring of frame references; out_off bytes of the first are sent */
     spillway_frame **out;
     uint32_t out_cap, out_start, out_len, out_off;
-    uint32_t out_bytes;
-    uint32_t replay_bytes; /* of out_bytes, what a resume replay queued: not capped */
+    uint64_t out_bytes;
+    uint64_t replay_bytes; /* of out_bytes, what a resume replay queued: not capped */
     /* live frames that arrived while joining (Redis) */
     spillway_frame **held;
     uint32_t held_len, held_cap;
+    uint64_t held_bytes;
     uint64_t progress_ms; /* last write progress while bytes were pending */
     struct spillway_conn *wprev, *wnext; /* heartbeat wheel slot list */
     struct spillway_conn *lnext;         /* dirty list */
@@ -217,8 +218,9 @@ struct spillway_hub {
     /* async publish tickets: issued under the queue lock, done by the reactor */
     uint64_t async_issued;
     atomic_uint_fast64_t async_done;
-    atomic_uint_fast64_t async_failed_max; /* highest ticket that failed */
     atomic_uint_fast64_t async_reported;   /* tickets up to here were reported by a flush */
+    uint64_t failed_ring[64];              /* the latest failed tickets (flush_lock) */
+    uint64_t failed_count;                 /* failed tickets ever (flush_lock) */
     atomic_uint_fast32_t async_waiting_count;
     atomic_uint_fast32_t flush_waiters;
     pthread_mutex_t flush_lock;

@@ -254,6 +254,41 @@ done:
     return rep;
 }
 
+void spillway_publish_call_init(spillway_publish_call *call, spillway_publisher *p)
+{
+    memset(call, 0, sizeof(*call));
+    call->p = p;
+    call->fd = -1;
+    pthread_mutex_init(&call->lock, NULL);
+}
+
+void spillway_publish_call_done(spillway_publish_call *call)
+{
+    pthread_mutex_destroy(&call->lock);
+}
+
+/* The connection this call uses (for the interrupt), or -1 before it
+ * closes it: under the call's lock, so the interrupt never shuts down a
+ * descriptor number that was closed and reused meanwhile. */
+static bool set_call_fd(spillway_publish_call *c, int fd)
+{
+    bool interrupted;
+    pthread_mutex_lock(&c->lock);
+    c->fd = fd;
+    interrupted = c->interrupted != 0;
+    pthread_mutex_unlock(&c->lock);
+    return interrupted;
+}
+
+static bool call_interrupted(spillway_publish_call *c)
+{
+    bool interrupted;
+    pthread_mutex_lock(&c->lock);
+    interrupted = c->interrupted != 0;
+    pthread_mutex_unlock(&c->lock);
+    return interrupted;
+}
+
 void spillway_publish_run(spillway_publish_call *c)
 {
     spillway_publisher *p = c->p;
@@ -265,8 +300,8 @@ void spillway_publish_run(spillway_publish_call *c)
     c->id[0] = '\0';
     if (ctx == NULL) ctx = connect_new(p, c);
     if (ctx == NULL) goto failed;
-    __atomic_store_n(&c->fd, ctx->fd, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&c->interrupted, __ATOMIC_SEQ_CST)) {
+    if (set_call_fd(c, ctx->fd)) {
+        set_call_fd(c, -1);
         set_err(c, -EINTR, "interrupted");
         redisFree(ctx);
         goto failed;
@@ -280,11 +315,11 @@ void spillway_publish_run(spillway_publish_call *c)
         rep = eval_publish(p, ctx, c, true);
         by_text = true;
     }
-    __atomic_store_n(&c->fd, -1, __ATOMIC_SEQ_CST);
+    set_call_fd(c, -1);
     if (rep == NULL) {
         char target[160];
         describe_target(p, target, sizeof(target));
-        if (__atomic_load_n(&c->interrupted, __ATOMIC_SEQ_CST)) set_err(c, -EINTR, "interrupted");
+        if (call_interrupted(c)) set_err(c, -EINTR, "interrupted");
         else if (ctx->err == REDIS_ERR_IO && strcmp(ctx->errstr, strerror(EAGAIN)) == 0)
             set_err(c, -ETIMEDOUT, "Redis at %.100s did not answer within command_timeout", target);
         else
@@ -337,11 +372,10 @@ void spillway_publish_cursor(spillway_publish_call *c)
     c->id[0] = '\0';
     if (ctx == NULL) ctx = connect_new(p, c);
     if (ctx == NULL) return;
-    __atomic_store_n(&c->fd, ctx->fd, __ATOMIC_SEQ_CST);
-    rep = __atomic_load_n(&c->interrupted, __ATOMIC_SEQ_CST) ? NULL : run(ctx, 4, argv, NULL);
-    __atomic_store_n(&c->fd, -1, __ATOMIC_SEQ_CST);
+    rep = set_call_fd(c, ctx->fd) ? NULL : run(ctx, 4, argv, NULL);
+    set_call_fd(c, -1);
     if (rep == NULL) {
-        set_err(c, __atomic_load_n(&c->interrupted, __ATOMIC_SEQ_CST) ? -EINTR : -EIO,
+        set_err(c, call_interrupted(c) ? -EINTR : -EIO,
                 "Redis connection failed while reading the cursor (%.100s)", ctx->errstr);
         redisFree(ctx);
         return;
@@ -359,12 +393,12 @@ void spillway_publish_cursor(spillway_publish_call *c)
 
 void spillway_publish_interrupt(spillway_publish_call *c)
 {
-    int fd;
-    __atomic_store_n(&c->interrupted, 1, __ATOMIC_SEQ_CST);
-    fd = __atomic_load_n(&c->fd, __ATOMIC_SEQ_CST);
-    /* shutdown, not close: the descriptor stays valid until its owner
-     * frees the context; the blocked read returns at once. */
-    if (fd >= 0) shutdown(fd, SHUT_RDWR);
+    pthread_mutex_lock(&c->lock);
+    c->interrupted = 1;
+    /* shutdown, not close: the owner frees the context; the blocked read
+     * returns at once. Under the lock: the owner cannot close it meanwhile. */
+    if (c->fd >= 0) shutdown(c->fd, SHUT_RDWR);
+    pthread_mutex_unlock(&c->lock);
 }
 
 void spillway_publisher_close(spillway_publisher *p)

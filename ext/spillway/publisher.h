@@ -10,6 +10,8 @@
 #ifndef SPILLWAY_PUBLISHER_H
 #define SPILLWAY_PUBLISHER_H
 
+#include <pthread.h>
+
 #include "hub.h"
 
 typedef struct spillway_publisher spillway_publisher;
@@ -32,7 +34,12 @@ struct spillway_publish_call {
     int rc;
     int fd; /* the connection in use, for spillway_publish_interrupt */
     int interrupted;
+    pthread_mutex_t lock; /* fd and interrupted; spillway_publish_call_init */
 };
+
+/* Prepares a call (its lock); spillway_publish_call_done after the run. */
+void spillway_publish_call_init(spillway_publish_call *call, spillway_publisher *p);
+void spillway_publish_call_done(spillway_publish_call *call);
 
 /* Runs the publish script: one round trip (plus a connect when needed).
  * Sets call->rc: 0 (call->id filled) or -errno (call->err filled):

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "binding.h"
+#include "frame.h"
 #include "publisher.h"
 #include "sse.h"
 
@@ -101,13 +102,14 @@ static VALUE pub_publish(VALUE self, VALUE channel, VALUE data, VALUE event)
                              NIL_P(event) ? 0 : (size_t)RSTRING_LEN(event), RSTRING_PTR(data),
                              (size_t)RSTRING_LEN(data));
     if (need < 0) rb_raise(rb_eArgError, "%s", spillway_sse_strerror(need));
+    if ((size_t)need + SPILLWAY_ID_TEXT_MAX + 4 > SPILLWAY_FRAME_MAX)
+        rb_raise(rb_eArgError, "a frame of %zd bytes is over SPILLWAY_FRAME_MAX (%u)", need, SPILLWAY_FRAME_MAX);
     /* Encoded here, with the GVL: the Strings may change once it is gone. */
     body = ruby_xmalloc((size_t)need + 1);
     spillway_sse_encode(body, (size_t)need, NULL, 0, NIL_P(event) ? NULL : RSTRING_PTR(event),
                         NIL_P(event) ? 0 : (size_t)RSTRING_LEN(event), RSTRING_PTR(data),
                         (size_t)RSTRING_LEN(data));
-    memset(&call, 0, sizeof(call));
-    call.p = w->p;
+    spillway_publish_call_init(&call, w->p);
     call.chlen = (size_t)RSTRING_LEN(channel);
     {
         char *copy = ruby_xmalloc(call.chlen + 1);
@@ -117,8 +119,8 @@ static VALUE pub_publish(VALUE self, VALUE channel, VALUE data, VALUE event)
     }
     call.body = body;
     call.bodylen = (size_t)need;
-    call.fd = -1;
     rb_thread_call_without_gvl(publish_nogvl, &call, publish_ubf, &call);
+    spillway_publish_call_done(&call);
     xfree(body);
     xfree((char *)call.channel);
     RB_GC_GUARD(data);
@@ -140,10 +142,9 @@ static VALUE pub_cursor(VALUE self)
     pub_wrap *w = get(self);
     spillway_publish_call call;
     if (w->pid != getpid()) rb_raise(spillway_eError, "publisher of process %d used in %d", (int)w->pid, (int)getpid());
-    memset(&call, 0, sizeof(call));
-    call.p = w->p;
-    call.fd = -1;
+    spillway_publish_call_init(&call, w->p);
     rb_thread_call_without_gvl(cursor_nogvl, &call, publish_ubf, &call);
+    spillway_publish_call_done(&call);
     if (call.rc == -EINTR) rb_thread_check_ints();
     if (call.rc != 0) rb_raise(spillway_eRedisError, "Spillway.cursor: %s", call.err);
     return rb_str_new_cstr(call.id);

@@ -67,8 +67,15 @@ int spillway_queue_push(spillway_queue *q, spillway_qnode *node, unsigned flags,
             n = write(q->efd, &one, sizeof(one));
         } while (n < 0 && errno == EINTR);
         /* EAGAIN means the counter is saturated: the reactor is due to wake
-         * anyway. */
-        if (n < 0 && errno != EAGAIN) return -errno;
+         * anyway. Any other failure: let the next push try the wake-up
+         * again, or nothing would ever wake the reactor for this queue. */
+        if (n < 0 && errno != EAGAIN) {
+            int e = errno;
+            pthread_mutex_lock(&q->lock);
+            q->wake_pending = false;
+            pthread_mutex_unlock(&q->lock);
+            return -e;
+        }
     }
     return 0;
 }

@@ -45,10 +45,24 @@
 
 #define SUBSCRIBE_BATCH 1000u
 #define HELD_MAX_FRAMES 200000u
+#define REPAIR_BATCH 256u
+#define REPAIR_ATTEMPTS 3u
+#define BARRIER_RETRY_MS 100u
 
 struct held_item {
     spillway_frame *f;
     char *name; /* the channel by name: it may come and go meanwhile */
+};
+
+/* A gap repair is read in batches of channels (one script run each, so
+ * no run blocks Redis for long) and merged here before anything goes out. */
+struct repair_acc {
+    spillway_frame **frames;
+    uint32_t *chan; /* index into names, per frame */
+    size_t n, cap;
+    char **names;   /* every channel of the repair */
+    uint8_t *reset; /* per name */
+    uint32_t nnames;
 };
 
 typedef struct spillway_redis spillway_redis;
@@ -70,11 +84,15 @@ struct spillway_redis {
     uint64_t barrier_seq;                    /* the last barrier issued */
     spillway_cmd_publish *aq_head, *aq_tail; /* async publishes waiting for the cmd link */
     /* gap repair */
-    bool need_repair, repair_inflight, holding, overflowed;
+    bool need_repair, repair_inflight, holding, overflowed, repair_error;
     spillway_id repair_cursor;
     uint64_t sub_epoch;
+    uint32_t repair_outstanding; /* batches sent and not answered */
+    uint32_t repair_failures;    /* attempts that failed, this repair */
+    struct repair_acc acc;
     struct held_item *held;
     size_t held_len, held_cap;
+    uint64_t barrier_retry_at;   /* after a failed barrier */
 };
 
 static spillway_redis *R(spillway_hub *hub)
@@ -253,6 +271,7 @@ static int queue_publish(spillway_hub *hub, spillway_cmd_publish *cmd, bool eval
     if (q == NULL) return -1;
     q->pub = cmd;
     q->eval = eval;
+    size_t mark = b->len;
     snprintf(maxlen, sizeof(maxlen), "%u", rc->backlog_size);
     snprintf(ttl, sizeof(ttl), "%u", rc->backlog_ttl_s);
     bad = script_head(b, 9, eval, l->publish_sha, spillway_lua_publish);
@@ -264,6 +283,8 @@ static int queue_publish(spillway_hub *hub, spillway_cmd_publish *cmd, bool eval
     bad |= spillway_buf_arg(b, maxlen, strlen(maxlen));
     bad |= spillway_buf_arg(b, ttl, strlen(ttl));
     if (bad) {
+        /* No half command may stay: it would shift every later reply. */
+        b->len = mark;
         spillway_hub_error(hub, "Redis command link: out of memory");
         q->pub = NULL;
         spillway_rq_free(q);
@@ -316,6 +337,7 @@ static int queue_resume(spillway_hub *hub, spillway_rq *q, char mode, spillway_c
     size_t clen = strlen(cursor);
     int bad;
 
+    size_t mark = b->len;
     snprintf(nkeys, sizeof(nkeys), "%u", n + 1);
     snprintf(ttl, sizeof(ttl), "%u", hub->cfg.redis.backlog_ttl_s);
     bad = script_head(b, 3 + 1 + n + 2 + n, eval, r->cmd.resume_sha, spillway_lua_resume);
@@ -327,6 +349,7 @@ static int queue_resume(spillway_hub *hub, spillway_rq *q, char mode, spillway_c
     bad |= spillway_buf_arg(b, ttl, strlen(ttl));
     for (uint32_t i = 0; i < n; i++) bad |= spillway_buf_arg(b, cursor, clen);
     if (bad) {
+        b->len = mark;
         spillway_hub_error(hub, "Redis command link: out of memory");
         return -1;
     }
@@ -463,9 +486,14 @@ static void on_resume_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
         for (uint32_t i = 0; i < c->nmem; i++) {
             spillway_rv *e = v->element[1]->element[i];
             reset[i] = !c->cursor_ok || (e != NULL && e->type == SW_RV_INTEGER && e->integer != 0);
+            /* Without a backlog nothing can be replayed: anything after the
+             * cursor is a hole. */
+            if (hub->cfg.redis.backlog_size == 0 && spillway_id_cmp(now, c->cursor) > 0) reset[i] = true;
         }
     }
-    c->last = q->mode == 'c' ? c->cursor : now;
+    /* A cursor newer than anything Redis issued (from the future) must not
+     * hold back live frames: the stream starts from now, with its reset. */
+    c->last = q->mode == 'c' && spillway_id_cmp(c->cursor, now) <= 0 ? c->cursor : now;
     spillway_conn_replay(hub, c, frames, (size_t)n, reset, now);
     for (long i = 0; i < n; i++) spillway_frame_unref(frames[i]);
     free(frames);
@@ -520,11 +548,26 @@ static void send_marked_resets(spillway_hub *hub, spillway_id now)
     }
 }
 
+static void acc_clear(struct repair_acc *acc)
+{
+    for (size_t i = 0; i < acc->n; i++) spillway_frame_unref(acc->frames[i]);
+    for (uint32_t i = 0; i < acc->nnames; i++) free(acc->names[i]);
+    free(acc->frames);
+    free(acc->chan);
+    free(acc->names);
+    free(acc->reset);
+    memset(acc, 0, sizeof(*acc));
+}
+
 static void finish_repair(spillway_hub *hub, bool reset_all)
 {
     spillway_redis *r = R(hub);
+    acc_clear(&r->acc);
     r->need_repair = false;
     r->overflowed = false;
+    r->repair_inflight = false;
+    r->repair_outstanding = 0;
+    r->repair_failures = 0;
     if (reset_all) {
         spillway_chtab *t = &hub->chans;
         for (uint32_t b = 0; b < t->nbuckets; b++)
@@ -536,15 +579,16 @@ static void finish_repair(spillway_hub *hub, bool reset_all)
 }
 
 /* Sends the repair once both links are up and every channel is ACTIVE
- * again: each channel's backlog after the cursor remembered at the drop. */
+ * again: each channel's backlog after the cursor remembered at the drop,
+ * in batches of REPAIR_BATCH channels. */
 static void try_repair(spillway_hub *hub)
 {
     spillway_redis *r = R(hub);
     spillway_chtab *t = &hub->chans;
+    struct repair_acc *acc = &r->acc;
     spillway_channel **chans;
     char cursor[SPILLWAY_ID_TEXT_MAX];
     uint32_t n = 0;
-    spillway_rq *q;
 
     if (!r->need_repair || r->repair_inflight) return;
     if (r->sub.state != SW_LS_READY || r->cmd.state != SW_LS_READY) return;
@@ -552,81 +596,158 @@ static void try_repair(spillway_hub *hub)
     for (spillway_channel *ch = r->plist; ch != NULL; ch = ch->pnext)
         if (ch->rstate == SW_RS_PENDING) return; /* not subscribed yet */
 
+    if (r->overflowed || r->repair_failures >= REPAIR_ATTEMPTS || hub->cfg.redis.backlog_size == 0) {
+        /* Too much arrived to merge, Redis keeps failing the reads, or
+         * there is no backlog to read: tell every stream instead. */
+        finish_repair(hub, true);
+        return;
+    }
+    if (spillway_id_is_zero(r->repair_cursor)) {
+        /* No channel was ever ACTIVE before the drop (a barrier would have
+         * moved hub->last): no stream was live, nothing to repair. */
+        finish_repair(hub, false);
+        return;
+    }
     chans = malloc((t->count ? t->count : 1) * sizeof(*chans));
-    q = spillway_rq_new(SW_RQ_REPAIR);
-    if (chans == NULL || q == NULL) goto oom;
+    if (chans == NULL) goto oom;
     for (uint32_t b = 0; b < t->nbuckets; b++)
         for (spillway_channel *ch = t->buckets[b]; ch != NULL; ch = ch->hnext)
             if (ch->nsubs > 0 && ch->rstate == SW_RS_ACTIVE) chans[n++] = ch;
-    if (n == 0 || r->overflowed) {
-        /* Nothing to read, or too much arrived to merge: finish now. */
-        bool reset_all = r->overflowed;
+    if (n == 0) {
         free(chans);
-        free(q);
-        finish_repair(hub, reset_all);
+        finish_repair(hub, false);
         return;
     }
-    q->names = calloc(n, sizeof(*q->names));
-    if (q->names == NULL) goto oom;
-    q->nch = n;
+    acc_clear(acc);
+    acc->names = calloc(n, sizeof(*acc->names));
+    acc->reset = calloc(n, sizeof(*acc->reset));
+    if (acc->names == NULL || acc->reset == NULL) goto oom;
     for (uint32_t i = 0; i < n; i++) {
-        q->names[i] = strdup(chans[i]->name);
-        if (q->names[i] == NULL) goto oom;
+        acc->names[i] = strdup(chans[i]->name);
+        if (acc->names[i] == NULL) goto oom;
+        acc->nnames++;
     }
-    q->seq = r->sub_epoch;
     spillway_id_format(r->repair_cursor, cursor);
-    if (queue_resume(hub, q, 'c', chans, n, cursor, false) != 0) goto oom;
+    r->repair_error = false;
+    for (uint32_t base = 0; base < n; base += REPAIR_BATCH) {
+        uint32_t k = SW_MIN(REPAIR_BATCH, n - base);
+        spillway_rq *q = spillway_rq_new(SW_RQ_REPAIR);
+        if (q == NULL) goto oom;
+        q->seq = r->sub_epoch;
+        q->mode = 'c';
+        q->nch = k;
+        q->base = base;
+        if (queue_resume(hub, q, 'c', chans + base, k, cursor, false) != 0) {
+            free(q);
+            goto oom;
+        }
+        r->repair_outstanding++;
+    }
     r->repair_inflight = true;
     free(chans);
     return;
 oom:
     free(chans);
-    spillway_rq_free(q);
     spillway_hub_error(hub, "gap repair: out of memory; streams get a reset");
+    /* Batches already sent are answered into nothing (epoch check). */
+    r->sub_epoch++;
     finish_repair(hub, true);
+}
+
+static int cmp_acc(const void *a, const void *b, void *arg)
+{
+    const struct repair_acc *acc = arg;
+    size_t i = *(const size_t *)a, j = *(const size_t *)b;
+    return spillway_id_cmp(acc->frames[i]->id, acc->frames[j]->id);
+}
+
+/* Every batch answered: deliver the merged gap in id order, then resets,
+ * then what was held. */
+static void repair_done(spillway_hub *hub)
+{
+    spillway_redis *r = R(hub);
+    struct repair_acc *acc = &r->acc;
+    size_t *order = malloc((acc->n ? acc->n : 1) * sizeof(*order));
+
+    if (order == NULL) {
+        finish_repair(hub, true);
+        return;
+    }
+    for (size_t i = 0; i < acc->n; i++) order[i] = i;
+    qsort_r(order, acc->n, sizeof(*order), cmp_acc, acc);
+    for (size_t k = 0; k < acc->n; k++) {
+        size_t i = order[k];
+        const char *name = acc->names[acc->chan[i]];
+        spillway_channel *ch = spillway_chtab_find(&hub->chans, name, strlen(name));
+        if (ch != NULL) spillway_channel_fanout(hub, ch, acc->frames[i]);
+    }
+    free(order);
+    /* Channels whose backlog no longer reaches back: their live streams are
+     * told. */
+    for (uint32_t i = 0; i < acc->nnames; i++) {
+        spillway_channel *ch;
+        if (!acc->reset[i]) continue;
+        ch = spillway_chtab_find(&hub->chans, acc->names[i], strlen(acc->names[i]));
+        if (ch != NULL) ch->mark = 1;
+    }
+    send_marked_resets(hub, hub->last);
+    finish_repair(hub, false);
 }
 
 static void on_repair_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
 {
     spillway_redis *r = R(hub);
+    struct repair_acc *acc = &r->acc;
     spillway_frame **frames = NULL;
     uint32_t *idx = NULL;
-    spillway_id now;
     long n;
 
-    r->repair_inflight = false;
-    if (q->seq != r->sub_epoch) return; /* the sub link dropped again: repair anew */
-    if (noscript(v) && !q->eval) {
-        r->cmd.resume_sha[0] = '\0'; /* try_repair sends it again, as EVAL */
-        return;
-    }
-    if (!resume_shape_ok(v, q->nch) || (n = collect_frames(v->element[2], &frames, &idx)) < 0) {
+    if (q->seq != r->sub_epoch) return; /* an earlier repair, abandoned */
+    if (r->repair_outstanding > 0) r->repair_outstanding--;
+    n = resume_shape_ok(v, q->nch) ? collect_frames(v->element[2], &frames, &idx) : -1;
+    if (n < 0) {
         char msg[160];
         rv_message(v, msg, sizeof(msg));
-        spillway_hub_error(hub, "gap repair failed: %s; streams get a reset", msg);
-        free(frames);
-        free(idx);
-        finish_repair(hub, true);
-        return;
+        if (noscript(v)) r->cmd.resume_sha[0] = '\0'; /* the next attempt sends the text */
+        else spillway_hub_error(hub, "gap repair read failed: %s", msg);
+        r->repair_error = true;
+        n = 0;
+    } else if (acc->n + (size_t)n > acc->cap) {
+        size_t cap = SW_MAX(acc->cap * 2, acc->n + (size_t)n);
+        spillway_frame **f = realloc(acc->frames, cap * sizeof(*f));
+        uint32_t *c = NULL;
+        if (f != NULL) {
+            acc->frames = f;
+            c = realloc(acc->chan, cap * sizeof(*c));
+            if (c != NULL) acc->chan = c;
+        }
+        if (f == NULL || c == NULL) r->repair_error = true;
+        else acc->cap = cap;
     }
-    now = parse_last(hub, v->element[0]);
-    for (long i = 0; i < n; i++) {
-        spillway_channel *ch =
-            idx[i] < q->nch ? spillway_chtab_find(&hub->chans, q->names[idx[i]], strlen(q->names[idx[i]])) : NULL;
-        if (ch != NULL) spillway_channel_fanout(hub, ch, frames[i]);
-        spillway_frame_unref(frames[i]);
+    if (!r->repair_error) {
+        for (long i = 0; i < n; i++) {
+            acc->frames[acc->n] = frames[i];
+            acc->chan[acc->n] = q->base + SW_MIN(idx[i], q->nch - 1);
+            acc->n++;
+        }
+        for (uint32_t i = 0; i < q->nch; i++) {
+            spillway_rv *e = v->element[1]->element[i];
+            if (e != NULL && e->type == SW_RV_INTEGER && e->integer != 0) acc->reset[q->base + i] = 1;
+        }
+    } else {
+        for (long i = 0; i < n; i++) spillway_frame_unref(frames[i]);
     }
     free(frames);
     free(idx);
-    /* Channels whose backlog no longer reaches back: their live streams are
-     * told. */
-    for (uint32_t i = 0; i < q->nch; i++) {
-        spillway_rv *e = v->element[1]->element[i];
-        spillway_channel *ch = spillway_chtab_find(&hub->chans, q->names[i], strlen(q->names[i]));
-        if (ch != NULL && e != NULL && e->type == SW_RV_INTEGER && e->integer != 0) ch->mark = 1;
+    if (r->repair_outstanding > 0) return;
+    r->repair_inflight = false;
+    if (r->repair_error) {
+        /* Try again (try_repair gives up after REPAIR_ATTEMPTS). */
+        r->repair_failures++;
+        acc_clear(acc);
+        return;
     }
-    send_marked_resets(hub, now);
-    finish_repair(hub, false);
+    repair_done(hub);
 }
 
 /* ---- barriers ---------------------------------------------------------- */
@@ -638,15 +759,18 @@ static void try_barrier(spillway_hub *hub)
     spillway_buf *b = &r->cmd.out;
     char seq[24];
     bool needed = false;
+    size_t mark;
     int bad;
     spillway_rq *q;
 
     if (r->cmd.state != SW_LS_READY || r->ctl_state != SW_RS_ACTIVE) return;
+    if (hub->now < r->barrier_retry_at) return;
     for (spillway_channel *ch = r->slist; ch != NULL && !needed; ch = ch->snext) needed = ch->barrier == 0;
     if (!needed) return;
     q = spillway_rq_new(SW_RQ_BARRIER);
     if (q == NULL) return;
     q->seq = ++r->barrier_seq;
+    mark = b->len;
     snprintf(seq, sizeof(seq), "%llu", (unsigned long long)q->seq);
     bad = script_head(b, 6, false, r->cmd.barrier_sha, spillway_lua_barrier);
     bad |= spillway_buf_arg(b, "1", 1);
@@ -654,6 +778,7 @@ static void try_barrier(spillway_hub *hub)
     bad |= spillway_buf_arg(b, r->ctl, r->ctl_len);
     bad |= spillway_buf_arg(b, seq, strlen(seq));
     if (bad) {
+        b->len = mark;
         spillway_rq_free(q);
         return;
     }
@@ -755,7 +880,12 @@ static void on_message(spillway_hub *hub, spillway_rv *v)
     spillway_frame *f = steal(v->element[2]);
     spillway_channel *ch;
 
-    if (f == NULL) return;
+    if (f == NULL) {
+        if (v->element[2] != NULL && v->element[2]->type == SW_RV_OTHER)
+            spillway_hub_error(hub, "a Redis message of %lld bytes is over SPILLWAY_FRAME_MAX: dropped",
+                               v->element[2]->integer);
+        return;
+    }
     if (is_ctl(r, v->element[1])) {
         on_barrier(hub, f);
         spillway_frame_unref(f);
@@ -809,6 +939,20 @@ static void on_unsubscribed(spillway_hub *hub, spillway_channel *ch)
     }
 }
 
+static void refuse_sent(spillway_hub *hub)
+{
+    spillway_redis *r = R(hub);
+    spillway_chtab *t = &hub->chans;
+    for (uint32_t b = 0; b < t->nbuckets; b++) {
+        for (spillway_channel *ch = t->buckets[b]; ch != NULL; ch = ch->hnext) {
+            if (ch->rstate != SW_RS_SENT) continue;
+            ch->rstate = SW_RS_NONE;
+            for (uint32_t i = 0; i < ch->nsubs; i++) spillway_conn_doom(hub, ch->subs[i].conn, false);
+        }
+    }
+    r->sent_subs = 0;
+}
+
 void spillway_redis_on_sub_reply(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
 {
     spillway_redis *r = R(hub);
@@ -824,9 +968,13 @@ void spillway_redis_on_sub_reply(spillway_hub *hub, spillway_rlink *l, spillway_
 
     if (kind == NULL) {
         if (v->type == SW_RV_ERROR) {
+            /* Redis refused a SUBSCRIBE batch (an ACL without the channel,
+             * say). Its channels would wait forever: their streams are
+             * closed with the reason logged (the browser retries later). */
             char msg[160];
             rv_message(v, msg, sizeof(msg));
-            spillway_hub_error(hub, "Redis subscriber link: %s", msg);
+            spillway_hub_error(hub, "Redis refused a subscription: %s; its streams are closed", msg);
+            refuse_sent(hub);
         }
     } else if (kind[0] == 'm') {
         on_message(hub, v);
@@ -860,8 +1008,12 @@ void spillway_redis_on_cmd_reply(spillway_hub *hub, spillway_rlink *l, spillway_
              * NOSCRIPT: the script text always works). */
             spillway_redis *r = R(hub);
             rv_message(v, msg, sizeof(msg));
-            if (!noscript(v)) spillway_hub_error(hub, "barrier failed: %s", msg);
-            else r->cmd.barrier_sha[0] = '\0';
+            if (!noscript(v)) {
+                spillway_hub_error(hub, "barrier failed: %s", msg);
+                r->barrier_retry_at = hub->now + BARRIER_RETRY_MS; /* OOM, say: not in a tight loop */
+            } else {
+                r->cmd.barrier_sha[0] = '\0';
+            }
             for (spillway_channel *ch = r->slist; ch != NULL; ch = ch->snext)
                 if (ch->barrier == q->seq) ch->barrier = 0;
         }
@@ -915,7 +1067,13 @@ void spillway_redis_on_failed_rq(spillway_hub *hub, spillway_rlink *l, spillway_
         conn_unref(hub, q->conn); /* sent again once the link is back */
         break;
     case SW_RQ_REPAIR:
-        r->repair_inflight = false; /* likewise */
+        /* The attempt is lost with the link: it starts over once the links
+         * are back (its other batches fail here too). */
+        if (q->seq == r->sub_epoch) {
+            r->repair_inflight = false;
+            r->repair_outstanding = 0;
+            acc_clear(&r->acc);
+        }
         break;
     case SW_RQ_PUBLISH:
         if (q->wend > l->written_total) {
@@ -953,7 +1111,10 @@ static void sub_lost(spillway_hub *hub)
     if (!r->need_repair) r->repair_cursor = hub->last;
     r->need_repair = true;
     r->holding = true;
-    r->sub_epoch++;
+    r->sub_epoch++; /* answers to an attempt under way are ignored */
+    r->repair_inflight = false;
+    r->repair_outstanding = 0;
+    acc_clear(&r->acc);
     r->sent_subs = 0;
     r->ctl_state = SW_RS_NONE;
     for (spillway_channel *ch = r->plist; ch != NULL; ch = ch->pnext) ch->in_plist = 0;
@@ -1015,14 +1176,32 @@ uint64_t spillway_redis_next_timer(spillway_hub *hub)
     next = SW_MIN(next, spillway_link_next_timer(hub, &r->sub));
     next = SW_MIN(next, spillway_link_next_timer(hub, &r->cmd));
     if (r->linger_head != NULL) next = SW_MIN(next, r->linger_head->touched_ms + hub->cfg.redis.unsubscribe_linger_ms);
+    if (r->slist != NULL && r->barrier_retry_at > hub->now) next = SW_MIN(next, r->barrier_retry_at);
     return next;
+}
+
+/* One (UN)SUBSCRIBE command for n channels; 0, or -1 (nothing queued). */
+static int batch(spillway_hub *hub, const char *cmd, spillway_channel **chans, uint32_t n)
+{
+    spillway_redis *r = R(hub);
+    spillway_buf *b = &r->sub.out;
+    size_t mark = b->len;
+    int bad = spillway_buf_begin(b, 1 + n);
+    bad |= spillway_buf_arg(b, cmd, strlen(cmd));
+    for (uint32_t i = 0; i < n; i++)
+        bad |= spillway_buf_arg2(b, r->chan_prefix, r->chan_prefix_len, chans[i]->name, chans[i]->namelen);
+    if (bad) {
+        b->len = mark;
+        spillway_hub_error(hub, "Redis subscriber link: out of memory");
+        return -1;
+    }
+    return 0;
 }
 
 /* Batched SUBSCRIBE / UNSUBSCRIBE of what changed this iteration. */
 static void flush_subscriptions(spillway_hub *hub)
 {
     spillway_redis *r = R(hub);
-    spillway_rlink *sub = &r->sub;
     spillway_channel *subs[SUBSCRIBE_BATCH], *unsubs[SUBSCRIBE_BATCH];
     uint32_t ns = 0, nu = 0;
 
@@ -1042,22 +1221,16 @@ static void flush_subscriptions(spillway_hub *hub)
             unsubs[nu++] = ch;
         }
     }
-    if (ns > 0) {
-        spillway_buf_begin(&sub->out, 1 + ns);
-        spillway_buf_arg(&sub->out, "SUBSCRIBE", 9);
-        for (uint32_t i = 0; i < ns; i++) {
-            spillway_buf_arg2(&sub->out, r->chan_prefix, r->chan_prefix_len, subs[i]->name, subs[i]->namelen);
-            subs[i]->rstate = SW_RS_SENT;
-        }
+    if (ns > 0 && batch(hub, "SUBSCRIBE", subs, ns) == 0) {
+        for (uint32_t i = 0; i < ns; i++) subs[i]->rstate = SW_RS_SENT;
         r->sent_subs += ns;
+    } else {
+        for (uint32_t i = 0; i < ns; i++) plist_add(r, subs[i]); /* out of memory: next time */
     }
-    if (nu > 0) {
-        spillway_buf_begin(&sub->out, 1 + nu);
-        spillway_buf_arg(&sub->out, "UNSUBSCRIBE", 11);
-        for (uint32_t i = 0; i < nu; i++) {
-            spillway_buf_arg2(&sub->out, r->chan_prefix, r->chan_prefix_len, unsubs[i]->name, unsubs[i]->namelen);
-            unsubs[i]->rstate = SW_RS_UNSUB_SENT;
-        }
+    if (nu > 0 && batch(hub, "UNSUBSCRIBE", unsubs, nu) == 0) {
+        for (uint32_t i = 0; i < nu; i++) unsubs[i]->rstate = SW_RS_UNSUB_SENT;
+    } else {
+        for (uint32_t i = 0; i < nu; i++) plist_add(r, unsubs[i]);
     }
 }
 
@@ -1135,6 +1308,7 @@ void spillway_redis_stop(spillway_hub *hub)
     free(r->held);
     r->held = NULL;
     r->held_len = r->held_cap = 0;
+    acc_clear(&r->acc);
     update_connected(hub);
 }
 

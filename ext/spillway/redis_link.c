@@ -47,7 +47,7 @@ spillway_rq *spillway_rq_new(int kind)
 void spillway_rq_free(spillway_rq *q)
 {
     if (q == NULL) return;
-    for (uint32_t i = 0; i < q->nch; i++) free(q->names[i]);
+    for (uint32_t i = 0; q->names != NULL && i < q->nch; i++) free(q->names[i]);
     free(q->names);
     free(q);
 }
@@ -55,7 +55,9 @@ void spillway_rq_free(spillway_rq *q)
 void spillway_link_push_rq(spillway_hub *hub, spillway_rlink *l, spillway_rq *q)
 {
     q->sent_ms = hub->now;
-    q->wend = l->queued_total + (l->out.len - l->out.off);
+    /* written_total == queued_total + out.off: the end of this request is
+     * queued_total + out.len in the same count. */
+    q->wend = l->queued_total + l->out.len;
     q->next = NULL;
     if (l->tail) l->tail->next = q;
     else l->head = q;
@@ -209,8 +211,32 @@ static void handshake(spillway_hub *hub, spillway_rlink *l)
     spillway_link_write(hub, l);
 }
 
-static void connect_addr(spillway_hub *hub, spillway_rlink *l, const struct sockaddr *sa, socklen_t len)
+static void connect_next(spillway_hub *hub, spillway_rlink *l);
+
+/* The current address failed: the next one, or the link fails. */
+static void try_next_address(spillway_hub *hub, spillway_rlink *l, const char *why)
 {
+    if (l->addr_i + 1 < l->naddr) {
+        if (l->h.fd >= 0) {
+            epoll_ctl(hub->epfd, EPOLL_CTL_DEL, l->h.fd, NULL);
+            close(l->h.fd);
+            l->h.fd = -1;
+        }
+        spillway_resp_reader_free(l->reader);
+        l->reader = NULL;
+        l->addr_i++;
+        connect_next(hub, l);
+        return;
+    }
+    spillway_link_fail(hub, l, "connect", why);
+}
+
+/* Connects to l->addrs[l->addr_i]; a failure moves on to the next address
+ * of the same attempt before the link counts as failed. */
+static void connect_next(spillway_hub *hub, spillway_rlink *l)
+{
+    const struct sockaddr *sa = (const struct sockaddr *)&l->addrs[l->addr_i];
+    socklen_t len = l->addrlens[l->addr_i];
     struct epoll_event ev;
     int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
@@ -232,10 +258,10 @@ static void connect_addr(spillway_hub *hub, spillway_rlink *l, const struct sock
         spillway_link_fail(hub, l, "reader", "out of memory");
         return;
     }
+    if (l->state != SW_LS_CONNECTING) l->deadline = hub->now + hub->cfg.redis.connect_timeout_ms;
     l->state = SW_LS_CONNECTING;
-    l->deadline = hub->now + hub->cfg.redis.connect_timeout_ms;
     if (connect(fd, sa, len) != 0 && errno != EINPROGRESS) {
-        spillway_link_fail(hub, l, "connect", strerror(errno));
+        try_next_address(hub, l, strerror(errno));
         return;
     }
     /* Connected or in progress: EPOLLOUT tells (edge-triggered, it comes
@@ -257,11 +283,19 @@ void spillway_link_start(spillway_hub *hub, spillway_rlink *l)
             return;
         }
         memcpy(un->sun_path, rc->path, strlen(rc->path) + 1);
-        connect_addr(hub, l, (struct sockaddr *)un, sizeof(*un));
+        l->addrs[0] = ss;
+        l->addrlens[0] = sizeof(*un);
+        l->naddr = 1;
+        l->addr_i = 0;
+        connect_next(hub, l);
         return;
     }
     if (spillway_resolve_numeric(rc->host, rc->port, &ss, &len) == 0) {
-        connect_addr(hub, l, (struct sockaddr *)&ss, len);
+        l->addrs[0] = ss;
+        l->addrlens[0] = len;
+        l->naddr = 1;
+        l->addr_i = 0;
+        connect_next(hub, l);
         return;
     }
     /* A name: resolved on a helper thread, never in the loop. */
@@ -286,20 +320,20 @@ void spillway_link_start(spillway_hub *hub, spillway_rlink *l)
 
 static void on_resolved(spillway_hub *hub, spillway_rlink *l)
 {
-    struct sockaddr_storage ss;
-    socklen_t len = 0;
     char err[200];
-    int rc = spillway_resolve_result(l->resolving, &ss, &len, err, sizeof(err));
+    int rc = spillway_resolve_result(l->resolving, l->addrs, l->addrlens, err, sizeof(err));
 
     epoll_ctl(hub->epfd, EPOLL_CTL_DEL, l->rh.fd, NULL);
     spillway_resolve_release(l->resolving);
     l->resolving = NULL;
     l->rh.fd = -1;
-    if (rc != 0) {
+    if (rc < 0) {
         spillway_link_fail(hub, l, "resolve", err);
         return;
     }
-    connect_addr(hub, l, (struct sockaddr *)&ss, len);
+    l->naddr = rc;
+    l->addr_i = 0;
+    connect_next(hub, l);
 }
 
 /* ---- replies ----------------------------------------------------------- */
@@ -350,6 +384,9 @@ static void dispatch(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
         }
         spillway_redis_on_cmd_reply(hub, l, q, v);
         spillway_rq_free(q);
+        /* Redis answers in order: the next request's clock starts now, not
+         * when it was queued behind a long one. */
+        if (l->head != NULL && l->head->sent_ms < hub->now) l->head->sent_ms = hub->now;
     }
 }
 
@@ -404,7 +441,7 @@ void spillway_link_on_event(spillway_hub *hub, spillway_rlink *l, spillway_handl
         if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
         if (getsockopt(l->h.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
         if (err != 0) {
-            spillway_link_fail(hub, l, "connect", strerror(err));
+            try_next_address(hub, l, strerror(err));
             return;
         }
         handshake(hub, l);
@@ -418,6 +455,13 @@ void spillway_link_on_event(spillway_hub *hub, spillway_rlink *l, spillway_handl
 }
 
 /* ---- timers ------------------------------------------------------------ */
+
+/* How long Redis may take on the request at the head of the FIFO. A gap
+ * repair may read many backlogs: it gets more time. */
+static uint64_t head_limit(const spillway_hub *hub, const spillway_rq *q)
+{
+    return (uint64_t)hub->cfg.redis.command_timeout_ms * (q->kind == SW_RQ_REPAIR ? 5u : 1u);
+}
 
 void spillway_link_timers(spillway_hub *hub, spillway_rlink *l)
 {
@@ -433,9 +477,7 @@ void spillway_link_timers(spillway_hub *hub, spillway_rlink *l)
         break;
     case SW_LS_READY:
         if (l->role == SW_LINK_CMD && l->head != NULL) {
-            /* A gap repair may read many backlogs: it gets more time. */
-            uint64_t limit = rc->command_timeout_ms * (l->head->kind == SW_RQ_REPAIR ? 5u : 1u);
-            if (hub->now >= l->head->sent_ms + limit)
+            if (hub->now >= l->head->sent_ms + head_limit(hub, l->head))
                 spillway_link_fail(hub, l, "command", "Redis did not answer in time (command_timeout)");
         } else if (l->role == SW_LINK_SUB) {
             if (l->ping_out && hub->now >= l->ping_deadline) {
@@ -458,7 +500,7 @@ uint64_t spillway_link_next_timer(const spillway_hub *hub, const spillway_rlink 
     case SW_LS_IDLE: return l->retry_at;
     case SW_LS_READY:
         if (l->role == SW_LINK_SUB) return l->ping_out ? l->ping_deadline : l->next_ping;
-        return l->head != NULL ? l->head->sent_ms + hub->cfg.redis.command_timeout_ms : UINT64_MAX;
+        return l->head != NULL ? l->head->sent_ms + head_limit(hub, l->head) : UINT64_MAX;
     default: return l->deadline;
     }
 }

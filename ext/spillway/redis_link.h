@@ -38,8 +38,9 @@ typedef struct spillway_rq {
     bool eval;                 /* sent as EVAL (after a NOSCRIPT) */
     spillway_cmd_publish *pub; /* PUBLISH */
     uint64_t seq;              /* BARRIER: its number; REPAIR: the sub link epoch */
-    uint32_t nch;              /* REPAIR */
-    char **names;              /* REPAIR: channel names (copies) */
+    uint32_t nch;              /* REPAIR: channels in this batch */
+    uint32_t base;             /* REPAIR: index of its first channel in the repair */
+    char **names;              /* unused by the hub's requests (freed if set) */
 } spillway_rq;
 
 typedef struct spillway_rlink {
@@ -57,6 +58,10 @@ typedef struct spillway_rlink {
     uint32_t backoff_ms;
     uint32_t rng;
     spillway_resolve *resolving;
+    /* the addresses of this connection attempt, tried in order */
+    struct sockaddr_storage addrs[SPILLWAY_RESOLVE_MAX];
+    socklen_t addrlens[SPILLWAY_RESOLVE_MAX];
+    int naddr, addr_i;
     uint64_t next_ping, ping_deadline;
     bool ping_out;
     bool ever_ready;

@@ -17,8 +17,9 @@ struct spillway_resolve {
     char *host;
     int port;
     int rc;
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
+    int naddr;
+    struct sockaddr_storage addrs[SPILLWAY_RESOLVE_MAX];
+    socklen_t lens[SPILLWAY_RESOLVE_MAX];
     char err[160];
 };
 
@@ -52,9 +53,16 @@ static void *resolve_main(void *arg)
                  rc != 0 ? gai_strerror(rc) : "no address");
         r->rc = -1;
     } else {
-        memcpy(&r->addr, res->ai_addr, res->ai_addrlen);
-        r->addrlen = res->ai_addrlen;
-        r->rc = 0;
+        /* All of them: "localhost" is ::1 first on Debian, and a Redis that
+         * listens on 127.0.0.1 only must still be found. */
+        for (struct addrinfo *a = res; a != NULL && r->naddr < SPILLWAY_RESOLVE_MAX; a = a->ai_next) {
+            if (a->ai_addrlen > sizeof(r->addrs[0])) continue;
+            memcpy(&r->addrs[r->naddr], a->ai_addr, a->ai_addrlen);
+            r->lens[r->naddr] = a->ai_addrlen;
+            r->naddr++;
+        }
+        r->rc = r->naddr > 0 ? 0 : -1;
+        if (r->rc != 0) snprintf(r->err, sizeof(r->err), "getaddrinfo(%s): no usable address", r->host);
     }
     if (res != NULL) freeaddrinfo(res);
     /* The reactor may have let go already; the eventfd is still ours. */
@@ -105,16 +113,18 @@ int spillway_resolve_fd(const spillway_resolve *r)
     return r->efd;
 }
 
-int spillway_resolve_result(spillway_resolve *r, struct sockaddr_storage *addr, socklen_t *len,
+int spillway_resolve_result(spillway_resolve *r, struct sockaddr_storage *addrs, socklen_t *lens,
                             char *err, size_t errlen)
 {
     if (r->rc != 0) {
         snprintf(err, errlen, "%s", r->err[0] ? r->err : "resolution failed");
         return -1;
     }
-    memcpy(addr, &r->addr, r->addrlen);
-    *len = r->addrlen;
-    return 0;
+    for (int i = 0; i < r->naddr; i++) {
+        addrs[i] = r->addrs[i];
+        lens[i] = r->lens[i];
+    }
+    return r->naddr;
 }
 
 void spillway_resolve_release(spillway_resolve *r)

@@ -19,8 +19,11 @@ typedef struct spillway_resolve spillway_resolve;
  * eventfd spillway_resolve_fd() becomes readable when done. */
 spillway_resolve *spillway_resolve_start(const char *host, int port);
 int spillway_resolve_fd(const spillway_resolve *r);
-/* Once readable: 0 and the first address, or -1 and a message. */
-int spillway_resolve_result(spillway_resolve *r, struct sockaddr_storage *addr, socklen_t *len,
+#define SPILLWAY_RESOLVE_MAX 8
+
+/* Once readable: the number of addresses found (up to SPILLWAY_RESOLVE_MAX,
+ * in getaddrinfo's order) copied to addrs/lens, or -1 and a message. */
+int spillway_resolve_result(spillway_resolve *r, struct sockaddr_storage *addrs, socklen_t *lens,
                             char *err, size_t errlen);
 /* The reactor lets go (done with it, or giving up). */
 void spillway_resolve_release(spillway_resolve *r);

@@ -41,8 +41,17 @@ static int map_type(int t)
 
 static void *create_string(const redisReadTask *task, char *str, size_t len)
 {
-    spillway_frame *f = spillway_frame_copy(str, len);
+    spillway_frame *f;
     spillway_rv *v;
+    if (len > SPILLWAY_FRAME_MAX) {
+        /* Too big to be a frame here: an opaque value the caller drops and
+         * reports, rather than a parse error that would break the link (and
+         * break it again on every read of the same backlog entry). */
+        v = rv_new(task, SW_RV_OTHER);
+        if (v != NULL) v->integer = (long long)len;
+        return v;
+    }
+    f = spillway_frame_copy(str, len);
     if (f == NULL) return NULL;
     v = rv_new(task, map_type(task->type));
     if (v == NULL) {

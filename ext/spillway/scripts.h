@@ -18,9 +18,9 @@
  * Returns the new id. */
 extern const char spillway_lua_publish[];
 
-/* KEYS: id key, then one stream key per channel. ARGV: mode ("c": a client's
- * cursor, report resets; "s": a cursor of our own, no resets; "n": only the
- * last id), TTL seconds, then one cursor per channel. Returns { last id or
+/* KEYS: id key, then one stream key per channel. ARGV: mode ("c": read
+ * after the cursor and report resets, for a client's cursor and for gap
+ * repair; "n": only the last id), TTL seconds, then one cursor per channel. Returns { last id or
  * "", {reset 0/1 per channel}, {channel index (0-based), frame, ...} in id
  * order }. A channel with a reset gets no frames. */
 extern const char spillway_lua_resume[];
