@@ -57,4 +57,56 @@ RSpec.describe "Redis: script cache and host names" do
     client&.close
     server&.stop
   end
+
+  it "closes the streams of a channel an ACL user may not subscribe to, and serves the others" do
+    @redis.call("ACL", "SETUSER", "app", "on", ">s3cret", "~*", "resetchannels", "&spillway:ok:*", "&spillway!*", "+@all")
+    url = "redis://app:s3cret@127.0.0.1:#{@redis.port}"
+    server = AppServer.new(config: { redis_url: url }).start
+    good = SSEClient.open(server.port, "ok:1")
+    good.wait_for_head
+    bad = SSEClient.open(server.port, "no:1")
+    bad.wait_for_head
+    bad.wait_closed(timeout: 10)
+    wait_until { server.stats[:last_error].to_s.include?("NOPERM") }
+    Spillway.configure(redis_url: @redis.url)
+    wait_until(message: "the allowed stream live") do
+      Spillway.publish("ok:1", "allowed")
+      good.pump
+      good.events.any?
+    end
+    expect(good.data.uniq).to eq(["allowed"])
+    expect(server.stats[:connections]).to eq(1)
+  ensure
+    [good, bad].compact.each(&:close)
+    server&.stop
+    @redis.call("ACL", "DELUSER", "app")
+  end
+
+  it "starts a stream with a cursor from the future afresh: a reset, then live messages" do
+    server = AppServer.new(config: { redis_url: @redis.url }).start
+    Spillway.configure(redis_url: @redis.url)
+    Spillway.publish("future", "before")
+    client = SSEClient.open(server.port, "future", cursor: "99999999999999-0")
+    reset = client.wait_for_events(1).first
+    expect(reset.type).to eq("reset")
+    expect(reset.last_event_id).not_to eq("99999999999999-0")
+    Spillway.publish("future", "live")
+    expect(client.wait_for_events(2).last.data).to eq("live")
+  ensure
+    client&.close
+    server&.stop
+  end
+
+  it "resets a resume when there is no backlog (backlog_size 0)" do
+    server = AppServer.new(config: { redis_url: @redis.url, backlog_size: 0 }).start
+    Spillway.configure(redis_url: @redis.url, backlog_size: 0)
+    first = Spillway.publish("nobacklog", "1")
+    Spillway.publish("nobacklog", "2")
+    client = SSEClient.open(server.port, "nobacklog", cursor: first)
+    expect(client.wait_for_events(1).first.type).to eq("reset")
+    expect(@redis.call("EXISTS", "spillway:s:nobacklog")).to eq(0)
+  ensure
+    client&.close
+    server&.stop
+  end
 end
