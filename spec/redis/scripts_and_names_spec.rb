@@ -64,6 +64,8 @@ RSpec.describe "Redis: script cache and host names" do
     server = AppServer.new(config: { redis_url: url }).start
     good = SSEClient.open(server.port, "ok:1")
     good.wait_for_head
+    # Subscribed on its own (Redis refuses a whole SUBSCRIBE batch).
+    wait_until { server.stats[:connections] == 1 && server.stats[:joining].zero? }
     bad = SSEClient.open(server.port, "no:1")
     bad.wait_for_head
     bad.wait_closed(timeout: 10)
