@@ -117,8 +117,14 @@ void spillway_conn_mark_dirty(spillway_hub *hub, spillway_conn *c)
 {
     if (c->flags & (SW_CF_DIRTY | SW_CF_DOOMED)) return;
     c->flags |= SW_CF_DIRTY;
-    c->lnext = hub->dirty;
-    hub->dirty = c;
+    /* Appended, so streams are flushed in the order they were given frames
+     * (the fan-out order, first subscriber first): measured 2-3% less CPU
+     * per delivery than newest first (bench/PROFILE-NOTES.md). dirty_last
+     * means something only while dirty is not NULL. */
+    c->lnext = NULL;
+    if (hub->dirty == NULL) hub->dirty = c;
+    else hub->dirty_last->lnext = c;
+    hub->dirty_last = c;
 }
 
 /* A message for this stream: only when newer than what the stream already
@@ -273,8 +279,14 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
         memset(&msg, 0, sizeof(msg));
         msg.msg_iov = hub->iov;
         msg.msg_iovlen = cnt;
+        /* One frame (the common case when messages do not overlap): send()
+         * skips the msghdr and iovec copy-in sendmsg pays on every call
+         * (~0.2 us per delivery, bench/PROFILE-NOTES.md). */
         do {
-            n = sendmsg(c->h.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (cnt == 1)
+                n = send(c->h.fd, hub->iov[0].iov_base, hub->iov[0].iov_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            else
+                n = sendmsg(c->h.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
         } while (n < 0 && errno == EINTR);
         if (n < 0) {
             int e = errno;

@@ -194,7 +194,7 @@ struct spillway_hub {
     bool stopping;
     spillway_chtab chans;
     spillway_frame *f_head, *f_open, *f_heartbeat, *f_retry;
-    spillway_conn *dirty;
+    spillway_conn *dirty, *dirty_last; /* streams to flush, in the order they were marked */
     spillway_conn *doomed;
     spillway_conn **wheel;
     uint32_t wheel_slots, wheel_pos;
