@@ -60,7 +60,7 @@ WORKLOADS = %w[ramp throughput burst openloop latency fin vanish profile].freeze
 Options = Struct.new(:quick, :systems, :streams, :messages, :burst, :ramp_steps, :live_threads,
                      :latency_seconds, :rate, :vanish_timeout, :workloads, :output, :install,
                      :size, :keep_tmp, :lockstep_messages, :burst_messages, :lockstep_seconds,
-                     :fin_timeout, :skipped, :spillway_rev, :spillway_built, keyword_init: true)
+                     :fin_timeout, :skipped, :spillway_rev, :spillway_built, :rounds, keyword_init: true)
 
 def parse_options(argv)
   o = Options.new(quick: false, systems: SYSTEMS.dup, install: true, rate: 10, burst: 100, size: 0,
@@ -86,6 +86,8 @@ def parse_options(argv)
     op.on("--lockstep-seconds S", Float, "start no new lockstep batch after S seconds (default 10)") do |v|
       o.lockstep_seconds = v
     end
+    op.on("--rounds N", Integer, "one-at-a-time lockstep runs per system, interleaved across the systems; " \
+                                 "the median is reported (default 3, --quick: 1)") { |v| o.rounds = v }
     op.on("--ramp-max N", Integer, "stop the ramp at N streams (default 19000)") { |v| o.ramp_steps = [v] }
     op.on("--live-threads N", Integer, "Puma threads for the live peer (default 5512; " \
                                        "it holds #{LIVE_HEADROOM} streams fewer)") do |v|
@@ -118,6 +120,8 @@ def parse_options(argv)
   o.lockstep_messages ||= quick ? 100 : 2000
   o.burst_messages ||= quick ? 500 : 5000
   o.lockstep_seconds ||= quick ? 2 : 10
+  o.rounds ||= quick ? 1 : 3
+  abort "--rounds must be at least 1" if o.rounds < 1
   o.fin_timeout ||= quick ? 5 : 10
   o.workloads ||= quick ? WORKLOADS - %w[profile] : WORKLOADS.dup
   o.live_threads ||= (quick ? 600 : 5000) + LIVE_HEADROOM
@@ -164,6 +168,7 @@ def main(argv)
   opts.skipped.each { |s| log "SKIPPED: #{s}" }
   log "systems: #{opts.systems.join(', ')}; workloads: #{opts.workloads.join(', ')}; tmp #{tmp}"
   results = opts.systems.map { |name| run_system(name, opts, tmp) }
+  lockstep_rounds(results, opts, tmp)
   finished = Time.now
   # The raw results first: a report that fails must not lose a long run.
   File.write(opts.output.sub(/\.md\z/, ".json"), JSON.pretty_generate(results))

@@ -39,6 +39,13 @@ def ok_run(x)
   x.is_a?(Hash) && !x[:error] ? x : {}
 end
 
+# Every delivery run counted once: the median one-at-a-time run is one of
+# :throughput_runs when there were several.
+def delivery_runs(r, *runs)
+  extra = (r[:throughput_runs] || []).map { |x| ok_run(x) }
+  (runs + extra).uniq(&:object_id)
+end
+
 def metrics(r, opts)
   t = ok_run(r[:throughput])
   b = ok_run(r[:burst])
@@ -73,8 +80,9 @@ def metrics(r, opts)
     release_note: gone.(:vanish, opts.vanish_timeout),
     cpu1: t[:cpu_s_per_million],
     cpu100: b[:cpu_s_per_million],
-    lost: [t, b, o, l].sum { |x| x.dig(:loadgen, "missing").to_i },
-    dup: [t, b, o, l].sum { |x| x.dig(:loadgen, "dup").to_i },
+    lost: delivery_runs(r, t, b, o, l).sum { |x| x.dig(:loadgen, "missing").to_i },
+    dup: delivery_runs(r, t, b, o, l).sum { |x| x.dig(:loadgen, "dup").to_i },
+    rounds1: (r[:throughput_runs] || []).map { |x| ok_run(x).dig(:lockstep, "deliveries_per_s") },
     busy1: [t[:server_busy], t.dig(:lockstep, "loadgen_cpu_busy")],
     busy100: [b[:server_busy], b.dig(:lockstep, "loadgen_cpu_busy")],
     busy_open: o.dig(:loadgen, "cpu_busy_in_window"),
@@ -112,6 +120,10 @@ def results_table(results, m)
   pair = ->(a) { a.all?(&:nil?) ? "–" : "#{fmt(a[0], 2)} / #{fmt(a[1], 2)}" }
   out << "| messages missing (all delivery runs) | #{names.map { |n| fmt(m[n][:lost]) }.join(' | ')} |\n"
   out << "| duplicates (all delivery runs) | #{names.map { |n| fmt(m[n][:dup]) }.join(' | ')} |\n"
+  if names.any? { |n| m[n][:rounds1].size > 1 }
+    runs = names.map { |n| m[n][:rounds1].map { |v| v ? fmt(v) : "failed" }.join(", ").then { |x| x.empty? ? "–" : x } }
+    out << "| deliveries/s, one at a time: every run, in order (the row above is their median) | #{runs.join(' | ')} |\n"
+  end
   out << "| lockstep round p50 (ms), one at a time / burst | " \
          "#{names.map { |n| "#{fmt(m[n][:round1], 1)} / #{fmt(m[n][:round100], 1)}" }.join(' | ')} |\n"
   out << "| CPU busy server / loadgen, one at a time | #{names.map { |n| pair.(m[n][:busy1]) }.join(' | ')} |\n"
@@ -173,7 +185,8 @@ def report(results, opts, started, finished, argv)
          "one at a time and #{opts.burst_messages} in bursts of #{opts.burst}, no new batch after " \
          "#{opts.lockstep_seconds} s once #{LOCKSTEP_MIN_ROUNDS} rounds / #{LOCKSTEP_MIN_BURSTS} bursts are done; " \
          "open loop: #{opts.messages}+ messages; latency: #{opts.rate} msg/s for #{opts.latency_seconds} s; " \
-         "ramp up to #{opts.ramp_steps.last}\n"
+         "ramp up to #{opts.ramp_steps.last}; one-at-a-time lockstep: #{opts.rounds} run(s) per system, " \
+         "interleaved, median reported\n"
   out << "- workloads: #{opts.workloads.join(', ')}#{opts.skipped.empty? ? '' : "; SKIPPED: #{opts.skipped.join('; ')}"}\n"
   out << "- versions: #{versions(opts).map { |k, v| "#{k} #{v}" }.join('; ')}\n\n"
   names = results.map { |r| r[:name] }
@@ -221,6 +234,11 @@ def how_measured(opts)
       write. Deliveries/s = streams × messages of the complete batches / (last receive of the last batch -
       the write of the first). The run starts no new batch after #{opts.lockstep_seconds} s once at least
       #{LOCKSTEP_MIN_ROUNDS} rounds (one at a time) or #{LOCKSTEP_MIN_BURSTS} bursts are complete.
+      One at a time, where Spillway and the ceiling are close, each system is run #{opts.rounds} time(s): once in
+      its turn, then in rounds that take every system again in the same order (each on a fresh server), so
+      that a busy minute on the machine does not fall on one system only; the row is the median run (the
+      lower middle for an even count), its CPU and busy figures are that run's, and every run is listed
+      under the table (`--rounds N`).
     - **deliveries/s, open loop** (what a real app does; not an issue #4 row): `pubgen` publishes one message per
       request and sends the next when the answer is in. nchan and the ceiling answer after their fan-out,
       so this paces them message by message; live, message_bus and Spillway answer once the message is
