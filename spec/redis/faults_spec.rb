@@ -142,12 +142,20 @@ RSpec.describe "Redis faults during a continuous sequence" do
     readers.wait_all(timeout: 60, message: "3000 messages each") { |c| c.events.size >= 3000 }
     readers.clients.each { |c| expect(c.data.map(&:to_i)).to eq((1..3000).to_a) }
     stats = @server.stats
-    expect(stats[:redis_reconnects]).to eq(0)
-    expect(stats[:gap_repairs]).to eq(0)
-    # The lazy one (no name) was dropped by Redis; the app's hub was not.
     subscribers = @redis.call("CLIENT", "LIST", "TYPE", "pubsub").lines
+    # The lazy one (no name) was dropped by Redis.
     expect(subscribers.grep(/name= /)).to be_empty
-    expect(subscribers.grep(/name=spillway-sub-#{@server.stats[:pid]} /).size).to eq(1)
+    expect(subscribers.grep(/name=spillway-sub-#{stats[:pid]} /).size).to eq(1)
+    if Waiting::SLOW == 1
+      # The app's hub kept up: never cut off, nothing to repair.
+      expect(stats[:redis_reconnects]).to eq(0)
+      expect(stats[:gap_repairs]).to eq(0)
+    else
+      # Under valgrind (rake spec:valgrind) Puma runs 10-50x slower and Redis
+      # may cut the hub off too; then every cut must have been repaired (the
+      # sequence check above already saw every message once, in order).
+      expect(stats[:gap_repairs]).to be >= stats[:redis_reconnects]
+    end
   ensure
     readers&.close_all
     stuck&.close
