@@ -165,6 +165,10 @@ RSpec.describe "Redis faults during a continuous sequence" do
       readers.clients.each do |c|
         nums = c.events.reject { |e| e.type == "reset" }.map { |e| e.data.to_i }
         expect(nums).to eq(nums.sort.uniq)
+        # Up to the first reset, nothing is missing either.
+        first_reset = c.events.index { |e| e.type == "reset" } || c.events.size
+        before = c.events.first(first_reset).map { |e| e.data.to_i }
+        expect(before).to eq((1..before.size).to_a)
         expect(nums == (1..3000).to_a || c.events.any? { |e| e.type == "reset" }).to be(true)
       end
     end
