@@ -27,6 +27,12 @@ require "socket"
 require "time"
 require "tmpdir"
 
+# Started under `bundle exec` (as `bundle exec rake bench` does): the top-level
+# bundle's environment (RUBYOPT=-rbundler/setup, BUNDLE_GEMFILE) must not reach
+# the bench's own `bundle install` or the servers it starts, which use
+# bench/Gemfile; on a fresh clone it would make the install fail.
+ENV.replace(Bundler.unbundled_env) if defined?(Bundler) && Bundler.respond_to?(:unbundled_env)
+
 BENCH = File.expand_path(__dir__)
 ROOT = File.expand_path("..", BENCH)
 GEMFILE = File.join(BENCH, "Gemfile")
