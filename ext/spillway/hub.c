@@ -348,7 +348,7 @@ static void run_commands(spillway_hub *hub)
 
 /* ---- the loop ---------------------------------------------------------- */
 
-static void flush_and_close(spillway_hub *hub)
+void spillway_hub_flush_and_close(spillway_hub *hub)
 {
     spillway_conn *c;
     while ((c = hub->dirty) != NULL) {
@@ -367,12 +367,12 @@ static void flush_and_close(spillway_hub *hub)
 
 static void end_iteration(spillway_hub *hub)
 {
-    flush_and_close(hub);
+    spillway_hub_flush_and_close(hub);
     if (hub->redis != NULL) {
         spillway_redis_flush_writes(hub);
         /* A repair that finished there (resets, held frames released)
          * queued frames: out with them now, not at the next wake-up. */
-        if (hub->dirty != NULL || hub->doomed != NULL) flush_and_close(hub);
+        if (hub->dirty != NULL || hub->doomed != NULL) spillway_hub_flush_and_close(hub);
     }
 }
 

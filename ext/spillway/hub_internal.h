@@ -235,6 +235,8 @@ struct spillway_hub {
 void spillway_hub_error(spillway_hub *hub, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void spillway_hub_async_done(spillway_hub *hub, uint64_t seq, bool ok);
+/* The end of a loop iteration: flush the dirty streams, close the doomed. */
+void spillway_hub_flush_and_close(spillway_hub *hub);
 
 /* channel.c */
 int spillway_chtab_init(spillway_chtab *t);

@@ -64,25 +64,6 @@ static spillway_frame *msg(uint64_t seq, size_t pad)
     return f;
 }
 
-/* What the reactor does at the end of an iteration: flush the dirty, close
- * the doomed. */
-static void end_iteration(spillway_hub *hub)
-{
-    spillway_conn *c;
-    while ((c = hub->dirty) != NULL) {
-        hub->dirty = c->lnext;
-        c->lnext = NULL;
-        c->flags &= ~SW_CF_DIRTY;
-        if (!(c->flags & SW_CF_DOOMED)) spillway_conn_flush(hub, c);
-    }
-    while ((c = hub->doomed) != NULL) {
-        hub->doomed = c->dnext;
-        c->dnext = NULL;
-        epoll_ctl(hub->epfd, EPOLL_CTL_DEL, c->h.fd, NULL);
-        spillway_conn_close(hub, c);
-    }
-}
-
 /* A connection on one end of a socketpair; *peer gets the other end. */
 static spillway_conn *socket_conn(spillway_hub *hub, int *peer, int sndbuf)
 {
@@ -99,13 +80,13 @@ static spillway_conn *socket_conn(spillway_hub *hub, int *peer, int sndbuf)
 }
 
 /* Reads whatever the peer has now (non-blocking) and appends it. */
-static void drain(int fd, sse_buf *into)
+static void drain(int fd, tbuf *into)
 {
     char buf[65536];
     for (;;) {
         ssize_t n = read(fd, buf, sizeof(buf));
         if (n > 0) {
-            sse_buf_put(into, buf, (size_t)n);
+            tbuf_put(into, buf, (size_t)n);
             continue;
         }
         break;
@@ -500,7 +481,7 @@ TEST(outbox_partial_writes_resume_in_order)
     spillway_hub *hub = fake_hub(10, 100, 4u << 20);
     int peer;
     spillway_conn *c = socket_conn(hub, &peer, 4096);
-    sse_buf want = {0}, got = {0};
+    tbuf want = {0}, got = {0};
     uint64_t frames = 300, total = 0;
     int rounds = 0;
 
@@ -509,14 +490,14 @@ TEST(outbox_partial_writes_resume_in_order)
          * buffer: it takes several partial writes on its own. */
         spillway_frame *f = msg(i, i % 50 == 0 ? 40000 : (size_t)(50 + (i * 37) % 1500));
         REQUIRE_INT(spillway_conn_push(hub, c, f), ==, 0);
-        sse_buf_put(&want, f->data, f->len);
+        tbuf_put(&want, f->data, f->len);
         total += f->len;
         spillway_frame_unref(f); /* the outbox holds the only reference now */
     }
     CHECK(c->flags & SW_CF_DIRTY);
     CHECK(hub->dirty == c && c->lnext == NULL);
     CHECK_U64(c->out_bytes, ==, total);
-    end_iteration(hub);
+    spillway_hub_flush_and_close(hub);
     CHECK(c->flags & SW_CF_BLOCKED);
     CHECK_U64(c->out_len, >, 0);
 
@@ -544,8 +525,8 @@ TEST(outbox_partial_writes_resume_in_order)
     CHECK_U64(atomic_load(&hub->st_delivered), ==, frames);
     /* The ring that a burst grew is given back once empty. */
     CHECK(c->out == NULL && c->out_cap == 0);
-    sse_buf_free(&want);
-    sse_buf_free(&got);
+    tbuf_free(&want);
+    tbuf_free(&got);
     close(peer);
     spillway_hub_free(hub);
 }
@@ -557,12 +538,12 @@ TEST(outbox_flush_spans_iov_batches)
     spillway_hub *hub = fake_hub(10, 100, 4u << 20);
     int peer;
     spillway_conn *c = socket_conn(hub, &peer, 1 << 20);
-    sse_buf want = {0}, got = {0};
+    tbuf want = {0}, got = {0};
     uint64_t n = 3 * SPILLWAY_IOV_BATCH + 17;
     for (uint64_t i = 1; i <= n; i++) {
         spillway_frame *f = msg(i, 3);
         REQUIRE_INT(spillway_conn_push(hub, c, f), ==, 0);
-        sse_buf_put(&want, f->data, f->len);
+        tbuf_put(&want, f->data, f->len);
         spillway_frame_unref(f);
     }
     spillway_conn_flush(hub, c);
@@ -570,8 +551,8 @@ TEST(outbox_flush_spans_iov_batches)
     drain(peer, &got);
     CHECK_MEM(got.p, got.len, want.p, want.len);
     CHECK_U64(atomic_load(&hub->st_delivered), ==, n);
-    sse_buf_free(&want);
-    sse_buf_free(&got);
+    tbuf_free(&want);
+    tbuf_free(&got);
     hub->dirty = NULL;
     close(peer);
     spillway_hub_free(hub);
@@ -587,7 +568,7 @@ TEST(outbox_cap_applies_after_the_flush)
     spillway_conn *fast = socket_conn(hub, &fast_peer, 1 << 20);
     spillway_conn *slow = socket_conn(hub, &slow_peer, 4096);
     spillway_frame *f = spillway_frame_new(1000), *g = spillway_frame_new(10);
-    sse_buf got = {0};
+    tbuf got = {0};
     REQUIRE(f != NULL && g != NULL);
     memset(f->data, 'x', f->len);
     memset(g->data, 'y', g->len);
@@ -600,7 +581,7 @@ TEST(outbox_cap_applies_after_the_flush)
     CHECK_U64(f->refs, ==, 81);
     CHECK(!(fast->flags & SW_CF_DOOMED) && !(slow->flags & SW_CF_DOOMED));
     /* The flushes of the end of the iteration (the doomed are closed right
-     * after them, in end_iteration below). */
+     * after them, in spillway_hub_flush_and_close below). */
     spillway_conn_flush(hub, fast);
     spillway_conn_flush(hub, slow);
     CHECK(!(fast->flags & SW_CF_DOOMED));
@@ -615,7 +596,7 @@ TEST(outbox_cap_applies_after_the_flush)
     spillway_conn_doom(hub, slow, true);
     CHECK_U64(atomic_load(&hub->st_dropped_slow), ==, 1);
     CHECK(slow->dnext == NULL);
-    end_iteration(hub);
+    spillway_hub_flush_and_close(hub);
 
     /* Its references went, its fd closed, its place was given back; the
      * fast reader has all 40 KB. */
@@ -639,7 +620,7 @@ TEST(outbox_cap_applies_after_the_flush)
         char buf[16];
         CHECK_INT(read(slow_peer, buf, sizeof(buf)), ==, 0);
     }
-    sse_buf_free(&got);
+    tbuf_free(&got);
     spillway_frame_unref(f);
     spillway_frame_unref(g);
     close(fast_peer);
@@ -755,7 +736,7 @@ TEST(wheel_heartbeat_once_per_period_then_write_timeout)
     spillway_hub *hub = fake_hub(10, 100, 1 << 20);
     int peer;
     spillway_conn *c = socket_conn(hub, &peer, 0);
-    sse_buf got = {0};
+    tbuf got = {0};
 
     /* heartbeat 1000 ms over 100 slots: one slot per 10 ms, and a new stream
      * sits in the slot processed last in the current turn. */
@@ -765,7 +746,7 @@ TEST(wheel_heartbeat_once_per_period_then_write_timeout)
     hub->now = T0 + 1000;
     spillway_wheel_tick(hub);
     CHECK_U64(c->out_len, ==, 1);
-    end_iteration(hub);
+    spillway_hub_flush_and_close(hub);
     drain(peer, &got);
     CHECK_MEM(got.p, got.len, ":\n\n", 3);
     CHECK_U64(atomic_load(&hub->st_delivered), ==, 0); /* a comment is not a message */
@@ -787,9 +768,9 @@ TEST(wheel_heartbeat_once_per_period_then_write_timeout)
     CHECK(c->flags & SW_CF_DOOMED);
     CHECK(c->flags & SW_CF_SLOW);
     CHECK_U64(atomic_load(&hub->st_dropped_slow), ==, 1);
-    end_iteration(hub);
+    spillway_hub_flush_and_close(hub);
     CHECK(hub->wheel[99] == NULL);
-    sse_buf_free(&got);
+    tbuf_free(&got);
     close(peer);
     spillway_hub_free(hub);
 }
@@ -848,7 +829,7 @@ TEST(client_input_eof_and_abuse_doom_the_stream)
     wait_event(hub);
     CHECK(noisy->flags & SW_CF_DOOMED);
     CHECK(!(quiet->flags & SW_CF_DOOMED));
-    end_iteration(hub);
+    spillway_hub_flush_and_close(hub);
     CHECK_U64(atomic_load(&hub->st_closed), ==, 2);
     CHECK_U64(atomic_load(&hub->reserved), ==, 1);
     close(p1);
