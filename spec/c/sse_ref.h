@@ -22,7 +22,7 @@
  * encoder does not check UTF-8 (the Ruby layer does).
  *
  * Ownership: sse_parser_free() frees everything the parser and its events
- * hold; sse_buf memory belongs to whatever embeds it. Allocation failure
+ * hold; tbuf memory belongs to whatever embeds it. Allocation failure
  * aborts (tests only).
  */
 #ifndef SPILLWAY_SSE_REF_H
@@ -33,58 +33,21 @@
 #include <string.h>
 
 #include "sse.h"
+#include "tbuf.h"
 
 #define SSE_REF_API static __attribute__((unused))
 
-typedef struct sse_buf {
-    char *p;
-    size_t len, cap;
-} sse_buf;
-
-SSE_REF_API void sse_buf_put(sse_buf *b, const void *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 32;
-        while (cap < b->len + n + 1) cap *= 2;
-        b->p = realloc(b->p, cap);
-        if (b->p == NULL) abort();
-        b->cap = cap;
-    }
-    if (n > 0) memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0'; /* handy for printing; never part of len */
-}
-
-SSE_REF_API void sse_buf_set(sse_buf *b, const void *s, size_t n)
-{
-    b->len = 0;
-    sse_buf_put(b, s, n);
-}
-
-SSE_REF_API void sse_buf_free(sse_buf *b)
-{
-    free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
-}
-
-/* s as an empty-safe pointer for memcmp and printing. */
-SSE_REF_API const char *sse_buf_str(const sse_buf *b)
-{
-    return b->p ? b->p : "";
-}
-
 typedef struct sse_event {
-    sse_buf id;     /* lastEventId at dispatch */
+    tbuf id;     /* lastEventId at dispatch */
     bool id_field;  /* this event's block had an id field */
-    sse_buf type;   /* "message" when the stream gave none */
-    sse_buf data;
+    tbuf type;   /* "message" when the stream gave none */
+    tbuf data;
 } sse_event;
 
 typedef struct sse_parser {
-    sse_buf line;  /* the line being read, without its terminator */
+    tbuf line;  /* the line being read, without its terminator */
     bool skip_lf;  /* the last line ended with CR: an LF right after belongs to it */
-    sse_buf data, type, last_id;
+    tbuf data, type, last_id;
     bool id_field;
     sse_event *events;
     size_t nevents, capevents;
@@ -104,15 +67,15 @@ SSE_REF_API void sse_parser_init(sse_parser *p)
 SSE_REF_API void sse_parser_free(sse_parser *p)
 {
     for (size_t i = 0; i < p->nevents; i++) {
-        sse_buf_free(&p->events[i].id);
-        sse_buf_free(&p->events[i].type);
-        sse_buf_free(&p->events[i].data);
+        tbuf_free(&p->events[i].id);
+        tbuf_free(&p->events[i].type);
+        tbuf_free(&p->events[i].data);
     }
     free(p->events);
-    sse_buf_free(&p->line);
-    sse_buf_free(&p->data);
-    sse_buf_free(&p->type);
-    sse_buf_free(&p->last_id);
+    tbuf_free(&p->line);
+    tbuf_free(&p->data);
+    tbuf_free(&p->type);
+    tbuf_free(&p->last_id);
     sse_parser_init(p);
 }
 
@@ -132,12 +95,12 @@ SSE_REF_API void sse_ref_dispatch(sse_parser *p)
     }
     e = &p->events[p->nevents++];
     memset(e, 0, sizeof(*e));
-    sse_buf_set(&e->id, p->last_id.p, p->last_id.len);
+    tbuf_set(&e->id, p->last_id.p, p->last_id.len);
     e->id_field = had_id;
-    if (p->type.len > 0) sse_buf_set(&e->type, p->type.p, p->type.len);
-    else sse_buf_set(&e->type, "message", 7);
+    if (p->type.len > 0) tbuf_set(&e->type, p->type.p, p->type.len);
+    else tbuf_set(&e->type, "message", 7);
     /* The data buffer always ends with the LF its last data line added. */
-    sse_buf_set(&e->data, p->data.p, p->data.len - 1);
+    tbuf_set(&e->data, p->data.p, p->data.len - 1);
     p->data.len = 0;
     p->type.len = 0;
 }
@@ -169,13 +132,13 @@ SSE_REF_API void sse_ref_line(sse_parser *p)
         }
     }
     if (flen == 5 && memcmp(l, "event", 5) == 0) {
-        sse_buf_set(&p->type, value, vlen);
+        tbuf_set(&p->type, value, vlen);
     } else if (flen == 4 && memcmp(l, "data", 4) == 0) {
-        sse_buf_put(&p->data, value, vlen);
-        sse_buf_put(&p->data, "\n", 1);
+        tbuf_put(&p->data, value, vlen);
+        tbuf_put(&p->data, "\n", 1);
     } else if (flen == 2 && memcmp(l, "id", 2) == 0) {
         if (memchr(value, '\0', vlen) == NULL) {
-            sse_buf_set(&p->last_id, value, vlen);
+            tbuf_set(&p->last_id, value, vlen);
             p->id_field = true;
         }
     } else if (flen == 5 && memcmp(l, "retry", 5) == 0) {
@@ -211,7 +174,7 @@ SSE_REF_API void sse_parser_feed(sse_parser *p, const char *s, size_t n)
             p->line.len = 0;
             p->skip_lf = c == '\r';
         } else {
-            sse_buf_put(&p->line, &c, 1);
+            tbuf_put(&p->line, &c, 1);
         }
     }
 }

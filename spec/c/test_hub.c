@@ -91,8 +91,8 @@ typedef struct client {
     int fd;           /* our end of the pair */
     bool want_head;   /* attached with SPILLWAY_ATTACH_HEAD */
     bool head_done;
-    sse_buf head;     /* the HTTP head, through its blank line */
-    sse_buf body;     /* every byte after the head */
+    tbuf head;     /* the HTTP head, through its blank line */
+    tbuf body;     /* every byte after the head */
     sse_parser p;
     bool eof;
 } client;
@@ -141,15 +141,15 @@ static void client_close(client *c)
     if (c->fd >= 0) close(c->fd);
     c->fd = -1;
     sse_parser_free(&c->p);
-    sse_buf_free(&c->head);
-    sse_buf_free(&c->body);
+    tbuf_free(&c->head);
+    tbuf_free(&c->body);
 }
 
 static void client_feed(client *c, const char *s, size_t n)
 {
     if (c->want_head && !c->head_done) {
         char *end;
-        sse_buf_put(&c->head, s, n);
+        tbuf_put(&c->head, s, n);
         end = memmem(c->head.p, c->head.len, "\r\n\r\n", 4);
         if (end == NULL) return;
         {
@@ -158,13 +158,13 @@ static void client_feed(client *c, const char *s, size_t n)
             c->head.len = headlen;
             s = c->head.p + headlen;
             n = rest;
-            sse_buf_put(&c->body, s, n);
+            tbuf_put(&c->body, s, n);
             sse_parser_feed(&c->p, s, n);
             c->head.p[headlen] = '\0';
             return;
         }
     }
-    sse_buf_put(&c->body, s, n);
+    tbuf_put(&c->body, s, n);
     sse_parser_feed(&c->p, s, n);
 }
 
@@ -211,12 +211,12 @@ static bool client_until_eof(client *c, uint64_t ms)
 /* The data of every event, joined with '|', for short order assertions. */
 static char *datas(client *c)
 {
-    sse_buf b = {0};
+    tbuf b = {0};
     for (size_t i = 0; i < EVENTS(c); i++) {
-        if (i > 0) sse_buf_put(&b, "|", 1);
-        sse_buf_put(&b, EV(c, i)->data.p, EV(c, i)->data.len);
+        if (i > 0) tbuf_put(&b, "|", 1);
+        tbuf_put(&b, EV(c, i)->data.p, EV(c, i)->data.len);
     }
-    sse_buf_put(&b, "", 0);
+    tbuf_put(&b, "", 0);
     return b.p;
 }
 
@@ -313,11 +313,11 @@ TEST(head_opening_and_frames_in_order)
     CHECK(CLIENT_UNTIL(&b, EVENTS(&b) >= 3, DEADLINE_MS));
     CHECK(a.head_done);
     {
-        sse_buf want = {0};
-        sse_buf_put(&want, HEAD, sizeof(HEAD) - 1);
-        sse_buf_put(&want, "X-Test: yes\r\n\r\n", 15);
+        tbuf want = {0};
+        tbuf_put(&want, HEAD, sizeof(HEAD) - 1);
+        tbuf_put(&want, "X-Test: yes\r\n\r\n", 15);
         CHECK_MEM(a.head.p, a.head.len, want.p, want.len);
-        sse_buf_free(&want);
+        tbuf_free(&want);
     }
     /* The opening: a comment (for proxies that wait for body bytes) and the
      * reconnection delay, before any event. */

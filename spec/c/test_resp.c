@@ -5,30 +5,12 @@
  */
 #include "check.h"
 #include "resp.h"
+#include "tbuf.h"
 
 /* ---- a canonical text form of a reply, to compare trees in one go ------ */
 
-typedef struct strbuf {
-    char *p;
-    size_t len, cap;
-} strbuf;
-
-static void sb_put(strbuf *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->len + n + 1) cap *= 2;
-        b->p = realloc(b->p, cap);
-        if (b->p == NULL) abort();
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_fmt(strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_fmt(strbuf *b, const char *fmt, ...)
+static void sb_fmt(tbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_fmt(tbuf *b, const char *fmt, ...)
 {
     char tmp[128];
     va_list ap;
@@ -36,12 +18,12 @@ static void sb_fmt(strbuf *b, const char *fmt, ...)
     va_start(ap, fmt);
     n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
     va_end(ap);
-    sb_put(b, tmp, (size_t)n);
+    tbuf_put(b, tmp, (size_t)n);
 }
 
 /* Bytes, with anything unprintable as \xNN; long strings by length and a
  * checksum only, so expectations stay short. */
-static void sb_bytes(strbuf *b, const char *s, size_t n)
+static void sb_bytes(tbuf *b, const char *s, size_t n)
 {
     if (n > 64) {
         uint32_t h = 2166136261u;
@@ -52,17 +34,17 @@ static void sb_bytes(strbuf *b, const char *s, size_t n)
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c < 32 || c >= 127 || c == '\\') sb_fmt(b, "\\x%02x", c);
-        else sb_put(b, (const char *)&c, 1);
+        else tbuf_put(b, (const char *)&c, 1);
     }
 }
 
 /* STRING s<len>:<bytes>  STATUS +<text>  ERROR -<text>  INTEGER :<n>
  * NIL _  ARRAY [a,b]. Also checks what every string must be: a fresh frame
  * with one reference and no id. */
-static void describe(strbuf *b, const spillway_rv *v)
+static void describe(tbuf *b, const spillway_rv *v)
 {
     if (v == NULL) {
-        sb_put(b, "NULL", 4);
+        tbuf_put(b, "NULL", 4);
         return;
     }
     if (v->type == SW_RV_STRING || v->type == SW_RV_STATUS || v->type == SW_RV_ERROR) {
@@ -78,11 +60,11 @@ static void describe(strbuf *b, const spillway_rv *v)
         sb_bytes(b, v->str->data, v->str->len);
         break;
     case SW_RV_STATUS:
-        sb_put(b, "+", 1);
+        tbuf_put(b, "+", 1);
         sb_bytes(b, v->str->data, v->str->len);
         break;
     case SW_RV_ERROR:
-        sb_put(b, "-", 1);
+        tbuf_put(b, "-", 1);
         sb_bytes(b, v->str->data, v->str->len);
         break;
     case SW_RV_INTEGER:
@@ -91,16 +73,16 @@ static void describe(strbuf *b, const spillway_rv *v)
         break;
     case SW_RV_NIL:
         CHECK(v->str == NULL && v->elements == 0);
-        sb_put(b, "_", 1);
+        tbuf_put(b, "_", 1);
         break;
     case SW_RV_ARRAY:
         CHECK(v->str == NULL);
-        sb_put(b, "[", 1);
+        tbuf_put(b, "[", 1);
         for (size_t i = 0; i < v->elements; i++) {
-            if (i > 0) sb_put(b, ",", 1);
+            if (i > 0) tbuf_put(b, ",", 1);
             describe(b, v->element[i]);
         }
-        sb_put(b, "]", 1);
+        tbuf_put(b, "]", 1);
         break;
     default:
         sb_fmt(b, "?%d", v->type);
@@ -149,15 +131,15 @@ static const sample SAMPLES[] = {
  * and the reply spans many feeds). */
 static char *stream_bytes(size_t *len, char **bigp, size_t *biglen)
 {
-    strbuf b = {0};
+    tbuf b = {0};
     size_t n = 200000;
     char *big = malloc(n);
     REQUIRE(big != NULL);
     for (size_t i = 0; i < n; i++) big[i] = (char)(i * 7 + 3);
-    for (size_t i = 0; i < NSAMPLES; i++) sb_put(&b, SAMPLES[i].wire, SAMPLES[i].len);
+    for (size_t i = 0; i < NSAMPLES; i++) tbuf_put(&b, SAMPLES[i].wire, SAMPLES[i].len);
     sb_fmt(&b, "$%zu\r\n", n);
-    sb_put(&b, big, n);
-    sb_put(&b, "\r\n", 2);
+    tbuf_put(&b, big, n);
+    tbuf_put(&b, "\r\n", 2);
     *len = b.len;
     *bigp = big;
     *biglen = n;
@@ -167,10 +149,10 @@ static char *stream_bytes(size_t *len, char **bigp, size_t *biglen)
 /* Checks the reply at position idx of the conversation. */
 static void check_reply(size_t idx, spillway_rv *v, const char *big, size_t biglen)
 {
-    strbuf d = {0};
+    tbuf d = {0};
     if (idx < NSAMPLES) {
         describe(&d, v);
-        if (d.p == NULL) sb_put(&d, "", 0);
+        if (d.p == NULL) tbuf_put(&d, "", 0);
         CHECK_STR(d.p, SAMPLES[idx].want);
     } else {
         CHECK(idx == NSAMPLES);
@@ -344,7 +326,7 @@ static char *parse_back(const spillway_buf *b)
     spillway_resp_reader *r = spillway_resp_reader_new();
     spillway_rv *v = NULL;
     const char *err = NULL;
-    strbuf d = {0};
+    tbuf d = {0};
     if (r == NULL) abort();
     if (spillway_resp_feed(r, b->data + b->off, b->len - b->off, &err) != 0 ||
         spillway_resp_next(r, &v, &err) != 1) {
