@@ -153,80 +153,63 @@ ensure
   lg&.close!
 end
 
-# Time until the server lets go of a client whose socket told it so: one
-# stream from 127.0.0.#{FIN_ADDR}, the client process is killed (its kernel
-# sends FIN, or RST when unread bytes were left) while a message a second is
-# published; released = no ESTABLISHED or CLOSE-WAIT socket to that address
-# on the server's port (CLOSE-WAIT: the FIN arrived but the server has not
-# closed its end). Needs no root.
-def fin_release(srv, opts, tmp)
-  channel = "fin"
+# Time until the server lets go of one stream from 127.0.0.#{n} after its
+# client process is killed, while a message a second is published on the
+# channel (so servers that only notice on write get writes). `held` counts the
+# server's sockets to that address; `isolate`, when given, runs once the
+# server holds the stream and returns what undoes it.
+def release_after_kill(srv, opts, tmp, channel:, n:, timeout:, interval:, digits:, held:, isolate: nil)
   warm_up(srv, opts)
-  addr = "127.0.0.#{FIN_ADDR}"
-  lg = loadgen([*srv.lg_args(channel), "-H", "-R", "-c", "1", "-a", "#{FIN_ADDR}-#{FIN_ADDR}",
-                srv.sub_url(channel)], tmp, stdin: true)
+  addr = "127.0.0.#{n}"
+  lg = loadgen([*srv.lg_args(channel), "-H", "-R", "-c", "1", "-a", "#{n}-#{n}", srv.sub_url(channel)],
+               tmp, stdin: true)
   ready = lg.wait_event("ready", 30)
   return { error: "the client did not connect" } unless ready["connected"] == 1
 
-  wait_until("the server side of the stream", 10) { held_sockets(srv.port, addr) >= 1 }
-  ticker = Process.spawn(File.join(BENCH, "pubgen"), "-m", srv.pub_mode, "-n", (opts.fin_timeout + 30).to_s,
-                         "-R", "1", "-s", opts.size.to_s, "-t", (opts.fin_timeout + 5).to_s, srv.pub_url(channel),
+  wait_until("the server side of the stream", 10) { held.call(addr) >= 1 }
+  undo = isolate&.call(addr)
+  ticker = Process.spawn(File.join(BENCH, "pubgen"), "-m", srv.pub_mode, "-n", (timeout + 30).to_s,
+                         "-R", "1", "-s", opts.size.to_s, "-t", (timeout + 5).to_s, srv.pub_url(channel),
                          out: File::NULL, err: File::NULL)
   begin
     t0 = mono
     lg.kill9
-    released = nil
-    begin
-      wait_until("release", opts.fin_timeout, interval: 0.01) { held_sockets(srv.port, addr).zero? }
-      released = mono - t0
+    released = begin
+      wait_until("release", timeout, interval: interval) { held.call(addr).zero? }
+      mono - t0
     rescue RuntimeError
-      released = nil
+      nil
     end
-    { released_s: released&.round(3), timeout_s: opts.fin_timeout }
+    { released_s: released&.round(digits), timeout_s: timeout }
   ensure
+    undo&.call
     stop_process(ticker, grace: 2)
   end
 ensure
   lg&.close!
 end
 
-# Time until the server lets go of a client that vanished without FIN or RST:
-# open one stream from 127.0.0.251, drop every packet to and from that address
-# on lo with iptables, kill the client (its FIN is dropped too) and watch the
-# server's ESTABLISHED sockets to that address while a message a second is
-# published on the channel (so servers that only notice on write get writes).
-def vanish(srv, opts, tmp)
-  channel = "vanish"
-  warm_up(srv, opts)
-  lg = loadgen([*srv.lg_args(channel), "-H", "-R", "-c", "1", "-a", "#{VANISH_ADDR}-#{VANISH_ADDR}",
-                srv.sub_url(channel)], tmp, stdin: true)
-  ready = lg.wait_event("ready", 30)
-  return { error: "the vanishing client did not connect" } unless ready["connected"] == 1
+# A client whose socket told the server: its kernel sends FIN (or RST when
+# unread bytes were left). Released = no ESTABLISHED or CLOSE-WAIT socket to
+# that address on the server's port (CLOSE-WAIT: the FIN arrived but the
+# server has not closed its end). Needs no root.
+def fin_release(srv, opts, tmp)
+  release_after_kill(srv, opts, tmp, channel: "fin", n: FIN_ADDR, timeout: opts.fin_timeout,
+                                     interval: 0.01, digits: 3, held: ->(addr) { held_sockets(srv.port, addr) })
+end
 
-  addr = "127.0.0.#{VANISH_ADDR}"
-  wait_until("the server side of the stream", 10) { established(srv.port, dst: addr) >= 1 }
-  rules = [%w[-s], %w[-d]].map { |dir| ["INPUT", "-i", "lo", *dir, addr, "-m", "comment", "--comment", IPT_TAG, "-j", "DROP"] }
-  rules.each { |r| system("iptables", "-I", *r) or raise "iptables -I failed (root needed)" }
-  ticker = Process.spawn(File.join(BENCH, "pubgen"), "-m", srv.pub_mode, "-n", (opts.vanish_timeout + 30).to_s,
-                         "-R", "1", "-s", opts.size.to_s, "-t", (opts.vanish_timeout + 5).to_s, srv.pub_url(channel),
-                         out: File::NULL, err: File::NULL)
-  begin
-    t0 = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-    lg.kill9
-    released = nil
-    begin
-      wait_until("release", opts.vanish_timeout, interval: 0.25) { established(srv.port, dst: addr).zero? }
-      released = Process.clock_gettime(Process::CLOCK_MONOTONIC) - t0
-    rescue RuntimeError
-      released = nil
-    end
-    { released_s: released&.round(2), timeout_s: opts.vanish_timeout }
-  ensure
-    rules.each { |r| system("iptables", "-D", *r, err: File::NULL) }
-    stop_process(ticker, grace: 2)
+# A client that vanished without FIN or RST: iptables drops every packet to
+# and from 127.0.0.#{VANISH_ADDR} on lo before the client is killed (its FIN
+# is dropped too); released = no ESTABLISHED socket to that address.
+def vanish(srv, opts, tmp)
+  isolate = lambda do |addr|
+    rules = [%w[-s], %w[-d]].map { |dir| ["INPUT", "-i", "lo", *dir, addr, "-m", "comment", "--comment", IPT_TAG, "-j", "DROP"] }
+    rules.each { |r| system("iptables", "-I", *r) or raise "iptables -I failed (root needed)" }
+    -> { rules.each { |r| system("iptables", "-D", *r, err: File::NULL) } }
   end
-ensure
-  lg&.close!
+  release_after_kill(srv, opts, tmp, channel: "vanish", n: VANISH_ADDR, timeout: opts.vanish_timeout,
+                                     interval: 0.25, digits: 2, held: ->(addr) { established(srv.port, dst: addr) },
+                                     isolate: isolate)
 end
 
 # A throughput run whose window is shorter than MIN_WINDOW_S says little (a
