@@ -263,7 +263,6 @@ void spillway_conn_send_reset(spillway_hub *hub, spillway_conn *c, const bool *r
 void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
 {
     while (c->out_len > 0 && !(c->flags & (SW_CF_DOOMED | SW_CF_BLOCKED))) {
-        struct msghdr msg;
         uint32_t cnt = SW_MIN(c->out_len, (uint32_t)SPILLWAY_IOV_BATCH);
         size_t want = 0;
         ssize_t n;
@@ -276,17 +275,16 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
             hub->iov[i].iov_len = f->len - off;
             want += f->len - off;
         }
-        memset(&msg, 0, sizeof(msg));
-        msg.msg_iov = hub->iov;
-        msg.msg_iovlen = cnt;
         /* One frame (the common case when messages do not overlap): send()
          * skips the msghdr and iovec copy-in sendmsg pays on every call
          * (~0.2 us per delivery, bench/PROFILE-NOTES.md). */
         do {
-            if (cnt == 1)
+            if (cnt == 1) {
                 n = send(c->h.fd, hub->iov[0].iov_base, hub->iov[0].iov_len, MSG_NOSIGNAL | MSG_DONTWAIT);
-            else
+            } else {
+                struct msghdr msg = {.msg_iov = hub->iov, .msg_iovlen = cnt};
                 n = sendmsg(c->h.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+            }
         } while (n < 0 && errno == EINTR);
         if (n < 0) {
             int e = errno;
