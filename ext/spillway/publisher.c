@@ -28,7 +28,7 @@ typedef struct pconn {
 
 struct spillway_publisher {
     spillway_redis_config cfg; /* strings owned */
-    char *idkey, *key_prefix, *chan_prefix;
+    char *idkey, *sincekey, *key_prefix, *chan_prefix;
     size_t key_prefix_len, chan_prefix_len;
     pthread_mutex_t lock;
     pconn pool[POOL_MAX];
@@ -66,9 +66,10 @@ int spillway_publisher_new(const spillway_redis_config *cfg, spillway_publisher 
     p->cfg.password = dup0(cfg->password);
     p->cfg.ns = dup0(ns);
     p->idkey = join(ns, ":id");
+    p->sincekey = join(ns, ":since");
     p->key_prefix = join(ns, ":s:");
     p->chan_prefix = join(ns, ":");
-    if (p->cfg.ns == NULL || p->idkey == NULL || p->key_prefix == NULL || p->chan_prefix == NULL) {
+    if (p->cfg.ns == NULL || p->idkey == NULL || p->sincekey == NULL || p->key_prefix == NULL || p->chan_prefix == NULL) {
         spillway_publisher_free(p);
         goto oom;
     }
@@ -366,13 +367,13 @@ void spillway_publish_cursor(spillway_publish_call *c)
     spillway_publisher *p = c->p;
     redisContext *ctx = pool_take(p);
     redisReply *rep;
-    const char *argv[4] = {"EVAL", spillway_lua_cursor, "1", p->idkey};
+    const char *argv[5] = {"EVAL", spillway_lua_cursor, "2", p->idkey, p->sincekey};
 
     c->rc = 0;
     c->id[0] = '\0';
     if (ctx == NULL) ctx = connect_new(p, c);
     if (ctx == NULL) return;
-    rep = set_call_fd(c, ctx->fd) ? NULL : run(ctx, 4, argv, NULL);
+    rep = set_call_fd(c, ctx->fd) ? NULL : run(ctx, 5, argv, NULL);
     set_call_fd(c, -1);
     if (rep == NULL) {
         set_err(c, call_interrupted(c) ? -EINTR : -EIO,
@@ -431,6 +432,7 @@ void spillway_publisher_free(spillway_publisher *p)
     free((char *)p->cfg.password);
     free((char *)p->cfg.ns);
     free(p->idkey);
+    free(p->sincekey);
     free(p->key_prefix);
     free(p->chan_prefix);
     pthread_mutex_destroy(&p->lock);

@@ -62,16 +62,21 @@ const char spillway_lua_resume[] =
     "local mode, ttl = ARGV[1], tonumber(ARGV[2])\n"
     "local last = redis.call('GET', KEYS[1])\n"
     "local lms, lseq = parse(last)\n"
+    "local sms, sseq = parse(redis.call('GET', KEYS[2]))\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local resets, entries = {}, {}\n"
-    "for i = 1, #KEYS - 1 do\n"
+    "for i = 1, #KEYS - 2 do\n"
     "  resets[i] = 0\n"
-    "  local key, cursor = KEYS[i + 1], ARGV[2 + i]\n"
+    "  local key, cursor = KEYS[i + 2], ARGV[2 + i]\n"
     "  local cms, cseq = parse(cursor)\n"
     "  if mode ~= 'n' and cms then\n"
     "    if mode == 'c' and (not lms or after(cms, cseq, lms, lseq)) then\n"
     "      -- A cursor from the future, or Redis lost the id key: nothing can be told.\n"
+    "      resets[i] = 1\n"
+    "    elseif mode == 'c' and sms and after(sms, sseq, cms, cseq) then\n"
+    "      -- This Redis's history starts after the cursor (it lost its data\n"
+    "      -- and started afresh): what came in between is gone.\n"
     "      resets[i] = 1\n"
     "    else\n"
     "      local items = redis.call('XRANGE', key, '(' .. cursor, '+')\n"
@@ -99,22 +104,24 @@ const char spillway_lua_resume[] =
     "table.sort(entries, function(a, b) return after(b[1], b[2], a[1], a[2]) end)\n"
     "local flat = {}\n"
     "for _, e in ipairs(entries) do flat[#flat + 1] = e[3]; flat[#flat + 1] = e[4] end\n"
-    "return {last or '', resets, flat}\n";
+    "return {last or string.format('%d-0', now), resets, flat}\n";
 
 const char spillway_lua_cursor[] =
     "local v = redis.call('GET', KEYS[1])\n"
     "if v then return v end\n"
     "local t = redis.call('TIME')\n"
     "v = string.format('%d-0', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))\n"
-    "if redis.call('SET', KEYS[1], v, 'NX') then return v end\n"
-    "return redis.call('GET', KEYS[1])\n";
+    "redis.call('SET', KEYS[1], v)\n"
+    "redis.call('SET', KEYS[2], v)\n"
+    "return v\n";
 
 const char spillway_lua_barrier[] =
     "local v = redis.call('GET', KEYS[1])\n"
     "if not v then\n"
     "  local t = redis.call('TIME')\n"
     "  v = string.format('%d-0', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))\n"
-    "  if not redis.call('SET', KEYS[1], v, 'NX') then v = redis.call('GET', KEYS[1]) end\n"
+    "  redis.call('SET', KEYS[1], v)\n"
+    "  redis.call('SET', KEYS[2], v)\n"
     "end\n"
     "redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. v)\n"
     "return v\n";

@@ -5,6 +5,12 @@
  *
  * Keys of a namespace NS:
  *   NS:id        the last message id issued ("<ms>-<seq>"), for all channels
+ *   NS:since     where this Redis's history of the namespace begins: the id
+ *                at which NS:id was created from nothing (a fresh namespace,
+ *                or a Redis that lost its data: restarted without
+ *                persistence, FLUSHALL, failover to an empty replica). A
+ *                cursor older than it cannot be served: reset. Absent in a
+ *                namespace created before Spillway wrote it (no check then).
  *   NS:s:<name>  the backlog of channel <name>: a capped stream whose entry ids
  *                are the message ids; field "f" holds the whole frame, field
  *                "p" the id of the channel's previous message
@@ -18,19 +24,22 @@
  * Returns the new id. */
 extern const char spillway_lua_publish[];
 
-/* KEYS: id key, then one stream key per channel. ARGV: mode ("c": read
- * after the cursor and report resets, for a client's cursor and for gap
- * repair; "n": only the last id), TTL seconds, then one cursor per channel. Returns { last id or
- * "", {reset 0/1 per channel}, {channel index (0-based), frame, ...} in id
- * order }. A channel with a reset gets no frames. */
+/* KEYS: id key, since key, then one stream key per channel. ARGV: mode
+ * ("c": read after the cursor and report resets, for a client's cursor and
+ * for gap repair; "n": only the last id), TTL seconds, then one cursor per
+ * channel. Returns { the last id (Redis's clock as "<ms>-0" when the
+ * namespace has none), {reset 0/1 per channel}, {channel index (0-based),
+ * frame, ...} in id order }. Element 1 is the point the read saw: every
+ * message up to it is in the reply or behind a reset. A channel with a
+ * reset gets no frames. */
 extern const char spillway_lua_resume[];
 
-/* KEYS: id key. Returns the last id issued; when the namespace has none
- * yet, starts it at Redis's clock (so a cursor taken before the first
- * publish is valid). */
+/* KEYS: id key, since key. Returns the last id issued; when the namespace
+ * has none yet, starts it (and its history, NS:since) at Redis's clock, so
+ * a cursor taken before the first publish is valid. */
 extern const char spillway_lua_cursor[];
 
-/* KEYS: id key. ARGV: the hub's private control channel, a barrier number.
+/* KEYS: id key, since key. ARGV: the hub's private control channel, a barrier number.
  * Takes the cursor (as spillway_lua_cursor) and PUBLISHes "<number> <id>"
  * on the control channel: arriving on the subscriber link in order, it
  * tells the hub that every message up to that id has arrived or was
