@@ -433,6 +433,7 @@ void spillway_conn_close(spillway_hub *hub, spillway_conn *c)
     c->out = NULL;
     for (uint32_t i = 0; i < c->held_len; i++) spillway_frame_unref(c->held[i]);
     free(c->held);
+    free(c->pend_reset);
     c->held = NULL;
     c->held_len = 0;
     /* The caller removed the fd from the epoll set (a copy of it may live

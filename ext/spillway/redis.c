@@ -46,8 +46,10 @@
 #define SUBSCRIBE_BATCH 1000u
 #define HELD_MAX_FRAMES 200000u
 #define REPAIR_BATCH 256u
-#define REPAIR_ATTEMPTS 3u
+#define REPAIR_ATTEMPTS 3u /* malformed replies only: errors and lost links are retried */
 #define BARRIER_RETRY_MS 100u
+#define RETRY_MIN_MS 50u   /* backoff of a backlog read that Redis refused for now */
+#define RETRY_MAX_MS 2000u
 
 struct held_item {
     spillway_frame *f;
@@ -63,6 +65,11 @@ struct repair_acc {
     char **names;   /* every channel of the repair */
     uint8_t *reset; /* per name */
     uint32_t nnames;
+    /* The oldest point any batch read saw (each reply's element 1): every
+     * message up to it is in the repair or behind a reset; every later one
+     * arrives live (it was published after the barriers), so it is held. */
+    spillway_id seen;
+    bool have_seen;
 };
 
 typedef struct spillway_redis spillway_redis;
@@ -74,6 +81,7 @@ struct spillway_redis {
     char *key_prefix; /* "NS:s:" */
     size_t key_prefix_len;
     char *idkey;      /* "NS:id" */
+    char *sincekey;   /* "NS:since" */
     char *ctl;        /* "NS!<pid>.<random>": this hub's control channel */
     size_t ctl_len;
     int ctl_state;    /* SW_RS_NONE, SW_RS_SENT, SW_RS_ACTIVE */
@@ -88,7 +96,11 @@ struct spillway_redis {
     spillway_id repair_cursor;
     uint64_t sub_epoch;
     uint32_t repair_outstanding; /* batches sent and not answered */
-    uint32_t repair_failures;    /* attempts that failed, this repair */
+    uint32_t repair_failures;    /* attempts answered with a malformed reply, this repair */
+    uint64_t repair_retry_at;    /* after Redis refused a repair read (LOADING, BUSY, ...) */
+    uint32_t repair_backoff_ms;
+    uint64_t resume_retry_at;    /* after Redis refused a resume read */
+    uint32_t resume_backoff_ms;
     struct repair_acc acc;
     struct held_item *held;
     size_t held_len, held_cap;
@@ -150,6 +162,17 @@ static void update_connected(spillway_hub *hub)
 {
     spillway_redis *r = R(hub);
     STAT_SET(hub, st_redis_connected, r->sub.state == SW_LS_READY && r->cmd.state == SW_LS_READY ? 1 : 0);
+}
+
+/* A backlog read that Redis refused for now (LOADING while it reads its
+ * AOF, BUSY, MASTERDOWN, OOM, a paused client timing out...) is sent again
+ * after a growing pause, never turned into a reset: the backlog may still
+ * serve it. Returns when to try next. */
+static uint64_t retry_later(spillway_hub *hub, uint32_t *backoff_ms)
+{
+    *backoff_ms = *backoff_ms == 0 ? RETRY_MIN_MS : SW_MIN(*backoff_ms * 2, RETRY_MAX_MS);
+    /* 75-100% of the pause, so that processes do not retry in step. */
+    return hub->now + *backoff_ms - (uint64_t)(spillway_mono_ms() % (*backoff_ms / 4 + 1));
 }
 
 /* EVALSHA when the link knows the script, EVAL otherwise (or after a
@@ -338,11 +361,12 @@ static int queue_resume(spillway_hub *hub, spillway_rq *q, char mode, spillway_c
     int bad;
 
     size_t mark = b->len;
-    snprintf(nkeys, sizeof(nkeys), "%u", n + 1);
+    snprintf(nkeys, sizeof(nkeys), "%u", n + 2);
     snprintf(ttl, sizeof(ttl), "%u", hub->cfg.redis.backlog_ttl_s);
-    bad = script_head(b, 3 + 1 + n + 2 + n, eval, r->cmd.resume_sha, spillway_lua_resume);
+    bad = script_head(b, 3 + 2 + n + 2 + n, eval, r->cmd.resume_sha, spillway_lua_resume);
     bad |= spillway_buf_arg(b, nkeys, strlen(nkeys));
     bad |= spillway_buf_arg(b, r->idkey, strlen(r->idkey));
+    bad |= spillway_buf_arg(b, r->sincekey, strlen(r->sincekey));
     for (uint32_t i = 0; i < n; i++)
         bad |= spillway_buf_arg2(b, r->key_prefix, r->key_prefix_len, chans[i]->name, chans[i]->namelen);
     bad |= spillway_buf_arg(b, &mode, 1);
@@ -385,6 +409,36 @@ static void send_resume(spillway_hub *hub, spillway_conn *c, bool eval)
     free(chans);
 }
 
+/* A stream without a cursor that a gap repair found a hole for while it
+ * was joining: what it held up to the repair's point goes out, then the
+ * reset at that point, then the rest. */
+static void join_with_reset(spillway_hub *hub, spillway_conn *c)
+{
+    bool *reset = c->pend_reset;
+    spillway_id at = spillway_id_max(c->pend_at, c->cursor);
+    uint32_t k = 0;
+    spillway_frame **upto;
+
+    c->pend_reset = NULL;
+    while (k < c->held_len && spillway_id_cmp(c->held[k]->id, at) <= 0) k++;
+    upto = malloc((k ? k : 1) * sizeof(*upto));
+    if (upto == NULL) {
+        free(reset);
+        spillway_conn_doom(hub, c, false); /* it reconnects and starts afresh */
+        return;
+    }
+    for (uint32_t i = 0; i < k; i++) {
+        upto[i] = c->held[i];
+        c->held_bytes -= SW_MIN(c->held_bytes, (uint64_t)c->held[i]->len);
+    }
+    memmove(c->held, c->held + k, (c->held_len - k) * sizeof(*c->held));
+    c->held_len -= k;
+    spillway_conn_replay(hub, c, upto, k, reset, at);
+    for (uint32_t i = 0; i < k; i++) spillway_frame_unref(upto[i]);
+    free(upto);
+    free(reset);
+}
+
 /* A joining stream whose channels are all ACTIVE goes live. */
 static void join_if_ready(spillway_hub *hub, spillway_conn *c)
 {
@@ -394,10 +448,14 @@ static void join_if_ready(spillway_hub *hub, spillway_conn *c)
         /* Live from where the hub stood when the stream was attached: what
          * arrived since was held and goes out now. */
         c->last = c->cursor;
+        if (c->pend_reset != NULL) {
+            join_with_reset(hub, c);
+            return;
+        }
         spillway_conn_replay(hub, c, NULL, 0, NULL, c->cursor);
         return;
     }
-    if (R(hub)->cmd.state == SW_LS_READY) send_resume(hub, c, false);
+    if (R(hub)->cmd.state == SW_LS_READY && hub->now >= R(hub)->resume_retry_at) send_resume(hub, c, false);
 }
 
 void spillway_redis_conn_joined_channels(spillway_hub *hub, spillway_conn *c)
@@ -468,6 +526,17 @@ static void on_resume_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
         send_resume(hub, c, true); /* the script cache was flushed */
         if (c->flags & SW_CF_RESUME_SENT) return;
     }
+    if (v->type == SW_RV_ERROR) {
+        /* Refused for now: the stream keeps joining (heartbeats, live
+         * frames held) and the read goes out again after a pause. */
+        char msg[160];
+        spillway_redis *r = R(hub);
+        rv_message(v, msg, sizeof(msg));
+        spillway_hub_error(hub, "resume read refused, retrying: %s", msg);
+        r->resume_retry_at = retry_later(hub, &r->resume_backoff_ms);
+        return;
+    }
+    R(hub)->resume_backoff_ms = 0;
     reset = calloc(c->nmem ? c->nmem : 1, sizeof(*reset));
     if (reset == NULL) {
         spillway_conn_doom(hub, c, false);
@@ -529,11 +598,29 @@ static void send_marked_resets(spillway_hub *hub, spillway_id now)
             for (uint32_t s = 0; s < ch->nsubs; s++) {
                 spillway_conn *c = ch->subs[s].conn;
                 bool *flags;
-                if (c->flags & (SW_CF_JOINING | SW_CF_DOOMED | SW_CF_MARK)) continue;
+                if (c->flags & (SW_CF_DOOMED | SW_CF_MARK)) continue;
+                /* A joining stream with a cursor reads its own backlog,
+                 * later than this repair (its read was sent after the
+                 * repair's, or it would have joined already): that read
+                 * reports its own resets. */
+                if ((c->flags & SW_CF_JOINING) && c->has_cursor) continue;
                 c->flags |= SW_CF_MARK;
                 flags = calloc(c->nmem, sizeof(*flags));
-                if (flags == NULL) continue;
+                if (flags == NULL) {
+                    spillway_conn_doom(hub, c, false); /* no hole left unsaid */
+                    continue;
+                }
                 for (uint32_t m = 0; m < c->nmem; m++) flags[m] = c->mem[m].ch->mark != 0;
+                if (c->flags & SW_CF_JOINING) {
+                    /* Without a cursor it starts where it was attached,
+                     * before the hole: told when it joins. */
+                    if (c->pend_reset != NULL)
+                        for (uint32_t m = 0; m < c->nmem; m++) flags[m] |= c->pend_reset[m];
+                    free(c->pend_reset);
+                    c->pend_reset = flags;
+                    c->pend_at = spillway_id_max(c->pend_at, now);
+                    continue;
+                }
                 spillway_conn_send_reset(hub, c, flags, now);
                 free(flags);
             }
@@ -568,6 +655,8 @@ static void finish_repair(spillway_hub *hub, bool reset_all)
     r->repair_inflight = false;
     r->repair_outstanding = 0;
     r->repair_failures = 0;
+    r->repair_backoff_ms = 0;
+    r->repair_retry_at = 0;
     if (reset_all) {
         spillway_chtab *t = &hub->chans;
         for (uint32_t b = 0; b < t->nbuckets; b++)
@@ -590,15 +679,16 @@ static void try_repair(spillway_hub *hub)
     char cursor[SPILLWAY_ID_TEXT_MAX];
     uint32_t n = 0;
 
-    if (!r->need_repair || r->repair_inflight) return;
+    if (!r->need_repair || r->repair_inflight || hub->now < r->repair_retry_at) return;
     if (r->sub.state != SW_LS_READY || r->cmd.state != SW_LS_READY) return;
     if (r->sent_subs > 0 || r->slist != NULL) return;
     for (spillway_channel *ch = r->plist; ch != NULL; ch = ch->pnext)
         if (ch->rstate == SW_RS_PENDING) return; /* not subscribed yet */
 
     if (r->overflowed || r->repair_failures >= REPAIR_ATTEMPTS || hub->cfg.redis.backlog_size == 0) {
-        /* Too much arrived to merge, Redis keeps failing the reads, or
-         * there is no backlog to read: tell every stream instead. */
+        /* Too much arrived to merge, Redis keeps answering the reads with
+         * nonsense, or there is no backlog to read: tell every stream
+         * instead. (Errors and lost links are retried, not counted.) */
         finish_repair(hub, true);
         return;
     }
@@ -675,10 +765,17 @@ static void repair_done(spillway_hub *hub)
     }
     for (size_t i = 0; i < acc->n; i++) order[i] = i;
     qsort_r(order, acc->n, sizeof(*order), cmp_acc, acc);
+    /* Up to the oldest point a batch saw: what a later batch read past it
+     * is held too (published after the barriers) and follows after the
+     * resets. A reset's id must not pass a message of another channel of
+     * the same stream that is still to come, or that message would be
+     * dropped as already seen. */
     for (size_t k = 0; k < acc->n; k++) {
         size_t i = order[k];
         const char *name = acc->names[acc->chan[i]];
-        spillway_channel *ch = spillway_chtab_find(&hub->chans, name, strlen(name));
+        spillway_channel *ch;
+        if (spillway_id_cmp(acc->frames[i]->id, acc->seen) > 0) break;
+        ch = spillway_chtab_find(&hub->chans, name, strlen(name));
         if (ch != NULL) spillway_channel_fanout(hub, ch, acc->frames[i]);
     }
     free(order);
@@ -690,7 +787,7 @@ static void repair_done(spillway_hub *hub)
         ch = spillway_chtab_find(&hub->chans, acc->names[i], strlen(acc->names[i]));
         if (ch != NULL) ch->mark = 1;
     }
-    send_marked_resets(hub, hub->last);
+    send_marked_resets(hub, acc->seen);
     finish_repair(hub, false);
 }
 
@@ -708,21 +805,35 @@ static void on_repair_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
     if (n < 0) {
         char msg[160];
         rv_message(v, msg, sizeof(msg));
-        if (noscript(v)) r->cmd.resume_sha[0] = '\0'; /* the next attempt sends the text */
-        else spillway_hub_error(hub, "gap repair read failed: %s", msg);
+        if (noscript(v)) {
+            r->cmd.resume_sha[0] = '\0'; /* the next attempt sends the text */
+        } else if (v->type == SW_RV_ERROR) {
+            /* Refused for now (LOADING, BUSY, ...): again after a pause,
+             * for as long as it takes; live frames are held meanwhile. */
+            spillway_hub_error(hub, "gap repair read refused, retrying: %s", msg);
+            r->repair_retry_at = retry_later(hub, &r->repair_backoff_ms);
+        } else {
+            spillway_hub_error(hub, "gap repair read failed: %s", msg);
+            r->repair_failures++;
+        }
         r->repair_error = true;
         n = 0;
-    } else if (acc->n + (size_t)n > acc->cap) {
-        size_t cap = SW_MAX(acc->cap * 2, acc->n + (size_t)n);
-        spillway_frame **f = realloc(acc->frames, cap * sizeof(*f));
-        uint32_t *c = NULL;
-        if (f != NULL) {
-            acc->frames = f;
-            c = realloc(acc->chan, cap * sizeof(*c));
-            if (c != NULL) acc->chan = c;
+    } else {
+        spillway_id seen = parse_last(hub, v->element[0]);
+        acc->seen = acc->have_seen && spillway_id_cmp(acc->seen, seen) < 0 ? acc->seen : seen;
+        acc->have_seen = true;
+        if (acc->n + (size_t)n > acc->cap) {
+            size_t cap = SW_MAX(acc->cap * 2, acc->n + (size_t)n);
+            spillway_frame **f = realloc(acc->frames, cap * sizeof(*f));
+            uint32_t *c = NULL;
+            if (f != NULL) {
+                acc->frames = f;
+                c = realloc(acc->chan, cap * sizeof(*c));
+                if (c != NULL) acc->chan = c;
+            }
+            if (f == NULL || c == NULL) r->repair_error = true;
+            else acc->cap = cap;
         }
-        if (f == NULL || c == NULL) r->repair_error = true;
-        else acc->cap = cap;
     }
     if (!r->repair_error) {
         for (long i = 0; i < n; i++) {
@@ -742,8 +853,8 @@ static void on_repair_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
     if (r->repair_outstanding > 0) return;
     r->repair_inflight = false;
     if (r->repair_error) {
-        /* Try again (try_repair gives up after REPAIR_ATTEMPTS). */
-        r->repair_failures++;
+        /* Try again (try_repair gives up after REPAIR_ATTEMPTS malformed
+         * answers). */
         acc_clear(acc);
         return;
     }
@@ -772,9 +883,10 @@ static void try_barrier(spillway_hub *hub)
     q->seq = ++r->barrier_seq;
     mark = b->len;
     snprintf(seq, sizeof(seq), "%llu", (unsigned long long)q->seq);
-    bad = script_head(b, 6, false, r->cmd.barrier_sha, spillway_lua_barrier);
-    bad |= spillway_buf_arg(b, "1", 1);
+    bad = script_head(b, 7, false, r->cmd.barrier_sha, spillway_lua_barrier);
+    bad |= spillway_buf_arg(b, "2", 1);
     bad |= spillway_buf_arg(b, r->idkey, strlen(r->idkey));
+    bad |= spillway_buf_arg(b, r->sincekey, strlen(r->sincekey));
     bad |= spillway_buf_arg(b, r->ctl, r->ctl_len);
     bad |= spillway_buf_arg(b, seq, strlen(seq));
     if (bad) {
@@ -1162,6 +1274,10 @@ void spillway_redis_timers(spillway_hub *hub)
 
     spillway_link_timers(hub, &r->sub);
     spillway_link_timers(hub, &r->cmd);
+    if (r->resume_retry_at != 0 && hub->now >= r->resume_retry_at) {
+        r->resume_retry_at = 0;
+        join_all_ready(hub); /* resume reads refused earlier go out again */
+    }
     while (r->linger_head != NULL && r->linger_head->touched_ms + linger <= hub->now) {
         spillway_channel *ch = r->linger_head;
         linger_unlink(r, ch);
@@ -1177,6 +1293,8 @@ uint64_t spillway_redis_next_timer(spillway_hub *hub)
     next = SW_MIN(next, spillway_link_next_timer(hub, &r->cmd));
     if (r->linger_head != NULL) next = SW_MIN(next, r->linger_head->touched_ms + hub->cfg.redis.unsubscribe_linger_ms);
     if (r->slist != NULL && r->barrier_retry_at > hub->now) next = SW_MIN(next, r->barrier_retry_at);
+    if (r->need_repair && r->repair_retry_at > hub->now) next = SW_MIN(next, r->repair_retry_at);
+    if (r->resume_retry_at != 0) next = SW_MIN(next, r->resume_retry_at);
     return next;
 }
 
@@ -1270,11 +1388,14 @@ int spillway_redis_new(spillway_hub *hub, char *err, size_t errlen)
     r->chan_prefix = concat(ns, ":");
     r->key_prefix = concat(ns, ":s:");
     r->idkey = concat(ns, ":id");
+    r->sincekey = concat(ns, ":since");
     r->ctl = concat(ns, ctl);
-    if (r->chan_prefix == NULL || r->key_prefix == NULL || r->idkey == NULL || r->ctl == NULL) {
+    if (r->chan_prefix == NULL || r->key_prefix == NULL || r->idkey == NULL || r->sincekey == NULL ||
+        r->ctl == NULL) {
         free(r->chan_prefix);
         free(r->key_prefix);
         free(r->idkey);
+        free(r->sincekey);
         free(r->ctl);
         free(r);
         goto oom;
@@ -1320,6 +1441,7 @@ void spillway_redis_free(spillway_hub *hub)
     free(r->chan_prefix);
     free(r->key_prefix);
     free(r->idkey);
+    free(r->sincekey);
     free(r->ctl);
     free(r);
     hub->redis = NULL;
