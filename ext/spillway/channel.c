@@ -292,6 +292,21 @@ void spillway_backlog_clear(spillway_hub *hub, spillway_channel *ch)
     ch->ring_cap = ch->ring_len = ch->ring_start = 0;
 }
 
+void spillway_backlog_adopt(spillway_hub *hub, spillway_channel *ch, spillway_frame **ring, uint32_t n,
+                            uint32_t added)
+{
+    for (uint32_t i = 0; i < added; i++) backlog_account(hub, ring[i], +1);
+    free(ch->ring);
+    ch->ring = ring;
+    ch->ring_cap = n ? n : 0;
+    ch->ring_start = 0;
+    ch->ring_len = n;
+    if (n == 0) {
+        free(ring);
+        ch->ring = NULL;
+    }
+}
+
 /* Stores (without new references) the backlog frames newer than `after` in
  * out (room for ring_len entries); returns how many. */
 size_t spillway_backlog_collect(spillway_channel *ch, spillway_id after, spillway_frame **out)

@@ -110,6 +110,15 @@ typedef struct spillway_channel {
     struct spillway_channel *pnext;         /* pending (un)subscribe list */
     struct spillway_channel *snext;         /* Redis: the syncing list */
     uint64_t barrier;                       /* Redis: the barrier that activates it (0: none yet) */
+    /* Redis: the ring above is a resume cache (redis.c): it holds every
+     * message after cache_from; a fill read extends it back to fill_from. */
+    uint8_t cached, filling;
+    uint32_t fill_gen; /* bumped when a fill is given up: its replies are ignored */
+    spillway_id cache_from, fill_from;
+    uint64_t cache_used_ms;
+    struct spillway_channel *cprev, *cnext; /* the cached channels, least recently used first */
+    spillway_frame **fill;                  /* pages read so far, in id order */
+    uint32_t fill_len, fill_cap;
     char name[];
 } spillway_channel;
 
@@ -256,6 +265,11 @@ void spillway_channel_fanout(spillway_hub *hub, spillway_channel *ch, spillway_f
 int spillway_backlog_push(spillway_hub *hub, spillway_channel *ch, spillway_frame *f);
 void spillway_backlog_clear(spillway_hub *hub, spillway_channel *ch);
 size_t spillway_backlog_collect(spillway_channel *ch, spillway_id after, spillway_frame **out);
+/* Replaces the ring with `ring` (n frames in id order, owned by the
+ * channel from now on); the first `added` are new to the backlog's
+ * statistics, the rest were in the old ring. */
+void spillway_backlog_adopt(spillway_hub *hub, spillway_channel *ch, spillway_frame **ring, uint32_t n,
+                            uint32_t added);
 void spillway_backlog_sweep(spillway_hub *hub);
 void spillway_lru_touch(spillway_hub *hub, spillway_channel *ch);
 

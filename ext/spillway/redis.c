@@ -104,6 +104,9 @@ struct spillway_redis {
     struct repair_acc acc;
     struct held_item *held;
     size_t held_len, held_cap;
+    /* resume cache: channels with one, least recently used first */
+    spillway_channel *cache_head, *cache_tail;
+    uint64_t fill_bytes; /* frames read by fills in flight, not yet in a ring */
     uint64_t barrier_retry_at;   /* after a failed barrier */
 };
 
@@ -234,8 +237,11 @@ static void slist_unlink(spillway_redis *r, spillway_channel *ch)
     ch->in_slist = 0;
 }
 
+static void cache_drop(spillway_hub *hub, spillway_channel *ch);
+
 static void drop_channel(spillway_hub *hub, spillway_channel *ch)
 {
+    cache_drop(hub, ch);
     linger_unlink(R(hub), ch);
     slist_unlink(R(hub), ch);
     spillway_channel_drop(hub, ch);
@@ -352,18 +358,19 @@ void spillway_redis_publish_async(spillway_hub *hub, spillway_cmd_publish *cmd)
 
 /* The resume script over chans, one cursor for all. */
 static int queue_resume(spillway_hub *hub, spillway_rq *q, char mode, spillway_channel **chans,
-                        uint32_t n, const char *cursor, bool eval)
+                        uint32_t n, const char *cursor, uint32_t count, bool eval)
 {
     spillway_redis *r = R(hub);
     spillway_buf *b = &r->cmd.out;
-    char nkeys[16], ttl[16];
+    char nkeys[16], ttl[16], cnt[16];
     size_t clen = strlen(cursor);
     int bad;
 
     size_t mark = b->len;
     snprintf(nkeys, sizeof(nkeys), "%u", n + 2);
     snprintf(ttl, sizeof(ttl), "%u", hub->cfg.redis.backlog_ttl_s);
-    bad = script_head(b, 3 + 2 + n + 2 + n, eval, r->cmd.resume_sha, spillway_lua_resume);
+    snprintf(cnt, sizeof(cnt), "%u", count);
+    bad = script_head(b, 3 + 2 + n + 3 + n, eval, r->cmd.resume_sha, spillway_lua_resume);
     bad |= spillway_buf_arg(b, nkeys, strlen(nkeys));
     bad |= spillway_buf_arg(b, r->idkey, strlen(r->idkey));
     bad |= spillway_buf_arg(b, r->sincekey, strlen(r->sincekey));
@@ -371,6 +378,7 @@ static int queue_resume(spillway_hub *hub, spillway_rq *q, char mode, spillway_c
         bad |= spillway_buf_arg2(b, r->key_prefix, r->key_prefix_len, chans[i]->name, chans[i]->namelen);
     bad |= spillway_buf_arg(b, &mode, 1);
     bad |= spillway_buf_arg(b, ttl, strlen(ttl));
+    bad |= spillway_buf_arg(b, cnt, strlen(cnt));
     for (uint32_t i = 0; i < n; i++) bad |= spillway_buf_arg(b, cursor, clen);
     if (bad) {
         b->len = mark;
@@ -399,7 +407,7 @@ static void send_resume(spillway_hub *hub, spillway_conn *c, bool eval)
     for (uint32_t i = 0; i < c->nmem; i++) chans[i] = c->mem[i].ch;
     if (mode == 'c') spillway_id_format(c->cursor, cursor);
     q->conn = c;
-    if (queue_resume(hub, q, mode, chans, c->nmem, cursor, eval) != 0) {
+    if (queue_resume(hub, q, mode, chans, c->nmem, cursor, 0, eval) != 0) {
         free(q);
         spillway_conn_doom(hub, c, false);
     } else {
@@ -407,6 +415,332 @@ static void send_resume(spillway_hub *hub, spillway_conn *c, bool eval)
         c->flags |= SW_CF_RESUME_SENT;
     }
     free(chans);
+}
+
+static void join_if_ready(spillway_hub *hub, spillway_conn *c);
+static spillway_id parse_last(spillway_hub *hub, const spillway_rv *v);
+static long collect_frames(spillway_rv *flat, spillway_frame ***frames, uint32_t **idx);
+static bool resume_shape_ok(const spillway_rv *v, uint32_t n);
+
+/* ---- the resume cache -------------------------------------------------- */
+
+/*
+ * Streams that resume on a channel share one backlog read. While a channel
+ * is ACTIVE, every message after hub->last arrives on the sub link, so a
+ * ring that starts collecting live frames at that moment holds, from then
+ * on, everything after cache_from (= hub->last then). A fill read of the
+ * backlog from a cursor (paged: FILL_PAGE entries per read) extends it back
+ * to that cursor. A stream whose cursor is at or after cache_from is served
+ * from the ring, in the same iteration, without Redis: a deploy's thousands
+ * of browsers reconnecting with the same Last-Event-ID cost one read, and
+ * their replays are references to the same frames (ten clients that never
+ * read a 32 MB replay hold 32 MB, not 320). Resumes during a repair (the
+ * hub is holding live frames) take the direct path: one read per stream.
+ *
+ * Bounds: a ring keeps at most backlog_size frames (like Redis); a cache no
+ * resume used for CACHE_IDLE_MS is dropped; all rings and fills together
+ * stay under CACHE_BUDGET bytes (least recently used dropped first). A fill
+ * that would pass the budget is given up and its streams get a reset for
+ * the channel: a replay that large is not served.
+ */
+#define FILL_PAGE 512u
+#define CACHE_IDLE_MS 10000u
+#define CACHE_BUDGET ((uint64_t)64 << 20)
+
+static uint64_t cache_bytes(spillway_hub *hub)
+{
+    return atomic_load_explicit(&hub->st_backlog_bytes, memory_order_relaxed) + R(hub)->fill_bytes;
+}
+
+static void fill_clear(spillway_redis *r, spillway_channel *ch)
+{
+    for (uint32_t i = 0; i < ch->fill_len; i++) {
+        r->fill_bytes -= SW_MIN(r->fill_bytes, (uint64_t)spillway_frame_size(ch->fill[i]));
+        spillway_frame_unref(ch->fill[i]);
+    }
+    free(ch->fill);
+    ch->fill = NULL;
+    ch->fill_len = ch->fill_cap = 0;
+    ch->filling = 0;
+}
+
+static void cache_unlink(spillway_redis *r, spillway_channel *ch)
+{
+    if (ch->cprev) ch->cprev->cnext = ch->cnext;
+    else if (r->cache_head == ch) r->cache_head = ch->cnext;
+    if (ch->cnext) ch->cnext->cprev = ch->cprev;
+    else if (r->cache_tail == ch) r->cache_tail = ch->cprev;
+    ch->cprev = ch->cnext = NULL;
+}
+
+/* Forgets the channel's cache (its fill in flight is answered into
+ * nothing: cached is cleared, and the reply checks it). */
+static void cache_drop(spillway_hub *hub, spillway_channel *ch)
+{
+    spillway_redis *r = R(hub);
+    if (!ch->cached) return;
+    cache_unlink(r, ch);
+    fill_clear(r, ch);
+    spillway_backlog_clear(hub, ch);
+    ch->cached = 0;
+    ch->fill_gen++;
+}
+
+static void cache_drop_all(spillway_hub *hub)
+{
+    while (R(hub)->cache_head != NULL) cache_drop(hub, R(hub)->cache_head);
+}
+
+/* Most recently used last. */
+static void cache_touch(spillway_hub *hub, spillway_channel *ch)
+{
+    spillway_redis *r = R(hub);
+    ch->cache_used_ms = hub->now;
+    cache_unlink(r, ch);
+    ch->cprev = r->cache_tail;
+    if (r->cache_tail) r->cache_tail->cnext = ch;
+    else r->cache_head = ch;
+    r->cache_tail = ch;
+}
+
+static void cache_start(spillway_hub *hub, spillway_channel *ch)
+{
+    if (ch->cached) return;
+    ch->cached = 1;
+    ch->cache_from = hub->last;
+    cache_touch(hub, ch);
+}
+
+/* Every message of the channel after `cursor` is in the ring. */
+static bool cache_covers(const spillway_channel *ch, spillway_id cursor)
+{
+    return ch->cached && ch->rstate == SW_RS_ACTIVE &&
+           spillway_id_cmp(cursor, spillway_id_max(ch->cache_from, ch->trimmed)) >= 0;
+}
+
+/* A live frame of an ACTIVE channel (not held: the hub is not repairing). */
+static void cache_push(spillway_hub *hub, spillway_channel *ch, spillway_frame *f)
+{
+    if (!ch->cached) return;
+    if (spillway_backlog_push(hub, ch, f) != 0) cache_drop(hub, ch);
+}
+
+/* Idle caches go, then the least recently used until under the budget. */
+static void cache_sweep(spillway_hub *hub)
+{
+    spillway_redis *r = R(hub);
+    while (r->cache_head != NULL && !r->cache_head->filling &&
+           r->cache_head->cache_used_ms + CACHE_IDLE_MS <= hub->now)
+        cache_drop(hub, r->cache_head);
+    while (r->cache_head != NULL && cache_bytes(hub) > CACHE_BUDGET) cache_drop(hub, r->cache_head);
+}
+
+static int send_fill(spillway_hub *hub, spillway_channel *ch, spillway_id from)
+{
+    char cursor[SPILLWAY_ID_TEXT_MAX];
+    spillway_rq *q = spillway_rq_new(SW_RQ_FILL);
+    if (q == NULL) return -1;
+    q->names = calloc(1, sizeof(*q->names));
+    if (q->names == NULL || (q->names[0] = strdup(ch->name)) == NULL) {
+        spillway_rq_free(q);
+        return -1;
+    }
+    q->nch = 1;
+    q->seq = ch->fill_gen;
+    q->cursor = from;
+    spillway_id_format(from, cursor);
+    if (queue_resume(hub, q, 'c', &ch, 1, cursor, FILL_PAGE, false) != 0) {
+        spillway_rq_free(q);
+        return -1;
+    }
+    return 0;
+}
+
+/* The streams waiting on the channel's fill look again. */
+static void fill_waiters(spillway_hub *hub, spillway_channel *ch)
+{
+    for (uint32_t i = 0; i < ch->nsubs; i++) join_if_ready(hub, ch->subs[i].conn);
+}
+
+/* The fill from ch->fill_from could not be had (trimmed past it, Redis lost
+ * its data, over the budget): the streams waiting for exactly that get a
+ * reset for the channel; later cursors ask again. */
+static void fill_failed_reset(spillway_hub *hub, spillway_channel *ch)
+{
+    spillway_id from = ch->fill_from;
+    fill_clear(R(hub), ch);
+    for (uint32_t i = 0; i < ch->nsubs; i++) {
+        spillway_conn *c = ch->subs[i].conn;
+        uint32_t slot = ch->subs[i].slot;
+        if (!(c->flags & SW_CF_JOINING) || !c->has_cursor || spillway_id_cmp(c->cursor, from) != 0) continue;
+        if (c->pend_reset == NULL && (c->pend_reset = calloc(c->nmem, sizeof(bool))) == NULL) {
+            spillway_conn_doom(hub, c, false);
+            continue;
+        }
+        c->pend_reset[slot] = true;
+    }
+    fill_waiters(hub, ch);
+}
+
+/* The last page is in: the pages (everything after fill_from up to the
+ * read's point) go in front of the ring. */
+static void fill_complete(spillway_hub *hub, spillway_channel *ch, spillway_id seen)
+{
+    spillway_redis *r = R(hub);
+    spillway_id from = spillway_id_max(ch->cache_from, ch->trimmed);
+    uint32_t keep = 0, total;
+    spillway_frame **ring;
+
+    if (spillway_id_cmp(seen, from) < 0) {
+        /* The ring dropped frames the read did not reach: no overlap. The
+         * waiters ask again. */
+        fill_clear(r, ch);
+        fill_waiters(hub, ch);
+        return;
+    }
+    while (keep < ch->fill_len && spillway_id_cmp(ch->fill[keep]->id, from) <= 0) keep++;
+    total = keep + ch->ring_len;
+    ring = malloc((total ? total : 1) * sizeof(*ring));
+    if (ring == NULL) {
+        fill_failed_reset(hub, ch);
+        return;
+    }
+    /* The frames move from the fill to the ring; the ring's accounting
+     * (backlog stats) learns of them through spillway_backlog_adopt. */
+    for (uint32_t i = 0; i < keep; i++) ring[i] = spillway_frame_ref(ch->fill[i]);
+    for (uint32_t i = 0; i < ch->ring_len; i++) ring[keep + i] = ch->ring[(ch->ring_start + i) % ch->ring_cap];
+    spillway_backlog_adopt(hub, ch, ring, total, keep);
+    ch->cache_from = ch->fill_from;
+    fill_clear(r, ch);
+    cache_touch(hub, ch);
+    fill_waiters(hub, ch);
+}
+
+static void on_fill_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
+{
+    spillway_redis *r = R(hub);
+    spillway_channel *ch = spillway_chtab_find(&hub->chans, q->names[0], strlen(q->names[0]));
+    spillway_frame **frames = NULL;
+    spillway_rv *flag;
+    long n;
+
+    if (ch == NULL || !ch->cached || !ch->filling || ch->fill_gen != q->seq) return; /* given up */
+    if (noscript(v) && !q->eval) r->cmd.resume_sha[0] = '\0';
+    if (v->type == SW_RV_ERROR) {
+        /* Refused for now: the same page again after a pause (the streams
+         * wait, holding live frames). */
+        char msg[160];
+        rv_message(v, msg, sizeof(msg));
+        if (!noscript(v)) spillway_hub_error(hub, "resume read refused, retrying: %s", msg);
+        fill_clear(r, ch);
+        r->resume_retry_at = retry_later(hub, &r->resume_backoff_ms);
+        return;
+    }
+    if (!resume_shape_ok(v, 1) || (n = collect_frames(v->element[2], &frames, NULL)) < 0) {
+        char msg[160];
+        rv_message(v, msg, sizeof(msg));
+        spillway_hub_error(hub, "resume read failed: %s", msg);
+        fill_failed_reset(hub, ch);
+        return;
+    }
+    r->resume_backoff_ms = 0;
+    flag = v->element[1]->element[0];
+    if (flag == NULL || flag->type != SW_RV_INTEGER || flag->integer == 1 ||
+        spillway_id_cmp(q->cursor, parse_last(hub, v->element[0])) > 0) {
+        /* Trimmed past the cursor, Redis lost its data, or a cursor from
+         * the future. */
+        for (long i = 0; i < n; i++) spillway_frame_unref(frames[i]);
+        free(frames);
+        fill_failed_reset(hub, ch);
+        return;
+    }
+    if (ch->fill_len + (size_t)n > ch->fill_cap) {
+        size_t cap = SW_MAX((size_t)ch->fill_cap * 2, ch->fill_len + (size_t)n);
+        spillway_frame **f = realloc(ch->fill, cap * sizeof(*f));
+        if (f == NULL) {
+            for (long i = 0; i < n; i++) spillway_frame_unref(frames[i]);
+            free(frames);
+            fill_failed_reset(hub, ch);
+            return;
+        }
+        ch->fill = f;
+        ch->fill_cap = (uint32_t)cap;
+    }
+    for (long i = 0; i < n; i++) {
+        ch->fill[ch->fill_len++] = frames[i];
+        r->fill_bytes += spillway_frame_size(frames[i]);
+    }
+    free(frames);
+    if (cache_bytes(hub) > CACHE_BUDGET) {
+        spillway_hub_error(hub, "resume of %s from a cursor needs more than the %llu MiB resume cache; "
+                                "its streams get a reset", ch->name, (unsigned long long)(CACHE_BUDGET >> 20));
+        fill_failed_reset(hub, ch);
+        return;
+    }
+    if (flag->integer == 2 && n > 0) {
+        /* A full page: the next one from its last entry. */
+        if (send_fill(hub, ch, ch->fill[ch->fill_len - 1]->id) != 0) fill_failed_reset(hub, ch);
+        return;
+    }
+    fill_complete(hub, ch, parse_last(hub, v->element[0]));
+}
+
+/* A stream with a cursor, all channels ACTIVE, not repairing: served from
+ * the caches if they reach back to its cursor; otherwise the channels that
+ * do not are filled (or it waits for a fill under way that starts at or
+ * before its cursor). True when it went live. */
+static bool resume_from_cache(spillway_hub *hub, spillway_conn *c)
+{
+    size_t total = 0, n = 0;
+    bool waiting = false;
+    spillway_frame **frames;
+
+    for (uint32_t m = 0; m < c->nmem; m++) {
+        spillway_channel *ch = c->mem[m].ch;
+        if (c->pend_reset != NULL && c->pend_reset[m]) continue;
+        /* A cursor past the hub's position is checked against Redis (it
+         * may come from the future). */
+        if (cache_covers(ch, c->cursor) &&
+            spillway_id_cmp(c->cursor, spillway_id_max(hub->last, ch->cache_from)) <= 0)
+            continue;
+        waiting = true;
+        /* A fill under way: wait for it (then, if it started after this
+         * cursor, ask for our own). */
+        if (ch->filling) continue;
+        cache_start(hub, ch);
+        if (R(hub)->cmd.state != SW_LS_READY || hub->now < R(hub)->resume_retry_at) continue;
+        if (send_fill(hub, ch, c->cursor) != 0) {
+            spillway_conn_doom(hub, c, false);
+            return true;
+        }
+        ch->filling = 1;
+        ch->fill_from = c->cursor;
+    }
+    if (waiting) return false;
+    for (uint32_t m = 0; m < c->nmem; m++)
+        if (c->pend_reset == NULL || !c->pend_reset[m]) total += c->mem[m].ch->ring_len;
+    frames = malloc((total ? total : 1) * sizeof(*frames));
+    if (frames == NULL) {
+        spillway_conn_doom(hub, c, false);
+        return true;
+    }
+    for (uint32_t m = 0; m < c->nmem; m++) {
+        spillway_channel *ch = c->mem[m].ch;
+        if (c->pend_reset != NULL && c->pend_reset[m]) continue;
+        n += spillway_backlog_collect(ch, c->cursor, frames + n);
+        cache_touch(hub, ch);
+    }
+    if (c->nmem > 1) qsort(frames, n, sizeof(*frames), spillway_frame_cmp_id);
+    {
+        bool *reset = c->pend_reset;
+        c->pend_reset = NULL;
+        /* A cursor from the future (reset) must not hold back live frames. */
+        c->last = reset != NULL && spillway_id_cmp(c->cursor, hub->last) > 0 ? hub->last : c->cursor;
+        spillway_conn_replay(hub, c, frames, n, reset, hub->last);
+        free(reset);
+    }
+    free(frames);
+    return true;
 }
 
 /* A stream without a cursor that a gap repair found a hole for while it
@@ -455,6 +789,12 @@ static void join_if_ready(spillway_hub *hub, spillway_conn *c)
         spillway_conn_replay(hub, c, NULL, 0, NULL, c->cursor);
         return;
     }
+    if (c->cursor_ok && !R(hub)->holding && hub->cfg.redis.backlog_size > 0) {
+        resume_from_cache(hub, c);
+        return;
+    }
+    /* Repairing (live frames are held, so no cache can be continuous), no
+     * backlog, or a cursor that is no id: a read of its own. */
     if (R(hub)->cmd.state == SW_LS_READY && hub->now >= R(hub)->resume_retry_at) send_resume(hub, c, false);
 }
 
@@ -554,7 +894,7 @@ static void on_resume_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
         now = parse_last(hub, v->element[0]);
         for (uint32_t i = 0; i < c->nmem; i++) {
             spillway_rv *e = v->element[1]->element[i];
-            reset[i] = !c->cursor_ok || (e != NULL && e->type == SW_RV_INTEGER && e->integer != 0);
+            reset[i] = !c->cursor_ok || (e != NULL && e->type == SW_RV_INTEGER && e->integer == 1);
             /* Without a backlog nothing can be replayed: anything after the
              * cursor is a hole. */
             if (hub->cfg.redis.backlog_size == 0 && spillway_id_cmp(now, c->cursor) > 0) reset[i] = true;
@@ -727,7 +1067,7 @@ static void try_repair(spillway_hub *hub)
         q->mode = 'c';
         q->nch = k;
         q->base = base;
-        if (queue_resume(hub, q, 'c', chans + base, k, cursor, false) != 0) {
+        if (queue_resume(hub, q, 'c', chans + base, k, cursor, 0, false) != 0) {
             free(q);
             goto oom;
         }
@@ -843,7 +1183,7 @@ static void on_repair_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
         }
         for (uint32_t i = 0; i < q->nch; i++) {
             spillway_rv *e = v->element[1]->element[i];
-            if (e != NULL && e->type == SW_RV_INTEGER && e->integer != 0) acc->reset[q->base + i] = 1;
+            if (e != NULL && e->type == SW_RV_INTEGER && e->integer == 1) acc->reset[q->base + i] = 1;
         }
     } else {
         for (long i = 0; i < n; i++) spillway_frame_unref(frames[i]);
@@ -1022,6 +1362,7 @@ static void on_message(spillway_hub *hub, spillway_rv *v)
         return;
     }
     spillway_channel_fanout(hub, ch, f);
+    cache_push(hub, ch, f);
     spillway_frame_unref(f);
 }
 
@@ -1114,6 +1455,9 @@ void spillway_redis_on_cmd_reply(spillway_hub *hub, spillway_rlink *l, spillway_
     case SW_RQ_REPAIR:
         on_repair_reply(hub, q, v);
         break;
+    case SW_RQ_FILL:
+        on_fill_reply(hub, q, v);
+        break;
     case SW_RQ_BARRIER:
         if (v->type == SW_RV_ERROR) {
             /* Covered channels wait for the next barrier (EVAL after a
@@ -1178,6 +1522,16 @@ void spillway_redis_on_failed_rq(spillway_hub *hub, spillway_rlink *l, spillway_
     case SW_RQ_RESUME:
         conn_unref(hub, q->conn); /* sent again once the link is back */
         break;
+    case SW_RQ_FILL: {
+        /* Asked again (from where the pages got to is not kept: from the
+         * start) once the link is back. */
+        spillway_channel *ch = spillway_chtab_find(&hub->chans, q->names[0], strlen(q->names[0]));
+        if (ch != NULL && ch->filling && ch->fill_gen == q->seq) {
+            fill_clear(r, ch);
+            ch->fill_gen++;
+        }
+        break;
+    }
     case SW_RQ_REPAIR:
         /* The attempt is lost with the link: it starts over once the links
          * are back (its other batches fail here too). */
@@ -1222,6 +1576,7 @@ static void sub_lost(spillway_hub *hub)
 
     if (!r->need_repair) r->repair_cursor = hub->last;
     r->need_repair = true;
+    cache_drop_all(hub); /* what arrives live is no longer continuous */
     r->holding = true;
     r->sub_epoch++; /* answers to an attempt under way are ignored */
     r->repair_inflight = false;
@@ -1274,6 +1629,7 @@ void spillway_redis_timers(spillway_hub *hub)
 
     spillway_link_timers(hub, &r->sub);
     spillway_link_timers(hub, &r->cmd);
+    cache_sweep(hub);
     if (r->resume_retry_at != 0 && hub->now >= r->resume_retry_at) {
         r->resume_retry_at = 0;
         join_all_ready(hub); /* resume reads refused earlier go out again */
@@ -1346,7 +1702,10 @@ static void flush_subscriptions(spillway_hub *hub)
         for (uint32_t i = 0; i < ns; i++) plist_add(r, subs[i]); /* out of memory: next time */
     }
     if (nu > 0 && batch(hub, "UNSUBSCRIBE", unsubs, nu) == 0) {
-        for (uint32_t i = 0; i < nu; i++) unsubs[i]->rstate = SW_RS_UNSUB_SENT;
+        for (uint32_t i = 0; i < nu; i++) {
+            unsubs[i]->rstate = SW_RS_UNSUB_SENT;
+            cache_drop(hub, unsubs[i]);
+        }
     } else {
         for (uint32_t i = 0; i < nu; i++) plist_add(r, unsubs[i]);
     }
@@ -1430,6 +1789,7 @@ void spillway_redis_stop(spillway_hub *hub)
     r->held = NULL;
     r->held_len = r->held_cap = 0;
     acc_clear(&r->acc);
+    cache_drop_all(hub);
     update_connected(hub);
 }
 

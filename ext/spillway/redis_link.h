@@ -24,7 +24,8 @@ enum spillway_rq_kind {
     SW_RQ_BARRIER,
     SW_RQ_RESUME,
     SW_RQ_REPAIR,
-    SW_RQ_PUBLISH
+    SW_RQ_PUBLISH,
+    SW_RQ_FILL /* a page of one channel's backlog for the resume cache (redis.c) */
 };
 
 /* A request waiting for its reply. Owned by the link's FIFO. */
@@ -40,7 +41,8 @@ typedef struct spillway_rq {
     uint64_t seq;              /* BARRIER: its number; REPAIR: the sub link epoch */
     uint32_t nch;              /* REPAIR: channels in this batch */
     uint32_t base;             /* REPAIR: index of its first channel in the repair */
-    char **names;              /* unused by the hub's requests (freed if set) */
+    char **names;              /* FILL: the channel (nch names, freed with the request) */
+    spillway_id cursor;        /* FILL: where the page starts */
 } spillway_rq;
 
 typedef struct spillway_rlink {

@@ -26,12 +26,14 @@ extern const char spillway_lua_publish[];
 
 /* KEYS: id key, since key, then one stream key per channel. ARGV: mode
  * ("c": read after the cursor and report resets, for a client's cursor and
- * for gap repair; "n": only the last id), TTL seconds, then one cursor per
- * channel. Returns { the last id (Redis's clock as "<ms>-0" when the
- * namespace has none), {reset 0/1 per channel}, {channel index (0-based),
- * frame, ...} in id order }. Element 1 is the point the read saw: every
- * message up to it is in the reply or behind a reset. A channel with a
- * reset gets no frames. */
+ * for gap repair; "n": only the last id), TTL seconds, the most entries to
+ * read per channel (0: all), then one cursor per channel. Returns { the
+ * last id (Redis's clock as "<ms>-0" when the namespace has none), {per
+ * channel: 0, 1 for a reset, 2 for a full page (more may follow its last
+ * entry)}, {channel index (0-based), frame, ...} in id order }. Element 1
+ * is the point the read saw: every message up to it is in the reply, behind
+ * a reset, or after a full page's last entry. A channel with a reset gets
+ * no frames. */
 extern const char spillway_lua_resume[];
 
 /* KEYS: id key, since key. Returns the last id issued; when the namespace
