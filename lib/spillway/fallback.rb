@@ -60,13 +60,13 @@ module Spillway
                            "Spillway: #{env['SERVER_SOFTWARE'] || 'this server'} has no full hijack; streams go " \
                            "through partial hijack and a Ruby thread each. Use Puma for the native path.")
         src = attach_pair(attach, 0)
-        return [200, HEADERS.merge("rack.hijack" => ->(out) { pump(src, out) }), []]
+        return [200, headers.merge("rack.hijack" => ->(out) { pump(src, out) }), []]
       end
       Spillway.warn_once(:no_hijack,
                          "Spillway: #{env['SERVER_SOFTWARE'] || 'this server'} supports no hijack; each stream " \
                          "holds a server thread. Use Puma for the native path.")
       src = attach_pair(attach, 0)
-      [200, HEADERS.dup, Body.new(src)]
+      [200, headers, Body.new(src)]
     rescue Exception # rubocop:disable Lint/RescueException
       unless attached
         hub.unreserve
@@ -81,6 +81,13 @@ module Spillway
         end
       end
       raise
+    end
+
+    # The head of a stream the server writes (paths 3 and 4): the same
+    # fields the hub writes on paths 1 and 2, the configured `headers` too.
+    # Rack 3 wants lower-case names in a response.
+    def headers
+      HEADERS.merge(Spillway.config.headers.to_h { |name, value| [name.downcase, value] })
     end
 
     # The hijacked IO, or nil when the server cannot give one.
