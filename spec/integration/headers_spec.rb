@@ -55,6 +55,39 @@ RSpec.describe "Configured response headers" do
     server&.stop
   end
 
+  it "frame a WEBrick stream as close-delimited, which a client that honours Content-Length reads" do
+    # rackup puts Rack::ContentLength in front of the app: an empty Array
+    # body got "content-length: 0" and a keep-alive connection, an empty
+    # response to any real client.
+    server = AppServer.new(puma: :webrick, config: { heartbeat: 0.5 }).start
+    received = +""
+    reader = Thread.new do
+      # throw, not break: after the block Net::HTTP would read the body to
+      # its end, and a stream has none.
+      catch(:framed) do
+        Net::HTTP.start("127.0.0.1", server.port, read_timeout: 10) do |http|
+          http.request_get("/stream?channel=hdr:frame") do |res|
+            Thread.current[:head] = res.to_hash
+            res.read_body do |chunk|
+              received << chunk
+              throw :framed if received.include?("data: framed")
+            end
+          end
+        end
+      end
+    end
+    wait_until(message: "stream attached") { server.stats[:connections] == 1 || !reader.alive? }
+    server.publish("hdr:frame", "framed") if reader.alive?
+    reader.join(10)
+    expect(reader[:head]).not_to have_key("content-length")
+    expect(reader[:head]["connection"]).to eq(["close"])
+    expect(received).to include("data: framed")
+    wait_until(message: "stream released") { server.stats[:connections].zero? }
+  ensure
+    reader&.kill
+    server&.stop
+  end
+
   it "are on the head Puma sends through the TLS pump" do
     dir = Dir.mktmpdir
     key = OpenSSL::PKey::RSA.new(2048)
