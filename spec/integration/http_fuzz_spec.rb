@@ -427,7 +427,8 @@ RSpec.describe "HTTP fuzz of the middleware (real Puma, real sockets)" do
     end
     threads.each(&:join)
     done = tally.values.sum
-    summary = "#{replay}: #{done} requests in #{(seconds - (deadline - Waiting.monotonic)).round(1)} s, answers #{tally.sort_by { |k, _| k.to_s }.to_h}"
+    took = (seconds - (deadline - Waiting.monotonic)).round(1)
+    summary = "#{replay}: #{done} requests in #{took} s, answers #{tally.sort_by { |k, _| k.to_s }.to_h}"
     puts summary if ENV["FUZZ_VERBOSE"] || full
     expect(failures).to be_empty, "#{summary}\n#{failures.join("\n")}\nReplay with #{replay} (FUZZ_ONLY=<index> for one)"
     expect(done).to be >= [indices.size, 200].min, summary
@@ -441,7 +442,7 @@ RSpec.describe "HTTP fuzz of the middleware (real Puma, real sockets)" do
     # No exception from the app or Spillway reached Puma.
     log = File.binread(server.log)
     suspicious = log.lines.grep(%r{#<[\w:]*(Error|Exception)|lib/spillway|Rack app \(|reached top|\[BUG\]|ERROR -- spillway}n)
-                    .reject { |l| l.include?("HTTP parse error, malformed request") || l.match?(HttpFuzz::PUMA_EMPTY_LINE_LOG) }
+    suspicious.reject! { |l| l.include?("HTTP parse error, malformed request") || l.match?(HttpFuzz::PUMA_EMPTY_LINE_LOG) }
     expect(suspicious).to be_empty, "#{replay}: in the Puma log:\n#{suspicious.first(20).join}"
 
     # Every descriptor of the fuzz (sockets, stream copies) is closed again.
