@@ -13,7 +13,7 @@ module Spillway
   #    end of a socket pair and a Ruby thread pumps the bytes through the
   #    hijacked IO. Never plaintext into a TLS socket.
   # 3. No full hijack, but partial hijack (WEBrick): the server writes the
-  #    head, a Ruby thread pumps the pair into the IO it hands us.
+  #    head, its thread pumps the pair into the IO it hands us.
   # 4. Neither: a streaming body that reads the pair; the server's request
   #    thread is busy for as long as the stream is open.
   #
@@ -24,6 +24,14 @@ module Spillway
       "cache-control" => "no-cache, no-transform",
       "x-accel-buffering" => "no"
     }.freeze
+    # The body of a partial-hijack response, which the server ignores. Not
+    # the empty Array Rack suggests: Rack::ContentLength (in rackup's default
+    # middleware) would add "content-length: 0" to it and WEBrick would keep
+    # the connection alive, so a client would read an empty response and
+    # never see the stream that follows.
+    NO_BODY = Object.new.tap do |body|
+      def body.each; end
+    end.freeze
     CHUNK = 64 * 1024
     ERROR_RESPONSE = "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n" \
                      "Content-Length: 20\r\nConnection: close\r\n\r\nstream setup failed\n"
@@ -60,13 +68,15 @@ module Spillway
                            "Spillway: #{env['SERVER_SOFTWARE'] || 'this server'} has no full hijack; streams go " \
                            "through partial hijack and a Ruby thread each. Use Puma for the native path.")
         src = attach_pair(attach, 0)
-        return [200, HEADERS.merge("rack.hijack" => ->(out) { pump(src, out) }), []]
+        # The server's thread runs the copy: WEBrick closes the connection
+        # as soon as the callback returns.
+        return [200, headers.merge("rack.hijack" => ->(out) { copy(src, out, tune(out)) }), NO_BODY]
       end
       Spillway.warn_once(:no_hijack,
                          "Spillway: #{env['SERVER_SOFTWARE'] || 'this server'} supports no hijack; each stream " \
                          "holds a server thread. Use Puma for the native path.")
       src = attach_pair(attach, 0)
-      [200, HEADERS.dup, Body.new(src)]
+      [200, headers, Body.new(src)]
     rescue Exception # rubocop:disable Lint/RescueException
       unless attached
         hub.unreserve
@@ -81,6 +91,13 @@ module Spillway
         end
       end
       raise
+    end
+
+    # The head of a stream the server writes (paths 3 and 4): the same
+    # fields the hub writes on paths 1 and 2, the configured `headers` too.
+    # Rack 3 wants lower-case names in a response.
+    def headers
+      HEADERS.merge(Spillway.config.headers.to_h { |name, value| [name.downcase, value] })
     end
 
     # The hijacked IO, or nil when the server cannot give one.
@@ -117,28 +134,31 @@ module Spillway
       Thread.new do
         Thread.current.name = "spillway-pump"
         Thread.current.report_on_exception = false
-        ios = watch ? [src, watch] : [src]
-        begin
-          loop do
-            ready, = IO.select(ios)
-            # An SSE client sends nothing after its request: readable means
-            # EOF, a reset, or a TLS close_notify. Either way it is gone.
-            break if watch && ready.include?(watch) && watch.recv_nonblock(1, Socket::MSG_PEEK, exception: false) != :wait_readable
-            next unless ready.include?(src)
+        copy(src, out, watch)
+      end
+    end
 
-            out.write(src.readpartial(CHUNK))
-            out.flush if out.respond_to?(:flush)
-          end
-        rescue StandardError
-          nil
-        ensure
-          src.close unless src.closed?
-          begin
-            out.close
-          rescue StandardError
-            nil
-          end
-        end
+    # The pump's loop, on the calling thread; closes both ends.
+    def copy(src, out, watch = nil)
+      ios = watch ? [src, watch] : [src]
+      loop do
+        ready, = IO.select(ios)
+        # An SSE client sends nothing after its request: readable means
+        # EOF, a reset, or a TLS close_notify. Either way it is gone.
+        break if watch && ready.include?(watch) && watch.recv_nonblock(1, Socket::MSG_PEEK, exception: false) != :wait_readable
+        next unless ready.include?(src)
+
+        out.write(src.readpartial(CHUNK))
+        out.flush if out.respond_to?(:flush)
+      end
+    rescue StandardError
+      nil
+    ensure
+      src.close unless src.closed?
+      begin
+        out.close
+      rescue StandardError
+        nil
       end
     end
 

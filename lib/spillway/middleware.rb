@@ -15,8 +15,23 @@ module Spillway
   #   use Spillway::Middleware, mount: "/events",
   #                           authorize: ->(env, channels) { channels.all? { |c| c.start_with?("public:") } }
   #
-  # authorize returns true (all channels), false/nil (403), or an Array of the
-  # channels the request may have (the others are dropped; none left: 403).
+  # authorize(env, channels) gets the requested channel names (a frozen Array
+  # of Strings) and returns:
+  #
+  # * true: every requested channel;
+  # * false or nil: none (403);
+  # * an Enumerable of channel names (Strings or Symbols: an Array, a Set, an
+  #   Enumerator, anything with #each): exactly the requested channels among
+  #   them, the others are dropped; none left: 403 (as for an empty Array).
+  #
+  # Anything else is a bug in authorize and never a grant: the request gets a
+  # 500 and the log a line naming what came back. That includes an Integer or
+  # a String (a single name is not a list of names) and a Hash (Enumerable,
+  # but of pairs: `channels.to_h { ... }` where a select was meant), like any
+  # other Enumerable whose elements are not names. An exception raised by
+  # authorize is not rescued: it goes up to the server and the error-reporting
+  # middleware like any exception of the app (Puma answers 500 and logs it),
+  # and no stream is opened.
   class Middleware
     MAX_QUERY_BYTES = 16 * 1024
     MAX_CURSOR_BYTES = 64
@@ -71,7 +86,8 @@ module Spillway
 
       if @authorize
         allowed = @authorize.call(env, channels.dup.freeze)
-        channels = allowed.is_a?(Array) ? channels & allowed.map(&:to_s) : (allowed ? channels : [])
+        channels = granted(channels, allowed)
+        return text(500, "authorization failed: server error\n") unless channels
         return text(403, "not allowed\n") if channels.empty?
       end
 
@@ -82,6 +98,30 @@ module Spillway
                     "retry-after" => retry_after.to_s)
       end
       Fallback.open(env, hub, channels, cursor)
+    end
+
+    # The requested channels that authorize's answer grants, in request
+    # order; nil (and a log line) when the answer is not one authorize may
+    # give (see the class comment).
+    def granted(channels, allowed)
+      return channels if true.equal?(allowed)
+      return [] if allowed.nil? || false.equal?(allowed)
+
+      return refuse_authorize(allowed.class.to_s) if !allowed.respond_to?(:each) || allowed.respond_to?(:each_pair)
+
+      names = {}
+      allowed.each do |name|
+        return refuse_authorize("#{allowed.class} holding a #{name.class}") unless name.is_a?(String) || name.is_a?(Symbol)
+
+        names[name.to_s] = true
+      end
+      channels.select { |c| names.key?(c) }
+    end
+
+    def refuse_authorize(what)
+      Spillway.logger.error("Spillway: authorize for #{@mount} returned #{what}; expected true, false, nil or an " \
+                            "Enumerable of channel names (Strings or Symbols). Answered 500, no stream opened.")
+      nil
     end
 
     def text(status, body, extra = {})
