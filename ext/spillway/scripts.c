@@ -18,6 +18,12 @@ const char spillway_lua_publish[] =
     "  if not a then return nil end\n"
     "  return tonumber(a), tonumber(b)\n"
     "end\n"
+    "-- A repeat under an idempotency key that still lives (a retry whose reply\n"
+    "-- was lost): the first id, and nothing else happens.\n"
+    "if KEYS[3] then\n"
+    "  local first = redis.call('GET', KEYS[3])\n"
+    "  if first then return first end\n"
+    "end\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local ms, seq = now, 0\n"
@@ -43,6 +49,9 @@ const char spillway_lua_publish[] =
     "  if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end\n"
     "end\n"
     "redis.call('SET', KEYS[1], id)\n"
+    "-- Stored last, once everything else went through: a publish that failed\n"
+    "-- half-way leaves no key behind that would turn its retry into a no-op.\n"
+    "if KEYS[3] then redis.call('SET', KEYS[3], id, 'NX', 'PX', ARGV[5]) end\n"
     "redis.call('PUBLISH', ARGV[1], frame)\n"
     "return id\n";
 
