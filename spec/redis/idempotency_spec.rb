@@ -127,6 +127,18 @@ RSpec.describe "Redis: idempotent publish" do
     expect { Timeout.timeout(0.3) { Spillway.publish("gone", "2") } }.to raise_error(Timeout::Error)
     expect(monotonic - t0).to be < 2 * Waiting::SLOW
     expect(@proxy.lost).to eq(1)
+
+    # And while the publisher waits for a reply Redis holds back.
+    @proxy.close
+    @proxy = LossyProxy.new(redis.port)
+    Spillway.configure(redis_url: @proxy.url, connect_timeout: 5, command_timeout: 5)
+    @proxy.lose_reply_to("data: 3\n", mode: :hold)
+    t0 = monotonic
+    expect { Timeout.timeout(0.3) { Spillway.publish("gone", "3") } }.to raise_error(Timeout::Error)
+    expect(monotonic - t0).to be < 2 * Waiting::SLOW
+    expect(Spillway.publish("gone", "4")).to match(/\A\d+-\d+\z/) # the publisher works on
+    # Interrupted, not undone: Redis ran 2 and 3 before their replies were lost.
+    expect(backlog("gone")).to eq(["warm up", "1", "warm up", "2", "3", "4"])
   end
 
   it "async: publishes across a kill of the command link are sent again after the reconnect, once each, in order" do
@@ -146,6 +158,24 @@ RSpec.describe "Redis: idempotent publish" do
     stats = Spillway.stats
     expect(stats[:redis_reconnects]).to be >= 1
     expect(stats[:async_failed]).to eq(0)
+  end
+
+  it "async: a publish whose link stays down past its key's TTL is reported failed, not sent twice" do
+    @proxy = LossyProxy.new(redis.port)
+    Spillway.configure(redis_url: @proxy.url, idempotency_ttl: 2, command_timeout: 0.2, connect_timeout: 0.2)
+    Spillway.publish("late", "1", async: true)
+    expect(Spillway.flush(timeout: 10)).to be(true)
+    @proxy.lose_reply_to("data: 2\n", mode: :drop)
+    @proxy.refuse_new
+    Spillway.publish("late", "2", async: true, idempotency_key: "late-2")
+    wait_until(message: "the reply lost") { @proxy.lost == 1 }
+    wait_until(timeout: 10, message: "the key to expire") { redis.call("EXISTS", "spillway:k:late-2").zero? }
+    @proxy.accept_new
+    expect(Spillway.flush(timeout: 10)).to be(false)
+    stats = Spillway.stats
+    expect(stats[:async_failed]).to eq(1)
+    expect(stats[:last_error]).to include("stayed down past its idempotency key's TTL")
+    expect(backlog("late")).to eq(%w[1 2])
   end
 
   it "numbers published through a kill -9 and restart of an AOF Redis (appendfsync always) arrive once each, in order" do

@@ -62,6 +62,12 @@ class LossyProxy
     nil
   end
 
+  # Listens again, on the same port.
+  def accept_new
+    @server = TCPServer.new("127.0.0.1", @port)
+    @threads << Thread.new { accept_loop }
+  end
+
   def close
     refuse_new
     @lock.synchronize { @sockets.dup }.each do |s|
