@@ -33,7 +33,7 @@ void spillway_idem_generate(char out[SPILLWAY_IDEM_GEN_LEN + 1]);
  * command_timeout after the first attempt, doubled for safety), and at least
  * SPILLWAY_IDEM_GEN_TTL_MIN_MS so that an async publish caught by a killed
  * link can be sent again after a reconnect that takes a while. Far shorter
- * than idempotency_ttl: every publish without a key leaves one (about 100
+ * than idempotency_ttl: every publish without a key leaves one (about 190
  * bytes of Redis memory) for this long. */
 #define SPILLWAY_IDEM_GEN_TTL_MIN_MS 30000u
 uint32_t spillway_idem_generated_ttl_ms(const spillway_redis_config *rc);
