@@ -5,6 +5,7 @@ require "spillway/version"
 require "spillway/spillway_ext"
 require "spillway/configuration"
 require "spillway/fallback"
+require "spillway/idempotency_cache"
 require "spillway/middleware"
 
 # Spillway: Server-Sent Events for Rack apps, served by a native event loop
@@ -15,11 +16,14 @@ require "spillway/middleware"
 module Spillway
   # Event names: like an SSE field value, without CR, LF or NUL, kept short.
   MAX_EVENT_LENGTH = 128
+  # Idempotency keys: bytes, without CR, LF or NUL (they become a Redis key).
+  MAX_IDEMPOTENCY_KEY_LENGTH = 256
 
   @lock = Mutex.new
   @config = Configuration.new
   @hub = nil
   @publisher = nil
+  @idempotency = nil
   @pid = Process.pid
   @published = 0
   @at_exit_installed = false
@@ -55,20 +59,31 @@ module Spillway
     # process (Redis) or in this process (memory). data is a String (UTF-8);
     # a Hash or Array is sent as JSON. Returns the message id, or nil for an
     # async publish (Redis: queued on this process's link, see flush).
-    def publish(channel, data, event: nil, async: false)
+    #
+    # idempotency_key: a publish under a key that was published within
+    # idempotency_ttl seconds publishes nothing and returns the first id
+    # (Redis: in every process of the namespace; memory: in this process).
+    # Without one, Spillway still makes one up per call, so a publish it
+    # sends again after a lost reply is never doubled.
+    def publish(channel, data, event: nil, async: false, idempotency_key: nil)
       channel = check_channel!(channel)
       data = coerce_data(data)
       event = check_event!(event)
+      key = check_idempotency_key!(idempotency_key)
       check_size!(data, event)
       id =
         if @config.backend == :memory
           warn_forked_memory if @forked
-          hub.publish(channel, data, event)
+          if key
+            idempotency_cache.fetch(key) { hub.publish(channel, data, event) }
+          else
+            hub.publish(channel, data, event)
+          end
         elsif async
-          hub.publish_async(channel, data, event)
+          hub.publish_async(channel, data, event, key)
           nil
         else
-          publisher_call { |p| p.publish(channel, data, event) }
+          publisher_call { |p| p.publish(channel, data, event, key) }
         end
       @lock.synchronize { @published += 1 }
       id
@@ -86,8 +101,8 @@ module Spillway
       end
     end
 
-    def publish_async(channel, data, event: nil)
-      publish(channel, data, event: event, async: true)
+    def publish_async(channel, data, event: nil, idempotency_key: nil)
+      publish(channel, data, event: event, async: true, idempotency_key: idempotency_key)
     end
 
     # Waits until every async publish made before the call is finished.
@@ -177,6 +192,7 @@ module Spillway
     # closed by the native atfork handler); drop the references.
     def forget_native!
       @hub = nil
+      @idempotency = nil
       @publisher&.abandon
       @publisher = nil
       @pid = Process.pid
@@ -196,6 +212,8 @@ module Spillway
         end
         @hub = nil
       end
+      # The memory backend's keys belong to the hub that published them.
+      @idempotency = nil
       @publisher&.close
       @publisher = nil
     end
@@ -247,6 +265,25 @@ module Spillway
       end
 
       event
+    end
+
+    def idempotency_cache
+      @lock.synchronize do
+        check_pid!
+        @idempotency ||= IdempotencyCache.new(@config.idempotency_ttl)
+      end
+    end
+
+    def check_idempotency_key!(key)
+      return nil if key.nil?
+
+      unless key.is_a?(String) && !key.empty? && key.bytesize <= MAX_IDEMPOTENCY_KEY_LENGTH && !key.b.match?(/[\r\n\0]/n)
+        shown = key.is_a?(String) && key.bytesize > 64 ? "#{key.byteslice(0, 64).inspect}... (#{key.bytesize} bytes)" : key.inspect
+        raise ArgumentError, "invalid idempotency_key #{shown}: a String of 1 to #{MAX_IDEMPOTENCY_KEY_LENGTH} bytes, " \
+                             "no CR, LF or NUL"
+      end
+
+      key
     end
 
     def check_size!(data, event)

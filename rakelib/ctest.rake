@@ -54,6 +54,7 @@ module SpillwayCTest
   TESTS = {
     "test_sse" => %w[sse],
     "test_id" => %w[id],
+    "test_idem" => %w[idem id],
     "test_queue" => %w[queue],
     "test_resp" => %w[resp],
     "test_channel" => HUB_CORE,

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "hub_internal.h"
+#include "idem.h"
 #include "sse.h"
 
 #define STAT_ADD(hub, field, n) atomic_fetch_add_explicit(&(hub)->field, (n), memory_order_relaxed)
@@ -755,14 +756,19 @@ static void stamp_publish(spillway_qnode *node, void *arg)
     st->frame->id = id;
 }
 
+/* keyspace: bytes after the channel for the async idempotency key. */
 static spillway_cmd_publish *new_publish_cmd(int kind, const char *channel, size_t chlen,
-                                             spillway_frame *frame)
+                                             spillway_frame *frame, size_t keyspace)
 {
-    spillway_cmd_publish *cmd = malloc(sizeof(*cmd) + chlen);
+    spillway_cmd_publish *cmd = malloc(sizeof(*cmd) + chlen + keyspace);
     if (cmd == NULL) return NULL;
     cmd->base.kind = kind;
     cmd->frame = frame;
     cmd->seq = 0;
+    cmd->keylen = 0;
+    cmd->key_ttl_ms = 0;
+    cmd->first_ms = 0;
+    cmd->maybe_ran = false;
     cmd->chlen = (uint32_t)chlen;
     memcpy(cmd->channel, channel, chlen);
     return cmd;
@@ -801,7 +807,7 @@ int spillway_hub_publish(spillway_hub *hub, const char *channel, size_t chlen, c
         set_err(err, errlen, "spillway_hub_publish: out of memory (%zd bytes)", need);
         return -ENOMEM;
     }
-    cmd = new_publish_cmd(SW_CMD_PUBLISH, channel, chlen, st.frame);
+    cmd = new_publish_cmd(SW_CMD_PUBLISH, channel, chlen, st.frame, 0);
     if (cmd == NULL) {
         spillway_frame_unref(st.frame);
         set_err(err, errlen, "spillway_hub_publish: out of memory");
@@ -849,11 +855,15 @@ static void stamp_async(spillway_qnode *node, void *arg)
 
 int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t chlen,
                                const char *event, size_t evlen, const char *data,
-                               size_t datalen, uint64_t *seq, char *err, size_t errlen)
+                               size_t datalen, const char *key, size_t keylen, uint64_t *seq,
+                               char *err, size_t errlen)
 {
     struct async_stamp st = {hub, 0};
     spillway_cmd_publish *cmd;
     spillway_frame *body;
+    char genkey[SPILLWAY_IDEM_GEN_LEN + 1];
+    const char *ns = hub->cfg.redis.ns;
+    size_t nslen;
     ssize_t need;
     int rc;
     uint_fast32_t waiting;
@@ -864,6 +874,18 @@ int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t ch
     }
     rc = check_publish(hub, "spillway_hub_publish_async", channel, chlen, err, errlen);
     if (rc != 0) return rc;
+    if (key != NULL && !spillway_idem_key_ok(key, keylen)) {
+        set_err(err, errlen, "spillway_hub_publish_async: invalid idempotency key (1 to %d bytes, no CR, LF or NUL)",
+                SPILLWAY_IDEM_KEY_MAX);
+        return -EINVAL;
+    }
+    if (key == NULL) {
+        /* Made up here, on the caller's thread: the reactor's time goes to I/O. */
+        spillway_idem_generate(genkey);
+        key = genkey;
+        keylen = SPILLWAY_IDEM_GEN_LEN;
+    }
+    nslen = strlen(ns);
     need = spillway_sse_size(NULL, 0, event, evlen, data, datalen);
     if (need < 0) {
         set_err(err, errlen, "spillway_hub_publish_async: %s", spillway_sse_strerror(need));
@@ -879,13 +901,21 @@ int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t ch
         return -EAGAIN;
     }
     body = spillway_frame_new((size_t)need);
-    cmd = body ? new_publish_cmd(SW_CMD_PUBLISH_ASYNC, channel, chlen, body) : NULL;
+    cmd = body ? new_publish_cmd(SW_CMD_PUBLISH_ASYNC, channel, chlen, body, nslen + 3 + keylen) : NULL;
     if (cmd == NULL) {
         spillway_frame_unref(body);
         atomic_fetch_sub(&hub->async_waiting_count, 1);
         set_err(err, errlen, "spillway_hub_publish_async: out of memory");
         return -ENOMEM;
     }
+    /* The whole Redis key "NS:k:<key>" (scripts.h), so the reactor only
+     * copies it into the command. */
+    memcpy(cmd->channel + chlen, ns, nslen);
+    memcpy(cmd->channel + chlen + nslen, ":k:", 3);
+    memcpy(cmd->channel + chlen + nslen + 3, key, keylen);
+    cmd->keylen = (uint32_t)(nslen + 3 + keylen);
+    cmd->key_ttl_ms = key == genkey ? spillway_idem_generated_ttl_ms(&hub->cfg.redis)
+                                    : SW_MAX(hub->cfg.redis.idempotency_ttl_ms, 1u);
     spillway_sse_encode(body->data, (size_t)need, NULL, 0, event, evlen, data, datalen);
     rc = spillway_queue_push(&hub->q, &cmd->base.node, SPILLWAY_QUEUE_FORCE, stamp_async, &st);
     if (rc == -EPIPE) {

@@ -35,6 +35,7 @@ typedef struct spillway_redis_config {
     uint32_t backlog_ttl_s;      /* EXPIRE of a channel's stream, 0: none */
     uint32_t async_limit;        /* async publishes waiting for Redis at most */
     uint32_t unsubscribe_linger_ms;
+    uint32_t idempotency_ttl_ms; /* how long Redis keeps an app-given idempotency key */
 } spillway_redis_config;
 
 typedef struct spillway_config {
@@ -124,12 +125,15 @@ void spillway_hub_cursor(spillway_hub *hub, char *idbuf);
 
 /*
  * Redis backend: queues a publish for the hub's command link (pipelined
- * EVALSHA). 0, -EAGAIN when async_limit publishes are already waiting, or
- * -errno. *seq receives a ticket for spillway_hub_flush.
+ * EVALSHA). key (keylen bytes, NULL: one is generated) is its idempotency
+ * key (idem.h): a publish the link wrote but lost the reply of is sent again
+ * after the reconnect under it. 0, -EAGAIN when async_limit publishes are
+ * already waiting, or -errno. *seq receives a ticket for spillway_hub_flush.
  */
 int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t chlen,
                                const char *event, size_t evlen, const char *data,
-                               size_t datalen, uint64_t *seq, char *err, size_t errlen);
+                               size_t datalen, const char *key, size_t keylen, uint64_t *seq,
+                               char *err, size_t errlen);
 
 /* Blocks until every async publish queued before the call has been
  * acknowledged by Redis or failed, or timeout_ms passed. 0 when all of

@@ -111,6 +111,7 @@ void spillway_fill_redis_config(VALUE opts, spillway_redis_config *r)
     r->backlog_ttl_s = spillway_opt_u32(opts, "backlog_ttl", 86400);
     r->async_limit = spillway_opt_u32(opts, "async_limit", 10000);
     r->unsubscribe_linger_ms = spillway_opt_u32(opts, "unsubscribe_linger_ms", 1000);
+    r->idempotency_ttl_ms = spillway_opt_u32(opts, "idempotency_ttl_ms", 300000);
 }
 
 /* Hub.new(options) — options are checked and defaulted by
@@ -257,8 +258,9 @@ static VALUE hub_cursor(VALUE self)
     return rb_str_new_cstr(id);
 }
 
-/* hub.publish_async(channel, data, event) -> ticket (Redis backend) */
-static VALUE hub_publish_async(VALUE self, VALUE channel, VALUE data, VALUE event)
+/* hub.publish_async(channel, data, event, idempotency_key) -> ticket (Redis
+ * backend). The key may be nil: the hub makes one up. */
+static VALUE hub_publish_async(VALUE self, VALUE channel, VALUE data, VALUE event, VALUE key)
 {
     spillway_hub *hub = get_hub(self);
     char err[256] = "";
@@ -268,14 +270,17 @@ static VALUE hub_publish_async(VALUE self, VALUE channel, VALUE data, VALUE even
     StringValue(channel);
     StringValue(data);
     if (!NIL_P(event)) StringValue(event);
+    if (!NIL_P(key)) StringValue(key);
     rc = spillway_hub_publish_async(hub, RSTRING_PTR(channel), (size_t)RSTRING_LEN(channel),
                                     NIL_P(event) ? NULL : RSTRING_PTR(event),
                                     NIL_P(event) ? 0 : (size_t)RSTRING_LEN(event),
-                                    RSTRING_PTR(data), (size_t)RSTRING_LEN(data), &seq, err,
-                                    sizeof(err));
+                                    RSTRING_PTR(data), (size_t)RSTRING_LEN(data),
+                                    NIL_P(key) ? NULL : RSTRING_PTR(key),
+                                    NIL_P(key) ? 0 : (size_t)RSTRING_LEN(key), &seq, err, sizeof(err));
     RB_GC_GUARD(channel);
     RB_GC_GUARD(data);
     RB_GC_GUARD(event);
+    RB_GC_GUARD(key);
     if (rc != 0) raise_publish(rc, err);
     return ULL2NUM(seq);
 }
@@ -449,7 +454,7 @@ void Init_spillway_hub(void)
     rb_define_method(cHub, "unreserve", hub_unreserve, 0);
     rb_define_method(cHub, "attach", hub_attach, 4);
     rb_define_method(cHub, "publish", hub_publish, 3);
-    rb_define_method(cHub, "publish_async", hub_publish_async, 3);
+    rb_define_method(cHub, "publish_async", hub_publish_async, 4);
     rb_define_method(cHub, "cursor", hub_cursor, 0);
     rb_define_method(cHub, "flush", hub_flush, 1);
     rb_define_method(cHub, "stats", hub_stats, 0);

@@ -64,8 +64,17 @@ typedef struct spillway_cmd_publish {
     spillway_cmd base;
     spillway_frame *frame; /* the full frame (memory) or the body after the id line (async) */
     uint64_t seq;          /* async ticket */
+    /* Async: its idempotency key, whole ("NS:k:<key>"), stored right after
+     * the channel; how long Redis keeps it; when it was put on the command
+     * link for the attempt Redis may have run (CLOCK_MONOTONIC ms); and
+     * whether Redis may have run it already (written, reply lost): then it
+     * is sent again only while its key certainly lives (idem.h). */
+    uint32_t keylen;
+    uint32_t key_ttl_ms;
+    uint64_t first_ms;
+    bool maybe_ran;
     uint32_t chlen;
-    char channel[];
+    char channel[]; /* the channel, then (async) the key */
 } spillway_cmd_publish;
 
 /* ---- channels ---------------------------------------------------------- */

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #if __has_include(<hiredis/hiredis.h>)
@@ -19,6 +20,9 @@
 #include "scripts.h"
 
 #define POOL_MAX 16
+/* Pauses between retries while Redis refuses connections or is loading. */
+#define RETRY_PAUSE_MIN_MS 20u
+#define RETRY_PAUSE_MAX_MS 250u
 
 typedef struct pconn {
     redisContext *ctx;
@@ -28,13 +32,13 @@ typedef struct pconn {
 
 struct spillway_publisher {
     spillway_redis_config cfg; /* strings owned */
-    char *idkey, *sincekey, *key_prefix, *chan_prefix;
-    size_t key_prefix_len, chan_prefix_len;
+    char *idkey, *sincekey, *key_prefix, *chan_prefix, *idem_prefix;
+    size_t key_prefix_len, chan_prefix_len, idem_prefix_len;
     pthread_mutex_t lock;
     pconn pool[POOL_MAX];
     uint32_t npool;
     char sha[41];
-    atomic_uint_fast64_t published, failed, connects;
+    atomic_uint_fast64_t published, failed, connects, retried;
 };
 
 static char *dup0(const char *s)
@@ -69,12 +73,15 @@ int spillway_publisher_new(const spillway_redis_config *cfg, spillway_publisher 
     p->sincekey = join(ns, ":since");
     p->key_prefix = join(ns, ":s:");
     p->chan_prefix = join(ns, ":");
-    if (p->cfg.ns == NULL || p->idkey == NULL || p->sincekey == NULL || p->key_prefix == NULL || p->chan_prefix == NULL) {
+    p->idem_prefix = join(ns, ":k:");
+    if (p->cfg.ns == NULL || p->idkey == NULL || p->sincekey == NULL || p->key_prefix == NULL ||
+        p->chan_prefix == NULL || p->idem_prefix == NULL) {
         spillway_publisher_free(p);
         goto oom;
     }
     p->key_prefix_len = strlen(p->key_prefix);
     p->chan_prefix_len = strlen(p->chan_prefix);
+    p->idem_prefix_len = strlen(p->idem_prefix);
     pthread_mutex_init(&p->lock, NULL);
     *out = p;
     return 0;
@@ -190,10 +197,13 @@ fail:
     return -1;
 }
 
-static redisContext *connect_new(spillway_publisher *p, spillway_publish_call *c)
+/* A new connection with these timeouts (a retry cuts them to what is left
+ * of its budget), or NULL with c->rc and c->err set. */
+static redisContext *connect_new(spillway_publisher *p, spillway_publish_call *c, uint32_t connect_ms,
+                                 uint32_t command_ms)
 {
-    struct timeval ctv = tv_ms(p->cfg.connect_timeout_ms);
-    struct timeval ttv = tv_ms(p->cfg.command_timeout_ms);
+    struct timeval ctv = tv_ms(connect_ms);
+    struct timeval ttv = tv_ms(command_ms);
     char target[160];
     redisContext *ctx;
 
@@ -215,56 +225,79 @@ static redisContext *connect_new(spillway_publisher *p, spillway_publish_call *c
     return ctx;
 }
 
+/* The key's TTL: the app's keys live idempotency_ttl, generated ones only
+ * as long as a retry can come (idem.h). */
+static uint32_t key_ttl_ms(const spillway_publisher *p, const spillway_publish_call *c)
+{
+    if (c->key != c->genkey) return SW_MAX(p->cfg.idempotency_ttl_ms, 1u);
+    return spillway_idem_generated_ttl_ms(&p->cfg);
+}
+
 static redisReply *eval_publish(spillway_publisher *p, redisContext *ctx, spillway_publish_call *c,
                                 bool by_text)
 {
-    char maxlen[16], ttl[16];
+    char maxlen[16], ttl[16], kttl[16];
     char *skey = malloc(p->key_prefix_len + c->chlen + 1);
     char *chan = malloc(p->chan_prefix_len + c->chlen + 1);
-    const char *argv[9];
-    size_t lens[9];
+    char *ikey = malloc(p->idem_prefix_len + c->keylen + 1);
+    const char *argv[12];
+    size_t lens[12];
     redisReply *rep = NULL;
 
-    if (skey == NULL || chan == NULL) goto done;
+    if (skey == NULL || chan == NULL || ikey == NULL) goto done;
     memcpy(skey, p->key_prefix, p->key_prefix_len);
     memcpy(skey + p->key_prefix_len, c->channel, c->chlen);
     memcpy(chan, p->chan_prefix, p->chan_prefix_len);
     memcpy(chan + p->chan_prefix_len, c->channel, c->chlen);
+    memcpy(ikey, p->idem_prefix, p->idem_prefix_len);
+    memcpy(ikey + p->idem_prefix_len, c->key, c->keylen);
     snprintf(maxlen, sizeof(maxlen), "%u", p->cfg.backlog_size);
     snprintf(ttl, sizeof(ttl), "%u", p->cfg.backlog_ttl_s);
+    snprintf(kttl, sizeof(kttl), "%u", key_ttl_ms(p, c));
     argv[0] = by_text ? "EVAL" : "EVALSHA";
     argv[1] = by_text ? spillway_lua_publish : p->sha;
-    argv[2] = "2";
+    argv[2] = "4";
     argv[3] = p->idkey;
     argv[4] = skey;
-    argv[5] = chan;
-    argv[6] = c->body;
-    argv[7] = maxlen;
-    argv[8] = ttl;
-    for (int i = 0; i < 9; i++) {
-        /* skey, chan and the body are not NUL-terminated. */
+    argv[5] = ikey;
+    argv[6] = p->sincekey;
+    argv[7] = chan;
+    argv[8] = c->body;
+    argv[9] = maxlen;
+    argv[10] = ttl;
+    argv[11] = kttl;
+    for (int i = 0; i < 12; i++) {
+        /* skey, ikey, chan and the body are not NUL-terminated. */
         if (i == 4) lens[i] = p->key_prefix_len + c->chlen;
-        else if (i == 5) lens[i] = p->chan_prefix_len + c->chlen;
-        else if (i == 6) lens[i] = c->bodylen;
+        else if (i == 5) lens[i] = p->idem_prefix_len + c->keylen;
+        else if (i == 7) lens[i] = p->chan_prefix_len + c->chlen;
+        else if (i == 8) lens[i] = c->bodylen;
         else lens[i] = strlen(argv[i]);
     }
-    rep = run(ctx, 9, argv, lens);
+    rep = run(ctx, 12, argv, lens);
 done:
     free(skey);
     free(chan);
+    free(ikey);
     return rep;
 }
 
 void spillway_publish_call_init(spillway_publish_call *call, spillway_publisher *p)
 {
+    pthread_condattr_t attr;
     memset(call, 0, sizeof(*call));
     call->p = p;
     call->fd = -1;
     pthread_mutex_init(&call->lock, NULL);
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&call->wake, &attr);
+    pthread_condattr_destroy(&attr);
 }
 
 void spillway_publish_call_done(spillway_publish_call *call)
 {
+    pthread_cond_destroy(&call->wake);
     pthread_mutex_destroy(&call->lock);
 }
 
@@ -290,22 +323,39 @@ static bool call_interrupted(spillway_publish_call *c)
     return interrupted;
 }
 
-void spillway_publish_run(spillway_publish_call *c)
+/* What one attempt came to. */
+enum attempt_result {
+    A_DONE,    /* c->id holds the id */
+    A_FAILED,  /* for good: Redis refused the publish, or interrupted */
+    A_LOST,    /* the command may have reached Redis, its reply did not come back */
+    A_NOT_RUN  /* certainly not run: no connection, or Redis is loading */
+};
+
+static bool not_ready(const redisReply *rep)
+{
+    /* Redis refuses a script while it loads its data set (a restart) or
+     * runs another script too long: nothing ran, later it will. */
+    return rep->type == REDIS_REPLY_ERROR &&
+           (strncmp(rep->str, "LOADING", 7) == 0 || strncmp(rep->str, "BUSY", 4) == 0);
+}
+
+/* One attempt: a pooled connection (the first attempt) or a fresh one with
+ * these timeouts (the retries: a pooled one would most likely be as dead as
+ * the one that lost the reply). */
+static int attempt(spillway_publish_call *c, bool fresh, uint32_t connect_ms, uint32_t command_ms)
 {
     spillway_publisher *p = c->p;
-    redisContext *ctx = pool_take(p);
+    redisContext *ctx = fresh ? NULL : pool_take(p);
     redisReply *rep;
     bool by_text;
 
-    c->rc = 0;
-    c->id[0] = '\0';
-    if (ctx == NULL) ctx = connect_new(p, c);
-    if (ctx == NULL) goto failed;
+    if (ctx == NULL) ctx = connect_new(p, c, connect_ms, command_ms);
+    if (ctx == NULL) return c->rc == -EPROTO ? A_FAILED : A_NOT_RUN;
     if (set_call_fd(c, ctx->fd)) {
         set_call_fd(c, -1);
         set_err(c, -EINTR, "interrupted");
         redisFree(ctx);
-        goto failed;
+        return A_FAILED;
     }
     pthread_mutex_lock(&p->lock);
     by_text = p->sha[0] == '\0';
@@ -320,21 +370,31 @@ void spillway_publish_run(spillway_publish_call *c)
     if (rep == NULL) {
         char target[160];
         describe_target(p, target, sizeof(target));
-        if (call_interrupted(c)) set_err(c, -EINTR, "interrupted");
-        else if (ctx->err == REDIS_ERR_IO && strcmp(ctx->errstr, strerror(EAGAIN)) == 0)
+        if (call_interrupted(c)) {
+            set_err(c, -EINTR, "interrupted");
+            redisFree(ctx);
+            return A_FAILED;
+        }
+        if (ctx->err == REDIS_ERR_IO && strcmp(ctx->errstr, strerror(EAGAIN)) == 0)
             set_err(c, -ETIMEDOUT, "Redis at %.100s did not answer within command_timeout", target);
         else
             set_err(c, -EIO, "Redis connection failed during publish (%.100s: %.100s)", target,
                     ctx->errstr[0] ? ctx->errstr : "connection lost");
         redisFree(ctx);
-        goto failed;
+        return A_LOST;
+    }
+    if (not_ready(rep)) {
+        set_err(c, -EAGAIN, "Redis is not ready: %.180s", rep->str);
+        freeReplyObject(rep);
+        pool_give(p, ctx);
+        return A_NOT_RUN;
     }
     if (rep->type != REDIS_REPLY_STRING || rep->len >= SPILLWAY_ID_TEXT_MAX) {
         set_err(c, -EPROTO, "Redis refused the publish: %.180s",
                 rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
         freeReplyObject(rep);
         pool_give(p, ctx);
-        goto failed;
+        return A_FAILED;
     }
     memcpy(c->id, rep->str, rep->len);
     c->id[rep->len] = '\0';
@@ -356,9 +416,94 @@ void spillway_publish_run(spillway_publish_call *c)
         }
     }
     if (ctx != NULL) pool_give(p, ctx);
-    atomic_fetch_add(&p->published, 1);
-    return;
-failed:
+    return A_DONE;
+}
+
+/* Waits ms unless the call is interrupted first; true when it was. */
+static bool pause_call(spillway_publish_call *c, uint32_t ms)
+{
+    struct timespec until;
+    bool interrupted;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&c->lock);
+    while (!c->interrupted && pthread_cond_timedwait(&c->wake, &c->lock, &until) != ETIMEDOUT) {
+    }
+    interrupted = c->interrupted != 0;
+    pthread_mutex_unlock(&c->lock);
+    return interrupted;
+}
+
+void spillway_publish_run(spillway_publish_call *c)
+{
+    spillway_publisher *p = c->p;
+    const spillway_redis_config *rc = &p->cfg;
+    uint64_t start = mono_ms(), limit;
+    uint32_t pause = RETRY_PAUSE_MIN_MS;
+    bool lost = false;
+    int r;
+
+    c->rc = 0;
+    c->id[0] = '\0';
+    c->retries = 0;
+    if (c->key == NULL) {
+        spillway_idem_generate(c->genkey);
+        c->key = c->genkey;
+        c->keylen = SPILLWAY_IDEM_GEN_LEN;
+    }
+    /* The budget of the retries, and no later than the key certainly lives:
+     * an attempt that ran set it no earlier than start, and a retry runs in
+     * Redis before its command timeout, which is cut to fit, or it is lost
+     * too. */
+    limit = start + rc->connect_timeout_ms + 2u * (uint64_t)rc->command_timeout_ms;
+    limit = SW_MIN(limit, start + key_ttl_ms(p, c));
+    r = attempt(c, false, rc->connect_timeout_ms, rc->command_timeout_ms);
+    while (r == A_LOST || (r == A_NOT_RUN && lost)) {
+        uint64_t now = mono_ms();
+        uint32_t left;
+        lost = true;
+        if (c->retries >= SPILLWAY_PUBLISH_RETRIES || now >= limit) break;
+        if (r == A_NOT_RUN) {
+            /* Refused or loading: a restart, most likely. Give it a moment. */
+            if (pause_call(c, (uint32_t)SW_MIN((uint64_t)pause, limit - now))) {
+                set_err(c, -EINTR, "interrupted");
+                r = A_FAILED;
+                break;
+            }
+            pause = SW_MIN(pause * 2, RETRY_PAUSE_MAX_MS);
+            now = mono_ms();
+            if (now >= limit) break;
+        } else if (call_interrupted(c)) {
+            set_err(c, -EINTR, "interrupted");
+            r = A_FAILED;
+            break;
+        }
+        left = (uint32_t)(limit - now);
+        c->retries++;
+        atomic_fetch_add(&p->retried, 1);
+        r = attempt(c, true, SW_MIN(rc->connect_timeout_ms, left), SW_MIN(rc->command_timeout_ms, left));
+    }
+    if (r == A_DONE) {
+        /* What a lost attempt left there is no error of this call. */
+        c->rc = 0;
+        c->err[0] = '\0';
+        atomic_fetch_add(&p->published, 1);
+        return;
+    }
+    if (lost && c->rc != -EINTR) {
+        /* Say what the caller needs to know: it may well be in Redis. */
+        char last[sizeof(c->err)];
+        memcpy(last, c->err, sizeof(last));
+        set_err(c, c->rc,
+                "%.250s; a reply was lost and the publish was retried %u time%s within %llu ms: it may have "
+                "been published (publishing it again under the same idempotency_key is safe)",
+                last, c->retries, c->retries == 1 ? "" : "s", (unsigned long long)(mono_ms() - start));
+    }
     atomic_fetch_add(&p->failed, 1);
 }
 
@@ -371,7 +516,7 @@ void spillway_publish_cursor(spillway_publish_call *c)
 
     c->rc = 0;
     c->id[0] = '\0';
-    if (ctx == NULL) ctx = connect_new(p, c);
+    if (ctx == NULL) ctx = connect_new(p, c, p->cfg.connect_timeout_ms, p->cfg.command_timeout_ms);
     if (ctx == NULL) return;
     rep = set_call_fd(c, ctx->fd) ? NULL : run(ctx, 5, argv, NULL);
     set_call_fd(c, -1);
@@ -399,6 +544,7 @@ void spillway_publish_interrupt(spillway_publish_call *c)
     /* shutdown, not close: the owner frees the context; the blocked read
      * returns at once. Under the lock: the owner cannot close it meanwhile. */
     if (c->fd >= 0) shutdown(c->fd, SHUT_RDWR);
+    pthread_cond_broadcast(&c->wake); /* a pause between retries */
     pthread_mutex_unlock(&c->lock);
 }
 
@@ -435,6 +581,7 @@ void spillway_publisher_free(spillway_publisher *p)
     free(p->sincekey);
     free(p->key_prefix);
     free(p->chan_prefix);
+    free(p->idem_prefix);
     pthread_mutex_destroy(&p->lock);
     free(p);
 }
@@ -444,6 +591,7 @@ void spillway_publisher_stats_get(spillway_publisher *p, spillway_publisher_stat
     out->published = atomic_load(&p->published);
     out->failed = atomic_load(&p->failed);
     out->connects = atomic_load(&p->connects);
+    out->retried = atomic_load(&p->retried);
     pthread_mutex_lock(&p->lock);
     out->pooled = p->npool;
     pthread_mutex_unlock(&p->lock);

@@ -13,6 +13,10 @@
 #include <pthread.h>
 
 #include "hub.h"
+#include "idem.h"
+
+/* Attempts after the first, at most, when a reply was lost. */
+#define SPILLWAY_PUBLISH_RETRIES 10
 
 typedef struct spillway_publisher spillway_publisher;
 typedef struct spillway_publish_call spillway_publish_call;
@@ -29,22 +33,39 @@ struct spillway_publish_call {
     size_t chlen;
     const char *body; /* the frame after its id line (spillway_sse_encode without id) */
     size_t bodylen;
+    const char *key;  /* the app's idempotency key (idem.h), or NULL: one is generated */
+    size_t keylen;
+    char genkey[SPILLWAY_IDEM_GEN_LEN + 1];
+    uint32_t retries; /* attempts after the first (a reply was lost) */
     char id[SPILLWAY_ID_TEXT_MAX];
-    char err[256];
+    char err[384];
     int rc;
     int fd; /* the connection in use, for spillway_publish_interrupt */
     int interrupted;
     pthread_mutex_t lock; /* fd and interrupted; spillway_publish_call_init */
+    pthread_cond_t wake;  /* a pause between retries ends early on an interrupt */
 };
 
 /* Prepares a call (its lock); spillway_publish_call_done after the run. */
 void spillway_publish_call_init(spillway_publish_call *call, spillway_publisher *p);
 void spillway_publish_call_done(spillway_publish_call *call);
 
-/* Runs the publish script: one round trip (plus a connect when needed).
+/* Runs the publish script: one round trip (plus a connect when needed),
+ * under the call's idempotency key (generated when call->key is NULL).
+ *
+ * A reply that is lost once the command may have reached Redis (the
+ * connection closed, no answer within command_timeout) does not fail the
+ * call: it is sent again on a fresh connection under the same key, so it
+ * publishes at most once. Retries, with short pauses while Redis refuses
+ * connections or is still loading, go on at most SPILLWAY_PUBLISH_RETRIES
+ * times and until connect_timeout + 2 x command_timeout after the call began
+ * (each attempt's timeouts are cut to fit), and only while the key certainly
+ * lives. A call that fails before anything reached Redis is not retried.
+ *
  * Sets call->rc: 0 (call->id filled) or -errno (call->err filled):
  * -ECONNREFUSED/-ETIMEDOUT/-EIO Redis unreachable or silent, -EPROTO Redis
- * answered with an error, -EINTR interrupted. */
+ * answered with an error, -EINTR interrupted. The message says when the
+ * publish may have gone through (a reply was lost and the retries ran out). */
 void spillway_publish_run(spillway_publish_call *call);
 /* Like spillway_publish_run, but reads the namespace's newest id (the
  * cursor for "now") into call->id; channel and body are unused. */
@@ -63,6 +84,7 @@ void spillway_publisher_abandon(spillway_publisher *p);
 
 typedef struct spillway_publisher_stats {
     uint64_t published, failed, connects;
+    uint64_t retried; /* attempts sent again after a lost reply */
     uint32_t pooled;
 } spillway_publisher_stats;
 void spillway_publisher_stats_get(spillway_publisher *p, spillway_publisher_stats *out);

@@ -8,6 +8,7 @@
 
 #include "binding.h"
 #include "frame.h"
+#include "idem.h"
 #include "publisher.h"
 #include "sse.h"
 
@@ -86,18 +87,23 @@ static void publish_ubf(void *ptr)
     spillway_publish_interrupt(ptr);
 }
 
-/* publisher.publish(channel, data, event) -> id */
-static VALUE pub_publish(VALUE self, VALUE channel, VALUE data, VALUE event)
+/* publisher.publish(channel, data, event, idempotency_key) -> id */
+static VALUE pub_publish(VALUE self, VALUE channel, VALUE data, VALUE event, VALUE key)
 {
     pub_wrap *w = get(self);
     spillway_publish_call call;
     ssize_t need;
-    char *body;
+    char *body, *keycopy = NULL;
 
     if (w->pid != getpid()) rb_raise(spillway_eError, "publisher of process %d used in %d", (int)w->pid, (int)getpid());
     StringValue(channel);
     StringValue(data);
     if (!NIL_P(event)) StringValue(event);
+    if (!NIL_P(key)) {
+        StringValue(key);
+        if (!spillway_idem_key_ok(RSTRING_PTR(key), (size_t)RSTRING_LEN(key)))
+            rb_raise(rb_eArgError, "invalid idempotency key: 1 to %d bytes, no CR, LF or NUL", SPILLWAY_IDEM_KEY_MAX);
+    }
     need = spillway_sse_size(NULL, 0, NIL_P(event) ? NULL : RSTRING_PTR(event),
                              NIL_P(event) ? 0 : (size_t)RSTRING_LEN(event), RSTRING_PTR(data),
                              (size_t)RSTRING_LEN(data));
@@ -119,12 +125,22 @@ static VALUE pub_publish(VALUE self, VALUE channel, VALUE data, VALUE event)
     }
     call.body = body;
     call.bodylen = (size_t)need;
+    if (!NIL_P(key)) {
+        /* Copied like the channel: the String may change once the GVL is gone. */
+        call.keylen = (size_t)RSTRING_LEN(key);
+        keycopy = ruby_xmalloc(call.keylen + 1);
+        memcpy(keycopy, RSTRING_PTR(key), call.keylen);
+        keycopy[call.keylen] = '\0';
+        call.key = keycopy;
+    }
     rb_thread_call_without_gvl(publish_nogvl, &call, publish_ubf, &call);
     spillway_publish_call_done(&call);
     xfree(body);
     xfree((char *)call.channel);
+    if (keycopy != NULL) xfree(keycopy);
     RB_GC_GUARD(data);
     RB_GC_GUARD(event);
+    RB_GC_GUARD(key);
     if (call.rc == -EINTR) rb_thread_check_ints();
     if (call.rc != 0) rb_raise(spillway_eRedisError, "Spillway.publish: %s", call.err);
     return rb_str_new_cstr(call.id);
@@ -179,6 +195,7 @@ static VALUE pub_stats(VALUE self)
     rb_hash_aset(h, ID2SYM(rb_intern("published")), ULL2NUM(st.published));
     rb_hash_aset(h, ID2SYM(rb_intern("failed")), ULL2NUM(st.failed));
     rb_hash_aset(h, ID2SYM(rb_intern("connects")), ULL2NUM(st.connects));
+    rb_hash_aset(h, ID2SYM(rb_intern("retried")), ULL2NUM(st.retried));
     rb_hash_aset(h, ID2SYM(rb_intern("pooled")), UINT2NUM(st.pooled));
     return h;
 }
@@ -188,7 +205,7 @@ void Init_spillway_publisher(void)
     VALUE c = rb_define_class_under(spillway_mNative, "Publisher", rb_cObject);
     rb_define_alloc_func(c, pub_alloc);
     rb_define_method(c, "initialize", pub_initialize, 1);
-    rb_define_method(c, "publish", pub_publish, 3);
+    rb_define_method(c, "publish", pub_publish, 4);
     rb_define_method(c, "cursor", pub_cursor, 0);
     rb_define_method(c, "close", pub_close, 0);
     rb_define_method(c, "abandon", pub_abandon, 0);

@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "hub_internal.h"
+#include "idem.h"
 #include "redis_link.h"
 #include "scripts.h"
 
@@ -292,7 +293,7 @@ static int queue_publish(spillway_hub *hub, spillway_cmd_publish *cmd, bool eval
     spillway_redis *r = R(hub);
     spillway_rlink *l = &r->cmd;
     const spillway_redis_config *rc = &hub->cfg.redis;
-    char maxlen[16], ttl[16];
+    char maxlen[16], ttl[16], kttl[16];
     spillway_rq *q = spillway_rq_new(SW_RQ_PUBLISH);
     spillway_buf *b = &l->out;
     int bad;
@@ -303,14 +304,18 @@ static int queue_publish(spillway_hub *hub, spillway_cmd_publish *cmd, bool eval
     size_t mark = b->len;
     snprintf(maxlen, sizeof(maxlen), "%u", rc->backlog_size);
     snprintf(ttl, sizeof(ttl), "%u", rc->backlog_ttl_s);
-    bad = script_head(b, 9, eval, l->publish_sha, spillway_lua_publish);
-    bad |= spillway_buf_arg(b, "2", 1);
+    snprintf(kttl, sizeof(kttl), "%u", cmd->key_ttl_ms);
+    bad = script_head(b, 12, eval, l->publish_sha, spillway_lua_publish);
+    bad |= spillway_buf_arg(b, "4", 1);
     bad |= spillway_buf_arg(b, r->idkey, strlen(r->idkey));
     bad |= spillway_buf_arg2(b, r->key_prefix, r->key_prefix_len, cmd->channel, cmd->chlen);
+    bad |= spillway_buf_arg(b, cmd->channel + cmd->chlen, cmd->keylen); /* "NS:k:<key>" */
+    bad |= spillway_buf_arg(b, r->sincekey, strlen(r->sincekey));
     bad |= spillway_buf_arg2(b, r->chan_prefix, r->chan_prefix_len, cmd->channel, cmd->chlen);
     bad |= spillway_buf_arg(b, cmd->frame->data, cmd->frame->len);
     bad |= spillway_buf_arg(b, maxlen, strlen(maxlen));
     bad |= spillway_buf_arg(b, ttl, strlen(ttl));
+    bad |= spillway_buf_arg(b, kttl, strlen(kttl));
     if (bad) {
         /* No half command may stay: it would shift every later reply. */
         b->len = mark;
@@ -320,6 +325,9 @@ static int queue_publish(spillway_hub *hub, spillway_cmd_publish *cmd, bool eval
         return -1;
     }
     spillway_link_push_rq(hub, l, q);
+    /* From here on Redis may run it and start the clock of its key; a
+     * repeat of one that may have run keeps the first attempt's clock. */
+    if (!cmd->maybe_ran) cmd->first_ms = hub->now;
     return 0;
 }
 
@@ -337,6 +345,16 @@ static void send_async_queue(spillway_hub *hub)
         spillway_cmd_publish *cmd = r->aq_head;
         r->aq_head = (spillway_cmd_publish *)cmd->base.node.next;
         if (r->aq_head == NULL) r->aq_tail = NULL;
+        if (cmd->maybe_ran &&
+            !spillway_idem_may_resend(cmd->first_ms, cmd->key_ttl_ms, hub->now, hub->cfg.redis.command_timeout_ms)) {
+            /* The link was down for longer than its key lives: sent again,
+             * it might be published twice. */
+            spillway_hub_error(hub, "async publish to %.*s: the command link dropped before Redis answered and "
+                                    "stayed down past its idempotency key's TTL; it may not have been published",
+                               (int)cmd->chlen, cmd->channel);
+            async_finish(hub, cmd, false);
+            continue;
+        }
         if (queue_publish(hub, cmd, false) != 0) async_finish(hub, cmd, false);
     }
 }
@@ -1542,23 +1560,17 @@ void spillway_redis_on_failed_rq(spillway_hub *hub, spillway_rlink *l, spillway_
         }
         break;
     case SW_RQ_PUBLISH:
-        if (q->wend > l->written_total) {
-            /* Never left this process: it goes out after the reconnect.
-             * The waiting queue is empty while the link is up (it drains
-             * on ready), and requests fail in FIFO order, so appending
-             * keeps the publish order. */
-            q->pub->base.node.next = NULL;
-            if (r->aq_tail != NULL) r->aq_tail->base.node.next = &q->pub->base.node;
-            else r->aq_head = q->pub;
-            r->aq_tail = q->pub;
-        } else {
-            /* Sent, no answer: Redis may or may not have run it. Not sent
-             * twice (a duplicate would reach every browser). */
-            spillway_hub_error(hub, "async publish to %.*s: the command link dropped before Redis answered; "
-                                    "it may not have been published",
-                               (int)q->pub->chlen, q->pub->channel);
-            async_finish(hub, q->pub, false);
-        }
+        /* It goes out again after the reconnect, whether it never left this
+         * process or was sent and not answered: Redis may have run it, but
+         * then the repeat finds its idempotency key and publishes nothing.
+         * The waiting queue is empty while the link is up (it drains on
+         * ready), and requests fail in FIFO order, so appending keeps the
+         * publish order. */
+        if (q->wend <= l->written_total) q->pub->maybe_ran = true;
+        q->pub->base.node.next = NULL;
+        if (r->aq_tail != NULL) r->aq_tail->base.node.next = &q->pub->base.node;
+        else r->aq_head = q->pub;
+        r->aq_tail = q->pub;
         q->pub = NULL;
         break;
     default:

@@ -14,14 +14,18 @@
  *   NS:s:<name>  the backlog of channel <name>: a capped stream whose entry ids
  *                are the message ids; field "f" holds the whole frame, field
  *                "p" the id of the channel's previous message
+ *   NS:k:<key>   the id published under idempotency key <key> (idem.h), for
+ *                as long as the key's TTL
  * Pub/sub channel of <name>: NS:<name>; the payload is the whole frame.
  */
 #ifndef SPILLWAY_SCRIPTS_H
 #define SPILLWAY_SCRIPTS_H
 
-/* KEYS: id key, stream key. ARGV: pub/sub channel, frame body (everything
- * after the id line), backlog length (0: no backlog), TTL seconds (0: none).
- * Returns the new id. */
+/* KEYS: id key, stream key, the idempotency key, since key. ARGV:
+ * pub/sub channel, frame body (everything after the id line), backlog length
+ * (0: no backlog), TTL seconds (0: none), the idempotency key's TTL in ms.
+ * Returns the new id; when the idempotency key exists, the id stored there,
+ * and publishes nothing. */
 extern const char spillway_lua_publish[];
 
 /* KEYS: id key, since key, then one stream key per channel. ARGV: mode

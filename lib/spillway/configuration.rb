@@ -34,6 +34,7 @@ module Spillway
       backlog_size: 1000,          # messages kept per channel for resume
       backlog_ttl: 86_400,         # seconds a channel's backlog outlives its last message (0: forever)
       max_backlog_channels: 100_000, # memory backend: channels with a backlog (least recently used dropped)
+      idempotency_ttl: 300,        # seconds a publish's idempotency_key is remembered (both backends)
       # Redis
       connect_timeout: 1.0,
       command_timeout: 1.0,
@@ -88,7 +89,7 @@ module Spillway
     {
       heartbeat: [0.01, 3600], retry_interval: [0, 3600], write_timeout: [0.01, 86_400],
       connect_timeout: [0.001, 60], command_timeout: [0.001, 60], health_interval: [0.1, 3600],
-      unsubscribe_linger: [0, 3600]
+      unsubscribe_linger: [0, 3600], idempotency_ttl: [0.01, 30 * 86_400]
     }.each do |name, (min, max)|
       define_method(:"#{name}=") do |value|
         value = Float(value)
@@ -172,7 +173,8 @@ module Spillway
         redis_username: r[:username], redis_password: r[:password], redis_db: r[:db],
         namespace: namespace, connect_timeout_ms: ms(connect_timeout), command_timeout_ms: ms(command_timeout),
         health_interval_ms: ms(health_interval), backlog_size: backlog_size, backlog_ttl: backlog_ttl,
-        async_limit: async_limit, unsubscribe_linger_ms: ms(unsubscribe_linger)
+        async_limit: async_limit, unsubscribe_linger_ms: ms(unsubscribe_linger),
+        idempotency_ttl_ms: ms(idempotency_ttl)
       }
     end
 

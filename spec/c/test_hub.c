@@ -276,7 +276,7 @@ TEST(config_and_arguments_are_checked)
         /* The memory backend has no async publish. */
         {
             uint64_t seq;
-            CHECK_INT(spillway_hub_publish_async(hub, "a", 1, NULL, 0, "d", 1, &seq, err, sizeof(err)),
+            CHECK_INT(spillway_hub_publish_async(hub, "a", 1, NULL, 0, "d", 1, NULL, 0, &seq, err, sizeof(err)),
                       ==, -EINVAL);
         }
     }

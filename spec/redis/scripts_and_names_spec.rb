@@ -29,6 +29,24 @@ RSpec.describe "Redis: script cache and host names" do
     server&.stop
   end
 
+  it "names idempotency keys NS:k:<key>; the ones Spillway makes up (sync and async) live only as long as a retry can come" do
+    Spillway.configure(redis_url: @redis.url, namespace: "keys1", idempotency_ttl: 600)
+    id = Spillway.publish("named", "mine", idempotency_key: "order-42-shipped")
+    expect(@redis.call("GET", "keys1:k:order-42-shipped")).to eq(id)
+    expect(@redis.call("PTTL", "keys1:k:order-42-shipped")).to be_between(590_000, 600_000)
+    mine = ["keys1:k:order-42-shipped"]
+    Spillway.publish("named", "sync, no key")
+    Spillway.publish("named", "async, no key", async: true)
+    expect(Spillway.flush(timeout: 5)).to be(true)
+    made_up = @redis.call("KEYS", "keys1:k:*") - mine
+    expect(made_up.size).to eq(2)
+    made_up.each do |k|
+      expect(k).to match(/\Akeys1:k:\h{32}\z/)
+      expect(@redis.call("PTTL", k)).to be_between(1, 30_000) # SPILLWAY_IDEM_GEN_TTL_MIN_MS at 1 s timeouts
+    end
+    expect(@redis.call("XLEN", "keys1:s:named")).to eq(3)
+  end
+
   it "resolves a host name off the loop (localhost)" do
     server = AppServer.new(config: { redis_url: "redis://localhost:#{@redis.port}" }).start
     client = SSEClient.open(server.port, "named")

@@ -137,9 +137,10 @@ class AppServer
     http.start { |h| h.post(path, body, "Content-Type" => "application/octet-stream") }
   end
 
-  def publish(channel, data, event: nil)
+  def publish(channel, data, event: nil, idempotency_key: nil)
     q = "channel=#{URI.encode_www_form_component(channel)}"
     q << "&event=#{URI.encode_www_form_component(event)}" if event
+    q << "&key=#{URI.encode_www_form_component(idempotency_key)}" if idempotency_key
     res = post("/publish?#{q}", data)
     raise "publish failed: #{res.code} #{res.body}" unless res.code == "200"
 

@@ -1,0 +1,104 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+
+# Gap repair and resume where Redis cannot serve everything: the reset must
+# name exactly the channels with a hole, and nothing of the other channels
+# may go missing around it.
+RSpec.describe "Redis: honest resets" do
+  after do
+    @server&.stop
+    @proxy&.close
+    @redis&.cleanup
+  end
+
+  def numbers(client, channel)
+    client.events.reject { |e| e.type == "reset" }.map(&:data).grep(/\A#{channel}-/).map { |d| Integer(d.split("-")[1]) }
+  end
+
+  it "keeps the live messages of other channels that arrive while a partial reset's repair read is under way" do
+    @redis = RedisServer.new.start
+    @proxy = FaultProxy.new(@redis.port)
+    @server = AppServer.new(config: { redis_url: "redis://127.0.0.1:#{@proxy.port}/0", backlog_size: 5, command_timeout: 5 }).start
+    Spillway.configure(redis_url: @redis.url, backlog_size: 5)
+    client = SSEClient.open(@server.port, %w[x y])
+    client.wait_for_head
+    wait_until { s = @server.stats; s[:connections] == 1 && s[:joining].zero? && s[:redis_connected] }
+    Spillway.publish("y", "y-0")
+    client.wait_for_events(1)
+
+    # The repair's read answers late; the subscriber link is cut, and x gets
+    # far more than its backlog keeps before the link is back.
+    @proxy.delay_scripted = 1.0 # within command_timeout: the read is not sent again
+    repairs = @server.stats[:gap_repairs]
+    expect(@redis.call("CLIENT", "KILL", "TYPE", "pubsub")).to eq(1)
+    reads = @proxy.requests_with("spillway:s:y")
+    300.times { |i| Spillway.publish("x", "x-#{i + 1}") }
+    wait_until(message: "the repair read sent") { @proxy.requests_with("spillway:s:y") > reads }
+    # Published while the repair read is in flight: live, held, and not part
+    # of the hole on x.
+    (1..10).each { |i| Spillway.publish("y", "y-#{i}") }
+    wait_until(timeout: 15, message: "the repair") { @server.stats[:gap_repairs] > repairs }
+    @proxy.delay_scripted = 0
+    Spillway.publish("y", "y-11")
+    wait_until(message: "y-11") { client.pump; client.data.include?("y-11") }
+    expect(numbers(client, "y")).to eq((0..11).to_a)
+    resets = client.events.select { |e| e.type == "reset" }
+    expect(resets.map { |e| JSON.parse(e.data)["channels"] }).to eq([["x"]])
+    # Whatever of x follows the reset is in order and not doubled.
+    xs = numbers(client, "x")
+    expect(xs).to eq(xs.sort.uniq)
+  ensure
+    client&.close
+  end
+
+  shared_examples "a resume after Redis lost its data" do |lose|
+    it "tells the client (event: reset) instead of leaving a hole" do
+      @redis = RedisServer.new.start
+      @server = AppServer.new(config: { redis_url: @redis.url }).start
+      Spillway.configure(redis_url: @redis.url)
+      client = SSEClient.open(@server.port, "d")
+      client.wait_for_head
+      wait_until { s = @server.stats; s[:connections] == 1 && s[:joining].zero? && s[:redis_connected] }
+      seen = Spillway.publish("d", "d-1")
+      client.wait_for_events(1)
+      client.close
+      Spillway.publish("d", "d-2") # missed by the client, then lost by Redis
+      Spillway.publish("d", "d-3")
+      instance_exec(&lose)
+      back = SSEClient.open(@server.port, "d", cursor: seen)
+      wait_until(timeout: 15, message: "a reset on the resumed stream") do
+        back.pump
+        back.events.any? { |e| e.type == "reset" }
+      end
+      reset = back.events.find { |e| e.type == "reset" }
+      expect(JSON.parse(reset.data)["channels"]).to eq(["d"])
+      # Nothing before the reset pretends to be the missed history.
+      expect(back.events.take_while { |e| e.type != "reset" }.map(&:data)).to eq([])
+      Spillway.publish("d", "d-5")
+      wait_until(message: "d-5 after the reset") { back.pump; back.data.include?("d-5") }
+    ensure
+      back&.close
+    end
+  end
+
+  context "FLUSHALL, then a publish before the resume" do
+    include_examples "a resume after Redis lost its data", -> {
+      @redis.call("FLUSHALL")
+      Spillway.publish("d", "d-4")
+    }
+  end
+
+  context "a restart without persistence (SHUTDOWN NOSAVE)" do
+    include_examples "a resume after Redis lost its data", -> {
+      begin
+        @redis.call("SHUTDOWN", "NOSAVE")
+      rescue IOError, SystemCallError, RespClient::Error
+        nil # the connection closes under the command
+      end
+      @redis.stop
+      @redis.start
+      wait_until(timeout: 15, message: "the hub back on the empty Redis") { @server.stats[:redis_connected] }
+    }
+  end
+end
