@@ -183,11 +183,9 @@ typedef struct spillway_conn {
     uint32_t wslot;
     uint32_t inflight; /* Redis requests that point at this connection */
     uint32_t inbound;  /* bytes the client sent after its request (it should send none) */
-    /* Redis: a gap repair proved a hole on these membership slots while the
-     * stream (without a cursor) was still joining; the reset goes out at
-     * pend_at when it joins, between what it held up to there and after. */
+    /* Redis: membership slots whose resume found no way back to the cursor
+     * (resume cache, redis.c): a reset for them when the stream joins. */
     bool *pend_reset;
-    spillway_id pend_at;
 } spillway_conn;
 
 /* ---- the hub ----------------------------------------------------------- */

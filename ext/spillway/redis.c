@@ -761,36 +761,6 @@ static bool resume_from_cache(spillway_hub *hub, spillway_conn *c)
     return true;
 }
 
-/* A stream without a cursor that a gap repair found a hole for while it
- * was joining: what it held up to the repair's point goes out, then the
- * reset at that point, then the rest. */
-static void join_with_reset(spillway_hub *hub, spillway_conn *c)
-{
-    bool *reset = c->pend_reset;
-    spillway_id at = spillway_id_max(c->pend_at, c->cursor);
-    uint32_t k = 0;
-    spillway_frame **upto;
-
-    c->pend_reset = NULL;
-    while (k < c->held_len && spillway_id_cmp(c->held[k]->id, at) <= 0) k++;
-    upto = malloc((k ? k : 1) * sizeof(*upto));
-    if (upto == NULL) {
-        free(reset);
-        spillway_conn_doom(hub, c, false); /* it reconnects and starts afresh */
-        return;
-    }
-    for (uint32_t i = 0; i < k; i++) {
-        upto[i] = c->held[i];
-        c->held_bytes -= SW_MIN(c->held_bytes, (uint64_t)c->held[i]->len);
-    }
-    memmove(c->held, c->held + k, (c->held_len - k) * sizeof(*c->held));
-    c->held_len -= k;
-    spillway_conn_replay(hub, c, upto, k, reset, at);
-    for (uint32_t i = 0; i < k; i++) spillway_frame_unref(upto[i]);
-    free(upto);
-    free(reset);
-}
-
 /* A joining stream whose channels are all ACTIVE goes live. */
 static void join_if_ready(spillway_hub *hub, spillway_conn *c)
 {
@@ -800,10 +770,6 @@ static void join_if_ready(spillway_hub *hub, spillway_conn *c)
         /* Live from where the hub stood when the stream was attached: what
          * arrived since was held and goes out now. */
         c->last = c->cursor;
-        if (c->pend_reset != NULL) {
-            join_with_reset(hub, c);
-            return;
-        }
         spillway_conn_replay(hub, c, NULL, 0, NULL, c->cursor);
         return;
     }
@@ -956,12 +922,17 @@ static void send_marked_resets(spillway_hub *hub, spillway_id now)
             for (uint32_t s = 0; s < ch->nsubs; s++) {
                 spillway_conn *c = ch->subs[s].conn;
                 bool *flags;
-                if (c->flags & (SW_CF_DOOMED | SW_CF_MARK)) continue;
-                /* A joining stream with a cursor reads its own backlog,
-                 * later than this repair (its read was sent after the
-                 * repair's, or it would have joined already): that read
-                 * reports its own resets. */
-                if ((c->flags & SW_CF_JOINING) && c->has_cursor) continue;
+                /* A stream still joining needs nothing from the repair.
+                 * With a cursor, its own backlog read was sent after the
+                 * repair's (the command link answers in order, so one sent
+                 * before would have been answered first and the stream
+                 * would be live): that later read reports its own resets.
+                 * Without one, it joined after the repair was sent (all its
+                 * channels were ACTIVE then, or the repair would not have
+                 * started), so it starts at or after the channels' barrier
+                 * points, and everything after those arrives live, into
+                 * what it holds: it saw no hole. */
+                if (c->flags & (SW_CF_JOINING | SW_CF_DOOMED | SW_CF_MARK)) continue;
                 c->flags |= SW_CF_MARK;
                 flags = calloc(c->nmem, sizeof(*flags));
                 if (flags == NULL) {
@@ -969,16 +940,6 @@ static void send_marked_resets(spillway_hub *hub, spillway_id now)
                     continue;
                 }
                 for (uint32_t m = 0; m < c->nmem; m++) flags[m] = c->mem[m].ch->mark != 0;
-                if (c->flags & SW_CF_JOINING) {
-                    /* Without a cursor it starts where it was attached,
-                     * before the hole: told when it joins. */
-                    if (c->pend_reset != NULL)
-                        for (uint32_t m = 0; m < c->nmem; m++) flags[m] |= c->pend_reset[m];
-                    free(c->pend_reset);
-                    c->pend_reset = flags;
-                    c->pend_at = spillway_id_max(c->pend_at, now);
-                    continue;
-                }
                 spillway_conn_send_reset(hub, c, flags, now);
                 free(flags);
             }
