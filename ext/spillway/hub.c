@@ -931,7 +931,13 @@ void spillway_hub_async_done(spillway_hub *hub, uint64_t seq, bool ok)
     }
 }
 
-int spillway_hub_flush(spillway_hub *hub, uint32_t timeout_ms)
+/* Each flush waits on its own spillway_waiter: with one flag in the hub, a
+ * flush starting in another thread cleared an interrupt not yet seen by
+ * the thread it was for (which then waited out its whole timeout), and an
+ * interrupt ended every flush at once. The waiter is the caller's; the
+ * interrupt reaches it through the unblock function's argument, so the hub
+ * keeps no list of waiters. */
+int spillway_hub_flush(spillway_hub *hub, uint32_t timeout_ms, spillway_waiter *w)
 {
     uint64_t target, since = atomic_load(&hub->async_reported);
     struct timespec deadline;
@@ -944,13 +950,12 @@ int spillway_hub_flush(spillway_hub *hub, uint32_t timeout_ms)
     deadline = deadline_after(timeout_ms);
     atomic_fetch_add(&hub->flush_waiters, 1);
     pthread_mutex_lock(&hub->flush_lock);
-    hub->flush_interrupted = false;
-    while (atomic_load(&hub->async_done) < target && !hub->flush_interrupted &&
+    while (atomic_load(&hub->async_done) < target && !(w != NULL && w->interrupted) &&
            atomic_load(&hub->running)) {
         if (pthread_cond_timedwait(&hub->flush_cond, &hub->flush_lock, &deadline) == ETIMEDOUT) break;
     }
     if (atomic_load(&hub->async_done) < target) {
-        rc = hub->flush_interrupted ? -EINTR : -ETIMEDOUT;
+        rc = w != NULL && w->interrupted ? -EINTR : -ETIMEDOUT;
     } else {
         /* Everything is finished: did any publish since the last flush
          * that reported, and up to this one, fail? When more failed than
@@ -970,10 +975,10 @@ int spillway_hub_flush(spillway_hub *hub, uint32_t timeout_ms)
     return rc;
 }
 
-void spillway_hub_flush_interrupt(spillway_hub *hub)
+void spillway_hub_flush_interrupt(spillway_hub *hub, spillway_waiter *w)
 {
     pthread_mutex_lock(&hub->flush_lock);
-    hub->flush_interrupted = true;
+    w->interrupted = true;
     pthread_cond_broadcast(&hub->flush_cond);
     pthread_mutex_unlock(&hub->flush_lock);
 }

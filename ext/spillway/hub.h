@@ -131,14 +131,29 @@ int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t ch
                                const char *event, size_t evlen, const char *data,
                                size_t datalen, uint64_t *seq, char *err, size_t errlen);
 
+/*
+ * The interrupt state of one blocking call, owned by its caller (on the
+ * caller's stack, set to SPILLWAY_WAITER_INIT before the call and before
+ * the unblock function can run). An interrupt names the call it is for: it
+ * is never cleared by another call, never ends a call it is not for, and
+ * one that arrives before the call is inside its wait still ends it.
+ * Guarded by the lock of the wait it is used with.
+ */
+typedef struct spillway_waiter {
+    bool interrupted;
+} spillway_waiter;
+#define SPILLWAY_WAITER_INIT {false}
+
 /* Blocks until every async publish queued before the call has been
  * acknowledged by Redis or failed, or timeout_ms passed. 0 when all of
  * them (and any since the last flush that returned) reached Redis; -EIO when
- * one of those failed; -ETIMEDOUT; -EINTR (spillway_hub_flush_interrupt).
- * Blocking: call it without the GVL. */
-int spillway_hub_flush(spillway_hub *hub, uint32_t timeout_ms);
-/* Wakes a blocked spillway_hub_flush (the binding's unblock function). */
-void spillway_hub_flush_interrupt(spillway_hub *hub);
+ * one of those failed; -ETIMEDOUT (also when the hub stops first); -EINTR
+ * when w was interrupted (spillway_hub_flush_interrupt). w may be NULL: the
+ * call then ends only by itself. Blocking: call it without the GVL. */
+int spillway_hub_flush(spillway_hub *hub, uint32_t timeout_ms, spillway_waiter *w);
+/* Ends the spillway_hub_flush that waits with w, or the next one that
+ * starts with it (the binding's unblock function; any thread). */
+void spillway_hub_flush_interrupt(spillway_hub *hub, spillway_waiter *w);
 
 void spillway_hub_stats(spillway_hub *hub, spillway_stats *out);
 

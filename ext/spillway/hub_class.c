@@ -283,19 +283,24 @@ static VALUE hub_publish_async(VALUE self, VALUE channel, VALUE data, VALUE even
 struct flush_args {
     spillway_hub *hub;
     uint32_t timeout_ms;
+    spillway_waiter w; /* this call's own interrupt flag */
     int rc;
 };
 
 static void *flush_nogvl(void *p)
 {
     struct flush_args *a = p;
-    a->rc = spillway_hub_flush(a->hub, a->timeout_ms);
+    a->rc = spillway_hub_flush(a->hub, a->timeout_ms, &a->w);
     return NULL;
 }
 
+/* Runs on another thread while this one is in flush_nogvl (never after
+ * rb_thread_call_without_gvl returned, so a, on this thread's stack, is
+ * alive). */
 static void flush_ubf(void *p)
 {
-    spillway_hub_flush_interrupt(p);
+    struct flush_args *a = p;
+    spillway_hub_flush_interrupt(a->hub, &a->w);
 }
 
 /* hub.flush(timeout_seconds) -> true when every async publish made before
@@ -314,8 +319,9 @@ static VALUE hub_flush(VALUE self, VALUE timeout)
     struct flush_args a;
     a.hub = get_hub(self);
     a.timeout_ms = timeout_ms(timeout);
+    a.w = (spillway_waiter)SPILLWAY_WAITER_INIT;
     a.rc = 0;
-    rb_thread_call_without_gvl(flush_nogvl, &a, flush_ubf, a.hub);
+    rb_thread_call_without_gvl(flush_nogvl, &a, flush_ubf, &a);
     if (a.rc == -EINTR) rb_thread_check_ints();
     return a.rc == 0 ? Qtrue : Qfalse;
 }

@@ -225,7 +225,6 @@ struct spillway_hub {
     atomic_uint_fast32_t flush_waiters;
     pthread_mutex_t flush_lock;
     pthread_cond_t flush_cond;
-    bool flush_interrupted;
     /* last error */
     pthread_mutex_t err_lock;
     char last_error[256];
