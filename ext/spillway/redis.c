@@ -394,7 +394,7 @@ static void join_if_ready(spillway_hub *hub, spillway_conn *c)
         /* Live from where the hub stood when the stream was attached: what
          * arrived since was held and goes out now. */
         c->last = c->cursor;
-        spillway_conn_replay(hub, c, NULL, 0, NULL, c->cursor);
+        spillway_conn_replay(hub, c, NULL, 0, NULL, c->cursor, NULL);
         return;
     }
     if (R(hub)->cmd.state == SW_LS_READY) send_resume(hub, c, false);
@@ -461,6 +461,7 @@ static void on_resume_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
     bool gone = (c->flags & SW_CF_ZOMBIE) != 0;
     spillway_id now;
     long n = 0;
+    const char *reason;
 
     conn_unref(hub, c); /* frees a zombie */
     if (gone || (c->flags & SW_CF_DOOMED)) return;
@@ -481,6 +482,7 @@ static void on_resume_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
         for (uint32_t i = 0; i < c->nmem; i++) reset[i] = true;
         n = 0;
         now = hub->last;
+        reason = "the resume read failed";
     } else {
         now = parse_last(hub, v->element[0]);
         for (uint32_t i = 0; i < c->nmem; i++) {
@@ -490,11 +492,14 @@ static void on_resume_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
              * cursor is a hole. */
             if (hub->cfg.redis.backlog_size == 0 && spillway_id_cmp(now, c->cursor) > 0) reset[i] = true;
         }
+        if (!c->cursor_ok) reason = "the Last-Event-ID is not an event id";
+        else if (hub->cfg.redis.backlog_size == 0) reason = "no backlog (backlog_size 0)";
+        else reason = "the backlog no longer reaches back to the Last-Event-ID";
     }
     /* A cursor newer than anything Redis issued (from the future) must not
      * hold back live frames: the stream starts from now, with its reset. */
     c->last = q->mode == 'c' && spillway_id_cmp(c->cursor, now) <= 0 ? c->cursor : now;
-    spillway_conn_replay(hub, c, frames, (size_t)n, reset, now);
+    spillway_conn_replay(hub, c, frames, (size_t)n, reset, now, reason);
     for (long i = 0; i < n; i++) spillway_frame_unref(frames[i]);
     free(frames);
     free(reset);
@@ -519,8 +524,8 @@ static void release_held(spillway_hub *hub)
 }
 
 /* Every live stream on a channel with ch->mark set gets one reset naming
- * its marked channels. Clears the marks. */
-static void send_marked_resets(spillway_hub *hub, spillway_id now)
+ * its marked channels (reason: why, for the log). Clears the marks. */
+static void send_marked_resets(spillway_hub *hub, spillway_id now, const char *reason)
 {
     spillway_chtab *t = &hub->chans;
     for (uint32_t b = 0; b < t->nbuckets; b++) {
@@ -534,7 +539,7 @@ static void send_marked_resets(spillway_hub *hub, spillway_id now)
                 flags = calloc(c->nmem, sizeof(*flags));
                 if (flags == NULL) continue;
                 for (uint32_t m = 0; m < c->nmem; m++) flags[m] = c->mem[m].ch->mark != 0;
-                spillway_conn_send_reset(hub, c, flags, now);
+                spillway_conn_send_reset(hub, c, flags, now, reason);
                 free(flags);
             }
         }
@@ -559,9 +564,21 @@ static void acc_clear(struct repair_acc *acc)
     memset(acc, 0, sizeof(*acc));
 }
 
+/* Why finish_repair(reset_all) tells every stream, for the log: try_repair's
+ * tests in its order (out of memory is the only other way there). */
+static const char *reset_all_reason(spillway_hub *hub)
+{
+    spillway_redis *r = R(hub);
+    if (r->overflowed) return "too many messages arrived during the gap repair";
+    if (r->repair_failures >= REPAIR_ATTEMPTS) return "the gap repair reads kept failing";
+    if (hub->cfg.redis.backlog_size == 0) return "no backlog to repair the Redis outage from";
+    return "the gap repair ran out of memory";
+}
+
 static void finish_repair(spillway_hub *hub, bool reset_all)
 {
     spillway_redis *r = R(hub);
+    const char *reason = reset_all_reason(hub);
     acc_clear(&r->acc);
     r->need_repair = false;
     r->overflowed = false;
@@ -572,7 +589,7 @@ static void finish_repair(spillway_hub *hub, bool reset_all)
         spillway_chtab *t = &hub->chans;
         for (uint32_t b = 0; b < t->nbuckets; b++)
             for (spillway_channel *ch = t->buckets[b]; ch != NULL; ch = ch->hnext) ch->mark = ch->nsubs > 0;
-        send_marked_resets(hub, hub->last);
+        send_marked_resets(hub, hub->last, reason);
     }
     release_held(hub);
     STAT_ADD(hub, st_gap_repairs, 1);
@@ -690,7 +707,7 @@ static void repair_done(spillway_hub *hub)
         ch = spillway_chtab_find(&hub->chans, acc->names[i], strlen(acc->names[i]));
         if (ch != NULL) ch->mark = 1;
     }
-    send_marked_resets(hub, hub->last);
+    send_marked_resets(hub, hub->last, "the backlog no longer reaches back to the Redis outage");
     finish_repair(hub, false);
 }
 
