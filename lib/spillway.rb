@@ -22,6 +22,7 @@ module Spillway
   @lock = Mutex.new
   @config = Configuration.new
   @hub = nil
+  @log_thread = nil
   @publisher = nil
   @idempotency = nil
   @pid = Process.pid
@@ -193,6 +194,7 @@ module Spillway
     def forget_native!
       @hub = nil
       @idempotency = nil
+      @log_thread = nil # the parent's: no thread of it lives here
       @publisher&.abandon
       @publisher = nil
       @pid = Process.pid
@@ -201,21 +203,65 @@ module Spillway
 
     def start_hub
       h = Native::Hub.new(@config.native_options)
+      @log_thread = start_log_thread(h)
       install_at_exit
       h
     end
 
     def stop_native(timeout)
       if @hub
-        unless @hub.stop(timeout)
+        unless (stopped = @hub.stop(timeout))
           logger.warn("Spillway: the native hub did not stop within #{timeout}s; left to finish on its own")
         end
+        # A stopped hub hands the thread what is left and ends its wait.
+        stop_log_thread(stopped ? timeout : 0)
         @hub = nil
       end
       # The memory backend's keys belong to the hub that published them.
       @idempotency = nil
       @publisher&.close
       @publisher = nil
+    end
+
+    # The hub's errors and resets reach the logger through this thread: the
+    # native thread never calls Ruby. It sleeps in the hub without the GVL
+    # until an entry is due (the hub applies log_interval per kind), and
+    # ends after the hub stopped and it wrote what was left.
+    def start_log_thread(hub)
+      thread = Thread.new do
+        while (entries = hub.log_wait(3600))
+          entries.each { |entry| write_log_entry(*entry) }
+        end
+      end
+      thread.name = "spillway-log"
+      thread
+    end
+
+    def stop_log_thread(timeout)
+      thread = @log_thread
+      @log_thread = nil
+      return unless thread
+
+      thread.kill unless thread.join(timeout)
+    end
+
+    # "Spillway: redis_link: Redis sub link: recv: connection closed by Redis
+    # (12 times in the last 10s)": the count and the time it covers when the
+    # entry sums up more than one occurrence, with the last one's text.
+    def write_log_entry(kind, level, count, seconds, message)
+      line = +"Spillway: #{kind}: #{message.scrub}"
+      line << " (#{count} times in the last #{format_seconds(seconds)})" if count > 1
+      logger.public_send(level, line)
+    rescue StandardError => e
+      # A logger that fails must not end the thread (nor lose the line).
+      $stderr.puts("#{line} [Spillway.logger failed: #{e.class}: #{e.message}]")
+    end
+
+    def format_seconds(seconds)
+      return "#{(seconds * 1000).round} ms" if seconds < 1
+      return format("%.1fs", seconds) if seconds < 10
+
+      "#{seconds.round}s"
     end
 
     # One handler for every process: in a fork child it stops the child's

@@ -58,9 +58,11 @@ module SpillwayCTest
     "test_queue" => %w[queue],
     "test_resp" => %w[resp],
     "test_channel" => HUB_CORE,
-    "test_hub" => HUB_CORE
+    "test_hub" => HUB_CORE,
+    "test_flush" => HUB_CORE,
+    "test_log" => HUB_CORE
   }.freeze
-  TSAN_TESTS = %w[test_queue test_hub].freeze
+  TSAN_TESTS = %w[test_queue test_hub test_flush test_log].freeze
 
   module_function
 

@@ -202,6 +202,31 @@ static spillway_frame *reset_frame(const spillway_conn *c, const bool *reset, sp
     return f;
 }
 
+/* Every reset reaches the log: the channels it names (as many as fit in
+ * the line; a first name too long for it is cut) and why. */
+static void log_reset(spillway_hub *hub, const spillway_conn *c, const bool *reset, const char *reason)
+{
+    char names[160];
+    size_t len = 0;
+    uint32_t total = 0, shown = 0;
+
+    names[0] = '\0';
+    for (uint32_t i = 0; i < c->nmem; i++) {
+        const spillway_channel *ch = c->mem[i].ch;
+        /* Room kept for a separator and " and N more". */
+        size_t room = sizeof(names) - len - 20;
+        if (!reset[i]) continue;
+        total++;
+        if (shown > 0 && 2u + ch->namelen > room) continue;
+        len += (size_t)snprintf(names + len, sizeof(names) - len, "%s%.*s", shown ? ", " : "",
+                                (int)SW_MIN((size_t)ch->namelen, room), ch->name);
+        shown++;
+    }
+    if (shown < total) snprintf(names + len, sizeof(names) - len, " and %u more", total - shown);
+    spillway_hub_log(hub, SW_LOG_RESET, "stream reset on %s (%s)", names,
+                     reason ? reason : "no reason given");
+}
+
 /*
  * Completes a join. The caller has set c->last to the stream's starting
  * point (its cursor). frames (sorted by id, newer than the cursor) are what the
@@ -210,7 +235,7 @@ static spillway_frame *reset_frame(const spillway_conn *c, const bool *reset, sp
  * Then whatever arrived live while joining follows, minus duplicates.
  */
 void spillway_conn_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **frames, size_t n,
-                          const bool *reset, spillway_id now)
+                          const bool *reset, spillway_id now, const char *reason)
 {
     bool any_reset = false;
     spillway_frame **held = c->held;
@@ -231,6 +256,7 @@ void spillway_conn_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **
     if (any_reset) {
         spillway_frame *rf = reset_frame(c, reset, spillway_id_max(now, c->last));
         STAT_ADD(hub, st_resets, 1);
+        log_reset(hub, c, reset, reason);
         if (rf != NULL) {
             if (spillway_conn_push(hub, c, rf) == 0) c->last = rf->id;
             spillway_frame_unref(rf);
@@ -247,10 +273,11 @@ void spillway_conn_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **
 /* A reset for a live stream (gap repair could not reach back far enough
  * for the flagged channels). */
 void spillway_conn_send_reset(spillway_hub *hub, spillway_conn *c, const bool *reset,
-                              spillway_id now)
+                              spillway_id now, const char *reason)
 {
     spillway_frame *rf = reset_frame(c, reset, spillway_id_max(now, c->last));
     STAT_ADD(hub, st_resets, 1);
+    log_reset(hub, c, reset, reason);
     if (rf == NULL) return;
     if (spillway_conn_push(hub, c, rf) == 0) c->last = rf->id;
     spillway_frame_unref(rf);

@@ -25,18 +25,154 @@
 #define SWEEP_INTERVAL_MS 1000u
 #define WHEEL_SLOTS 100u
 
-/* ---- errors ------------------------------------------------------------ */
+/* ---- errors and the log ------------------------------------------------ */
+
+/* Every kind of spillway_log_kind, in its order: the name the log line
+ * shows; whether it is an error (counted in stats errors and kept as
+ * last_error); and its level. A Redis link that drops or cannot connect is
+ * an error but only a warning in the log: the hub retries it on its own. */
+static const struct {
+    const char *name;
+    bool error;
+    bool warning;
+} log_kinds[SW_LOG_KINDS] = {
+    [SW_LOG_ERROR] = {"error", true, false},
+    [SW_LOG_REDIS_LINK] = {"redis_link", true, true},
+    [SW_LOG_REDIS_CONNECT] = {"redis_connect", true, true},
+    [SW_LOG_PROTOCOL] = {"protocol", true, false},
+    [SW_LOG_SUBSCRIBE] = {"subscribe", true, false},
+    [SW_LOG_RESUME] = {"resume", true, false},
+    [SW_LOG_REPAIR] = {"repair", true, false},
+    [SW_LOG_ASYNC_PUBLISH] = {"async_publish", true, false},
+    [SW_LOG_MEMORY] = {"memory", true, false},
+    [SW_LOG_RESET] = {"reset", false, true},
+    [SW_LOG_SLOW_CLIENT] = {"slow_client", false, true},
+};
+
+static void vlog(spillway_hub *hub, spillway_log_kind kind, const char *fmt, va_list ap)
+{
+    char msg[sizeof(hub->log[0].message)];
+    spillway_log_slot *slot;
+    uint64_t now;
+    bool error;
+
+    if ((unsigned)kind >= SW_LOG_KINDS) kind = SW_LOG_ERROR;
+    error = log_kinds[kind].error;
+    /* Formatted before the lock: the Ruby thread that takes entries holds
+     * it as briefly as the reactor does. */
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    now = spillway_mono_ms();
+    slot = &hub->log[kind];
+    pthread_mutex_lock(&hub->err_lock);
+    if (error) memcpy(hub->last_error, msg, sizeof(hub->last_error));
+    /* The first occurrence after a quiet interval starts what the entry
+     * covers; one inside the interval adds to the summary, which covers the
+     * time since the previous entry. */
+    if (slot->count == 0 && now >= slot->quiet_until_ms) slot->since_ms = now;
+    slot->count++;
+    memcpy(slot->message, msg, sizeof(slot->message));
+    /* The Ruby thread wakes for an occurrence that is due now, and for the
+     * first one inside a quiet interval (its timed wait must now end when
+     * the summary falls due). The rest of a flood costs it nothing. */
+    if (now >= slot->quiet_until_ms || slot->count == 1) pthread_cond_signal(&hub->log_cond);
+    pthread_mutex_unlock(&hub->err_lock);
+    if (error) STAT_ADD(hub, st_errors, 1);
+    sw_debug("%s: %s", log_kinds[kind].name, msg);
+}
+
+void spillway_hub_log(spillway_hub *hub, spillway_log_kind kind, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(hub, kind, fmt, ap);
+    va_end(ap);
+}
 
 void spillway_hub_error(spillway_hub *hub, const char *fmt, ...)
 {
     va_list ap;
-    pthread_mutex_lock(&hub->err_lock);
     va_start(ap, fmt);
-    vsnprintf(hub->last_error, sizeof(hub->last_error), fmt, ap);
+    vlog(hub, SW_LOG_ERROR, fmt, ap);
     va_end(ap);
+}
+
+/* Under err_lock: moves the due entries (all pending ones when all) into
+ * out; *next gets the earliest time a pending one falls due. */
+static size_t log_take(spillway_hub *hub, spillway_log_entry *out, size_t max, uint64_t now, bool all,
+                       uint64_t *next)
+{
+    size_t n = 0;
+    *next = UINT64_MAX;
+    for (int k = 0; k < SW_LOG_KINDS; k++) {
+        spillway_log_slot *slot = &hub->log[k];
+        if (slot->count == 0) continue;
+        if (n == max || (!all && now < slot->quiet_until_ms)) {
+            *next = SW_MIN(*next, n == max ? now : slot->quiet_until_ms);
+            continue;
+        }
+        out[n].kind = log_kinds[k].name;
+        out[n].warning = log_kinds[k].warning;
+        out[n].count = slot->count;
+        out[n].span_ms = now - slot->since_ms;
+        memcpy(out[n].message, slot->message, sizeof(out[n].message));
+        n++;
+        slot->count = 0;
+        slot->since_ms = now;
+        slot->quiet_until_ms = now + hub->cfg.log_interval_ms;
+    }
+    return n;
+}
+
+static struct timespec mono_timespec(uint64_t ms)
+{
+    struct timespec t;
+    t.tv_sec = (time_t)(ms / 1000);
+    t.tv_nsec = (long)(ms % 1000) * 1000000L;
+    return t;
+}
+
+int spillway_hub_log_wait(spillway_hub *hub, spillway_log_entry *out, size_t max, uint32_t timeout_ms,
+                          spillway_waiter *w)
+{
+    uint64_t deadline = spillway_mono_ms() + timeout_ms;
+    int rc;
+
+    pthread_mutex_lock(&hub->err_lock);
+    for (;;) {
+        uint64_t now = spillway_mono_ms(), next;
+        /* Read before the take: what the reactor logged before it stopped
+         * is then in this take. */
+        bool stopped = !atomic_load(&hub->running);
+        size_t n = log_take(hub, out, max, now, stopped, &next);
+        if (n > 0) {
+            rc = (int)n;
+            break;
+        }
+        if (stopped) {
+            rc = -EPIPE;
+            break;
+        }
+        if (w != NULL && w->interrupted) {
+            rc = -EINTR;
+            break;
+        }
+        if (now >= deadline) {
+            rc = 0;
+            break;
+        }
+        struct timespec until = mono_timespec(SW_MIN(deadline, next));
+        pthread_cond_timedwait(&hub->log_cond, &hub->err_lock, &until);
+    }
     pthread_mutex_unlock(&hub->err_lock);
-    STAT_ADD(hub, st_errors, 1);
-    sw_debug("%s", hub->last_error);
+    return rc;
+}
+
+void spillway_hub_log_interrupt(spillway_hub *hub, spillway_waiter *w)
+{
+    pthread_mutex_lock(&hub->err_lock);
+    w->interrupted = true;
+    pthread_cond_broadcast(&hub->log_cond);
+    pthread_mutex_unlock(&hub->err_lock);
 }
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -188,6 +324,16 @@ static void free_cmd(spillway_cmd *cmd)
     free(cmd);
 }
 
+/* Why memory_join resets a stream, for the log (the same tests, in order). */
+static const char *memory_reset_reason(const spillway_hub *hub, const spillway_conn *c, spillway_id known)
+{
+    if (!c->cursor_ok) return "the Last-Event-ID is not an event id";
+    if (spillway_id_cmp(c->cursor, known) > 0) return "the Last-Event-ID is newer than any id issued here";
+    if (spillway_id_cmp(c->cursor, hub->origin) < 0)
+        return "the Last-Event-ID is from before this process started";
+    return "the backlog no longer reaches back to the Last-Event-ID";
+}
+
 /* The memory backend's resume: everything is in this process. */
 static void memory_join(spillway_hub *hub, spillway_conn *c)
 {
@@ -217,7 +363,7 @@ static void memory_join(spillway_hub *hub, spillway_conn *c)
     if (reset == NULL || frames == NULL) {
         free(reset);
         free(frames);
-        spillway_hub_error(hub, "memory_join: out of memory");
+        spillway_hub_log(hub, SW_LOG_MEMORY, "memory_join: out of memory");
         spillway_conn_doom(hub, c, false);
         return;
     }
@@ -228,7 +374,8 @@ static void memory_join(spillway_hub *hub, spillway_conn *c)
     }
     qsort(frames, n, sizeof(*frames), spillway_frame_cmp_id);
     c->last = all_reset ? now : c->cursor;
-    spillway_conn_replay(hub, c, frames, n, reset, now);
+    spillway_conn_replay(hub, c, frames, n, reset, now,
+                         memory_reset_reason(hub, c, spillway_id_max(now, issued)));
     free(reset);
     free(frames);
 }
@@ -264,7 +411,7 @@ static void do_attach(spillway_hub *hub, spillway_cmd_attach *cmd)
 
     c->mem = calloc(cmd->nch ? cmd->nch : 1, sizeof(*c->mem));
     if (c->mem == NULL) {
-        spillway_hub_error(hub, "do_attach: out of memory");
+        spillway_hub_log(hub, SW_LOG_MEMORY, "do_attach: out of memory");
         spillway_conn_doom(hub, c, false);
         return;
     }
@@ -274,14 +421,14 @@ static void do_attach(spillway_hub *hub, spillway_cmd_attach *cmd)
         bool dup = false;
         p += len;
         if (ch == NULL) {
-            spillway_hub_error(hub, "do_attach: cannot create channel (out of memory)");
+            spillway_hub_log(hub, SW_LOG_MEMORY, "do_attach: cannot create channel (out of memory)");
             spillway_conn_doom(hub, c, false);
             return;
         }
         for (uint32_t j = 0; j < c->nmem; j++) dup |= c->mem[j].ch == ch;
         if (dup) continue;
         if (spillway_channel_add_sub(ch, c, c->nmem) != 0) {
-            spillway_hub_error(hub, "do_attach: out of memory");
+            spillway_hub_log(hub, SW_LOG_MEMORY, "do_attach: out of memory");
             spillway_channel_maybe_release(hub, ch);
             spillway_conn_doom(hub, c, false);
             return;
@@ -301,12 +448,12 @@ static void do_publish(spillway_hub *hub, spillway_cmd_publish *cmd)
     hub->last = spillway_id_max(hub->last, f->id);
     STAT_ADD(hub, st_published, 1);
     if (ch == NULL) {
-        spillway_hub_error(hub, "do_publish: cannot create channel (out of memory)");
+        spillway_hub_log(hub, SW_LOG_MEMORY, "do_publish: cannot create channel (out of memory)");
         return;
     }
     if (hub->cfg.backlog_size > 0) spillway_lru_touch(hub, ch);
     if (spillway_backlog_push(hub, ch, f) != 0)
-        spillway_hub_error(hub, "do_publish: backlog out of memory, message not kept");
+        spillway_hub_log(hub, SW_LOG_MEMORY, "do_publish: backlog out of memory, message not kept");
     spillway_channel_fanout(hub, ch, f);
     spillway_channel_maybe_release(hub, ch);
 }
@@ -479,6 +626,10 @@ static void *reactor_main(void *arg)
     pthread_mutex_lock(&hub->flush_lock);
     pthread_cond_broadcast(&hub->flush_cond);
     pthread_mutex_unlock(&hub->flush_lock);
+    /* The log's reader takes what is left and ends. */
+    pthread_mutex_lock(&hub->err_lock);
+    pthread_cond_broadcast(&hub->log_cond);
+    pthread_mutex_unlock(&hub->err_lock);
     pthread_mutex_unlock(&hub->loop_lock);
     return NULL;
 }
@@ -554,6 +705,14 @@ int spillway_hub_new(const spillway_config *cfg, spillway_hub **out, char *err, 
     pthread_mutex_init(&hub->err_lock, NULL);
     pthread_mutex_init(&hub->flush_lock, NULL);
     pthread_cond_init(&hub->flush_cond, NULL);
+    {
+        /* The log's waits are timed in CLOCK_MONOTONIC, like its rate limit. */
+        pthread_condattr_t attr;
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&hub->log_cond, &attr);
+        pthread_condattr_destroy(&attr);
+    }
 
     hub->now = spillway_mono_ms();
     /* Every id this hub issues is above origin; a cursor below it comes
@@ -961,7 +1120,13 @@ void spillway_hub_async_done(spillway_hub *hub, uint64_t seq, bool ok)
     }
 }
 
-int spillway_hub_flush(spillway_hub *hub, uint32_t timeout_ms)
+/* Each flush waits on its own spillway_waiter: with one flag in the hub, a
+ * flush starting in another thread cleared an interrupt not yet seen by
+ * the thread it was for (which then waited out its whole timeout), and an
+ * interrupt ended every flush at once. The waiter is the caller's; the
+ * interrupt reaches it through the unblock function's argument, so the hub
+ * keeps no list of waiters. */
+int spillway_hub_flush(spillway_hub *hub, uint32_t timeout_ms, spillway_waiter *w)
 {
     uint64_t target, since = atomic_load(&hub->async_reported);
     struct timespec deadline;
@@ -974,13 +1139,12 @@ int spillway_hub_flush(spillway_hub *hub, uint32_t timeout_ms)
     deadline = deadline_after(timeout_ms);
     atomic_fetch_add(&hub->flush_waiters, 1);
     pthread_mutex_lock(&hub->flush_lock);
-    hub->flush_interrupted = false;
-    while (atomic_load(&hub->async_done) < target && !hub->flush_interrupted &&
+    while (atomic_load(&hub->async_done) < target && !(w != NULL && w->interrupted) &&
            atomic_load(&hub->running)) {
         if (pthread_cond_timedwait(&hub->flush_cond, &hub->flush_lock, &deadline) == ETIMEDOUT) break;
     }
     if (atomic_load(&hub->async_done) < target) {
-        rc = hub->flush_interrupted ? -EINTR : -ETIMEDOUT;
+        rc = w != NULL && w->interrupted ? -EINTR : -ETIMEDOUT;
     } else {
         /* Everything is finished: did any publish since the last flush
          * that reported, and up to this one, fail? When more failed than
@@ -1000,10 +1164,10 @@ int spillway_hub_flush(spillway_hub *hub, uint32_t timeout_ms)
     return rc;
 }
 
-void spillway_hub_flush_interrupt(spillway_hub *hub)
+void spillway_hub_flush_interrupt(spillway_hub *hub, spillway_waiter *w)
 {
     pthread_mutex_lock(&hub->flush_lock);
-    hub->flush_interrupted = true;
+    w->interrupted = true;
     pthread_cond_broadcast(&hub->flush_cond);
     pthread_mutex_unlock(&hub->flush_lock);
 }
@@ -1111,6 +1275,7 @@ void spillway_hub_free(spillway_hub *hub)
     pthread_mutex_destroy(&hub->err_lock);
     pthread_mutex_destroy(&hub->flush_lock);
     pthread_cond_destroy(&hub->flush_cond);
+    pthread_cond_destroy(&hub->log_cond);
     free_config_strings(&hub->cfg);
     free(hub);
 }

@@ -51,6 +51,7 @@ typedef struct spillway_config {
     uint32_t queue_limit;           /* commands waiting for the reactor */
     const char *extra_headers;      /* raw "Name: value\r\n" lines added to the head, or NULL */
     spillway_redis_config redis;
+    uint32_t log_interval_ms;       /* the log's rate limit per kind (spillway_hub_log_wait) */
 } spillway_config;
 
 typedef struct spillway_stats {
@@ -135,16 +136,60 @@ int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t ch
                                size_t datalen, const char *key, size_t keylen, uint64_t *seq,
                                char *err, size_t errlen);
 
+/*
+ * The interrupt state of one blocking call, owned by its caller (on the
+ * caller's stack, set to SPILLWAY_WAITER_INIT before the call and before
+ * the unblock function can run). An interrupt names the call it is for: it
+ * is never cleared by another call, never ends a call it is not for, and
+ * one that arrives before the call is inside its wait still ends it.
+ * Guarded by the lock of the wait it is used with.
+ */
+typedef struct spillway_waiter {
+    bool interrupted;
+} spillway_waiter;
+#define SPILLWAY_WAITER_INIT {false}
+
 /* Blocks until every async publish queued before the call has been
  * acknowledged by Redis or failed, or timeout_ms passed. 0 when all of
  * them (and any since the last flush that returned) reached Redis; -EIO when
- * one of those failed; -ETIMEDOUT; -EINTR (spillway_hub_flush_interrupt).
- * Blocking: call it without the GVL. */
-int spillway_hub_flush(spillway_hub *hub, uint32_t timeout_ms);
-/* Wakes a blocked spillway_hub_flush (the binding's unblock function). */
-void spillway_hub_flush_interrupt(spillway_hub *hub);
+ * one of those failed; -ETIMEDOUT (also when the hub stops first); -EINTR
+ * when w was interrupted (spillway_hub_flush_interrupt). w may be NULL: the
+ * call then ends only by itself. Blocking: call it without the GVL. */
+int spillway_hub_flush(spillway_hub *hub, uint32_t timeout_ms, spillway_waiter *w);
+/* Ends the spillway_hub_flush that waits with w, or the next one that
+ * starts with it (the binding's unblock function; any thread). */
+void spillway_hub_flush_interrupt(spillway_hub *hub, spillway_waiter *w);
 
 void spillway_hub_stats(spillway_hub *hub, spillway_stats *out);
+
+/*
+ * The hub's log: every error and every reset the reactor records, for a
+ * Ruby thread to write to the app's logger (the reactor never calls Ruby).
+ * The hub keeps one slot per kind ("redis_link", "reset", ...), so it holds
+ * a fixed amount whatever the rate: an entry stands for every occurrence of
+ * its kind since the previous one, with the text of the last.
+ *
+ * Rate limit: the first occurrence of a kind is due at once; the kind then
+ * stays quiet for log_interval_ms, and what occurred meanwhile is due as one
+ * summary entry at the end of that interval.
+ */
+typedef struct spillway_log_entry {
+    const char *kind;  /* static name of the kind */
+    bool warning;      /* warning level (otherwise error) */
+    uint64_t count;    /* occurrences it stands for */
+    uint64_t span_ms;  /* the time they cover: since the kind's previous entry, or its first of these */
+    char message[256]; /* the last occurrence's text */
+} spillway_log_entry;
+
+/* Blocks until entries are due, then copies up to max of them into out and
+ * returns how many. 0 when timeout_ms passed first; -EINTR when w was
+ * interrupted (spillway_hub_log_interrupt); -EPIPE once the hub has stopped
+ * and every entry was taken (after the stop everything pending is due at
+ * once). Blocking: call it without the GVL. */
+int spillway_hub_log_wait(spillway_hub *hub, spillway_log_entry *out, size_t max, uint32_t timeout_ms,
+                          spillway_waiter *w);
+/* Ends the spillway_hub_log_wait that waits with w (any thread). */
+void spillway_hub_log_interrupt(spillway_hub *hub, spillway_waiter *w);
 
 /* Heap bytes the hub holds (for ObjectSpace.memsize_of); approximate. */
 size_t spillway_hub_memsize(const spillway_hub *hub);

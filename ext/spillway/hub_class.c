@@ -138,6 +138,7 @@ static VALUE hub_initialize(VALUE self, VALUE opts)
     cfg.max_backlog_channels = spillway_opt_u32(opts, "max_backlog_channels", 100000);
     cfg.queue_limit = spillway_opt_u32(opts, "queue_limit", 65536);
     cfg.extra_headers = spillway_opt_str(opts, "extra_headers");
+    cfg.log_interval_ms = spillway_opt_u32(opts, "log_interval_ms", 10000);
     spillway_fill_redis_config(opts, &cfg.redis);
 
     rc = spillway_hub_new(&cfg, &w->hub, err, sizeof(err));
@@ -288,19 +289,24 @@ static VALUE hub_publish_async(VALUE self, VALUE channel, VALUE data, VALUE even
 struct flush_args {
     spillway_hub *hub;
     uint32_t timeout_ms;
+    spillway_waiter w; /* this call's own interrupt flag */
     int rc;
 };
 
 static void *flush_nogvl(void *p)
 {
     struct flush_args *a = p;
-    a->rc = spillway_hub_flush(a->hub, a->timeout_ms);
+    a->rc = spillway_hub_flush(a->hub, a->timeout_ms, &a->w);
     return NULL;
 }
 
+/* Runs on another thread while this one is in flush_nogvl (never after
+ * rb_thread_call_without_gvl returned, so a, on this thread's stack, is
+ * alive). */
 static void flush_ubf(void *p)
 {
-    spillway_hub_flush_interrupt(p);
+    struct flush_args *a = p;
+    spillway_hub_flush_interrupt(a->hub, &a->w);
 }
 
 /* hub.flush(timeout_seconds) -> true when every async publish made before
@@ -319,10 +325,71 @@ static VALUE hub_flush(VALUE self, VALUE timeout)
     struct flush_args a;
     a.hub = get_hub(self);
     a.timeout_ms = timeout_ms(timeout);
+    a.w = (spillway_waiter)SPILLWAY_WAITER_INIT;
     a.rc = 0;
-    rb_thread_call_without_gvl(flush_nogvl, &a, flush_ubf, a.hub);
+    rb_thread_call_without_gvl(flush_nogvl, &a, flush_ubf, &a);
     if (a.rc == -EINTR) rb_thread_check_ints();
     return a.rc == 0 ? Qtrue : Qfalse;
+}
+
+/* ---- the log ----------------------------------------------------------- */
+
+#define LOG_BATCH 16
+
+struct log_args {
+    spillway_hub *hub;
+    uint32_t timeout_ms;
+    spillway_waiter w; /* this call's own interrupt flag */
+    spillway_log_entry out[LOG_BATCH];
+    int rc;
+};
+
+static void *log_nogvl(void *p)
+{
+    struct log_args *a = p;
+    a->rc = spillway_hub_log_wait(a->hub, a->out, LOG_BATCH, a->timeout_ms, &a->w);
+    return NULL;
+}
+
+/* As flush_ubf: runs only while this thread is in log_nogvl. */
+static void log_ubf(void *p)
+{
+    struct log_args *a = p;
+    spillway_hub_log_interrupt(a->hub, &a->w);
+}
+
+/*
+ * hub.log_wait(timeout_seconds) -> [[kind, level, count, seconds, message], ...]
+ * or nil. Waits without the GVL until log entries are due (see hub.h);
+ * [] on timeout or interrupt, nil once the hub has stopped and everything
+ * was taken. kind is a String ("redis_link"), level :error or :warn,
+ * seconds the time the count covers.
+ */
+static VALUE hub_log_wait(VALUE self, VALUE timeout)
+{
+    struct log_args a; /* about 5 KB: on this Ruby thread's stack */
+    VALUE list;
+
+    a.hub = get_hub(self);
+    a.timeout_ms = timeout_ms(timeout);
+    a.w = (spillway_waiter)SPILLWAY_WAITER_INIT;
+    a.rc = 0;
+    rb_thread_call_without_gvl(log_nogvl, &a, log_ubf, &a);
+    if (a.rc == -EPIPE) return Qnil;
+    list = rb_ary_new_capa(a.rc > 0 ? a.rc : 0);
+    for (int i = 0; i < a.rc; i++) {
+        const spillway_log_entry *e = &a.out[i];
+        VALUE row = rb_ary_new_capa(5);
+        rb_ary_push(row, rb_str_new_cstr(e->kind));
+        rb_ary_push(row, ID2SYM(rb_intern(e->warning ? "warn" : "error")));
+        rb_ary_push(row, ULL2NUM(e->count));
+        rb_ary_push(row, DBL2NUM((double)e->span_ms / 1000.0));
+        rb_ary_push(row, rb_enc_associate(rb_str_new_cstr(e->message), rb_utf8_encoding()));
+        rb_ary_push(list, row);
+    }
+    /* An interrupt (Thread#kill, raise) takes effect here. */
+    rb_thread_check_ints();
+    return list;
 }
 
 /* ---- stats, stop ------------------------------------------------------- */
@@ -457,6 +524,7 @@ void Init_spillway_hub(void)
     rb_define_method(cHub, "publish_async", hub_publish_async, 4);
     rb_define_method(cHub, "cursor", hub_cursor, 0);
     rb_define_method(cHub, "flush", hub_flush, 1);
+    rb_define_method(cHub, "log_wait", hub_log_wait, 1);
     rb_define_method(cHub, "stats", hub_stats, 0);
     rb_define_method(cHub, "stop", hub_stop, 1);
     rb_define_method(cHub, "pid", hub_pid, 0);

@@ -186,7 +186,34 @@ typedef struct spillway_conn {
     /* Redis: membership slots whose resume found no way back to the cursor
      * (resume cache, redis.c): a reset for them when the stream joins. */
     bool *pend_reset;
+    const char *pend_reason; /* why, a static string */
 } spillway_conn;
+
+/* ---- the log (spillway_hub_log) ---------------------------------------- */
+
+/* What an entry of the hub's log is about: the rate limit is per kind, and
+ * the kind decides the level (the names and levels are in hub.c). */
+typedef enum spillway_log_kind {
+    SW_LOG_ERROR = 0,      /* "error": anything without a kind of its own */
+    SW_LOG_REDIS_LINK,     /* "redis_link": an established link dropped (killed, reset, no answer) */
+    SW_LOG_REDIS_CONNECT,  /* "redis_connect": an attempt to connect failed (refused, timeout, AUTH) */
+    SW_LOG_PROTOCOL,       /* "protocol": a reply or a message the hub cannot use */
+    SW_LOG_SUBSCRIBE,      /* "subscribe": Redis refused a subscription */
+    SW_LOG_RESUME,         /* "resume": a resume read failed */
+    SW_LOG_REPAIR,         /* "repair": a gap repair failed or gave up */
+    SW_LOG_ASYNC_PUBLISH,  /* "async_publish": an async publish failed or may have */
+    SW_LOG_MEMORY,         /* "memory": out of memory */
+    SW_LOG_RESET,          /* "reset": a stream was sent `event: reset` (a warning, not an error) */
+    SW_LOG_SLOW_CLIENT,    /* "slow_client": a stream was dropped for being slow (a warning) */
+    SW_LOG_KINDS
+} spillway_log_kind;
+
+typedef struct spillway_log_slot {
+    uint64_t count;          /* occurrences not taken yet */
+    uint64_t since_ms;       /* what count covers starts here */
+    uint64_t quiet_until_ms; /* an occurrence before this waits for the summary */
+    char message[256];       /* the last occurrence */
+} spillway_log_slot;
 
 /* ---- the hub ----------------------------------------------------------- */
 
@@ -246,15 +273,25 @@ struct spillway_hub {
     atomic_uint_fast32_t flush_waiters;
     pthread_mutex_t flush_lock;
     pthread_cond_t flush_cond;
-    bool flush_interrupted;
     /* last error */
     pthread_mutex_t err_lock;
     char last_error[256];
+
+    /* the log, for the Ruby thread that writes it (err_lock) */
+    spillway_log_slot log[SW_LOG_KINDS];
+    pthread_cond_t log_cond; /* CLOCK_MONOTONIC; signalled when an entry is due, and at the stop */
 };
 
 /* hub.c */
+/* Records an error (stats errors and last_error) and logs it with the kind
+ * SW_LOG_ERROR: spillway_hub_log for what has no kind of its own. */
 void spillway_hub_error(spillway_hub *hub, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Logs one occurrence of kind (any thread; never blocks on Ruby): the
+ * message goes to Spillway.logger from a Ruby thread, rate-limited per kind.
+ * Error kinds also count in stats errors and become last_error. */
+void spillway_hub_log(spillway_hub *hub, spillway_log_kind kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 void spillway_hub_async_done(spillway_hub *hub, uint64_t seq, bool ok);
 /* The end of a loop iteration: flush the dirty streams, close the doomed. */
 void spillway_hub_flush_and_close(spillway_hub *hub);
@@ -290,10 +327,12 @@ void spillway_conn_doom(spillway_hub *hub, spillway_conn *c, bool slow);
 void spillway_conn_close(spillway_hub *hub, spillway_conn *c);
 void spillway_conn_release(spillway_hub *hub, spillway_conn *c);
 void spillway_conn_on_event(spillway_hub *hub, spillway_conn *c, uint32_t events);
+/* reason: why the flagged channels get a reset, for the log line (NULL
+ * when reset is NULL or all false). */
 void spillway_conn_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **frames,
-                          size_t n, const bool *reset, spillway_id now);
+                          size_t n, const bool *reset, spillway_id now, const char *reason);
 void spillway_conn_send_reset(spillway_hub *hub, spillway_conn *c, const bool *reset,
-                              spillway_id now);
+                              spillway_id now, const char *reason);
 void spillway_wheel_insert(spillway_hub *hub, spillway_conn *c);
 void spillway_wheel_remove(spillway_hub *hub, spillway_conn *c);
 void spillway_wheel_tick(spillway_hub *hub);

@@ -583,7 +583,7 @@ static void fill_waiters(spillway_hub *hub, spillway_channel *ch)
 /* The fill from ch->fill_from could not be had (trimmed past it, Redis lost
  * its data, over the budget): the streams waiting for exactly that get a
  * reset for the channel; later cursors ask again. */
-static void fill_failed_reset(spillway_hub *hub, spillway_channel *ch)
+static void fill_failed_reset(spillway_hub *hub, spillway_channel *ch, const char *reason)
 {
     spillway_id from = ch->fill_from;
     fill_clear(R(hub), ch);
@@ -596,6 +596,7 @@ static void fill_failed_reset(spillway_hub *hub, spillway_channel *ch)
             continue;
         }
         c->pend_reset[slot] = true;
+        c->pend_reason = reason;
     }
     fill_waiters(hub, ch);
 }
@@ -620,7 +621,7 @@ static void fill_complete(spillway_hub *hub, spillway_channel *ch, spillway_id s
     total = keep + ch->ring_len;
     ring = malloc((total ? total : 1) * sizeof(*ring));
     if (ring == NULL) {
-        fill_failed_reset(hub, ch);
+        fill_failed_reset(hub, ch, "out of memory");
         return;
     }
     /* The frames move from the fill to the ring; the ring's accounting
@@ -649,7 +650,7 @@ static void on_fill_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
          * wait, holding live frames). */
         char msg[160];
         rv_message(v, msg, sizeof(msg));
-        if (!noscript(v)) spillway_hub_error(hub, "resume read refused, retrying: %s", msg);
+        if (!noscript(v)) spillway_hub_log(hub, SW_LOG_RESUME, "resume read refused, retrying: %s", msg);
         fill_clear(r, ch);
         r->resume_retry_at = retry_later(hub, &r->resume_backoff_ms);
         return;
@@ -657,8 +658,8 @@ static void on_fill_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
     if (!resume_shape_ok(v, 1) || (n = collect_frames(v->element[2], &frames, NULL)) < 0) {
         char msg[160];
         rv_message(v, msg, sizeof(msg));
-        spillway_hub_error(hub, "resume read failed: %s", msg);
-        fill_failed_reset(hub, ch);
+        spillway_hub_log(hub, SW_LOG_RESUME, "resume read failed: %s", msg);
+        fill_failed_reset(hub, ch, "the resume read failed");
         return;
     }
     r->resume_backoff_ms = 0;
@@ -669,7 +670,9 @@ static void on_fill_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
          * the future. */
         for (long i = 0; i < n; i++) spillway_frame_unref(frames[i]);
         free(frames);
-        fill_failed_reset(hub, ch);
+        fill_failed_reset(hub, ch, flag != NULL && flag->type == SW_RV_INTEGER && flag->integer == 1
+                                       ? "the backlog no longer reaches back to the Last-Event-ID"
+                                       : "the Last-Event-ID is newer than anything Redis issued");
         return;
     }
     if (ch->fill_len + (size_t)n > ch->fill_cap) {
@@ -678,7 +681,7 @@ static void on_fill_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
         if (f == NULL) {
             for (long i = 0; i < n; i++) spillway_frame_unref(frames[i]);
             free(frames);
-            fill_failed_reset(hub, ch);
+            fill_failed_reset(hub, ch, "out of memory");
             return;
         }
         ch->fill = f;
@@ -690,14 +693,14 @@ static void on_fill_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
     }
     free(frames);
     if (cache_bytes(hub) > CACHE_BUDGET) {
-        spillway_hub_error(hub, "resume of %s from a cursor needs more than the %llu MiB resume cache; "
+        spillway_hub_log(hub, SW_LOG_RESUME, "resume of %s from a cursor needs more than the %llu MiB resume cache; "
                                 "its streams get a reset", ch->name, (unsigned long long)(CACHE_BUDGET >> 20));
-        fill_failed_reset(hub, ch);
+        fill_failed_reset(hub, ch, "the replay would need more than the resume cache holds");
         return;
     }
     if (flag->integer == 2 && n > 0) {
         /* A full page: the next one from its last entry. */
-        if (send_fill(hub, ch, ch->fill[ch->fill_len - 1]->id) != 0) fill_failed_reset(hub, ch);
+        if (send_fill(hub, ch, ch->fill[ch->fill_len - 1]->id) != 0) fill_failed_reset(hub, ch, "out of memory");
         return;
     }
     fill_complete(hub, ch, parse_last(hub, v->element[0]));
@@ -754,7 +757,7 @@ static bool resume_from_cache(spillway_hub *hub, spillway_conn *c)
         c->pend_reset = NULL;
         /* A cursor from the future (reset) must not hold back live frames. */
         c->last = reset != NULL && spillway_id_cmp(c->cursor, hub->last) > 0 ? hub->last : c->cursor;
-        spillway_conn_replay(hub, c, frames, n, reset, hub->last);
+        spillway_conn_replay(hub, c, frames, n, reset, hub->last, c->pend_reason);
         free(reset);
     }
     free(frames);
@@ -770,7 +773,7 @@ static void join_if_ready(spillway_hub *hub, spillway_conn *c)
         /* Live from where the hub stood when the stream was attached: what
          * arrived since was held and goes out now. */
         c->last = c->cursor;
-        spillway_conn_replay(hub, c, NULL, 0, NULL, c->cursor);
+        spillway_conn_replay(hub, c, NULL, 0, NULL, c->cursor, NULL);
         return;
     }
     if (c->cursor_ok && !R(hub)->holding && hub->cfg.redis.backlog_size > 0) {
@@ -843,6 +846,7 @@ static void on_resume_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
     bool gone = (c->flags & SW_CF_ZOMBIE) != 0;
     spillway_id now;
     long n = 0;
+    const char *reason;
 
     conn_unref(hub, c); /* frees a zombie */
     if (gone || (c->flags & SW_CF_DOOMED)) return;
@@ -856,7 +860,7 @@ static void on_resume_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
         char msg[160];
         spillway_redis *r = R(hub);
         rv_message(v, msg, sizeof(msg));
-        spillway_hub_error(hub, "resume read refused, retrying: %s", msg);
+        spillway_hub_log(hub, SW_LOG_RESUME, "resume read refused, retrying: %s", msg);
         r->resume_retry_at = retry_later(hub, &r->resume_backoff_ms);
         return;
     }
@@ -869,11 +873,12 @@ static void on_resume_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
     if (!resume_shape_ok(v, c->nmem) || (n = collect_frames(v->element[2], &frames, NULL)) < 0) {
         char msg[160];
         rv_message(v, msg, sizeof(msg));
-        spillway_hub_error(hub, "resume read failed: %s", msg);
+        spillway_hub_log(hub, SW_LOG_RESUME, "resume read failed: %s", msg);
         /* Tell the client instead of leaving it with a possible hole. */
         for (uint32_t i = 0; i < c->nmem; i++) reset[i] = true;
         n = 0;
         now = hub->last;
+        reason = "the resume read failed";
     } else {
         now = parse_last(hub, v->element[0]);
         for (uint32_t i = 0; i < c->nmem; i++) {
@@ -883,11 +888,14 @@ static void on_resume_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
              * cursor is a hole. */
             if (hub->cfg.redis.backlog_size == 0 && spillway_id_cmp(now, c->cursor) > 0) reset[i] = true;
         }
+        if (!c->cursor_ok) reason = "the Last-Event-ID is not an event id";
+        else if (hub->cfg.redis.backlog_size == 0) reason = "no backlog (backlog_size 0)";
+        else reason = "the backlog no longer reaches back to the Last-Event-ID";
     }
     /* A cursor newer than anything Redis issued (from the future) must not
      * hold back live frames: the stream starts from now, with its reset. */
     c->last = q->mode == 'c' && spillway_id_cmp(c->cursor, now) <= 0 ? c->cursor : now;
-    spillway_conn_replay(hub, c, frames, (size_t)n, reset, now);
+    spillway_conn_replay(hub, c, frames, (size_t)n, reset, now, reason);
     for (long i = 0; i < n; i++) spillway_frame_unref(frames[i]);
     free(frames);
     free(reset);
@@ -912,8 +920,8 @@ static void release_held(spillway_hub *hub)
 }
 
 /* Every live stream on a channel with ch->mark set gets one reset naming
- * its marked channels. Clears the marks. */
-static void send_marked_resets(spillway_hub *hub, spillway_id now)
+ * its marked channels (reason: why, for the log). Clears the marks. */
+static void send_marked_resets(spillway_hub *hub, spillway_id now, const char *reason)
 {
     spillway_chtab *t = &hub->chans;
     for (uint32_t b = 0; b < t->nbuckets; b++) {
@@ -940,7 +948,7 @@ static void send_marked_resets(spillway_hub *hub, spillway_id now)
                     continue;
                 }
                 for (uint32_t m = 0; m < c->nmem; m++) flags[m] = c->mem[m].ch->mark != 0;
-                spillway_conn_send_reset(hub, c, flags, now);
+                spillway_conn_send_reset(hub, c, flags, now, reason);
                 free(flags);
             }
         }
@@ -965,9 +973,21 @@ static void acc_clear(struct repair_acc *acc)
     memset(acc, 0, sizeof(*acc));
 }
 
+/* Why finish_repair(reset_all) tells every stream, for the log: try_repair's
+ * tests in its order (out of memory is the only other way there). */
+static const char *reset_all_reason(spillway_hub *hub)
+{
+    spillway_redis *r = R(hub);
+    if (r->overflowed) return "too many messages arrived during the gap repair";
+    if (r->repair_failures >= REPAIR_ATTEMPTS) return "the gap repair reads kept failing";
+    if (hub->cfg.redis.backlog_size == 0) return "no backlog to repair the Redis outage from";
+    return "the gap repair ran out of memory";
+}
+
 static void finish_repair(spillway_hub *hub, bool reset_all)
 {
     spillway_redis *r = R(hub);
+    const char *reason = reset_all_reason(hub);
     acc_clear(&r->acc);
     r->need_repair = false;
     r->overflowed = false;
@@ -980,7 +1000,7 @@ static void finish_repair(spillway_hub *hub, bool reset_all)
         spillway_chtab *t = &hub->chans;
         for (uint32_t b = 0; b < t->nbuckets; b++)
             for (spillway_channel *ch = t->buckets[b]; ch != NULL; ch = ch->hnext) ch->mark = ch->nsubs > 0;
-        send_marked_resets(hub, hub->last);
+        send_marked_resets(hub, hub->last, reason);
     }
     release_held(hub);
     STAT_ADD(hub, st_gap_repairs, 1);
@@ -1057,7 +1077,7 @@ static void try_repair(spillway_hub *hub)
     return;
 oom:
     free(chans);
-    spillway_hub_error(hub, "gap repair: out of memory; streams get a reset");
+    spillway_hub_log(hub, SW_LOG_REPAIR, "gap repair: out of memory; streams get a reset");
     /* Batches already sent are answered into nothing (epoch check). */
     r->sub_epoch++;
     finish_repair(hub, true);
@@ -1106,7 +1126,7 @@ static void repair_done(spillway_hub *hub)
         ch = spillway_chtab_find(&hub->chans, acc->names[i], strlen(acc->names[i]));
         if (ch != NULL) ch->mark = 1;
     }
-    send_marked_resets(hub, acc->seen);
+    send_marked_resets(hub, acc->seen, "the backlog no longer reaches back to the Redis outage");
     finish_repair(hub, false);
 }
 
@@ -1129,10 +1149,10 @@ static void on_repair_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
         } else if (v->type == SW_RV_ERROR) {
             /* Refused for now (LOADING, BUSY, ...): again after a pause,
              * for as long as it takes; live frames are held meanwhile. */
-            spillway_hub_error(hub, "gap repair read refused, retrying: %s", msg);
+            spillway_hub_log(hub, SW_LOG_REPAIR, "gap repair read refused, retrying: %s", msg);
             r->repair_retry_at = retry_later(hub, &r->repair_backoff_ms);
         } else {
-            spillway_hub_error(hub, "gap repair read failed: %s", msg);
+            spillway_hub_log(hub, SW_LOG_REPAIR, "gap repair read failed: %s", msg);
             r->repair_failures++;
         }
         r->repair_error = true;
@@ -1297,7 +1317,7 @@ static void hold(spillway_hub *hub, spillway_channel *ch, spillway_frame *f)
     }
     /* Too much to hold: deliver everything now; the repair then tells
      * every stream (resets) instead of merging. */
-    spillway_hub_error(hub, "gap repair: more than %u messages arrived while repairing; streams get a reset",
+    spillway_hub_log(hub, SW_LOG_REPAIR, "gap repair: more than %u messages arrived while repairing; streams get a reset",
                        HELD_MAX_FRAMES);
     r->overflowed = true;
     release_held(hub);

@@ -79,7 +79,7 @@ int spillway_link_queue(spillway_hub *hub, spillway_rlink *l, spillway_rq *q, in
                         const char *const *argv, const size_t *lens)
 {
     if (spillway_buf_command(&l->out, argc, argv, lens) != 0) {
-        spillway_hub_error(hub, "Redis %s link: out of memory", spillway_link_name(l));
+        spillway_hub_log(hub, SW_LOG_MEMORY, "Redis %s link: out of memory", spillway_link_name(l));
         spillway_rq_free(q);
         return -1;
     }
@@ -133,8 +133,14 @@ static void drop(spillway_hub *hub, spillway_rlink *l)
 void spillway_link_fail(spillway_hub *hub, spillway_rlink *l, const char *what, const char *why)
 {
     bool was_ready = l->state == SW_LS_READY;
+    /* A link that was up dropped (killed, reset, no answer in time), or an
+     * attempt to bring it up failed (refused, timed out, AUTH): the log
+     * counts them apart. */
+    spillway_log_kind kind = strcmp(what, "protocol") == 0 ? SW_LOG_PROTOCOL
+                             : was_ready                    ? SW_LOG_REDIS_LINK
+                                                            : SW_LOG_REDIS_CONNECT;
 
-    spillway_hub_error(hub, "Redis %s link: %s: %s", spillway_link_name(l), what, why);
+    spillway_hub_log(hub, kind, "Redis %s link: %s: %s", spillway_link_name(l), what, why);
     l->state = SW_LS_IDLE;
     drop(hub, l);
     if (l->backoff_ms == 0) {

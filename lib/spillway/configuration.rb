@@ -42,7 +42,8 @@ module Spillway
       unsubscribe_linger: 1.0,     # seconds a channel stays subscribed after its last stream left
       async_limit: 10_000,         # async publishes waiting for Redis before publish raises
       queue_limit: 65_536,         # commands waiting for the native hub
-      logger: nil                  # nil: a Logger on $stderr
+      logger: nil,                 # nil: a Logger on $stderr
+      log_interval: 10             # seconds: the hub logs a kind of error once, then sums up its repeats this often
     }.freeze
 
     attr_reader(*SETTINGS.keys)
@@ -89,7 +90,7 @@ module Spillway
     {
       heartbeat: [0.01, 3600], retry_interval: [0, 3600], write_timeout: [0.01, 86_400],
       connect_timeout: [0.001, 60], command_timeout: [0.001, 60], health_interval: [0.1, 3600],
-      unsubscribe_linger: [0, 3600], idempotency_ttl: [0.01, 30 * 86_400]
+      unsubscribe_linger: [0, 3600], idempotency_ttl: [0.01, 30 * 86_400], log_interval: [0, 86_400]
     }.each do |name, (min, max)|
       define_method(:"#{name}=") do |value|
         value = Float(value)
@@ -160,7 +161,8 @@ module Spillway
         max_channels_per_connection: max_channels_per_connection, outbox_limit: outbox_limit,
         write_timeout_ms: ms(write_timeout), backlog_size: backlog_size, backlog_ttl: backlog_ttl,
         max_backlog_channels: max_backlog_channels, queue_limit: queue_limit,
-        extra_headers: headers.empty? ? nil : headers.map { |k, v| "#{k}: #{v}\r\n" }.join
+        extra_headers: headers.empty? ? nil : headers.map { |k, v| "#{k}: #{v}\r\n" }.join,
+        log_interval_ms: ms(log_interval)
       }
       opts.merge!(redis_native_options) if redis
       opts

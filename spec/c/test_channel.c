@@ -32,6 +32,7 @@ static spillway_hub *fake_hub(uint32_t backlog, uint32_t max_channels, uint32_t 
     pthread_mutex_init(&hub->err_lock, NULL);
     pthread_mutex_init(&hub->flush_lock, NULL);
     pthread_cond_init(&hub->flush_cond, NULL);
+    pthread_cond_init(&hub->log_cond, NULL);
     hub->q.efd = -1;
     hub->epfd = epoll_create1(EPOLL_CLOEXEC);
     REQUIRE(hub->epfd >= 0);
@@ -673,7 +674,7 @@ TEST(replay_merges_missed_and_held_frames)
     missed[0] = f[3];
     missed[1] = f[4];
     missed[2] = f[5];
-    spillway_conn_replay(hub, c, missed, 3, NULL, (spillway_id){1, 5});
+    spillway_conn_replay(hub, c, missed, 3, NULL, (spillway_id){1, 5}, NULL);
     CHECK(!(c->flags & SW_CF_JOINING));
     CHECK(c->held == NULL && c->held_len == 0);
     REQUIRE_U64(c->out_len, ==, 4);
@@ -710,7 +711,7 @@ TEST(reset_frame_names_the_channels)
         c->nmem++;
     }
     c->last = (spillway_id){1, 3};
-    spillway_conn_send_reset(hub, c, reset, (spillway_id){1700000000000ull, 12});
+    spillway_conn_send_reset(hub, c, reset, (spillway_id){1700000000000ull, 12}, "a test");
     REQUIRE_U64(c->out_len, ==, 1);
     rf = c->out[c->out_start];
     CHECK(rf->id.ms == 1700000000000ull && rf->id.seq == 12);
@@ -724,6 +725,12 @@ TEST(reset_frame_names_the_channels)
     CHECK_STR(p.events[0].id.p, "1700000000000-12");
     CHECK_STR(p.events[0].data.p, "{\"channels\":[\"alpha\",\"chat:42\"]}");
     sse_parser_free(&p);
+    /* The log has it, with the same channels and the reason; a reset is a
+     * warning, not an error. */
+    CHECK_U64(hub->log[SW_LOG_RESET].count, ==, 1);
+    CHECK_STR(hub->log[SW_LOG_RESET].message, "stream reset on alpha, chat:42 (a test)");
+    CHECK_U64(atomic_load(&hub->st_errors), ==, 0);
+    CHECK_STR(hub->last_error, "");
     hub->dirty = NULL;
     close(peer);
     spillway_hub_free(hub); /* closes c: leaves the channels, which go */

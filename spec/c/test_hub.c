@@ -289,7 +289,7 @@ TEST(config_and_arguments_are_checked)
     spillway_hub_unreserve(hub);
     CHECK_U64(stats(hub).connections, ==, 0);
     /* Nothing async is pending: flush returns at once. */
-    CHECK_INT(spillway_hub_flush(hub, 1000), ==, 0);
+    CHECK_INT(spillway_hub_flush(hub, 1000, NULL), ==, 0);
     finish(hub);
 }
 
@@ -1014,7 +1014,7 @@ TEST(fork_child_flush_returns)
     if (pid == 0) {
         /* One call with a 100 ms timeout: 3 s is plenty, even under valgrind. */
         alarm(3);
-        spillway_hub_flush(hub, 100);
+        spillway_hub_flush(hub, 100, NULL);
         _exit(0);
     }
     CHECK_INT(waitpid(pid, &status, 0), ==, pid);

@@ -71,6 +71,16 @@ class RedisServer
     stop("KILL")
   end
 
+  # SIGSTOP: connections stay open and the kernel still accepts, but
+  # nothing is answered (a Redis stuck in a long command or a swap storm).
+  def pause
+    Process.kill("STOP", @pid) if @pid
+  end
+
+  def resume
+    Process.kill("CONT", @pid) if @pid
+  end
+
   def restart
     stop
     start

@@ -66,4 +66,12 @@ RSpec.describe Spillway::Configuration do
     expect(opts).to include(heartbeat_ms: 2500, redis_host: "h", redis_port: 1, redis_db: 3, namespace: "spillway",
                             extra_headers: "Access-Control-Allow-Origin: *\r\n")
   end
+
+  it "passes log_interval to the hub in milliseconds (10 s by default, 0 allowed) and checks its range" do
+    expect(described_class.new.native_options).to include(log_interval_ms: 10_000)
+    expect(described_class.new(log_interval: 0.25).native_options).to include(log_interval_ms: 250)
+    expect(described_class.new(log_interval: 0).native_options).to include(log_interval_ms: 0)
+    expect { described_class.new(log_interval: -1) }.to raise_error(ArgumentError, /log_interval must be between 0 and/)
+    expect { described_class.new(log_interval: "often") }.to raise_error(ArgumentError)
+  end
 end
