@@ -68,7 +68,7 @@ static void publish_pending(spillway_hub *hub)
 {
     char err[256] = "";
     uint64_t seq = 0;
-    REQUIRE_INT(spillway_hub_publish_async(hub, "c", 1, NULL, 0, "x", 1, &seq, err, sizeof(err)), ==, 0);
+    REQUIRE_INT(spillway_hub_publish_async(hub, "c", 1, NULL, 0, "x", 1, NULL, 0, &seq, err, sizeof(err)), ==, 0);
 }
 
 typedef struct flusher {
