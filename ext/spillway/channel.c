@@ -307,6 +307,18 @@ void spillway_backlog_adopt(spillway_hub *hub, spillway_channel *ch, spillway_fr
     }
 }
 
+void spillway_backlog_trim(spillway_hub *hub, spillway_channel *ch, uint32_t max)
+{
+    while (ch->ring_len > max) {
+        spillway_frame *old = ch->ring[ch->ring_start];
+        ch->trimmed = spillway_id_max(ch->trimmed, old->id);
+        backlog_account(hub, old, -1);
+        spillway_frame_unref(old);
+        ch->ring_start = (ch->ring_start + 1) % ch->ring_cap;
+        ch->ring_len--;
+    }
+}
+
 /* Stores (without new references) the backlog frames newer than `after` in
  * out (room for ring_len entries); returns how many. */
 size_t spillway_backlog_collect(spillway_channel *ch, spillway_id after, spillway_frame **out)

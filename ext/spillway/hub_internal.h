@@ -312,6 +312,9 @@ size_t spillway_backlog_collect(spillway_channel *ch, spillway_id after, spillwa
 /* Replaces the ring with `ring` (n frames in id order, owned by the
  * channel from now on); the first `added` are new to the backlog's
  * statistics, the rest were in the old ring. */
+/* Drops the oldest frames until at most max are left (they count as
+ * trimmed). */
+void spillway_backlog_trim(spillway_hub *hub, spillway_channel *ch, uint32_t max);
 void spillway_backlog_adopt(spillway_hub *hub, spillway_channel *ch, spillway_frame **ring, uint32_t n,
                             uint32_t added);
 void spillway_backlog_sweep(spillway_hub *hub);

@@ -633,6 +633,10 @@ static void fill_complete(spillway_hub *hub, spillway_channel *ch, spillway_id s
     fill_clear(r, ch);
     cache_touch(hub, ch);
     fill_waiters(hub, ch);
+    /* The streams that waited have their replay (references): the ring
+     * goes back to backlog_size frames, so fills from ever older cursors
+     * cannot grow it without bound. */
+    spillway_backlog_trim(hub, ch, hub->cfg.backlog_size);
 }
 
 static void on_fill_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
