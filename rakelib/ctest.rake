@@ -57,7 +57,8 @@ module SpillwayCTest
     "test_queue" => %w[queue],
     "test_resp" => %w[resp],
     "test_channel" => HUB_CORE,
-    "test_hub" => HUB_CORE
+    "test_hub" => HUB_CORE,
+    "test_redis" => HUB_CORE
   }.freeze
   TSAN_TESTS = %w[test_queue test_hub].freeze
 

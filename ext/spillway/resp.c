@@ -262,6 +262,27 @@ bool spillway_rv_starts(const spillway_rv *v, const char *prefix)
     return v != NULL && v->str != NULL && v->str->len >= n && memcmp(v->str->data, prefix, n) == 0;
 }
 
+const char *spillway_rv_describe(const spillway_rv *v, char *buf, size_t n)
+{
+    int w = v != NULL && v->str != NULL ? (int)SW_MIN(v->str->len, 60u) : 0;
+    const char *s = v != NULL && v->str != NULL ? v->str->data : "";
+    if (v == NULL) {
+        snprintf(buf, n, "nothing");
+        return buf;
+    }
+    switch (v->type) {
+    case SW_RV_STRING: snprintf(buf, n, "a bulk string of %u bytes", v->str ? v->str->len : 0u); break;
+    case SW_RV_STATUS: snprintf(buf, n, "a status (+%.*s)", w, s); break;
+    case SW_RV_ERROR: snprintf(buf, n, "an error (-%.*s)", w, s); break;
+    case SW_RV_INTEGER: snprintf(buf, n, "an integer (%lld)", v->integer); break;
+    case SW_RV_NIL: snprintf(buf, n, "nil"); break;
+    case SW_RV_ARRAY: snprintf(buf, n, "an array of %zu element%s", v->elements, v->elements == 1 ? "" : "s"); break;
+    case SW_RV_TOOBIG: snprintf(buf, n, "a bulk string of %lld bytes (over SPILLWAY_FRAME_MAX)", v->integer); break;
+    default: snprintf(buf, n, "a RESP3 value"); break;
+    }
+    return buf;
+}
+
 /* ---- commands ---------------------------------------------------------- */
 
 void spillway_buf_free(spillway_buf *b)
