@@ -138,7 +138,7 @@ static void rv_message(const spillway_rv *v, char *buf, size_t n)
 {
     char what[100];
     if (v != NULL && v->type == SW_RV_ERROR && v->str != NULL)
-        snprintf(buf, n, "%.*s", (int)SW_MIN(v->str->len, 150u), v->str->data);
+        spillway_rv_text(v, 150, buf, n);
     else
         snprintf(buf, n, "malformed reply (%s)", spillway_rv_describe(v, what, sizeof(what)));
 }
@@ -920,12 +920,13 @@ static void on_message(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
     const spillway_rv *name = v->element[1];
     spillway_frame *f;
     spillway_channel *ch;
+    char text[104];
 
     if (is_ctl(r, name)) {
         uint64_t seq = 0;
         spillway_id id;
         bool has_id = false;
-        char why[160];
+        char why[160], text[64];
         if (is_str(v->element[2]) && parse_barrier(r, v->element[2]->str, &seq, &id, &has_id)) {
             on_barrier(hub, seq, has_id ? &id : NULL);
             return;
@@ -935,8 +936,8 @@ static void on_message(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
          * it would wait forever: the reconnect subscribes and syncs them
          * again. */
         if (is_str(v->element[2]))
-            snprintf(why, sizeof(why), "a control message that is not one of this hub's barriers: \"%.*s\"",
-                     (int)SW_MIN(v->element[2]->str->len, 60u), v->element[2]->str->data);
+            snprintf(why, sizeof(why), "a control message that is not one of this hub's barriers: \"%s\"",
+                     spillway_rv_text(v->element[2], 60, text, sizeof(text)));
         else
             snprintf(why, sizeof(why), "a control message over SPILLWAY_FRAME_MAX");
         spillway_link_protocol_error(hub, l, why);
@@ -946,8 +947,8 @@ static void on_message(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
         /* Spillway never publishes that much (max_message_bytes is far
          * below): someone else did. The backlog could not hold a frame of it
          * either, so reading it back would not help: dropped. */
-        spillway_hub_error(hub, "a Redis message of %lld bytes on %.*s is over SPILLWAY_FRAME_MAX: dropped",
-                           v->element[2]->integer, (int)SW_MIN(name->str->len, 100u), name->str->data);
+        spillway_hub_error(hub, "a Redis message of %lld bytes on %s is over SPILLWAY_FRAME_MAX: dropped",
+                           v->element[2]->integer, spillway_rv_text(name, 100, text, sizeof(text)));
         return;
     }
     f = steal(v->element[2]);
@@ -956,8 +957,8 @@ static void on_message(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
     if (frame_set_id(f) != 0) {
         /* A well-formed message that Spillway did not publish (a PUBLISH
          * from redis-cli, say): nothing of ours is lost by dropping it. */
-        spillway_hub_error(hub, "Redis message without a Spillway id on %.*s (published by something else?)",
-                           (int)SW_MIN(name->str->len, 100u), name->str->data);
+        spillway_hub_error(hub, "Redis message without a Spillway id on %s (published by something else?)",
+                           spillway_rv_text(name, 100, text, sizeof(text)));
         spillway_frame_unref(f);
         return;
     }
@@ -1022,7 +1023,7 @@ enum { SUB_BAD, SUB_MESSAGE, SUB_SUBSCRIBE, SUB_UNSUBSCRIBE, SUB_PONG, SUB_ERROR
 static int sub_kind(const spillway_rv *v, char *why, size_t n)
 {
     const spillway_rv *kind;
-    char what[100];
+    char what[100], text[104];
 
     if (v->type == SW_RV_ERROR) return SUB_ERROR;
     if (v->type == SW_RV_STATUS && spillway_rv_is(v, "PONG")) return SUB_PONG;
@@ -1030,7 +1031,8 @@ static int sub_kind(const spillway_rv *v, char *why, size_t n)
         if (v->type == SW_RV_ARRAY && v->elements > 0)
             snprintf(why, n, "a push whose kind is %s", spillway_rv_describe(v->element[0], what, sizeof(what)));
         else
-            snprintf(why, n, "%s where only pushes, +PONG and errors belong", spillway_rv_describe(v, what, sizeof(what)));
+            snprintf(why, n, "%s where only pushes, +PONG and errors belong",
+                     spillway_rv_describe(v, what, sizeof(what)));
         return SUB_BAD;
     }
     kind = v->element[0];
@@ -1041,8 +1043,8 @@ static int sub_kind(const spillway_rv *v, char *why, size_t n)
             snprintf(why, n, "a pub/sub message whose channel is %s",
                      spillway_rv_describe(v->element[1], what, sizeof(what)));
         } else if (!is_str(v->element[2]) && !is_type(v->element[2], SW_RV_TOOBIG)) {
-            snprintf(why, n, "a pub/sub message on %.*s whose payload is %s",
-                     (int)SW_MIN(v->element[1]->str->len, 100u), v->element[1]->str->data,
+            snprintf(why, n, "a pub/sub message on %s whose payload is %s",
+                     spillway_rv_text(v->element[1], 100, text, sizeof(text)),
                      spillway_rv_describe(v->element[2], what, sizeof(what)));
         } else {
             return SUB_MESSAGE;
@@ -1063,15 +1065,15 @@ static int sub_kind(const spillway_rv *v, char *why, size_t n)
         snprintf(why, n, "a malformed pong (%zu element%s)", v->elements, v->elements == 1 ? "" : "s");
         return SUB_BAD;
     }
-    snprintf(why, n, "a push of a kind this hub never subscribes to (%.*s)", (int)SW_MIN(kind->str->len, 40u),
-             kind->str->data);
+    snprintf(why, n, "a push of a kind this hub never subscribes to (%s)",
+             spillway_rv_text(kind, 40, text, sizeof(text)));
     return SUB_BAD;
 }
 
 void spillway_redis_on_sub_reply(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
 {
     spillway_redis *r = R(hub);
-    char why[240];
+    char why[240], text[104];
     int kind = sub_kind(v, why, sizeof(why));
     spillway_channel *ch;
 
@@ -1110,9 +1112,9 @@ void spillway_redis_on_sub_reply(spillway_hub *hub, spillway_rlink *l, spillway_
     ch = channel_of(hub, v->element[1]);
     if (ch == NULL) {
         /* No subscription of ours is waiting for it: nothing to update. */
-        spillway_hub_error(hub, "Redis %s confirmation for %.*s, which this hub did not ask for: ignored",
+        spillway_hub_error(hub, "Redis %s confirmation for %s, which this hub did not ask for: ignored",
                            kind == SUB_SUBSCRIBE ? "a subscribe" : "an unsubscribe",
-                           (int)SW_MIN(v->element[1]->str->len, 100u), v->element[1]->str->data);
+                           spillway_rv_text(v->element[1], 100, text, sizeof(text)));
         return;
     }
     if (kind == SUB_SUBSCRIBE) on_subscribed(hub, ch);

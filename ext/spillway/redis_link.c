@@ -381,7 +381,7 @@ static void on_handshake_reply(spillway_hub *hub, spillway_rlink *l, spillway_rv
         return;
     }
     if (v->type == SW_RV_ERROR) {
-        snprintf(msg, sizeof(msg), "%.*s", (int)SW_MIN(v->str->len, 150u), v->str->data);
+        spillway_rv_text(v, 150, msg, sizeof(msg));
         spillway_rq_free(q);
         spillway_link_fail(hub, l, "handshake", msg);
         return;

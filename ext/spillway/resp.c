@@ -262,18 +262,32 @@ bool spillway_rv_starts(const spillway_rv *v, const char *prefix)
     return v != NULL && v->str != NULL && v->str->len >= n && memcmp(v->str->data, prefix, n) == 0;
 }
 
+const char *spillway_rv_text(const spillway_rv *v, size_t max, char *buf, size_t n)
+{
+    size_t k = 0;
+    if (n == 0) return buf;
+    if (v != NULL && v->str != NULL) {
+        for (; k < v->str->len && k < max && k + 1 < n; k++) {
+            unsigned char c = (unsigned char)v->str->data[k];
+            buf[k] = c >= 0x20 && c < 0x7f ? (char)c : '?';
+        }
+    }
+    buf[k] = '\0';
+    return buf;
+}
+
 const char *spillway_rv_describe(const spillway_rv *v, char *buf, size_t n)
 {
-    int w = v != NULL && v->str != NULL ? (int)SW_MIN(v->str->len, 60u) : 0;
-    const char *s = v != NULL && v->str != NULL ? v->str->data : "";
+    char text[64];
+    const char *s = spillway_rv_text(v, 60, text, sizeof(text));
     if (v == NULL) {
         snprintf(buf, n, "nothing");
         return buf;
     }
     switch (v->type) {
     case SW_RV_STRING: snprintf(buf, n, "a bulk string of %u bytes", v->str ? v->str->len : 0u); break;
-    case SW_RV_STATUS: snprintf(buf, n, "a status (+%.*s)", w, s); break;
-    case SW_RV_ERROR: snprintf(buf, n, "an error (-%.*s)", w, s); break;
+    case SW_RV_STATUS: snprintf(buf, n, "a status (+%s)", s); break;
+    case SW_RV_ERROR: snprintf(buf, n, "an error (-%s)", s); break;
     case SW_RV_INTEGER: snprintf(buf, n, "an integer (%lld)", v->integer); break;
     case SW_RV_NIL: snprintf(buf, n, "nil"); break;
     case SW_RV_ARRAY: snprintf(buf, n, "an array of %zu element%s", v->elements, v->elements == 1 ? "" : "s"); break;

@@ -63,6 +63,10 @@ void spillway_rv_free(spillway_rv *v);
 bool spillway_rv_is(const spillway_rv *v, const char *s);
 /* true when v is a STRING/STATUS/ERROR that starts with prefix. */
 bool spillway_rv_starts(const spillway_rv *v, const char *prefix);
+/* v's bytes for a log line (STRING, STATUS, ERROR; "" for others): at most
+ * max of them, anything but printable ASCII as '?' (the peer may send CR,
+ * LF, NUL or escape codes). Writes into buf (n bytes) and returns it. */
+const char *spillway_rv_text(const spillway_rv *v, size_t max, char *buf, size_t n);
 /* What v is, for an error message: "nil", "an integer (42)", "a bulk string
  * of 10 bytes", "an array of 3 elements", "an error (-ERR ...)". Writes
  * into buf (n bytes) and returns it. */

@@ -65,6 +65,8 @@ typedef struct fx_conn {
     spillway_resp_reader *reader;
     char *subs[FX_MAX_SUBS]; /* channels subscribed on it */
     uint32_t nsubs;
+    tbuf out;     /* what this side wrote and the socket has not taken yet */
+    size_t sent;  /* of out */
 } fx_conn;
 
 typedef struct fx_stream {
@@ -76,6 +78,7 @@ typedef struct fx_stream {
 typedef struct fx {
     spillway_hub *hub;
     int lfd;
+    int ep; /* this side's own epoll set (level-triggered): the listener, its connections, the browsers */
     char path[108];
     fx_conn conns[FX_MAX_CONNS];
     unsigned autos;
@@ -160,6 +163,8 @@ FX_API void fx_conn_close(fx_conn *k)
     for (uint32_t i = 0; i < k->nsubs; i++) free(k->subs[i]);
     k->nsubs = 0;
     k->role = 0;
+    tbuf_free(&k->out);
+    k->sent = 0;
 }
 
 /* The open connection of a role, or NULL. */
@@ -170,16 +175,38 @@ FX_API fx_conn *fx_conn_of(fx *x, char role)
     return NULL;
 }
 
+/* Queued: fx_turn sends it before the hub's next iteration (one send per
+ * connection and turn, however many pieces a reply was written in). */
 FX_API void fx_write(fx_conn *k, const void *p, size_t n)
 {
-    const char *s = p;
-    while (k != NULL && k->fd >= 0 && n > 0) {
-        ssize_t w = send(k->fd, s, n, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return; /* the hub went away, or stopped reading: what it missed it missed */
-        s += w;
-        n -= (size_t)w;
+    if (k != NULL && k->fd >= 0 && n > 0) tbuf_put(&k->out, p, n);
+}
+
+/* Sends what is queued, as far as the sockets take it. true when anything
+ * went. */
+FX_API bool fx_flush(fx *x)
+{
+    bool any = false;
+    for (int i = 0; i < FX_MAX_CONNS; i++) {
+        fx_conn *k = &x->conns[i];
+        while (k->fd >= 0 && k->sent < k->out.len) {
+            ssize_t w = send(k->fd, k->out.p + k->sent, k->out.len - k->sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (w < 0 && errno == EINTR) continue;
+            if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break; /* the hub reads it next turn */
+            if (w <= 0) {
+                /* The hub went away: what it did not read it missed. */
+                k->sent = k->out.len;
+                break;
+            }
+            k->sent += (size_t)w;
+            any = true;
+        }
+        if (k->sent == k->out.len && k->out.len > 0) {
+            k->out.len = 0;
+            k->sent = 0;
+        }
     }
+    return any;
 }
 
 FX_API void fx_printf(fx_conn *k, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -357,70 +384,89 @@ FX_API void fx_command(fx *x, fx_conn *k, const spillway_rv *v)
     }
 }
 
-/* Accepts, reads and answers whatever is there. true when anything
- * happened. */
-FX_API bool fx_serve(fx *x)
+/* Tags of this side's epoll events: what, and which one. */
+#define FX_TAG_LISTEN 0ull
+#define FX_TAG_CONN 1ull
+#define FX_TAG_STREAM 2ull
+
+FX_API void fx_watch(fx *x, int fd, uint64_t tag, uint32_t i)
 {
-    bool any = false;
+    struct epoll_event ev;
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    ev.data.u64 = tag << 32 | i;
+    if (epoll_ctl(x->ep, EPOLL_CTL_ADD, fd, &ev) != 0) fx_die("epoll_ctl");
+}
+
+FX_API void fx_accept_all(fx *x)
+{
     for (;;) {
         int fd = accept4(x->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         int slot = -1;
-        if (fd < 0) break;
+        if (fd < 0) return;
         for (int i = 0; i < FX_MAX_CONNS && slot < 0; i++)
             if (x->conns[i].fd < 0) slot = i;
         if (slot < 0) abort(); /* more than FX_MAX_CONNS at once: the hub leaks connections */
         x->conns[slot].fd = fd;
         x->conns[slot].reader = spillway_resp_reader_new();
         if (x->conns[slot].reader == NULL) abort();
+        fx_watch(x, fd, FX_TAG_CONN, (uint32_t)slot);
         x->accepted++;
-        any = true;
     }
-    for (int i = 0; i < FX_MAX_CONNS; i++) {
-        fx_conn *k = &x->conns[i];
-        char buf[65536];
-        while (k->fd >= 0) {
-            ssize_t n = recv(k->fd, buf, sizeof(buf), MSG_DONTWAIT);
-            const char *err;
-            spillway_rv *v;
-            if (n < 0 && errno == EINTR) continue;
-            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-            any = true;
-            if (n <= 0) {
-                fx_conn_close(k); /* the hub closed it */
-                break;
-            }
-            if (spillway_resp_feed(k->reader, buf, (size_t)n, &err) != 0) abort();
-            while (k->fd >= 0 && spillway_resp_next(k->reader, &v, &err) == 1) {
-                fx_command(x, k, v);
-                spillway_rv_free(v);
-            }
-        }
-    }
-    return any;
 }
 
-/* Reads what the hub wrote to the streams. */
-FX_API bool fx_drain(fx *x)
+/* Reads and answers what the hub sent on one connection. */
+FX_API void fx_serve(fx *x, fx_conn *k)
 {
-    bool any = false;
-    for (uint32_t i = 0; i < x->nstreams; i++) {
-        fx_stream *s = &x->streams[i];
-        char buf[65536];
-        while (s->peer >= 0 && !s->eof) {
-            ssize_t n = recv(s->peer, buf, sizeof(buf), MSG_DONTWAIT);
-            if (n > 0) {
-                if (s->got.len < (1u << 20)) tbuf_put(&s->got, buf, (size_t)n);
-                any = true;
-                continue;
-            }
-            if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-                s->eof = true;
-                any = true;
-            }
-            break;
+    char buf[65536];
+    while (k->fd >= 0) {
+        ssize_t n = recv(k->fd, buf, sizeof(buf), MSG_DONTWAIT);
+        const char *err;
+        spillway_rv *v;
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        if (n <= 0) {
+            fx_conn_close(k); /* the hub closed it (and close() leaves the epoll set) */
+            return;
+        }
+        if (spillway_resp_feed(k->reader, buf, (size_t)n, &err) != 0) abort();
+        while (k->fd >= 0 && spillway_resp_next(k->reader, &v, &err) == 1) {
+            fx_command(x, k, v);
+            spillway_rv_free(v);
         }
     }
-    return any;
+}
+
+/* Reads what the hub wrote to a stream. */
+FX_API void fx_drain(fx *x, fx_stream *s)
+{
+    char buf[65536];
+    while (s->peer >= 0 && !s->eof) {
+        ssize_t n = recv(s->peer, buf, sizeof(buf), MSG_DONTWAIT);
+        if (n > 0) {
+            if (s->got.len < (1u << 20)) tbuf_put(&s->got, buf, (size_t)n);
+            continue;
+        }
+        if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+            s->eof = true; /* the hub closed it: no more readiness from it */
+            epoll_ctl(x->ep, EPOLL_CTL_DEL, s->peer, NULL);
+        }
+        return;
+    }
+}
+
+/* Everything this side has to do now; true when there was anything. */
+FX_API bool fx_pump(fx *x)
+{
+    struct epoll_event ev[64];
+    int n = epoll_wait(x->ep, ev, 64, 0);
+    for (int i = 0; i < n; i++) {
+        uint64_t tag = ev[i].data.u64 >> 32;
+        uint32_t idx = (uint32_t)ev[i].data.u64;
+        if (tag == FX_TAG_LISTEN) fx_accept_all(x);
+        else if (tag == FX_TAG_CONN) fx_serve(x, &x->conns[idx]);
+        else fx_drain(x, &x->streams[idx]);
+    }
+    return n > 0;
 }
 
 /* ---- turns -------------------------------------------------------------- */
@@ -449,9 +495,9 @@ FX_API int fx_iteration(fx *x)
 FX_API void fx_turn(fx *x)
 {
     for (int round = 0; round < 64; round++) {
-        bool any = fx_iteration(x) > 0;
-        any |= fx_serve(x);
-        any |= fx_drain(x);
+        bool any = fx_flush(x);
+        any |= fx_iteration(x) > 0;
+        any |= fx_pump(x);
         if (!any) return;
     }
 }
@@ -483,6 +529,9 @@ FX_API fx *fx_new(unsigned autos)
     x->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (x->lfd < 0 || bind(x->lfd, (struct sockaddr *)&un, sizeof(un)) != 0 || listen(x->lfd, 16) != 0)
         fx_die("listen");
+    x->ep = epoll_create1(EPOLL_CLOEXEC);
+    if (x->ep < 0) fx_die("epoll_create1");
+    fx_watch(x, x->lfd, FX_TAG_LISTEN, 0);
     x->hub = fx_hub_new(x->path);
     fx_turn(x); /* both links connect and handshake */
     return x;
@@ -497,6 +546,7 @@ FX_API void fx_free(fx *x)
         tbuf_free(&x->streams[i].got);
     }
     close(x->lfd);
+    close(x->ep);
     unlink(x->path);
     tbuf_free(&x->log);
     free(x);
@@ -543,6 +593,7 @@ FX_API int fx_attach(fx *x, const char *const *names, uint32_t n, const char *cu
     s = &x->streams[x->nstreams];
     s->peer = sv[1];
     s->eof = false;
+    fx_watch(x, s->peer, FX_TAG_STREAM, x->nstreams);
     x->nstreams++;
     fx_turn(x);
     return (int)(x->nstreams - 1);

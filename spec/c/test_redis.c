@@ -117,12 +117,15 @@ static const sub_case SUB_CASES[] = {
        "a malformed subscribe confirmation (3 elements, channel nil)", true),
     SC("count of a confirmation is a string", "*3\r\n$11\r\nunsubscribe\r\n$4\r\nfx:a\r\n$1\r\n1\r\n",
        "a malformed unsubscribe confirmation", true),
-    SC("short confirmation", "*2\r\n$9\r\nsubscribe\r\n$4\r\nfx:a\r\n", "a malformed subscribe confirmation (2 elements",
-       true),
+    SC("short confirmation", "*2\r\n$9\r\nsubscribe\r\n$4\r\nfx:a\r\n",
+       "a malformed subscribe confirmation (2 elements", true),
     SC("confirmation without channel", "*1\r\n$9\r\nsubscribe\r\n", "(1 element, channel missing)", true),
     SC("malformed pong", "*3\r\n$4\r\npong\r\n$0\r\n\r\n:1\r\n", "a malformed pong (3 elements)", true),
     SC("pattern message", "*4\r\n$8\r\npmessage\r\n$1\r\n*\r\n$4\r\nfx:a\r\n$3\r\nabc\r\n",
        "a push of a kind this hub never subscribes to (pmessage)", true),
+    /* What the peer sent goes into the log with anything unprintable as '?'. */
+    SC("kind with control bytes", "*3\r\n$5\r\nx\x1b\r\ny\r\n$4\r\nfx:a\r\n$3\r\nabc\r\n",
+       "a push of a kind this hub never subscribes to (x???y)", true),
     SC("integer kind", "*3\r\n:1\r\n$4\r\nfx:a\r\n$3\r\nabc\r\n", "a push whose kind is an integer (1)", true),
     SC("nil kind", "*3\r\n$-1\r\n$4\r\nfx:a\r\n$3\r\nabc\r\n", "a push whose kind is nil", true),
     SC("error kind", "*3\r\n-message\r\n$4\r\nfx:a\r\n$3\r\nabc\r\n", "a push whose kind is an error (-message)", true),
@@ -441,8 +444,8 @@ TEST(malformed_handshake_answers)
 
 TEST(a_script_sha_that_is_not_one)
 {
-    static const char *const replies[] = {"+OK\r\n", "$3\r\nabc\r\n", "$40\r\nzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz\r\n",
-                                          ":1\r\n"};
+    static const char *const replies[] = {"+OK\r\n", "$3\r\nabc\r\n",
+                                          "$40\r\nzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz\r\n", ":1\r\n"};
     for (size_t i = 0; i < sizeof(replies) / sizeof(replies[0]); i++) {
         fx *x = live(FX_AUTO_ALL);
         x->script_reply = replies[i];
