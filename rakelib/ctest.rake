@@ -3,15 +3,17 @@
 # The C core's own unit tests (spec/c/*.c), built and run outside Ruby.
 #
 #   rake ctest            every test under ASan+UBSan (LeakSanitizer on), the
-#                         queue and hub tests again under TSan, and the SSE
-#                         encoder fuzzed (libFuzzer when clang can link it,
-#                         the same property on seeded random input otherwise)
+#                         queue and hub tests again under TSan, and the fuzz
+#                         targets: the SSE encoder and the Redis links' reply
+#                         handling (libFuzzer when clang can link it, the same
+#                         property on seeded random input otherwise)
 #   rake test:c           the same
 #   rake ctest:valgrind   the tests built without sanitizers, under valgrind
 #
 # Knobs (environment): CTEST_CC (gcc), CTEST_CLANG (clang-14, then clang),
 # CTEST_EXT (another copy of ext/spillway to test),
-# CTEST_NO_FUZZER=1 (use the gcc fallback), FUZZ_RUNS (200000), CHECK_SEED,
+# CTEST_NO_FUZZER=1 (use the gcc fallback), FUZZ_RUNS (200000, fuzz_sse),
+# FUZZ_REDIS_RUNS (1000, fuzz_redis: each run is a whole hub), CHECK_SEED,
 # CHECK_SLOW (see spec/c/check.h). Test names given as CTEST_ONLY="a b" are
 # passed to every binary as filters.
 #
@@ -60,9 +62,15 @@ module SpillwayCTest
     "test_channel" => HUB_CORE,
     "test_hub" => HUB_CORE,
     "test_flush" => HUB_CORE,
-    "test_log" => HUB_CORE
+    "test_log" => HUB_CORE,
+    "test_redis" => HUB_CORE
   }.freeze
   TSAN_TESTS = %w[test_queue test_hub test_flush test_log].freeze
+  # fuzz target => core files it links
+  FUZZ_TARGETS = {
+    "fuzz_sse" => %w[sse],
+    "fuzz_redis" => HUB_CORE
+  }.freeze
 
   module_function
 
@@ -113,14 +121,14 @@ module SpillwayCTest
     bin
   end
 
-  def fuzz_fallback_binary(variant)
+  def fuzz_fallback_binary(variant, name)
     suffix = variant == :asan ? "" : "_#{variant}"
-    bin = File.join(BUILD, "fuzz_sse_rand" + suffix)
-    objs = [object(variant, File.join(SPEC, "fuzz_sse.c"), %w[-DFUZZ_STANDALONE]),
-            object(variant, File.join(EXT, "sse.c"))]
+    bin = File.join(BUILD, "#{name}_rand" + suffix)
+    objs = [object(variant, File.join(SPEC, "#{name}.c"), %w[-DFUZZ_STANDALONE])] +
+           FUZZ_TARGETS.fetch(name).map { |c| object(variant, File.join(EXT, "#{c}.c")) }
     unless Rake::Task.task_defined?(bin)
       Rake::FileTask.define_task(bin => objs) do
-        sh cc, *VARIANTS.fetch(variant), *objs, "-o", bin, verbose: false
+        sh cc, *VARIANTS.fetch(variant), *objs, *hiredis_flags, "-lpthread", "-o", bin, verbose: false
       end
     end
     bin
@@ -144,16 +152,29 @@ module SpillwayCTest
     end
   end
 
-  def fuzz_binary(clang)
-    bin = File.join(BUILD, "fuzz_sse")
-    srcs = [File.join(SPEC, "fuzz_sse.c"), File.join(EXT, "sse.c")]
+  def fuzz_binary(clang, name)
+    bin = File.join(BUILD, name)
+    srcs = [File.join(SPEC, "#{name}.c")] + FUZZ_TARGETS.fetch(name).map { |c| File.join(EXT, "#{c}.c") }
     unless Rake::Task.task_defined?(bin)
       Rake::FileTask.define_task(bin => srcs + headers) do
         sh clang, *BASE_FLAGS, "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all",
-           "-I#{EXT}", *srcs, "-o", bin, verbose: false
+           "-I#{EXT}", *hiredis_flags.grep(/\A-[ID]/), *srcs, *hiredis_flags.grep_v(/\A-[ID]/), "-lpthread",
+           "-o", bin, verbose: false
       end
     end
     bin
+  end
+
+  # Runs of each fuzz target in `rake ctest`, and the seed corpus it starts
+  # from (spec/c/corpus_<what>/, read only; what libFuzzer adds goes to
+  # spec/c/build/).
+  def fuzz_runs(name)
+    name == "fuzz_sse" ? ENV.fetch("FUZZ_RUNS", "200000") : ENV.fetch("FUZZ_REDIS_RUNS", "1000")
+  end
+
+  def seed_corpus(name)
+    dir = File.join(SPEC, "corpus_#{name.delete_prefix('fuzz_')}")
+    Dir.exist?(dir) ? dir : nil
   end
 
   # Runs one command, echoing its output; returns [ok, passed, failed] where
@@ -203,32 +224,39 @@ end
 # libFuzzer's progress lines and its dictionary advice: not worth a screen.
 FUZZ_NOISE = /\A(#\d+\s+(NEW|REDUCE|pulse|INITED|RELOAD)\b|###### |"[^"]*" # Uses: |INFO: |\s*NEW_FUNC)/.freeze
 
-desc "C core unit tests under ASan+UBSan, TSan for the queue and hub, and the SSE fuzz target"
+desc "C core unit tests under ASan+UBSan, TSan for the queue and hub, and the fuzz targets (SSE, Redis replies)"
 task :ctest do
   t = SpillwayCTest
   started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
   runs = t::TESTS.map { |name, core| [name, t.binary(:asan, name, core)] }
   runs += t::TSAN_TESTS.map { |name| ["#{name} (tsan)", t.binary(:tsan, name, t::TESTS.fetch(name))] }
   clang = t.fuzz_clang
-  fuzz = clang ? t.fuzz_binary(clang) : t.fuzz_fallback_binary(:asan)
-  (runs.map(&:last) + [fuzz]).each { |bin| Rake::Task[bin].invoke }
+  fuzzers = t::FUZZ_TARGETS.keys.to_h do |name|
+    [name, clang ? t.fuzz_binary(clang, name) : t.fuzz_fallback_binary(:asan, name)]
+  end
+  (runs.map(&:last) + fuzzers.values).each { |bin| Rake::Task[bin].invoke }
 
   results = runs.map do |label, bin|
     [*t.run(label, [bin, *t.filters], t.sanitizer_env), label]
   end
-  fuzz_runs = ENV.fetch("FUZZ_RUNS", "200000")
-  if clang
-    corpus = File.join(t::BUILD, "fuzz_corpus")
-    FileUtils.mkdir_p(corpus)
-    ok, = t.run("fuzz_sse (libFuzzer, #{fuzz_runs} runs)",
-                [fuzz, "-runs=#{fuzz_runs}", "-seed=1", "-max_len=4096", "-print_final_stats=0",
-                 "-artifact_prefix=#{t::BUILD}/", corpus], t.sanitizer_env, quiet: FUZZ_NOISE)
-    results << [ok, ok ? 1 : 0, ok ? 0 : 1, "fuzz_sse"]
-  else
-    puts "== fuzz_sse: no clang with libFuzzer (apt-get install clang-14 libclang-rt-14-dev); " \
-         "running the same property on seeded random input"
-    results << [*t.run("fuzz_sse_rand", [fuzz], t.sanitizer_env.merge("FUZZ_RUNS" => fuzz_runs)),
-                "fuzz_sse_rand"]
+  fuzzers.each do |name, fuzz|
+    fuzz_runs = t.fuzz_runs(name)
+    seeds = t.seed_corpus(name)
+    if clang
+      # fuzz_sse's corpus kept its old name: the build directory may hold one.
+      corpus = File.join(t::BUILD, name == "fuzz_sse" ? "fuzz_corpus" : "#{name}_corpus")
+      FileUtils.mkdir_p(corpus)
+      ok, = t.run("#{name} (libFuzzer, #{fuzz_runs} runs)",
+                  [fuzz, "-runs=#{fuzz_runs}", "-seed=1", "-max_len=4096", "-print_final_stats=0",
+                   "-artifact_prefix=#{t::BUILD}/#{name}-", corpus, *seeds], t.sanitizer_env, quiet: FUZZ_NOISE)
+      results << [ok, ok ? 1 : 0, ok ? 0 : 1, name]
+    else
+      puts "== #{name}: no clang with libFuzzer (apt-get install clang-14 libclang-rt-14-dev); " \
+           "running the same property on seeded random input"
+      env = t.sanitizer_env.merge("FUZZ_RUNS" => fuzz_runs)
+      env["FUZZ_CORPUS"] = seeds if seeds
+      results << [*t.run("#{name}_rand", [fuzz], env), "#{name}_rand"]
+    end
   end
   t.report(results, started)
 end
@@ -242,14 +270,23 @@ namespace :ctest do
       system("valgrind", "--version", out: File::NULL, err: File::NULL)
 
     runs = t::TESTS.map { |name, core| [name, t.binary(:plain, name, core)] }
-    runs << ["fuzz_sse_rand", t.fuzz_fallback_binary(:plain)]
+    runs += t::FUZZ_TARGETS.keys.map { |name| ["#{name}_rand", t.fuzz_fallback_binary(:plain, name)] }
     runs.each { |_, bin| Rake::Task[bin].invoke }
     # Everything runs ~30x slower: deadlines stretch and loops shrink.
-    env = { "CHECK_SLOW" => ENV.fetch("CHECK_SLOW", "10"), "FUZZ_RUNS" => ENV.fetch("FUZZ_RUNS", "20000") }
+    env = { "CHECK_SLOW" => ENV.fetch("CHECK_SLOW", "10") }
     results = runs.map do |label, bin|
       args = label.start_with?("fuzz") ? [] : t.filters
+      run_env = env.dup
+      if label == "fuzz_sse_rand"
+        run_env["FUZZ_RUNS"] = ENV.fetch("FUZZ_RUNS", "20000")
+      elsif label.start_with?("fuzz")
+        # A whole hub per run: the seeds and a few random programs.
+        run_env["FUZZ_RUNS"] = ENV.fetch("FUZZ_REDIS_RUNS", "30")
+        seeds = t.seed_corpus(label.delete_suffix("_rand"))
+        run_env["FUZZ_CORPUS"] = seeds if seeds
+      end
       [*t.run("#{label} (valgrind)",
-              ["valgrind", "--error-exitcode=1", "--leak-check=full", "--quiet", bin, *args], env),
+              ["valgrind", "--error-exitcode=1", "--leak-check=full", "--quiet", bin, *args], run_env),
        label]
     end
     t.report(results, started)

@@ -148,13 +148,25 @@ static spillway_frame *steal(spillway_rv *v)
     return f;
 }
 
-/* An error reply's text (or a note that the reply was malformed). */
+/* An error reply's text (or a note that the reply was malformed, and
+ * what it was). */
 static void rv_message(const spillway_rv *v, char *buf, size_t n)
 {
+    char what[100];
     if (v != NULL && v->type == SW_RV_ERROR && v->str != NULL)
-        snprintf(buf, n, "%.*s", (int)SW_MIN(v->str->len, 150u), v->str->data);
+        spillway_rv_text(v, 150, buf, n);
     else
-        snprintf(buf, n, "malformed reply");
+        snprintf(buf, n, "malformed reply (%s)", spillway_rv_describe(v, what, sizeof(what)));
+}
+
+static bool is_str(const spillway_rv *v)
+{
+    return v != NULL && v->type == SW_RV_STRING && v->str != NULL;
+}
+
+static bool is_type(const spillway_rv *v, int type)
+{
+    return v != NULL && v->type == type;
 }
 
 static bool noscript(const spillway_rv *v)
@@ -836,10 +848,27 @@ static long collect_frames(spillway_rv *flat, spillway_frame ***frames, uint32_t
     return (long)n;
 }
 
+/* The resume script's answer over n channels: [last id (a string), [n reset
+ * flags (integers)], [channel index, frame, ...]]. Only Redis running the
+ * script sends that, so anything else does not answer a resume or repair.
+ * The frames are checked when they are collected (collect_frames): a backlog
+ * entry that something else wrote can spoil them, but never the indexes,
+ * which the script writes; an index out of range is not its answer. */
 static bool resume_shape_ok(const spillway_rv *v, uint32_t n)
 {
-    return v != NULL && v->type == SW_RV_ARRAY && v->elements == 3 && v->element[1] != NULL &&
-           v->element[1]->type == SW_RV_ARRAY && v->element[1]->elements == n;
+    const spillway_rv *flags, *flat;
+    if (v == NULL || v->type != SW_RV_ARRAY || v->elements != 3 || !is_str(v->element[0])) return false;
+    flags = v->element[1];
+    flat = v->element[2];
+    if (flags == NULL || flags->type != SW_RV_ARRAY || flags->elements != n) return false;
+    for (uint32_t i = 0; i < n; i++)
+        if (!is_type(flags->element[i], SW_RV_INTEGER)) return false;
+    if (flat == NULL || flat->type != SW_RV_ARRAY) return false;
+    for (size_t i = 0; i < flat->elements; i += 2) {
+        const spillway_rv *e = flat->element[i];
+        if (is_type(e, SW_RV_INTEGER) && (e->integer < 0 || e->integer >= (long long)n)) return false;
+    }
+    return true;
 }
 
 static void on_resume_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
@@ -1242,25 +1271,35 @@ static void try_barrier(spillway_hub *hub)
         if (ch->barrier == 0) ch->barrier = q->seq;
 }
 
-/* "<seq> <id>" arrived on the control channel, in order with every
- * message: channels covered by barriers up to seq are ACTIVE. */
-static void on_barrier(spillway_hub *hub, spillway_frame *f)
+/* A control message is "<seq> <id>": the barrier script's. seq must be a
+ * barrier this hub issued; anything else did not come from it. The id is
+ * Redis's id key as it stands, which something else may have spoilt: then
+ * *has_id is false and the barrier still counts (as it always did). */
+static bool parse_barrier(const spillway_redis *r, const spillway_frame *f, uint64_t *seq, spillway_id *id,
+                          bool *has_id)
+{
+    uint32_t i = 0;
+    uint64_t n = 0;
+    while (i < f->len && i < 20 && f->data[i] >= '0' && f->data[i] <= '9') {
+        uint64_t d = (uint64_t)(f->data[i] - '0');
+        if (n > (UINT64_MAX - d) / 10) return false;
+        n = n * 10 + d;
+        i++;
+    }
+    if (i == 0 || i >= f->len || f->data[i] != ' ' || n == 0 || n > r->barrier_seq) return false;
+    *seq = n;
+    *has_id = spillway_id_parse(f->data + i + 1, f->len - i - 1, id) == 0;
+    return true;
+}
+
+/* A barrier arrived on the control channel, in order with every message:
+ * channels covered by barriers up to seq are ACTIVE. */
+static void on_barrier(spillway_hub *hub, uint64_t seq, const spillway_id *id)
 {
     spillway_redis *r = R(hub);
-    char text[64];
-    char *sp;
-    unsigned long long seq;
-    spillway_id id;
     spillway_channel **pp;
 
-    if (f->len == 0 || f->len >= sizeof(text)) return;
-    memcpy(text, f->data, f->len);
-    text[f->len] = '\0';
-    sp = strchr(text, ' ');
-    if (sp == NULL) return;
-    *sp = '\0';
-    seq = strtoull(text, NULL, 10);
-    if (spillway_id_parse(sp + 1, strlen(sp + 1), &id) == 0) hub->last = spillway_id_max(hub->last, id);
+    if (id != NULL) hub->last = spillway_id_max(hub->last, *id);
     pp = &r->slist;
     while (*pp != NULL) {
         spillway_channel *ch = *pp;
@@ -1329,33 +1368,57 @@ static void hold(spillway_hub *hub, spillway_channel *ch, spillway_frame *f)
     spillway_frame_unref(f);
 }
 
-static void on_message(spillway_hub *hub, spillway_rv *v)
+/* A pub/sub message of the right shape (sub_kind checked it). */
+static void on_message(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
 {
     spillway_redis *r = R(hub);
-    spillway_frame *f = steal(v->element[2]);
+    const spillway_rv *name = v->element[1];
+    spillway_frame *f;
     spillway_channel *ch;
+    char text[104];
 
-    if (f == NULL) {
-        if (v->element[2] != NULL && v->element[2]->type == SW_RV_OTHER)
-            spillway_hub_error(hub, "a Redis message of %lld bytes is over SPILLWAY_FRAME_MAX: dropped",
-                               v->element[2]->integer);
+    if (is_ctl(r, name)) {
+        uint64_t seq = 0;
+        spillway_id id;
+        bool has_id = false;
+        char why[160], text[64];
+        if (is_str(v->element[2]) && parse_barrier(r, v->element[2]->str, &seq, &id, &has_id)) {
+            on_barrier(hub, seq, has_id ? &id : NULL);
+            return;
+        }
+        /* Only this hub's barrier script publishes here. Whatever this was,
+         * the barrier it may have been is lost, and the channels waiting for
+         * it would wait forever: the reconnect subscribes and syncs them
+         * again. */
+        if (is_str(v->element[2]))
+            snprintf(why, sizeof(why), "a control message that is not one of this hub's barriers: \"%s\"",
+                     spillway_rv_text(v->element[2], 60, text, sizeof(text)));
+        else
+            snprintf(why, sizeof(why), "a control message over SPILLWAY_FRAME_MAX");
+        spillway_link_protocol_error(hub, l, why);
         return;
     }
-    if (is_ctl(r, v->element[1])) {
-        on_barrier(hub, f);
-        spillway_frame_unref(f);
+    if (is_type(v->element[2], SW_RV_TOOBIG)) {
+        /* Spillway never publishes that much (max_message_bytes is far
+         * below): someone else did. The backlog could not hold a frame of it
+         * either, so reading it back would not help: dropped. */
+        spillway_hub_error(hub, "a Redis message of %lld bytes on %s is over SPILLWAY_FRAME_MAX: dropped",
+                           v->element[2]->integer, spillway_rv_text(name, 100, text, sizeof(text)));
         return;
     }
+    f = steal(v->element[2]);
     STAT_ADD(hub, st_redis_messages, 1);
     STAT_ADD(hub, st_published, 1);
     if (frame_set_id(f) != 0) {
-        spillway_hub_error(hub, "Redis message without a Spillway id on %.*s (published by something else?)",
-                           (int)SW_MIN(v->element[1]->str->len, 100u), v->element[1]->str->data);
+        /* A well-formed message that Spillway did not publish (a PUBLISH
+         * from redis-cli, say): nothing of ours is lost by dropping it. */
+        spillway_hub_error(hub, "Redis message without a Spillway id on %s (published by something else?)",
+                           spillway_rv_text(name, 100, text, sizeof(text)));
         spillway_frame_unref(f);
         return;
     }
     hub->last = spillway_id_max(hub->last, f->id);
-    ch = channel_of(hub, v->element[1]);
+    ch = channel_of(hub, name);
     if (ch == NULL) {
         spillway_frame_unref(f);
         return;
@@ -1409,48 +1472,164 @@ static void refuse_sent(spillway_hub *hub)
     r->sent_subs = 0;
 }
 
+/* What a reply on the subscriber link is. A subscribed RESP2 connection gets
+ * nothing but these, in exactly these shapes. */
+enum { SUB_BAD, SUB_MESSAGE, SUB_SUBSCRIBE, SUB_UNSUBSCRIBE, SUB_PONG, SUB_ERROR };
+
+static int sub_kind(const spillway_rv *v, char *why, size_t n)
+{
+    const spillway_rv *kind;
+    char what[100], text[104];
+
+    if (v->type == SW_RV_ERROR) return SUB_ERROR;
+    if (v->type == SW_RV_STATUS && spillway_rv_is(v, "PONG")) return SUB_PONG;
+    if (v->type != SW_RV_ARRAY || v->elements == 0 || !is_str(v->element[0])) {
+        if (v->type == SW_RV_ARRAY && v->elements > 0)
+            snprintf(why, n, "a push whose kind is %s", spillway_rv_describe(v->element[0], what, sizeof(what)));
+        else
+            snprintf(why, n, "%s where only pushes, +PONG and errors belong",
+                     spillway_rv_describe(v, what, sizeof(what)));
+        return SUB_BAD;
+    }
+    kind = v->element[0];
+    if (spillway_rv_is(kind, "message")) {
+        if (v->elements != 3) {
+            snprintf(why, n, "a pub/sub message of %zu element%s", v->elements, v->elements == 1 ? "" : "s");
+        } else if (!is_str(v->element[1])) {
+            snprintf(why, n, "a pub/sub message whose channel is %s",
+                     spillway_rv_describe(v->element[1], what, sizeof(what)));
+        } else if (!is_str(v->element[2]) && !is_type(v->element[2], SW_RV_TOOBIG)) {
+            snprintf(why, n, "a pub/sub message on %s whose payload is %s",
+                     spillway_rv_text(v->element[1], 100, text, sizeof(text)),
+                     spillway_rv_describe(v->element[2], what, sizeof(what)));
+        } else {
+            return SUB_MESSAGE;
+        }
+        return SUB_BAD;
+    }
+    if (spillway_rv_is(kind, "subscribe") || spillway_rv_is(kind, "unsubscribe")) {
+        bool sub = kind->str->data[0] == 's';
+        if (v->elements == 3 && is_str(v->element[1]) && is_type(v->element[2], SW_RV_INTEGER))
+            return sub ? SUB_SUBSCRIBE : SUB_UNSUBSCRIBE;
+        snprintf(why, n, "a malformed %s confirmation (%zu element%s, channel %s)", sub ? "subscribe" : "unsubscribe",
+                 v->elements, v->elements == 1 ? "" : "s",
+                 v->elements > 1 ? spillway_rv_describe(v->element[1], what, sizeof(what)) : "missing");
+        return SUB_BAD;
+    }
+    if (spillway_rv_is(kind, "pong")) {
+        if (v->elements == 2 && is_str(v->element[1])) return SUB_PONG;
+        snprintf(why, n, "a malformed pong (%zu element%s)", v->elements, v->elements == 1 ? "" : "s");
+        return SUB_BAD;
+    }
+    snprintf(why, n, "a push of a kind this hub never subscribes to (%s)",
+             spillway_rv_text(kind, 40, text, sizeof(text)));
+    return SUB_BAD;
+}
+
 void spillway_redis_on_sub_reply(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
 {
     spillway_redis *r = R(hub);
-    const char *kind = NULL;
+    char why[240], text[104];
+    int kind = sub_kind(v, why, sizeof(why));
+    spillway_channel *ch;
 
-    if (v->type == SW_RV_ARRAY && v->elements >= 2 && v->element[0] != NULL && v->element[0]->str != NULL) {
-        if (spillway_rv_is(v->element[0], "message") && v->elements >= 3) kind = "message";
-        else if (spillway_rv_is(v->element[0], "subscribe")) kind = "subscribe";
-        else if (spillway_rv_is(v->element[0], "unsubscribe")) kind = "unsubscribe";
-        else if (spillway_rv_is(v->element[0], "pong")) kind = "pong";
+    switch (kind) {
+    case SUB_BAD:
+        /* Redis never sends it. It may have stood for a message (lost) or a
+         * confirmation (a channel left waiting for ever), and what follows
+         * may be out of step too: the link is dropped, the reconnect
+         * subscribes every channel again, and the gap repair reads back from
+         * the backlog whatever was published meanwhile. */
+        spillway_link_protocol_error(hub, l, why);
+        return;
+    case SUB_ERROR: {
+        /* Redis refused a SUBSCRIBE batch (an ACL without the channel,
+         * say). Its channels would wait forever: their streams are closed
+         * with the reason logged (the browser retries later). */
+        char msg[160];
+        rv_message(v, msg, sizeof(msg));
+        spillway_hub_error(hub, "Redis refused a subscription: %s; its streams are closed", msg);
+        refuse_sent(hub);
+        return;
     }
-    if (kind == NULL && v->type == SW_RV_STATUS && spillway_rv_is(v, "PONG")) kind = "pong";
-
-    if (kind == NULL) {
-        if (v->type == SW_RV_ERROR) {
-            /* Redis refused a SUBSCRIBE batch (an ACL without the channel,
-             * say). Its channels would wait forever: their streams are
-             * closed with the reason logged (the browser retries later). */
-            char msg[160];
-            rv_message(v, msg, sizeof(msg));
-            spillway_hub_error(hub, "Redis refused a subscription: %s; its streams are closed", msg);
-            refuse_sent(hub);
-        }
-    } else if (kind[0] == 'm') {
-        on_message(hub, v);
-    } else if (kind[0] == 'p') {
+    case SUB_MESSAGE:
+        on_message(hub, l, v);
+        return;
+    case SUB_PONG:
         l->ping_out = false;
-    } else if (is_ctl(r, v->element[1])) {
-        if (kind[0] == 's') r->ctl_state = SW_RS_ACTIVE;
-    } else {
-        spillway_channel *ch = channel_of(hub, v->element[1]);
-        if (ch != NULL && kind[0] == 's') on_subscribed(hub, ch);
-        if (ch != NULL && kind[0] == 'u') on_unsubscribed(hub, ch);
+        return;
+    default:
+        break;
     }
+    if (is_ctl(r, v->element[1])) {
+        if (kind == SUB_SUBSCRIBE) r->ctl_state = SW_RS_ACTIVE;
+        return;
+    }
+    ch = channel_of(hub, v->element[1]);
+    if (ch == NULL) {
+        /* No subscription of ours is waiting for it: nothing to update. */
+        spillway_hub_error(hub, "Redis %s confirmation for %s, which this hub did not ask for: ignored",
+                           kind == SUB_SUBSCRIBE ? "a subscribe" : "an unsubscribe",
+                           spillway_rv_text(v->element[1], 100, text, sizeof(text)));
+        return;
+    }
+    if (kind == SUB_SUBSCRIBE) on_subscribed(hub, ch);
+    else on_unsubscribed(hub, ch);
 }
 
 /* ---- the cmd link ------------------------------------------------------ */
 
+/* Whether v can answer q. An error always can (Redis refused; each kind
+ * handles that). Otherwise each request has one shape of answer; why says
+ * what was wrong. */
+static bool cmd_reply_fits(const spillway_rq *q, const spillway_rv *v, char *why, size_t n)
+{
+    char what[100];
+    uint32_t nch;
+
+    if (v->type == SW_RV_ERROR) return true;
+    switch (q->kind) {
+    case SW_RQ_RESUME:
+    case SW_RQ_REPAIR:
+    case SW_RQ_FILL:
+        nch = q->nch;
+        if (q->kind == SW_RQ_RESUME) {
+            /* A stream that closed meanwhile left its channels: any count
+             * of flags may then answer it (it is dropped anyway). */
+            nch = q->conn->nmem;
+            if ((q->conn->flags & SW_CF_ZOMBIE) && v->type == SW_RV_ARRAY && v->elements == 3 &&
+                v->element[1] != NULL && v->element[1]->type == SW_RV_ARRAY)
+                nch = (uint32_t)SW_MIN(v->element[1]->elements, (size_t)UINT32_MAX);
+        }
+        if (resume_shape_ok(v, nch)) return true;
+        snprintf(why, n, "the backlog read over %u channels got %s, not the resume script's answer", nch,
+                 spillway_rv_describe(v, what, sizeof(what)));
+        return false;
+    case SW_RQ_BARRIER:
+    case SW_RQ_PUBLISH:
+        /* Both scripts return an id. */
+        if (is_str(v)) return true;
+        snprintf(why, n, "a %s script got %s instead of an id", q->kind == SW_RQ_BARRIER ? "barrier" : "publish",
+                 spillway_rv_describe(v, what, sizeof(what)));
+        return false;
+    default:
+        return true;
+    }
+}
+
 void spillway_redis_on_cmd_reply(spillway_hub *hub, spillway_rlink *l, spillway_rq *q, spillway_rv *v)
 {
-    char msg[160];
-    SW_UNUSED(l);
+    char msg[160], why[240];
+    if (!cmd_reply_fits(q, v, why, sizeof(why))) {
+        /* Redis does not answer that: the replies may be out of step with
+         * the requests from here on. The request is handled as if the link
+         * had dropped before its answer (a resume or a repair is read again
+         * after the reconnect; a publish is reported as possibly lost), and
+         * the link is dropped so that the next one starts in step. */
+        spillway_redis_on_failed_rq(hub, l, q);
+        spillway_link_protocol_error(hub, l, why);
+        return;
+    }
     switch (q->kind) {
     case SW_RQ_RESUME:
         on_resume_reply(hub, q, v);

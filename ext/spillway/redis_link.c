@@ -14,6 +14,8 @@
 
 #define BACKOFF_MIN_MS 50u
 #define BACKOFF_MAX_MS 2000u
+/* Protocol errors further apart than this start the backoff afresh. */
+#define PROTO_FORGET_MS 60000u
 #define READ_CHUNK 65536
 
 void spillway_link_init(spillway_rlink *l, int role, uint64_t now)
@@ -155,6 +157,19 @@ void spillway_link_fail(spillway_hub *hub, spillway_rlink *l, const char *what, 
     }
     if (was_ready) atomic_fetch_add_explicit(&hub->st_redis_reconnects, 1, memory_order_relaxed);
     spillway_redis_on_lost(hub, l, was_ready);
+}
+
+void spillway_link_protocol_error(spillway_hub *hub, spillway_rlink *l, const char *why)
+{
+    /* A working link that drops is retried at once; one whose peer speaks
+     * garbage would then be hammered in a loop (connect, handshake, garbage,
+     * again), so these count as failed attempts, with a backoff of their own
+     * that a successful handshake does not reset. */
+    if (l->proto_backoff_ms == 0 || hub->now - l->proto_at > PROTO_FORGET_MS) l->proto_backoff_ms = BACKOFF_MIN_MS;
+    else l->proto_backoff_ms = SW_MIN(l->proto_backoff_ms * 2, BACKOFF_MAX_MS);
+    l->proto_at = hub->now;
+    l->backoff_ms = SW_MAX(l->backoff_ms, l->proto_backoff_ms);
+    spillway_link_fail(hub, l, "protocol", why);
 }
 
 void spillway_link_write(spillway_hub *hub, spillway_rlink *l)
@@ -344,23 +359,44 @@ static void on_resolved(spillway_hub *hub, spillway_rlink *l)
 
 /* ---- replies ----------------------------------------------------------- */
 
+/* What each handshake request must get back (an error reply fails the
+ * handshake on its own): +OK, or a script's SHA1 as 40 hex digits. */
+static bool handshake_reply_ok(const spillway_rq *q, const spillway_rv *v)
+{
+    if (q->kind == SW_RQ_HANDSHAKE) return v->type == SW_RV_STATUS && spillway_rv_is(v, "OK");
+    if (v->type != SW_RV_STRING || v->str == NULL || v->str->len != 40) return false;
+    for (int i = 0; i < 40; i++) {
+        char c = v->str->data[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) return false;
+    }
+    return true;
+}
+
 static void copy_sha(char *dst, const spillway_rv *v)
 {
-    if (v != NULL && v->type == SW_RV_STRING && v->str != NULL && v->str->len == 40) {
-        memcpy(dst, v->str->data, 40);
-        dst[40] = '\0';
-    }
+    memcpy(dst, v->str->data, 40);
+    dst[40] = '\0';
 }
 
 static void on_handshake_reply(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
 {
     spillway_rq *q = spillway_link_pop(l);
-    if (q == NULL || v->type == SW_RV_ERROR) {
-        char msg[160] = "a reply nobody asked for";
-        if (v->type == SW_RV_ERROR && v->str != NULL)
-            snprintf(msg, sizeof(msg), "%.*s", (int)SW_MIN(v->str->len, 150u), v->str->data);
+    char msg[200], what[100];
+    if (q == NULL) {
+        spillway_link_protocol_error(hub, l, "a reply nobody asked for during the handshake");
+        return;
+    }
+    if (v->type == SW_RV_ERROR) {
+        spillway_rv_text(v, 150, msg, sizeof(msg));
         spillway_rq_free(q);
         spillway_link_fail(hub, l, "handshake", msg);
+        return;
+    }
+    if (!handshake_reply_ok(q, v)) {
+        snprintf(msg, sizeof(msg), "the handshake got %s instead of %s", spillway_rv_describe(v, what, sizeof(what)),
+                 q->kind == SW_RQ_HANDSHAKE ? "+OK" : "a script's SHA1");
+        spillway_rq_free(q);
+        spillway_link_protocol_error(hub, l, msg);
         return;
     }
     if (q->kind == SW_RQ_SCRIPT_PUBLISH) copy_sha(l->publish_sha, v);
@@ -385,7 +421,7 @@ static void dispatch(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
     } else {
         spillway_rq *q = spillway_link_pop(l);
         if (q == NULL) {
-            spillway_link_fail(hub, l, "protocol", "a reply nobody asked for");
+            spillway_link_protocol_error(hub, l, "a reply nobody asked for");
             return;
         }
         spillway_redis_on_cmd_reply(hub, l, q, v);
@@ -416,14 +452,14 @@ static void link_read(spillway_hub *hub, spillway_rlink *l)
             return;
         }
         if (spillway_resp_feed(l->reader, buf, (size_t)n, &err) != 0) {
-            spillway_link_fail(hub, l, "protocol", err);
+            spillway_link_protocol_error(hub, l, err);
             return;
         }
         for (;;) {
             spillway_rv *v = NULL;
             int rc = spillway_resp_next(l->reader, &v, &err);
             if (rc < 0) {
-                spillway_link_fail(hub, l, "protocol", err ? err : "parse error");
+                spillway_link_protocol_error(hub, l, err ? err : "parse error");
                 return;
             }
             if (rc == 0) break;

@@ -67,6 +67,8 @@ typedef struct spillway_rlink {
     uint64_t next_ping, ping_deadline;
     bool ping_out;
     bool ever_ready;
+    uint32_t proto_backoff_ms; /* grows with protocol errors that follow one another */
+    uint64_t proto_at;         /* the last protocol error */
     /* cmd link: the scripts' SHA1s, learnt at every connect */
     char publish_sha[41], resume_sha[41], barrier_sha[41];
 } spillway_rlink;
@@ -86,6 +88,12 @@ int spillway_link_queue(spillway_hub *hub, spillway_rlink *l, spillway_rq *q, in
 
 void spillway_link_start(spillway_hub *hub, spillway_rlink *l);
 void spillway_link_fail(spillway_hub *hub, spillway_rlink *l, const char *what, const char *why);
+/* The peer broke the protocol (a reply that does not parse, a shape Redis
+ * never sends, a reply that does not fit its request): logged with why, the
+ * link dropped like on any failure (waiting requests handed to
+ * spillway_redis_on_failed_rq), and reconnected after a backoff that grows
+ * while such errors keep coming. Callable from the reply hooks. */
+void spillway_link_protocol_error(spillway_hub *hub, spillway_rlink *l, const char *why);
 void spillway_link_write(spillway_hub *hub, spillway_rlink *l);
 void spillway_link_on_event(spillway_hub *hub, spillway_rlink *l, spillway_handle *h, uint32_t events);
 void spillway_link_timers(spillway_hub *hub, spillway_rlink *l);
@@ -97,7 +105,8 @@ void spillway_link_abandon(spillway_rlink *l);
 
 /* ---- implemented by redis.c ---- */
 /* A reply on a READY link (sub: messages and confirmations; cmd: the head
- * of the FIFO, already popped into q). */
+ * of the FIFO, already popped into q; the link frees q afterwards). v is
+ * anything the peer sent: the hooks check its shape. */
 void spillway_redis_on_sub_reply(spillway_hub *hub, spillway_rlink *l, spillway_rv *v);
 void spillway_redis_on_cmd_reply(spillway_hub *hub, spillway_rlink *l, spillway_rq *q, spillway_rv *v);
 /* The handshake is done. */

@@ -317,6 +317,201 @@ TEST(rv_is_and_starts)
     spillway_resp_reader_free(r);
 }
 
+/* ---- hostile shapes ---------------------------------------------------- */
+
+/* n arrays, each holding the next, the innermost empty: "*1\r\n" x (n-1)
+ * then "*0\r\n". The caller frees it. */
+static char *nested(size_t n, size_t *len)
+{
+    char *s = malloc(4 * n);
+    REQUIRE(s != NULL && n > 0);
+    for (size_t i = 0; i + 1 < n; i++) memcpy(s + 4 * i, "*1\r\n", 4);
+    memcpy(s + 4 * (n - 1), "*0\r\n", 4);
+    *len = 4 * n;
+    return s;
+}
+
+/* Feeds s whole, then asks for a reply: what spillway_resp_next said. */
+static int parse_whole(const char *s, size_t len, spillway_rv **v, const char **err)
+{
+    spillway_resp_reader *r = spillway_resp_reader_new();
+    int rc;
+    REQUIRE(r != NULL);
+    *v = NULL;
+    *err = NULL;
+    rc = spillway_resp_feed(r, s, len, err);
+    if (rc == 0) rc = spillway_resp_next(r, v, err);
+    spillway_resp_reader_free(r);
+    return rc;
+}
+
+TEST(nesting_up_to_the_cap_parses)
+{
+    size_t len;
+    char *s = nested(SPILLWAY_RESP_MAX_DEPTH, &len);
+    spillway_rv *v;
+    const char *err;
+    tbuf d = {0};
+    REQUIRE_INT(parse_whole(s, len, &v, &err), ==, 1);
+    describe(&d, v);
+    CHECK_STR(d.p, "[[[[]]]]");
+    spillway_rv_free(v);
+    free(d.p);
+    free(s);
+}
+
+/* One array more than the cap is a protocol error that names the cap, with
+ * any hiredis: 0.14 refuses nine arrays on its own (with its own message),
+ * so the cap has to be below that to be the one that speaks. */
+TEST(nesting_past_the_cap_is_a_protocol_error)
+{
+    size_t sizes[] = {SPILLWAY_RESP_MAX_DEPTH + 1, 8, 9, 100};
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        size_t len;
+        char *s = nested(sizes[k], &len);
+        spillway_rv *v;
+        const char *err;
+        CHECK_INT(parse_whole(s, len, &v, &err), ==, -1);
+        CHECK(v == NULL);
+        REQUIRE(err != NULL);
+        CHECK_STR(err, "Protocol error: a reply nested more than 4 arrays deep");
+        free(s);
+    }
+}
+
+/* hiredis 1.x does not cap nesting: 200,000 nested arrays (800 KB) used to be
+ * built in full and then freed by recursion, which overflows the stack
+ * (under ASan at once). Now the reader refuses them at the cap, fed whole or
+ * in pieces, and frees what it built. */
+TEST(two_hundred_thousand_nested_arrays_through_the_reader)
+{
+    size_t len;
+    char *s = nested(200000, &len);
+    for (size_t step = 4; step <= len; step *= 1000) {
+        spillway_resp_reader *r = spillway_resp_reader_new();
+        spillway_rv *v = NULL;
+        const char *err = NULL;
+        int rc = 0;
+        REQUIRE(r != NULL);
+        for (size_t off = 0; off < len && rc == 0; off += step) {
+            rc = spillway_resp_feed(r, s + off, SW_MIN(step, len - off), &err);
+            while (rc == 0 && (rc = spillway_resp_next(r, &v, &err)) == 1) spillway_rv_free(v);
+        }
+        CHECK_INT(rc, ==, -1);
+        REQUIRE(err != NULL);
+        CHECK_STR(err, "Protocol error: a reply nested more than 4 arrays deep");
+        spillway_resp_reader_free(r);
+    }
+    free(s);
+}
+
+/* The free path on its own, whatever the reader lets through: a chain
+ * 200,000 deep and a wide, deep tree, built by hand, freed without
+ * recursion (ASan's stack is small; LeakSanitizer checks that all of it
+ * went). */
+TEST(rv_free_is_iterative)
+{
+    spillway_rv *root = NULL;
+    for (int i = 0; i < 200000; i++) {
+        spillway_rv *v = calloc(1, sizeof(*v));
+        REQUIRE(v != NULL);
+        v->type = SW_RV_ARRAY;
+        if (root != NULL) {
+            v->element = malloc(sizeof(*v->element));
+            REQUIRE(v->element != NULL);
+            v->element[0] = root;
+            v->elements = v->cap = 1;
+        }
+        root = v;
+    }
+    spillway_rv_free(root);
+
+    /* Every node three children (one a frame, one NULL slot), 12 levels. */
+    root = NULL;
+    for (int level = 0; level < 12; level++) {
+        spillway_rv *v = calloc(1, sizeof(*v));
+        REQUIRE(v != NULL);
+        v->type = SW_RV_ARRAY;
+        v->element = calloc(3, sizeof(*v->element));
+        REQUIRE(v->element != NULL);
+        v->elements = v->cap = 3;
+        v->element[0] = root;
+        v->element[1] = calloc(1, sizeof(*v));
+        REQUIRE(v->element[1] != NULL);
+        v->element[1]->type = SW_RV_STRING;
+        v->element[1]->str = spillway_frame_copy("x", 1);
+        root = v;
+    }
+    spillway_rv_free(root);
+}
+
+/* An array's memory follows what arrives, not what it announces: hiredis
+ * 1.x allows 2^32-1 elements, 0.14 INT_MAX; neither is allocated up front. */
+TEST(huge_announced_array_costs_only_what_arrived)
+{
+    static const char wire[] = "*2147483647\r\n:1\r\n:2\r\n$1\r\nx\r\n";
+    spillway_resp_reader *r = spillway_resp_reader_new();
+    spillway_rv *v = NULL;
+    const char *err = NULL;
+    REQUIRE(r != NULL);
+    REQUIRE_INT(spillway_resp_feed(r, wire, sizeof(wire) - 1, &err), ==, 0);
+    CHECK_INT(spillway_resp_next(r, &v, &err), ==, 0);
+    spillway_resp_reader_free(r); /* frees the three elements that came */
+}
+
+/* Arrays that grow past their first slots keep every element in order. */
+TEST(big_array_grows_in_order)
+{
+    tbuf b = {0};
+    size_t n = 5000;
+    spillway_resp_reader *r = spillway_resp_reader_new();
+    spillway_rv *v = NULL;
+    const char *err = NULL;
+    REQUIRE(r != NULL);
+    sb_fmt(&b, "*%zu\r\n", n);
+    for (size_t i = 0; i < n; i++) sb_fmt(&b, ":%zu\r\n", i);
+    for (size_t off = 0; off < b.len; off += 7) {
+        REQUIRE_INT(spillway_resp_feed(r, b.p + off, SW_MIN(7u, b.len - off), &err), ==, 0);
+        if (off + 7 < b.len) REQUIRE_INT(spillway_resp_next(r, &v, &err), ==, 0);
+    }
+    REQUIRE_INT(spillway_resp_next(r, &v, &err), ==, 1);
+    REQUIRE(v->type == SW_RV_ARRAY);
+    REQUIRE_U64(v->elements, ==, n);
+    for (size_t i = 0; i < n; i++) {
+        if (v->element[i] == NULL || v->element[i]->type != SW_RV_INTEGER || v->element[i]->integer != (long long)i) {
+            CHECK(!"element out of place");
+            break;
+        }
+    }
+    spillway_rv_free(v);
+    spillway_resp_reader_free(r);
+    free(b.p);
+}
+
+/* A bulk string over SPILLWAY_FRAME_MAX is a value of its own kind (with its
+ * length), not a parse error and not confused with RESP3 types. */
+TEST(oversized_bulk_is_toobig)
+{
+    size_t n = SPILLWAY_FRAME_MAX + 1;
+    char head[32];
+    int k = snprintf(head, sizeof(head), "$%zu\r\n", n);
+    char *body = calloc(1, n + 2);
+    spillway_resp_reader *r = spillway_resp_reader_new();
+    spillway_rv *v = NULL;
+    const char *err = NULL;
+    REQUIRE(body != NULL && r != NULL);
+    memcpy(body + n, "\r\n", 2);
+    REQUIRE_INT(spillway_resp_feed(r, head, (size_t)k, &err), ==, 0);
+    REQUIRE_INT(spillway_resp_feed(r, body, n + 2, &err), ==, 0);
+    REQUIRE_INT(spillway_resp_next(r, &v, &err), ==, 1);
+    CHECK_INT(v->type, ==, SW_RV_TOOBIG);
+    CHECK_INT(v->integer, ==, (long long)n);
+    CHECK(v->str == NULL);
+    spillway_rv_free(v);
+    spillway_resp_reader_free(r);
+    free(body);
+}
+
 /* ---- commands ---------------------------------------------------------- */
 
 /* Parses b's unsent bytes as exactly one reply and returns its description
