@@ -110,7 +110,7 @@ void lg_mark_connected(struct conn *c)
     if (c->ever_ok)
         return;
     c->ever_ok = 1;
-    c->t_head = mono_ns();
+    c->t_head = lg_now_mono; /* set by on_readable(), which read the bytes that connect it */
     lg.connected++;
     lg.open++;
     lg.in_flight--;
