@@ -64,11 +64,17 @@ end
 def publish_marker(srv, channel)
   http = Net::HTTP.new("127.0.0.1", srv.pub_port || srv.port)
   http.open_timeout = http.read_timeout = 10
-  res = if srv.pub_mode == "app"
-          http.post("/pub?channel=#{channel}&count=1", "")
-        else
-          http.post("/pub?channel=#{channel}", "1 #{Process.clock_gettime(Process::CLOCK_REALTIME, :nanosecond)}")
-        end
+  res = nil
+  # nchan with Redis storage answers 503 until its link to Redis is up (a
+  # second or so after it listens): retried, anything else is an error.
+  wait_until("the marker publish to be accepted", 15, interval: 0.1) do
+    res = if srv.pub_mode == "app"
+            http.post("/pub?channel=#{channel}&count=1", "")
+          else
+            http.post("/pub?channel=#{channel}", "1 #{Process.clock_gettime(Process::CLOCK_REALTIME, :nanosecond)}")
+          end
+    res.code != "503"
+  end
   raise "marker publish: HTTP #{res.code} #{res.body.to_s[0, 200].inspect}" unless res.code.start_with?("2")
 
   id = srv.pub_mode == "app" ? res.body.strip : res.body[/last message id: (\S+)/, 1]
