@@ -19,18 +19,19 @@
 #      allocation of M attaches; the objects are grouped by class and by the
 #      file:line that allocated them.
 #
-#   ruby bench/alloc_attach.rb [--streams N] [--traced M] [--memory] [--json PATH]
+#   ruby bench/alloc_attach.rb [--streams N] [--traced M] [--memory] [--spillway-rev REV] [--json PATH]
 #
 # --memory uses the in-process backend instead of a Redis of its own. Prints
 # Markdown; nothing in it is typed by hand.
 require_relative "run"
 
-args = { streams: 2000, traced: 200, memory: false, json: nil }
+args = { streams: 2000, traced: 200, memory: false, json: nil, rev: nil }
 OptionParser.new do |op|
   op.on("--streams N", Integer) { |v| args[:streams] = v }
   op.on("--traced M", Integer) { |v| args[:traced] = v }
   op.on("--memory") { args[:memory] = true }
   op.on("--json PATH") { |v| args[:json] = v }
+  op.on("--spillway-rev REV", "ext/ and lib/ of that commit, as bench/run.rb --spillway-rev") { |v| args[:rev] = v }
 end.parse!(ARGV)
 
 def get_json(port, path)
@@ -85,7 +86,7 @@ def delta(a, b, key)
 end
 
 ENV["BENCH_ALLOC_TRACE"] = "1"
-opts = parse_options(["--quick", "--no-install"])
+opts = parse_options(["--quick", "--no-install", *(args[:rev] ? ["--spillway-rev", args[:rev]] : [])])
 tmp = Dir.mktmpdir("spillway-alloc-")
 ensure_setup(opts, tmp)
 name = args[:memory] ? "spillway-memory" : "spillway"
@@ -124,7 +125,8 @@ begin
     m = args[:traced]
     get_json(port, "/debug/alloc/start")
     with_streams(srv, tmp, "traced", m) { nil }
-    sites = get_json(port, "/debug/alloc/report")
+    # The gem's own files by their path in the repository, wherever they were loaded from.
+    sites = get_json(port, "/debug/alloc/report").each { |s| s["site"] = s["site"].sub(%r{\A.*/(lib/spillway/)}, '\1') }
     total = sites.sum { |s| s["objects"] }
     out[:traced] = { streams: m, objects: total, per_attach: total.to_f / m,
                      sites: sites.first(40).map { |s| s.merge("per_attach" => s["objects"].to_f / m) } }
@@ -146,7 +148,8 @@ File.write(args[:json], JSON.pretty_generate(out)) if args[:json]
 pa = out[:per_attach]
 t = out[:traced]
 puts "# What one stream attach allocates (#{name}, puma -t 1:1)\n\n"
-puts "- load average: #{File.read('/proc/loadavg').split[0, 3].join(' ')}; #{RUBY_DESCRIPTION}"
+puts "- load average: #{File.read('/proc/loadavg').split[0, 3].join(' ')}; #{RUBY_DESCRIPTION}; " \
+     "spillway: #{args[:rev] ? "--spillway-rev #{args[:rev]}" : 'the working tree'}"
 puts format("- per attach, over %d streams: %.1f objects allocated (a GET /ping on a new connection: %.1f); " \
             "%d GC runs; %d heap pages added; RSS +%.2f KiB per stream, +%.2f KiB after a full GC; " \
             "%.2f Ruby objects per stream still live after a full GC",
