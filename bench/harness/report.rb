@@ -187,7 +187,7 @@ def run_notes(results, m)
       "#{k}: #{r[k][:error]}" if r[k].is_a?(Hash) && r[k][:error]
     end
     (r[:memory].is_a?(Array) ? r[:memory] : []).each do |x|
-      errs << "memory, fresh process, #{x[:size]} streams: #{x[:error]}" if x[:error]
+      errs << "memory, fresh process, #{x[:size]} streams: #{x[:error]}#{x[:received] ? " (#{x[:received]} had it)" : ''}" if x[:error]
     end
     %i[throughput burst openloop latency].each do |k|
       x = r[k]
