@@ -87,6 +87,7 @@ def metrics(r, opts)
     storm_dup: st[:dup],
     storm_by_command: st.dig(:redis, :by_command),
     storm_scripts: st.dig(:redis, :script_calls),
+    storm_overflows: st[:listen_overflows],
     dps1: t.dig(:lockstep, "deliveries_per_s"),
     dps100: b.dig(:lockstep, "deliveries_per_s"),
     dpsopen: o.dig(:loadgen, "deliveries_per_s"),
@@ -164,6 +165,8 @@ def results_table(results, m, opts)
     out << "| reconnect storm: streams served / missing messages / duplicates | " \
            "#{names.map { |n| m[n][:storm_streams] ? "#{fmt(m[n][:storm_served])} of #{fmt(m[n][:storm_streams])} / " \
                                                      "#{fmt(m[n][:storm_missing])} / #{fmt(m[n][:storm_dup])}" : '–' }.join(' | ')} |\n"
+    out << "| reconnect storm: listen queue overflows (the machine's TcpExt ListenOverflows: handshakes dropped while the accept queue was full, each retried after 1 s or more) | " \
+           "#{names.map { |n| fmt(m[n][:storm_overflows]) }.join(' | ')} |\n"
     out << "| reconnect storm: Redis commands by command (EVAL/EVALSHA among them) | " \
            "#{names.map { |n| storm_commands_s(m[n]) }.join(' | ')} |\n"
   end
@@ -335,7 +338,7 @@ def how_measured(opts)
       also holds the loadgen's own time to issue #{fmt(opts.storm_streams)} `connect()`s one after the other (the
       clients of a real storm do that in parallel); *response head to served* leaves out the wait in the
       accept queue (Puma's listen backlog is 4096: past that a SYN is dropped and retried after 1 s, the
-      same for every system).
+      same for every system; the table counts those drops, machine-wide, from `/proc/net/netstat`).
       *Redis commands* = the difference of `INFO commandstats` right before the loadgen starts and right
       after it ends, without those INFOs: every command Redis executed, those a Lua script runs with
       `redis.call` included (they are counted besides the EVAL/EVALSHA that ran them; the by-command row

@@ -55,6 +55,16 @@ end
 
 # ---------- the reconnect storm ----------
 
+# TcpExt ListenOverflows of the whole machine: connections the kernel
+# dropped because an accept queue was full (the handshake is retried after
+# 1 s, then 3 s, ...). Other processes on the machine count too.
+def listen_overflows
+  head, vals = File.read("/proc/net/netstat").lines.select { |l| l.start_with?("TcpExt:") }
+  head.split.zip(vals.split).to_h["ListenOverflows"].to_i
+rescue Errno::ENOENT, NoMethodError
+  nil
+end
+
 # Publishes the message every stream of the storm resumes after (seq 1 on a
 # fresh channel) and returns its id, as each system hands it out: Spillway's
 # Spillway.publish return value (also the SSE id), message_bus's message id
@@ -112,11 +122,13 @@ def storm(srv, opts, tmp)
   before = srv.redis && redis_info(srv.redis.port)
   cpu0 = cpu_s(srv.pid)
   rcpu0 = cpu_s(srv.redis&.pid)
+  ovf0 = listen_overflows
   deadline = opts.quick ? 60 : 120
   lg = loadgen([*srv.lg_args(channel), "-c", n.to_s, "-k", n.to_s, "-I", marker, "-B", "1", "-e", k.to_s,
                 "-M", k.to_s, "-G", STORM_LINGER_S.to_s, "-i", "10", "-t", deadline.to_s, srv.sub_url(channel)], tmp)
   res = lg.finish(deadline + 30)
   lg = nil
+  ovf = ovf0 && listen_overflows&.-(ovf0)
   cpu = cpu_s(srv.pid) - cpu0
   redis = srv.redis && redis_delta(before, redis_info(srv.redis.port))
   redis[:proc_cpu_s] = (cpu_s(srv.redis.pid) - rcpu0).round(3) if redis
@@ -126,7 +138,7 @@ def storm(srv, opts, tmp)
     retries: res["retries"], served: served["streams"], served_ms: served["from_attempt_ms"],
     served_from_start_ms: served["from_start_ms"], served_from_head_ms: served["from_head_ms"],
     missing: res["missing"], dup: res["dup"], stale: res["stale"], ooo: res["ooo"], repolls: res["repolls"],
-    connect_s: res["connect_s"], server_cpu_s: cpu.round(3), redis: redis, loadgen: res
+    connect_s: res["connect_s"], listen_overflows: ovf, server_cpu_s: cpu.round(3), redis: redis, loadgen: res
   }
   out[:error] = "only #{served['streams'].to_i} of #{n} streams were served" if served["streams"].to_i < n
   out
