@@ -98,7 +98,8 @@ def targets(m, sw, opts)
       a = s[:storm_cmds]
       next [nil, nil, "not measured"] unless a
 
-      per = s[:storm_streams].to_i.positive? ? format(" (%.2f per stream)", a.to_f / s[:storm_streams]) : ""
+      q = s[:storm_streams].to_i.positive? ? a.to_f / s[:storm_streams] : nil
+      per = q ? format(q >= 0.1 ? " (%.2f per stream)" : " (%.2g per stream)", q) : ""
       [format("%s%s", tg_num(a), per), a <= STORM_MAX_COMMANDS,
        a <= STORM_MAX_COMMANDS ? nil : "#{tg_num(a)} commands#{per}: #{storm_commands_s(s)}"]
     }],
