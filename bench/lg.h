@@ -63,8 +63,12 @@ struct conn {
     uint32_t polls;
     int64_t last_seq;  /* highest seq seen; -1 until the first one */
     int64_t mb_pos;    /* message_bus: last message id seen on our channel */
-    uint64_t *seen;    /* bitmap of seqs 1..expect when -e is given */
+    uint64_t *seen;    /* bitmap of the owed seqs (base+1..base+expect) when -e is given */
+    uint32_t stale;    /* messages at or before the resume cursor (-B): the client had them */
     uint16_t local_port;
+    int64_t t_first;   /* mono ns when the first attempt started (retries keep it) */
+    int64_t t_head;    /* mono ns when the stream counted as connected */
+    int64_t t_served;  /* mono ns when it had -M unique messages; 0 until then */
 };
 
 /* The lockstep publisher's state (lg_pub.c); inactive unless -P is given. */
@@ -126,6 +130,9 @@ struct lg_state {
     int64_t batch_ns;      /* -b: minimum loop period, lets bytes pile up per read */
     char mb_channel[256];
     char mb_channel_enc[768];
+    char last_event_id[128]; /* -I: resume cursor of every stream ("" = none) */
+    int64_t seq_base;      /* -B: seqs up to this one came before the cursor */
+    int64_t linger_ns;     /* -G: once every stream is served, read on this long */
 
     int ep;
     struct conn *c;
@@ -138,6 +145,8 @@ struct lg_state {
     int64_t first_pub_ns, first_rx_ns, last_rx_ns;
     int64_t start_real_ns, start_mono_ns, all_connected_mono_ns;
     int64_t last_msg_mono_ns;
+    int64_t first_launch_mono_ns; /* the first attempt of the first connection */
+    uint64_t stale;
     double cpu_at_first_rx;
     int ready_printed_for;
     int stdin_open;
@@ -150,6 +159,7 @@ struct lg_state {
 extern struct lg_state lg;
 extern volatile sig_atomic_t lg_stop;
 extern int64_t lg_now_real; /* CLOCK_REALTIME when the bytes being parsed were read */
+extern int64_t lg_now_mono; /* CLOCK_MONOTONIC at the same moment */
 
 /* loadgen.c */
 void lg_mark_connected(struct conn *c);

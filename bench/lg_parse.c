@@ -11,6 +11,7 @@
 #include "lg.h"
 
 int64_t lg_now_real;
+int64_t lg_now_mono;
 
 int lg_grow_append(char **b, uint32_t *len, uint32_t *cap, const char *p, size_t n, size_t limit)
 {

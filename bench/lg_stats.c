@@ -97,10 +97,18 @@ static void record(struct conn *c, int64_t seq, int64_t tns, int64_t now_real)
     }
     lg.last_rx_ns = now_real;
 
+    if (lg.seq_base > 0 && seq <= lg.seq_base) {
+        /* The stream resumed after this one (-I/-B): sending it again is a
+         * duplicate from the client's point of view. */
+        c->stale++;
+        lg.stale++;
+        return;
+    }
     if (c->last_seq < 0)
-        c->last_seq = lg.expect > 0 ? 0 : seq - 1; /* with -e every seq from 1 is owed */
-    int tracked = c->seen && seq >= 1 && seq <= lg.expect;
-    int was_seen = tracked && (c->seen[(seq - 1) >> 6] >> ((seq - 1) & 63) & 1);
+        c->last_seq = lg.expect > 0 ? lg.seq_base : seq - 1; /* with -e every seq from base+1 is owed */
+    int64_t bit = seq - lg.seq_base - 1; /* index of seq in the owed range */
+    int tracked = c->seen && bit >= 0 && bit < lg.expect;
+    int was_seen = tracked && (c->seen[bit >> 6] >> (bit & 63) & 1);
     uint32_t unique_before = c->unique;
     if (seq > c->last_seq) {
         if (seq > c->last_seq + 1)
@@ -121,9 +129,12 @@ static void record(struct conn *c, int64_t seq, int64_t tns, int64_t now_real)
     else
         c->ooo++;
     if (tracked)
-        c->seen[(seq - 1) >> 6] |= 1ULL << ((seq - 1) & 63);
-    if (c->unique != unique_before)
+        c->seen[bit >> 6] |= 1ULL << (bit & 63);
+    if (c->unique != unique_before) {
         lg_pub_reached(c, unique_before);
+        if (lg.want_msgs > 0 && c->unique == lg.want_msgs && !c->t_served)
+            c->t_served = lg_now_mono ? lg_now_mono : mono_ns();
+    }
 }
 
 void lg_on_data(struct conn *c, const char *d, size_t n, int64_t now_real)
@@ -160,7 +171,7 @@ static void conn_stats(uint64_t *lost, uint64_t *dup, uint64_t *ooo, uint64_t *m
         if (!c->ever_ok)
             continue;
         *lost += c->lost;
-        *dup += c->dup;
+        *dup += c->dup + c->stale;
         *ooo += c->ooo;
         /* In lockstep only what was published is owed (-n is an upper bound). */
         int64_t owed = lg.pub.on && lg.pub.published < lg.expect ? lg.pub.published : lg.expect;
@@ -175,6 +186,73 @@ static void conn_stats(uint64_t *lost, uint64_t *dup, uint64_t *ooo, uint64_t *m
     }
     if (*minm < 0)
         *minm = 0;
+}
+
+/* ---------- per-stream time to served (-M) ---------- */
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Nearest-rank percentile of a sorted array, in ms. */
+static double pct_ms(const int64_t *v, int n, double p)
+{
+    if (n == 0)
+        return -1;
+    int k = (int)(p * n + 0.999999) - 1;
+    if (k < 0)
+        k = 0;
+    if (k >= n)
+        k = n - 1;
+    return (double)v[k] / 1e6;
+}
+
+static void print_dist(const char *name, int64_t *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_i64);
+    printf("\"%s\":{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"max\":%.3f}", name, pct_ms(v, n, 0.50),
+           pct_ms(v, n, 0.90), pct_ms(v, n, 0.99), n ? (double)v[n - 1] / 1e6 : -1.0);
+}
+
+/* With -M: how long each stream took to have its -M unique messages, from
+ * the first attempt of the whole run (every stream of a storm starts then),
+ * from its own first attempt, and from its response head (the server's own
+ * resume path, without the wait in the accept queue). */
+static void print_served(void)
+{
+    if (lg.want_msgs <= 0)
+        return;
+    int64_t *a = malloc(sizeof(int64_t) * (size_t)(lg.launched + 1));
+    int64_t *b = malloc(sizeof(int64_t) * (size_t)(lg.launched + 1));
+    int64_t *h = malloc(sizeof(int64_t) * (size_t)(lg.launched + 1));
+    if (!a || !b || !h) {
+        free(a);
+        free(b);
+        free(h);
+        return;
+    }
+    int n = 0;
+    for (int i = 0; i < lg.launched; i++) {
+        struct conn *c = &lg.c[i];
+        if (!c->ever_ok || !c->t_served)
+            continue;
+        a[n] = c->t_served - lg.first_launch_mono_ns;
+        b[n] = c->t_served - c->t_first;
+        h[n] = c->t_served - c->t_head;
+        n++;
+    }
+    printf(",\"served\":{\"streams\":%d,\"of\":%d,\"want\":%lld,", n, lg.connected, (long long)lg.want_msgs);
+    print_dist("from_start_ms", a, n);
+    putchar(',');
+    print_dist("from_attempt_ms", b, n);
+    putchar(',');
+    print_dist("from_head_ms", h, n);
+    putchar('}');
+    free(a);
+    free(b);
+    free(h);
 }
 
 void lg_print_ready(void)
@@ -243,6 +321,8 @@ void lg_print_summary(void)
            (double)lg.connect_lat_max_ns / 1e9, (unsigned long long)lg.bytes, cpu, busy,
            cpu > 0 ? (double)lg.messages / cpu : 0.0, (double)(mono_ns() - lg.start_mono_ns) / 1e9);
     lg_pub_print();
+    printf(",\"stale\":%llu", (unsigned long long)lg.stale);
+    print_served();
     printf(",\"errors\":{");
     int first = 1;
     for (int i = 0; i < E_NERR; i++) {

@@ -110,6 +110,7 @@ void lg_mark_connected(struct conn *c)
     if (c->ever_ok)
         return;
     c->ever_ok = 1;
+    c->t_head = lg_now_mono; /* set by on_readable(), which read the bytes that connect it */
     lg.connected++;
     lg.open++;
     lg.in_flight--;
@@ -161,6 +162,7 @@ static void on_readable(struct conn *c)
         return;
     }
     lg_now_real = real_ns();
+    lg_now_mono = mono_ns();
     lg.bytes += (uint64_t)n;
     if (n == 0) {
         if (c->state == C_HEAD)
@@ -227,10 +229,15 @@ static void send_request(struct conn *c, int idx)
     char req[2048];
     int n;
     if (lg.mode == MODE_SSE) {
+        /* -I: every stream resumes from the same cursor, as EventSource
+         * sends it after a reconnect. */
+        char resume[sizeof lg.last_event_id + 32] = "";
+        if (lg.last_event_id[0])
+            snprintf(resume, sizeof resume, "Last-Event-ID: %s\r\n", lg.last_event_id);
         n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
-                     "Cache-Control: no-cache\r\nUser-Agent: spillway-loadgen\r\n\r\n",
-                     lg.url.path, lg.url.host, lg.url.port);
+                     "Cache-Control: no-cache\r\n%sUser-Agent: spillway-loadgen\r\n\r\n",
+                     lg.url.path, lg.url.host, lg.url.port, resume);
     } else {
         char body[1024];
         int bl = snprintf(body, sizeof body, "%s=%lld&__seq=%u", lg.mb_channel_enc,
@@ -377,6 +384,13 @@ static void usage(void)
             "                and one read() takes several, so the loadgen spends less CPU per\n"
             "                delivery; adds up to MS to the measured latency\n"
             "  -q            fewer messages on stderr\n"
+            "Resuming (the reconnect storm):\n"
+            "  -I ID         every stream resumes from ID: SSE sends Last-Event-ID: ID, mb polls\n"
+            "                from message id ID (an integer) instead of -1\n"
+            "  -B SEQ        messages 1..SEQ came before the cursor: one that arrives anyway\n"
+            "                counts as stale, and -e N owes SEQ+1..SEQ+N\n"
+            "  -G SEC        once every stream has -M unique messages, read on SEC more seconds\n"
+            "                (a duplicate sent right after still counts), then stop\n"
             "Lockstep publishing (closed loop; see lg_pub.c):\n"
             "  -P URL        publish to URL (http://127.0.0.1:P/pub?channel=C) once every attempt\n"
             "                is resolved; the next batch when every open stream has every message\n"
@@ -408,7 +422,7 @@ int main(int argc, char **argv)
     lg.pub.stall_ns = 30LL * 1000000000LL;
     int opt;
     double t_total = 0, t_idle = 0;
-    while ((opt = getopt(argc, argv, "m:C:c:k:a:r:T:M:e:t:i:HRb:qP:p:K:n:D:N:L:s:g")) != -1) {
+    while ((opt = getopt(argc, argv, "m:C:c:k:a:r:T:M:e:t:i:HRb:qP:p:K:n:D:N:L:s:gI:B:G:")) != -1) {
         switch (opt) {
         case 'm':
             if (strcmp(optarg, "sse") == 0)
@@ -456,6 +470,15 @@ int main(int argc, char **argv)
         case 'L': lg.pub.stall_ns = (int64_t)(atof(optarg) * 1e9); break;
         case 's': lg.pub.size = atoll(optarg); break;
         case 'g': lg.pub.wait_go = 1; break;
+        case 'I':
+            if (strlen(optarg) >= sizeof lg.last_event_id || strpbrk(optarg, "\r\n")) {
+                fprintf(stderr, "loadgen: -I: at most %zu bytes, no CR or LF\n", sizeof lg.last_event_id - 1);
+                return 2;
+            }
+            snprintf(lg.last_event_id, sizeof lg.last_event_id, "%s", optarg);
+            break;
+        case 'B': lg.seq_base = atoll(optarg); break;
+        case 'G': lg.linger_ns = (int64_t)(atof(optarg) * 1e9); break;
         default: usage();
         }
     }
@@ -464,6 +487,15 @@ int main(int argc, char **argv)
     if (lg.mode == MODE_MB && !lg.mb_channel[0]) {
         fprintf(stderr, "loadgen: -m mb needs -C CHANNEL\n");
         return 2;
+    }
+    int64_t mb_start = -1; /* message_bus: -1 = "from now on", as its JS client starts */
+    if (lg.last_event_id[0] && lg.mode == MODE_MB) {
+        char *end;
+        mb_start = strtoll(lg.last_event_id, &end, 10);
+        if (*end || mb_start < -1) {
+            fprintf(stderr, "loadgen: -m mb -I needs a message id (an integer), got %s\n", lg.last_event_id);
+            return 2;
+        }
     }
     if (lg.expect > LG_MAX_EXPECT) {
         fprintf(stderr, "loadgen: -e %lld is over LG_MAX_EXPECT (%d)\n", (long long)lg.expect, LG_MAX_EXPECT);
@@ -502,7 +534,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < LG_MAX_CONNS; i++) {
         lg.c[i].fd = -1;
         lg.c[i].last_seq = -1;
-        lg.c[i].mb_pos = -1; /* message_bus: -1 = "from now on", as its JS client starts */
+        lg.c[i].mb_pos = mb_start;
     }
     lg.ep = epoll_create1(EPOLL_CLOEXEC);
     lg.start_mono_ns = mono_ns();
@@ -521,12 +553,16 @@ int main(int argc, char **argv)
 
     struct epoll_event evs[1024];
     int64_t last_scan = 0;
+    int64_t done_at = 0; /* every stream had -M messages (the -G linger runs from here) */
     while (!lg_stop) {
         int64_t loop_start = mono_ns();
         /* launch new connections, never more than max_in_flight unresolved */
         while (lg.launched < lg.target && lg.in_flight < lg.max_in_flight) {
             int i = lg.launched++;
             lg.in_flight++;
+            lg.c[i].t_first = mono_ns();
+            if (i == 0)
+                lg.first_launch_mono_ns = lg.c[i].t_first;
             if (lg.expect > 0 && !lg.c[i].seen) {
                 lg.c[i].seen = calloc((size_t)(lg.expect + 63) / 64, 8);
                 if (!lg.c[i].seen)
@@ -591,13 +627,18 @@ int main(int argc, char **argv)
         if (lg.idle_ns && lg.messages && now - lg.last_msg_mono_ns > lg.idle_ns)
             break;
         if (scan && resolved && lg.want_msgs > 0) {
+            /* With -e the owed messages are counted once each (a duplicate
+             * must not stand in for one still missing). */
             int done = 1;
             for (int i = 0; i < lg.launched && done; i++) {
                 struct conn *c = &lg.c[i];
-                if (c->ever_ok && c->state != C_DEAD && c->msgs < lg.want_msgs)
+                int64_t have = lg.expect > 0 ? c->unique : c->msgs;
+                if (c->ever_ok && c->state != C_DEAD && have < lg.want_msgs)
                     done = 0;
             }
-            if (done)
+            if (done && !done_at)
+                done_at = now;
+            if (done && now - done_at >= lg.linger_ns)
                 break;
         }
     }

@@ -61,12 +61,13 @@ LOCKSTEP_MIN_BURSTS = 3
 
 SYSTEMS = %w[ceiling nchan nchan-redis live message_bus spillway spillway-memory].freeze
 # profile runs only for the Spillway systems, and only where perf works.
-WORKLOADS = %w[ramp throughput burst openloop latency fin vanish profile].freeze
+WORKLOADS = %w[ramp memory throughput burst openloop latency storm fin vanish profile].freeze
 
 Options = Struct.new(:quick, :systems, :streams, :messages, :burst, :ramp_steps, :live_threads,
                      :latency_seconds, :rate, :vanish_timeout, :workloads, :output, :install,
                      :size, :keep_tmp, :lockstep_messages, :burst_messages, :lockstep_seconds,
-                     :fin_timeout, :skipped, :spillway_rev, :spillway_built, :rounds, keyword_init: true)
+                     :fin_timeout, :skipped, :spillway_rev, :spillway_built, :rounds, :storm_streams,
+                     :storm_messages, :fresh_sizes, keyword_init: true)
 
 def parse_options(argv)
   o = Options.new(quick: false, systems: SYSTEMS.dup, install: true, rate: 10, burst: 100, size: 0,
@@ -108,6 +109,16 @@ def parse_options(argv)
     op.on("--fin-timeout S", Integer, "give up waiting for the release after a FIN/RST after S (default 10)") do |v|
       o.fin_timeout = v
     end
+    op.on("--storm-streams N", Integer, "streams of the reconnect storm (default 5000, --quick: 500)") do |v|
+      o.storm_streams = v
+    end
+    op.on("--storm-messages K", Integer, "messages every storm stream has missed (default 20)") do |v|
+      o.storm_messages = v
+    end
+    op.on("--fresh-sizes LIST", "streams opened in a fresh process for the memory workload " \
+                                "(default: the delivery runs' streams and the ramp's top)") do |v|
+      o.fresh_sizes = v.split(",").map { |x| Integer(x) }
+    end
     op.on("--size BYTES", Integer, "pad each message's data to about BYTES") { |v| o.size = v }
     op.on("--output PATH", "report path (default bench/RESULTS.md, --quick: bench/RESULTS-quick.md)") do |v|
       o.output = v
@@ -127,6 +138,10 @@ def parse_options(argv)
   o.burst_messages ||= quick ? 500 : 5000
   o.lockstep_seconds ||= quick ? 2 : 10
   o.rounds ||= quick ? 1 : 3
+  o.storm_streams ||= quick ? 500 : 5000
+  o.storm_messages ||= 20
+  abort "--storm-streams must be 1..19900 (one loadgen)" unless (1..19_900).cover?(o.storm_streams)
+  o.fresh_sizes ||= [o.streams, ramp_max].uniq
   abort "--rounds must be at least 1" if o.rounds < 1
   o.fin_timeout ||= quick ? 5 : 10
   o.workloads ||= quick ? WORKLOADS - %w[profile] : WORKLOADS.dup
@@ -148,6 +163,7 @@ end
 require_relative "harness/support"
 require_relative "harness/servers"
 require_relative "harness/workloads"
+require_relative "harness/storm"
 require_relative "harness/profile"
 require_relative "harness/report"
 require_relative "harness/targets"

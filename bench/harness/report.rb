@@ -54,6 +54,8 @@ def metrics(r, opts)
   ramp = r[:ramp] || {}
   held = ramp[:held]
   ping = ramp[:ping_at_held] || {}
+  fresh = (r[:memory].is_a?(Array) ? r[:memory] : []).select { |x| x[:per_stream_kb] }
+  st = r[:storm].is_a?(Hash) && r[:storm][:streams] ? r[:storm] : {}
   gone = lambda do |key, timeout|
     x = r[key]
     x && !x[:error] && x[:released_s].nil? ? "> #{timeout}" : nil
@@ -69,6 +71,23 @@ def metrics(r, opts)
     ping_max: ping[:max_ms],
     ping_note: ping[:failed].to_i.positive? ? "#{ping[:failed]} of #{ping[:samples_ms].size} failed" : nil,
     mem_kb: ramp[:mem_per_stream_kb],
+    mem_slope_kb: ramp[:mem_slope_kb],
+    **fresh.to_h { |x| [:"mem_fresh_#{x[:size]}", x[:per_stream_kb]] },
+    storm_p50: st.dig(:served_ms, "p50"),
+    storm_p99: st.dig(:served_ms, "p99"),
+    storm_max: st.dig(:served_ms, "max"),
+    storm_all: st.dig(:served_from_start_ms, "max"),
+    storm_head_max: st.dig(:served_from_head_ms, "max"),
+    storm_cmds: st.dig(:redis, :calls),
+    storm_redis_cpu: st.dig(:redis, :cpu_s)&.*(1000),
+    storm_server_cpu: st[:server_cpu_s]&.*(1000),
+    storm_served: st[:served],
+    storm_streams: st[:streams],
+    storm_missing: st[:missing],
+    storm_dup: st[:dup],
+    storm_by_command: st.dig(:redis, :by_command),
+    storm_scripts: st.dig(:redis, :script_calls),
+    storm_overflows: st[:listen_overflows],
     dps1: t.dig(:lockstep, "deliveries_per_s"),
     dps100: b.dig(:lockstep, "deliveries_per_s"),
     dpsopen: o.dig(:loadgen, "deliveries_per_s"),
@@ -96,7 +115,8 @@ METRICS = [
   [:held, "streams held by one process", 0, :higher],
   [:per_thread, "streams per app-server thread", 0, :higher],
   [:ping_max, "ordinary request while the streams are held, slowest of 5 (ms)", 1, :lower],
-  [:mem_kb, "memory per open stream (KiB RSS)", 2, :lower],
+  [:mem_kb, "memory per open stream, ramp after a warm-up request (KiB RSS)", 2, :lower],
+  [:mem_slope_kb, "memory per open stream, ramp slope from its first step to its last (KiB RSS)", 2, :lower],
   [:dps1, "deliveries/s, one message at a time (lockstep)", 0, :higher],
   [:dps100, "deliveries/s, bursts of 100 (lockstep)", 0, :higher],
   [:dpsopen, "deliveries/s, open loop (publish as fast as answered)", 0, :higher],
@@ -110,16 +130,46 @@ METRICS = [
 
 NOTES_FOR = { ping_max: :ping_note, fin: :fin_note, release: :release_note }.freeze
 
-def results_table(results, m)
+# METRICS plus the rows whose labels depend on the run: the fresh-process
+# memory at each size (after the ramp's rows) and the reconnect storm.
+def metric_rows(opts)
+  fresh = opts.fresh_sizes.map do |n|
+    [:"mem_fresh_#{n}", "memory per open stream, fresh process, #{fmt(n)} streams opened at once (KiB RSS)", 2, :lower]
+  end
+  storm = "reconnect storm (#{fmt(opts.storm_streams)} streams resume #{opts.storm_messages} missed messages)"
+  rows = METRICS.dup
+  rows.insert(rows.index { |k, *| k == :mem_slope_kb } + 1, *fresh)
+  rows.insert(rows.index { |k, *| k == :p99 } + 1,
+              [:storm_p50, "#{storm}: a stream served after, p50 (ms from its connect)", 1, :lower],
+              [:storm_p99, "#{storm}: a stream served after, p99 (ms)", 1, :lower],
+              [:storm_max, "#{storm}: a stream served after, slowest (ms)", 1, :lower],
+              [:storm_all, "#{storm}: first connect to the last stream served (ms)", 1, :lower],
+              [:storm_head_max, "#{storm}: response head to served, slowest stream (ms)", 1, :lower],
+              [:storm_cmds, "#{storm}: Redis commands", 0, :lower],
+              [:storm_redis_cpu, "#{storm}: Redis CPU (ms)", 1, :lower],
+              [:storm_server_cpu, "#{storm}: server CPU (ms)", 1, :lower])
+  rows
+end
+
+def results_table(results, m, opts)
   names = results.map { |r| r[:name] }
   out = +"| metric | #{names.join(' | ')} |\n|---|#{names.map { '---:' }.join('|')}|\n"
-  METRICS.each do |key, label, digits, _dir|
+  metric_rows(opts).each do |key, label, digits, _dir|
     row = names.map { |n| (NOTES_FOR[key] && m[n][NOTES_FOR[key]]) || fmt(m[n][key], digits) }
     out << "| #{label} | #{row.join(' | ')} |\n"
   end
   pair = ->(a) { a.all?(&:nil?) ? "–" : "#{fmt(a[0], 2)} / #{fmt(a[1], 2)}" }
   out << "| messages missing (all delivery runs) | #{names.map { |n| fmt(m[n][:lost]) }.join(' | ')} |\n"
   out << "| duplicates (all delivery runs) | #{names.map { |n| fmt(m[n][:dup]) }.join(' | ')} |\n"
+  if names.any? { |n| m[n][:storm_streams] }
+    out << "| reconnect storm: streams served / missing messages / duplicates | " \
+           "#{names.map { |n| m[n][:storm_streams] ? "#{fmt(m[n][:storm_served])} of #{fmt(m[n][:storm_streams])} / " \
+                                                     "#{fmt(m[n][:storm_missing])} / #{fmt(m[n][:storm_dup])}" : '–' }.join(' | ')} |\n"
+    out << "| reconnect storm: listen queue overflows (the machine's TcpExt ListenOverflows: handshakes dropped while the accept queue was full, each retried after 1 s or more) | " \
+           "#{names.map { |n| fmt(m[n][:storm_overflows]) }.join(' | ')} |\n"
+    out << "| reconnect storm: Redis commands by command (EVAL/EVALSHA among them) | " \
+           "#{names.map { |n| storm_commands_s(m[n]) }.join(' | ')} |\n"
+  end
   if names.any? { |n| m[n][:rounds1].size > 1 }
     runs = names.map { |n| m[n][:rounds1].map { |v| v ? fmt(v) : "failed" }.join(", ").then { |x| x.empty? ? "–" : x } }
     out << "| deliveries/s, one at a time: every run, in order (the row above is their median) | #{runs.join(' | ')} |\n"
@@ -136,8 +186,11 @@ end
 
 def run_notes(results, m)
   results.filter_map do |r|
-    errs = %i[ramp throughput burst openloop latency fin vanish profile].filter_map do |k|
+    errs = %i[ramp memory throughput burst openloop latency storm fin vanish profile].filter_map do |k|
       "#{k}: #{r[k][:error]}" if r[k].is_a?(Hash) && r[k][:error]
+    end
+    (r[:memory].is_a?(Array) ? r[:memory] : []).each do |x|
+      errs << "memory, fresh process, #{x[:size]} streams: #{x[:error]}#{x[:received] ? " (#{x[:received]} had it)" : ''}" if x[:error]
     end
     %i[throughput burst openloop latency].each do |k|
       x = r[k]
@@ -160,12 +213,21 @@ def ratio_s(a, b)
   q >= 0.1 ? format("%.2f", q) : format("%.2g", q) # keep two significant digits of small ratios
 end
 
-def ratios_table(sw, names, m)
+# "xrange 5000, evalsha 5000 (5,000)": the commands of the storm, most first.
+def storm_commands_s(mm)
+  by = mm[:storm_by_command]
+  return "–" unless by
+  return "none" if by.empty?
+
+  "#{by.first(4).map { |k, v| "#{k} #{fmt(v)}" }.join(', ')}#{by.size > 4 ? ', …' : ''} (#{fmt(mm[:storm_scripts])})"
+end
+
+def ratios_table(sw, names, m, opts)
   peers = names - [sw]
   out = +"Above 1 is better for Spillway where higher is better (streams, deliveries); below 1 is better " \
          "where lower is better (time, memory, latency, release, CPU).\n\n"
   out << "| metric | better | #{peers.join(' | ')} |\n|---|---|#{peers.map { '---:' }.join('|')}|\n"
-  METRICS.each do |key, label, _d, dir|
+  metric_rows(opts).each do |key, label, _d, dir|
     out << "| #{label} | #{dir} | #{peers.map { |p| ratio_s(m[sw][key], m[p][key]) }.join(' | ')} |\n"
   end
   out
@@ -190,14 +252,14 @@ def report(results, opts, started, finished, argv)
   out << "- workloads: #{opts.workloads.join(', ')}#{opts.skipped.empty? ? '' : "; SKIPPED: #{opts.skipped.join('; ')}"}\n"
   out << "- versions: #{versions(opts).map { |k, v| "#{k} #{v}" }.join('; ')}\n\n"
   names = results.map { |r| r[:name] }
-  out << "## Results\n\n" << results_table(results, m)
+  out << "## Results\n\n" << results_table(results, m, opts)
   notes = run_notes(results, m)
   out << "\n#{notes.join("\n")}\n" unless notes.empty?
 
   sw = %w[spillway spillway-memory].find { |n| names.include?(n) }
   if sw
-    out << "\n## Ratios #{sw} / peer\n\n" << ratios_table(sw, names, m)
-    out << "\n## Targets (issue #4)\n\n" << targets_section(names, m, results, opts)
+    out << "\n## Ratios #{sw} / peer\n\n" << ratios_table(sw, names, m, opts)
+    out << "\n## Targets (issues #4 and #8)\n\n" << targets_section(names, m, results, opts)
   else
     out << "\n## Ratios\n\nNo Spillway result in this run (not selected), so no ratios and no targets.\n"
   end
@@ -222,10 +284,21 @@ def how_measured(opts)
       at the last step held.
     - **streams per app-server thread**: held / request threads of the server (Puma `-t 1:1` for
       Spillway and message_bus; one nginx worker; the ceiling's one thread; Live: its Puma threads).
-    - **memory per open stream**: (VmRSS of the server process at the last held step - VmRSS before
-      the first stream) / streams, from `/proc/<pid>/status`. The streams are idle apart from the one
-      message per step. User-space memory only: the kernel's socket buffers are not in RSS (which is why
-      the ceiling, which keeps one slot per stream, shows almost 0).
+    - **memory per open stream**, three ways, all VmRSS of the server process from `/proc/<pid>/status`,
+      user-space memory only (the kernel's socket buffers are not in RSS, which is why the ceiling, which
+      keeps one slot per stream, shows almost 0); the streams are idle:
+      - *ramp after a warm-up request* (the issue #4 figure): (RSS at the ramp's last held step - RSS after
+        one publish on a channel nobody listens to, before the first stream) / streams held. It includes the
+        first step's jump (a Ruby process's heap grows while it serves the first #{fmt(opts.ramp_steps.first)} requests).
+      - *ramp slope*: (RSS at the last held step - RSS at the first) / (streams at the last - at the first):
+        what one more stream costs a process that is already warm.
+      - *fresh process*: what a user sees who boots the server and opens N streams
+        (#{opts.fresh_sizes.map { |n| fmt(n) }.join(' and ')}) in one go: (RSS once every stream has its first
+        body byte - RSS of the freshly booted process before any request, read once it stops moving) / N.
+        Each size on a new server; `loadgen -c N -k 256`, no warm-up, nothing published before the RSS
+        sample (then one message, which every stream must get). It includes the garbage of the requests
+        that opened the streams that the GC has not given back, and one-off costs (Spillway's hub thread
+        starts with the first stream). Live is capped at its thread count.
     - **deliveries/s, lockstep** (the two rows issue #4 asks for): #{opts.streams} streams on one channel; the
       `loadgen` itself publishes (`-P`, its own keep-alive connection) #{opts.burst} messages back to back, or one, and
       the next batch only when every open stream has received every message published so far, so no
@@ -251,6 +324,28 @@ def how_measured(opts)
     - **latency**: #{opts.streams} streams, #{opts.rate} messages/s for #{opts.latency_seconds} s (open loop, fixed schedule);
       publish-to-receive from the CLOCK_REALTIME stamp at the start of each message (stamped by the app right
       before its publish call, or by `pubgen` right before write() for nchan and the ceiling).
+    - **reconnect storm** (issue #8; #{STORM_SYSTEMS.join(', ')}: the ceiling and Live keep no history to
+      resume from): on a fresh server and Redis, one message (seq 1) is published on a new channel and its id
+      taken as each system hands it out (Spillway: `Spillway.publish`'s return value, the SSE `id:`;
+      message_bus: `MessageBus.publish`'s message id, which its client polls from; nchan: "last message id"
+      in the publisher's answer, the SSE `id:` it takes back as `Last-Event-ID`), then
+      #{opts.storm_messages} more (seqs 2..#{opts.storm_messages + 1}), every publish answered. Then one `loadgen` opens
+      #{fmt(opts.storm_streams)} streams in the same loop iteration (`-k #{opts.storm_streams}`), every one resuming after the
+      first message (SSE: `Last-Event-ID`; message_bus: a poll from that id), and records when each has all
+      #{opts.storm_messages}; it stops once every stream has them plus #{STORM_LINGER_S} s, so that a duplicate sent
+      right after still counts. *A stream served after* = from that stream's `connect()` to its last missed
+      message, what each client sees; *first connect to the last stream served* = the whole storm, which
+      also holds the loadgen's own time to issue #{fmt(opts.storm_streams)} `connect()`s one after the other (the
+      clients of a real storm do that in parallel); *response head to served* leaves out the wait in the
+      accept queue (Puma's listen backlog is 4096: past that a SYN is dropped and retried after 1 s, the
+      same for every system; the table counts those drops, machine-wide, from `/proc/net/netstat`).
+      *Redis commands* = the difference of `INFO commandstats` right before the loadgen starts and right
+      after it ends, without those INFOs: every command Redis executed, those a Lua script runs with
+      `redis.call` included (they are counted besides the EVAL/EVALSHA that ran them; the by-command row
+      names both). *Redis CPU* = used_cpu_user + used_cpu_sys of `INFO cpu` over the same span; server
+      CPU from `/proc/<pid>/stat`. Missing = owed messages never received, duplicates = messages received
+      twice plus messages from before the cursor (the client had them). message_bus's client polls
+      again once a poll has answered; those polls within the span count too.
     - **client gone with FIN/RST**: one stream from 127.0.0.#{FIN_ADDR}; the client process is killed (its kernel sends
       FIN, or RST) while a message a second is published; the time until the server has no ESTABLISHED or
       CLOSE-WAIT socket to that address (`ss`, polled every 10 ms). "> N" = not within N s.

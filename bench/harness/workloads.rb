@@ -63,6 +63,11 @@ def ramp(srv, opts, tmp)
     capped: cap && last && last[:step] == steps.last ? cap : nil,
     base_rss_kb: base_rss, base_threads: base_threads, rows: rows,
     mem_per_stream_kb: last && held > 0 ? (last[:rss_kb] - base_rss).to_f / held : nil,
+    # The slope from the first step to the last: what one more stream costs a
+    # process that has already opened (and collected the garbage of) the first
+    # step's streams.
+    mem_slope_kb: rows.size >= 2 && last[:streams] > rows.first[:streams] ?
+      (last[:rss_kb] - rows.first[:rss_kb]).to_f / (last[:streams] - rows.first[:streams]) : nil,
     threads_at_max: last && last[:threads], ping_at_held: last && last[:ping], loadgen: summary
   }
 ensure
@@ -285,6 +290,7 @@ def run_system(name, opts, tmp)
     end
   end
   step.call(:ramp) { with_server(name, opts, tmp) { |s| res[:threads] = s.threads; ramp(s, opts, tmp) } } if wl.include?("ramp")
+  step.call(:memory) { fresh_memory_runs(name, opts, tmp) } if wl.include?("memory")
   { throughput: 1, burst: opts.burst }.each do |key, k|
     next unless wl.include?(key.to_s)
 
@@ -307,6 +313,13 @@ def run_system(name, opts, tmp)
       end
     end
     log "  #{name} latency p99: #{res[:latency].dig(:loadgen, 'latency_ms', 'p99') || res[:latency][:error]} ms"
+  end
+  if wl.include?("storm") && STORM_SYSTEMS.include?(name)
+    step.call(:storm) { with_server(name, opts, tmp) { |s| storm(s, opts, tmp) } }
+    st = res[:storm]
+    log "  #{name} storm: #{st[:served].inspect} of #{st[:streams].inspect} served, max " \
+        "#{st.dig(:served_ms, 'max').inspect} ms, Redis commands #{st.dig(:redis, :calls).inspect}" \
+        "#{st[:error] ? " (#{st[:error]})" : ''}"
   end
   if wl.include?("fin")
     step.call(:fin) { with_server(name, opts, tmp) { |s| fin_release(s, opts, tmp) } }

@@ -12,9 +12,10 @@ BENCH_DIR = File.expand_path("..", __dir__)
 system("make", "-s", "-C", BENCH_DIR) or abort "make -C bench failed"
 
 class LoadgenTest < Minitest::Test
-  # Serves `chunks` (an Array of Strings, written one by one with a pause) to
-  # the first connection, then closes it unless keep_open. Returns the
-  # loadgen's JSON summary.
+  # Serves `chunks` (an Array of Strings, written one by one with a pause; a
+  # Numeric in it is a longer pause, in seconds) to the first connection, then
+  # closes it (after keep_open seconds when given). Returns the loadgen's JSON
+  # summary.
   def run_loadgen(chunks, args, keep_open: false, requests: 1)
     server = TCPServer.new("127.0.0.1", 0)
     port = server.addr[1]
@@ -24,11 +25,13 @@ class LoadgenTest < Minitest::Test
         c = server.accept
         seen << c.readpartial(65_536)
         Array(chunks.is_a?(Proc) ? chunks.call(i) : chunks).each do |s|
+          next sleep(s) if s.is_a?(Numeric)
+
           c.write(s)
           c.flush
           sleep 0.01
         end
-        sleep 0.3 if keep_open
+        sleep(keep_open == true ? 0.3 : keep_open) if keep_open
         c.close
       end
     rescue IOError, SystemCallError
@@ -36,6 +39,7 @@ class LoadgenTest < Minitest::Test
     end
     out = IO.popen([File.join(BENCH_DIR, "loadgen"), "-q", *args, "-t", "5",
                     yield(port)], err: File::NULL, &:read)
+    @status = $?
     th.join(2)
     server.close
     @requests = seen
@@ -127,5 +131,80 @@ class LoadgenTest < Minitest::Test
     assert_match %r{\APOST /message-bus/lg\d+x0/poll HTTP/1.1\r\n}, @requests[0]
     assert_match(/\r\n\r\n%2Fc=-1&__seq=1\z/, @requests[0])
     assert_match(/\r\n\r\n%2Fc=2&__seq=2\z/, @requests[1]) # polls again from the last id seen
+  end
+
+  SSE_HEAD = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+
+  def sse(seq)
+    "data: #{stamp(seq)}\n\n"
+  end
+
+  # The reconnect storm's resume: the cursor goes out as Last-Event-ID, a
+  # message from before it counts as stale (a duplicate), and the stream is
+  # served when it has the messages after it.
+  def test_sse_resume_from_last_event_id
+    r = run_loadgen([SSE_HEAD, sse(1), sse(2), sse(3), sse(4)], %w[-c 1 -I 17-0 -B 1 -e 3 -M 3], keep_open: 1) do |p|
+      "http://127.0.0.1:#{p}/sub"
+    end
+    assert_match(/\r\nLast-Event-ID: 17-0\r\n/, @requests[0])
+    assert_equal 1, r["stale"]
+    assert_equal 1, r["dup"]
+    assert_equal 0, r["missing"]
+    assert_equal 0, r["lost"]
+    assert_equal 1, r["served"]["streams"]
+    assert_equal 3, r["served"]["want"]
+    assert_operator r["served"]["from_start_ms"]["max"], :>=, r["served"]["from_head_ms"]["max"]
+    assert_operator r["served"]["from_head_ms"]["max"], :>=, 0
+    assert_equal 0, r["closed_by_server"] # it stopped because it was served, not at the close
+  end
+
+  # A duplicate must not stand in for a message still owed: the stream is
+  # served only once seq 3 arrives, half a second after the duplicate.
+  def test_served_counts_unique_messages
+    r = run_loadgen([SSE_HEAD, sse(2), sse(2), 0.5, sse(3)], %w[-c 1 -B 1 -e 2 -M 2], keep_open: 1) do |p|
+      "http://127.0.0.1:#{p}/sub"
+    end
+    assert_equal 0, r["missing"]
+    assert_equal 1, r["dup"]
+    assert_equal 1, r["served"]["streams"]
+    assert_operator r["served"]["from_head_ms"]["max"], :>=, 400
+  end
+
+  # -G: once served, the loadgen reads on, so a stale message sent right
+  # after the owed ones still counts.
+  def test_linger_counts_a_late_duplicate
+    r = run_loadgen([SSE_HEAD, sse(2), sse(3), 0.3, sse(1)], %w[-c 1 -B 1 -e 2 -M 2 -G 1], keep_open: 3) do |p|
+      "http://127.0.0.1:#{p}/sub"
+    end
+    assert_equal 1, r["stale"]
+    assert_equal 0, r["missing"]
+    assert_equal 0, r["closed_by_server"] # it stopped after the linger, not at the close
+  end
+
+  def test_message_bus_resume_polls_from_the_cursor
+    chunk = ->(s) { "#{s.bytesize.to_s(16)}\r\n#{s}\r\n" }
+    msg = ->(id, seq) { { global_id: id, message_id: id, channel: "/c", data: stamp(seq) } }
+    # message_bus answers a poll with a backlog at once, in a plain JSON array.
+    polls = lambda do |i|
+      if i.zero?
+        body = JSON.dump([msg.(6, 2), msg.(7, 3)])
+        ["HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: #{body.bytesize}\r\n\r\n#{body}"]
+      else
+        ["HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", chunk.("[]\r\n|\r\n"), 1]
+      end
+    end
+    r = run_loadgen(polls, %w[-m mb -C /c -c 1 -I 5 -B 1 -e 2 -M 2], requests: 2) do |p|
+      "http://127.0.0.1:#{p}/message-bus"
+    end
+    assert_match(/\r\n\r\n%2Fc=5&__seq=1\z/, @requests[0])
+    assert_equal 0, r["missing"]
+    assert_equal 1, r["served"]["streams"]
+  end
+
+  def test_message_bus_cursor_must_be_an_id
+    out = IO.popen([File.join(BENCH_DIR, "loadgen"), "-m", "mb", "-C", "/c", "-I", "12-0",
+                    "http://127.0.0.1:9/message-bus"], err: %i[child out], &:read)
+    refute $?.success?
+    assert_match(/needs a message id/, out)
   end
 end

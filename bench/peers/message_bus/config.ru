@@ -9,7 +9,9 @@
 #                                        again from its last id.
 #   POST /pub?channel=C&count=K          MessageBus.publish("/C", data) K times; the
 #                                        data of each is "<seq> <t_ns> <body>",
-#                                        stamped right before its publish.
+#                                        stamped right before its publish. Answers
+#                                        the message id of the last one (the
+#                                        reconnect storm resumes from it).
 #   GET  /ping                           an ordinary request ("pong"), timed by
 #                                        the harness while the streams are held
 #
@@ -42,14 +44,15 @@ run lambda { |env|
     count = (req.params["count"] || 1).to_i
     pad = req.body.read
     pad = " #{pad}" unless pad.empty?
+    last = nil
     SEQ_LOCK.synchronize do
       count.times do
         seq = (SEQ[channel] += 1)
-        MessageBus.publish("/#{channel}",
-                           "#{seq} #{Process.clock_gettime(Process::CLOCK_REALTIME, :nanosecond)}#{pad}")
+        last = MessageBus.publish("/#{channel}",
+                                  "#{seq} #{Process.clock_gettime(Process::CLOCK_REALTIME, :nanosecond)}#{pad}")
       end
     end
-    body = "#{count}\n"
+    body = "#{last}\n"
     [200, { "content-type" => "text/plain", "content-length" => body.bytesize.to_s }, [body]]
   else
     [404, { "content-length" => "0" }, []]

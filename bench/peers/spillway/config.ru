@@ -7,16 +7,51 @@
 #   GET  /stats                    Spillway.stats as JSON
 #   GET  /ping                     an ordinary request ("pong"), timed by the
 #                                  harness while the streams are held
+#   GET  /debug/gc[?gc=1]          GC.stat counters and VmRSS (after a full GC
+#                                  with gc=1): allocations per attach are the
+#                                  delta over N streams (bench/alloc_attach.rb)
+#   GET  /debug/alloc/start, /debug/alloc/report
+#                                  only with BENCH_ALLOC_TRACE=1: GC off and
+#                                  every allocation traced from start to report,
+#                                  which groups the objects by class and site
 #
 # Run: [REDIS_URL=redis://127.0.0.1:PORT] puma -t 1:1 -b tcp://127.0.0.1:PORT
 # Without REDIS_URL Spillway uses its in-process memory backend.
 require "json"
+require "objspace" if ENV["BENCH_ALLOC_TRACE"] == "1" # only the tracing endpoints need it
 require "spillway"
 
 Spillway.configure(redis_url: ENV["REDIS_URL"])
 
 SEQ = Hash.new(0)
 SEQ_LOCK = Mutex.new
+
+GC_KEYS = %i[count minor_gc_count major_gc_count total_allocated_objects total_freed_objects heap_live_slots
+             heap_allocated_pages heap_eden_pages malloc_increase_bytes oldmalloc_increase_bytes].freeze
+
+def debug_gc(full)
+  GC.start(full_mark: true, immediate_sweep: true) if full
+  stat = GC.stat
+  h = GC_KEYS.to_h { |k| [k, stat[k]] }
+  h[:rss_kb] = File.read("/proc/self/status")[/^VmRSS:\s+(\d+)/, 1].to_i
+  h
+end
+
+# Every object allocated between start and report stays (GC is off), with
+# the file and line that allocated it; report counts them by class and site.
+def debug_alloc_report
+  ObjectSpace.trace_object_allocations_stop
+  sites = Hash.new { |h, k| h[k] = [0, 0] }
+  ObjectSpace.each_object do |o|
+    file = ObjectSpace.allocation_sourcefile(o) or next
+    site = sites[[o.class.to_s, "#{file.sub(%r{\A.*/gems/}, '')}:#{ObjectSpace.allocation_sourceline(o)}"]]
+    site[0] += 1
+    site[1] += ObjectSpace.memsize_of(o)
+  end
+  ObjectSpace.trace_object_allocations_clear
+  GC.enable
+  sites.sort_by { |_, (n, _)| -n }.map { |(cls, at), (n, bytes)| { class: cls, site: at, objects: n, bytes: bytes } }
+end
 
 use Spillway::Middleware
 
@@ -40,6 +75,21 @@ run lambda { |env|
     [200, { "content-type" => "text/plain", "content-length" => body.bytesize.to_s }, [body]]
   when "/ping"
     [200, { "content-type" => "text/plain", "content-length" => "5" }, ["pong\n"]]
+  when "/debug/gc"
+    body = JSON.generate(debug_gc(req.params["gc"] == "1"))
+    [200, { "content-type" => "application/json", "content-length" => body.bytesize.to_s }, [body]]
+  when "/debug/alloc/start", "/debug/alloc/report"
+    return [404, { "content-length" => "0" }, []] unless ENV["BENCH_ALLOC_TRACE"] == "1"
+
+    if req.path_info.end_with?("start")
+      GC.start
+      GC.disable
+      ObjectSpace.trace_object_allocations_start
+      body = JSON.generate(started: true)
+    else
+      body = JSON.generate(debug_alloc_report)
+    end
+    [200, { "content-type" => "application/json", "content-length" => body.bytesize.to_s }, [body]]
   when "/stats"
     body = JSON.generate(Spillway.stats)
     [200, { "content-type" => "application/json", "content-length" => body.bytesize.to_s }, [body]]
