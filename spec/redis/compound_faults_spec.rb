@@ -101,11 +101,12 @@ RSpec.describe "Compound Redis faults during numbered publishing" do
   end
 
   it "delivers every message once and in order under kills, cuts, delays, pauses and restarts (AOF, LOADING)" do
-    # key-load-delay: every key read at startup takes 200 us, so with the
-    # padding below a restart spends about a second answering LOADING.
-    @redis = RedisServer.new(persistence: true, args: %w[--key-load-delay 200]).start
+    # key-load-delay: every key read at startup takes 50 us, so with the
+    # padding below (and the publishes' idempotency keys) a restart spends
+    # one to a few seconds answering LOADING.
+    @redis = RedisServer.new(persistence: true, args: %w[--key-load-delay 50]).start
     pad = RespClient.new(port: @redis.port)
-    5000.times.each_slice(500) { |s| pad.call("MSET", *s.flat_map { |i| ["pad:#{i}", "x"] }) }
+    20_000.times.each_slice(1000) { |s| pad.call("MSET", *s.flat_map { |i| ["pad:#{i}", "x"] }) }
     pad.call("BGREWRITEAOF")
     pad.close
     @proxy = FaultProxy.new(@redis.port)
@@ -131,8 +132,11 @@ RSpec.describe "Compound Redis faults during numbered publishing" do
     ])
     # The publisher's pace is a target: on a loaded machine, and while Redis
     # is down, it falls behind.
-    swarm.wait_all(timeout: (3 * per_channel * CHANNELS.size / rate + 60) * Waiting::SLOW,
-                   message: "the publisher (#{progress.first(2).join(' published, ')} retries)") { progress[2] }
+    begin
+      swarm.wait_all(timeout: (3 * per_channel * CHANNELS.size / rate + 60) * Waiting::SLOW, message: "the publisher") { progress[2] }
+    rescue Waiting::Timeout => e
+      raise e, "#{e.message}: #{progress.first(2).join(' published, ')} retries"
+    end
     faults = @faults.value
     verify(swarm, allow_resets: false)
     expect(faults.keys.grep(/restart/).size).to eq(restarts.size)

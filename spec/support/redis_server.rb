@@ -26,7 +26,8 @@ class RedisServer
     args += ["--unixsocket", @unixsocket, "--unixsocketperm", "700"] if @unixsocket
     args += @args
     @pid = Process.spawn(*args, out: File::NULL, err: File::NULL)
-    wait_until(timeout: 10, message: "redis-server on #{port}") { ping }
+    # A restart may spend a while LOADING its AOF (the fault suite makes it).
+    wait_until(timeout: 30, message: "redis-server on #{port}") { ping }
     self
   end
 
