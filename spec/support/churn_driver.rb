@@ -7,7 +7,7 @@ require "uri"
 # Connect/disconnect churn against a real server over real TCP, for
 # spec/integration/churn_spec.rb: many short-lived SSE streams in flight at
 # once, driven by IO.select from one thread, each ending in one of several
-# ways (see KINDS).
+# ways (see PLAN).
 class ChurnDriver
   include Waiting
 
@@ -29,7 +29,6 @@ class ChurnDriver
   # (A client gone before the answer never reaches Spillway: Puma drops it
   # before it calls the app.)
   PLAN = %i[head_fin live replay multi half replay head_rst live multi].freeze
-  KINDS = PLAN.uniq.freeze
   # A receive buffer the kernel clamps to its minimum: a replay of hundreds
   # of KB cannot fit in flight, so the hub is still writing it at the close.
   SMALL_RCVBUF = 4096
@@ -86,13 +85,15 @@ class ChurnDriver
   # beforehand; the cursor is the id before message number `first`, and
   # `count` messages follow it. At most `replays` replay cycles are in
   # flight at once (nil: no limit beyond `concurrency`); the next cycle
-  # waits when it is a replay and the limit is reached.
-  def initialize(port:, live:, replay:, concurrency: 200, replays: nil, timeout: 15, host: "127.0.0.1")
+  # waits when it is a replay and the limit is reached. plan: the kinds the
+  # cycles take in turn.
+  def initialize(port:, live:, replay:, concurrency: 200, replays: nil, plan: PLAN, timeout: 15, host: "127.0.0.1")
     @addr = Socket.sockaddr_in(port, host)
     @hostport = "#{host}:#{port}"
     @live = live
     @replay = replay
     @concurrency = concurrency
+    @plan = plan
     @max_replays = replays || concurrency
     @replays = 0
     @timeout = timeout * Waiting::SLOW
@@ -115,7 +116,7 @@ class ChurnDriver
     next_report = base + every
     until @finished >= goal
       while inflight.size < @concurrency && @started < goal
-        break if PLAN[@started % PLAN.size] == :replay && @replays >= @max_replays
+        break if @plan[@started % @plan.size] == :replay && @replays >= @max_replays
 
         c = start(@started)
         @started += 1
@@ -144,14 +145,14 @@ class ChurnDriver
   private
 
   def start(cycle)
-    kind = PLAN[cycle % PLAN.size]
+    kind = @plan[cycle % @plan.size]
     @replays += 1 if kind == :replay
     sock = Socket.new(:INET, :STREAM)
     sock.setsockopt(:SOCKET, :RCVBUF, SMALL_RCVBUF) if kind == :replay
     c = Client.new(sock, kind, cycle, monotonic + @timeout)
     # Which way the cycles of one kind end alternates with every round of
     # the plan; how many events they wait for goes round 0..3.
-    round = cycle / PLAN.size
+    round = cycle / @plan.size
     c.rst = round.odd?
     c.target =
       case kind
@@ -277,7 +278,7 @@ class ChurnDriver
     inflight.values.each do |c|
       next unless now > c.deadline
 
-      fail(c, "no progress within #{@timeout}s (state #{c.state}, head #{c.head?}, #{c.events.size} events)")
+      fail(c, "not done within #{@timeout}s (state #{c.state}, head #{c.head?}, #{c.events.size} events)")
       inflight.delete(c.sock)
     end
   end
