@@ -27,10 +27,15 @@ require "spec_helper"
 # the numbers): memory +1.0 to +1.6 MiB, Redis -1.7 to +4.1 MiB, over
 # 12,000 cycles. 8 MiB leaves room for that and still catches a leak of
 # under 1 KB in every cycle, or of a few KB in a fraction of them.
+#
+# Under valgrind (rake spec:valgrind) the run is shorter and RSS is not
+# judged: memcheck keeps freed blocks aside (20 MB by default) and its own
+# bookkeeping grows with every allocation. Descriptors and counters are.
 RSpec.describe "Churn: connect/disconnect cycles" do
   full = ENV["CHURN_FULL"] == "1"
-  cycles = Integer(ENV.fetch("CHURN_CYCLES", full ? 100_000 : 10_000))
-  warmup = Integer(ENV.fetch("CHURN_WARMUP", 3_000))
+  valgrind = !ENV["SPILLWAY_VALGRIND"].nil?
+  cycles = Integer(ENV.fetch("CHURN_CYCLES", full ? 100_000 : (valgrind ? 1_000 : 10_000)))
+  warmup = Integer(ENV.fetch("CHURN_WARMUP", valgrind ? 300 : 3_000))
   rss_bound_kib = 8 * 1024
   live = %w[churn:live:0 churn:live:1 churn:live:2 churn:live:3].freeze
   replay_channel = "churn:replay"
@@ -172,8 +177,10 @@ RSpec.describe "Churn: connect/disconnect cycles" do
         expect(kinds_base.keys.grep(/client conn/)).to be_empty, -> { "after the warm-up Puma holds #{kinds_base}" }
         expect(kinds_end.keys.grep(/client conn/)).to be_empty, -> { "Puma still holds #{kinds_end}" }
         expect(fd_end).to be <= fd_base
-        expect(rss_end - rss_base).to be < rss_bound_kib,
-                                      -> { "RSS grew #{rss_end - rss_base} KiB over #{cycles} cycles (bound #{rss_bound_kib})" }
+        unless valgrind
+          expect(rss_end - rss_base).to be < rss_bound_kib,
+                                        -> { "RSS grew #{rss_end - rss_base} KiB over #{cycles} cycles (bound #{rss_bound_kib})" }
+        end
       end
     ensure
       publisher&.stop

@@ -37,7 +37,7 @@ class ChurnDriver
 
   # One stream in flight.
   class Client
-    attr_reader :sock, :kind, :cycle, :deadline, :parser
+    attr_reader :sock, :kind, :cycle, :deadline, :status
     attr_accessor :state, :target, :rst
 
     def initialize(sock, kind, cycle, deadline)
@@ -54,8 +54,6 @@ class ChurnDriver
     def head?
       !@status.nil?
     end
-
-    attr_reader :status
 
     # Takes bytes read from the socket; true once the head is complete.
     def feed(bytes)
