@@ -47,17 +47,14 @@ RSpec.describe "Churn: connect/disconnect cycles" do
   # 2 ms per resume on this box), and two cycles in nine are replays.
   replay_count = 100
   replay_size = 4096
-  # Replay streams open at once. Redis runs the resume reads a hub
-  # pipelines one after the other and writes no answer before the batch is
-  # done; at 3-10 ms per read, some 100-200 of them outlast command_timeout
-  # (1 s): the hub drops the link, sends every read again, and so on; the
-  # streams wait for ever (CHURN_REPLAYS=200 CHURN_PLAN=replay shows it;
-  # reported separately, not a matter of churn). The
-  # churn check is about what closing leaves behind, so it keeps the reads
-  # in flight well under that. (A replay closed right after the head leaves
-  # its read running in Redis: those are not bounded by this, only by the
-  # plan, one replay in four.)
-  replays_in_flight = Integer(ENV.fetch("CHURN_REPLAYS", 8))
+  # Replay streams open at once: 200. Redis runs the reads a hub pipelines
+  # one after the other and writes no answer before the batch is done; when
+  # every resume was a read of its own (before the resume cache), 100-200 of
+  # them at 3-10 ms outlasted command_timeout (1 s): the hub dropped the
+  # link, sent every read again, and the streams waited for ever. Now the
+  # streams resuming the channel share one paged read and the ring after it
+  # (CHURN_REPLAYS=200 CHURN_PLAN=replay: 0 reconnects, 0 errors).
+  replays_in_flight = Integer(ENV.fetch("CHURN_REPLAYS", 200))
   # The kinds of cycle in turn (ChurnDriver::PLAN), e.g. CHURN_PLAN=replay,half.
   plan = ENV["CHURN_PLAN"] ? ENV["CHURN_PLAN"].split(",").map(&:to_sym) : ChurnDriver::PLAN
   # Two malloc arenas, as Ruby servers are usually run (MALLOC_ARENA_MAX=2):
