@@ -264,14 +264,7 @@ int spillway_backlog_push(spillway_hub *hub, spillway_channel *ch, spillway_fram
         ch->ring_cap = n;
         ch->ring_start = 0;
     }
-    if (ch->ring_len == ch->ring_cap) {
-        spillway_frame *old = ch->ring[ch->ring_start];
-        ch->trimmed = spillway_id_max(ch->trimmed, old->id);
-        backlog_account(hub, old, -1);
-        spillway_frame_unref(old);
-        ch->ring_start = (ch->ring_start + 1) % ch->ring_cap;
-        ch->ring_len--;
-    }
+    if (ch->ring_len == ch->ring_cap) spillway_backlog_trim(hub, ch, ch->ring_len - 1);
     ch->ring[(ch->ring_start + ch->ring_len) % ch->ring_cap] = spillway_frame_ref(f);
     ch->ring_len++;
     backlog_account(hub, f, +1);

@@ -113,7 +113,7 @@ RSpec.describe "Compound Redis faults during numbered publishing" do
     # One Puma straight at Redis, one through the relay.
     @servers = [AppServer.new(config: { redis_url: @redis.url }).start,
                 AppServer.new(config: { redis_url: "redis://127.0.0.1:#{@proxy.port}/0" }).start]
-    swarm = SequenceSwarm.new(@servers.flat_map { |s| open_streams(s) })
+    swarm = SSESwarm.new(@servers.flat_map { |s| open_streams(s) })
     @servers.each do |s|
       wait_until(message: "streams live") { st = s.stats; st[:connections] == streams_per_server && st[:joining].zero? && st[:redis_connected] }
     end
@@ -152,7 +152,7 @@ RSpec.describe "Compound Redis faults during numbered publishing" do
   it "answers a restart that loses Redis's data with one honest reset per stream, and nothing lost around it" do
     @redis = RedisServer.new.start # no persistence: a restart comes back empty
     @servers = [AppServer.new(config: { redis_url: @redis.url }).start]
-    swarm = SequenceSwarm.new(open_streams(@servers[0]))
+    swarm = SSESwarm.new(open_streams(@servers[0]))
     wait_until(message: "streams live") do
       st = @servers[0].stats
       st[:connections] == streams_per_server && st[:joining].zero? && st[:redis_connected]

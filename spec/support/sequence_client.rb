@@ -32,6 +32,11 @@ class SequenceClient
     @sock
   end
 
+  # It never ends of its own accord: it reconnects.
+  def eof?
+    false
+  end
+
   def complete?(count)
     @last.values.all? { |n| n >= count }
   end
@@ -119,33 +124,3 @@ class SequenceClient
   end
 end
 
-# Many SequenceClients read by one thread.
-class SequenceSwarm
-  include Waiting
-
-  attr_reader :clients
-
-  def initialize(clients)
-    @clients = clients
-  end
-
-  def pump_all(timeout = 0.05)
-    by_io = {}
-    @clients.each { |c| (io = c.to_io) ? by_io[io] = c : c.pump }
-    return if by_io.empty?
-
-    ready, = IO.select(by_io.keys, nil, nil, timeout)
-    ready&.each { |io| by_io[io].pump }
-  end
-
-  def wait_all(timeout: 30, message: "all clients")
-    wait_until(timeout: timeout, interval: 0, message: message) do
-      pump_all
-      @clients.all? { |c| yield c }
-    end
-  end
-
-  def close_all
-    @clients.each(&:close)
-  end
-end

@@ -221,15 +221,19 @@ class SSESwarm
     self
   end
 
+  # A client without a connection right now (to_io nil: one that
+  # reconnects, SequenceClient) is pumped to let it try again.
   def pump_all(timeout = 0.05)
-    open = @clients.reject(&:eof?)
-    return if open.empty?
+    by_io = {}
+    @clients.each do |c|
+      next if c.eof?
 
-    ready, = IO.select(open.map(&:to_io), nil, nil, timeout)
-    return unless ready
+      (io = c.to_io) ? by_io[io] = c : c.pump
+    end
+    return if by_io.empty?
 
-    by_io = open.to_h { |c| [c.to_io, c] }
-    ready.each { |io| by_io[io].pump }
+    ready, = IO.select(by_io.keys, nil, nil, timeout)
+    ready&.each { |io| by_io[io].pump }
   end
 
   def wait_all(timeout: 30, message: "all clients")
