@@ -7,10 +7,13 @@
  * about what it costs. A stream is closed as too slow, at the end of an
  * iteration and never mid-call, when its oldest unsent frame has waited
  * longer than max_lag, or when the frames only it keeps alive (frame.h:
- * exclusivity) and its rings take more than outbox_limit while its socket
- * takes nothing for a tenth of max_lag. Over all streams, when the frames
- * waiting take more than memory_limit, the laggiest streams are closed
- * first until they do not (docs/design.md, the loop).
+ * exclusivity) and its entries take more than outbox_limit while its socket
+ * takes nothing for a tenth of max_lag. Those times run on the lag clock,
+ * which stands still while the loop works: a client is only blamed for
+ * time the loop spent waiting with nothing to do, i.e. with every stream
+ * that has frames waiting blocked on a full socket. Over all streams, when
+ * the frames waiting take more than memory_limit, the laggiest streams are
+ * closed first until they do not (docs/design.md, the loop).
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -82,17 +85,24 @@ spillway_conn *spillway_conn_new(spillway_hub *hub, int fd, unsigned flags)
 /* Bytes of one outbox entry: the frame reference and its enqueue time. */
 #define OUT_SLOT (sizeof(spillway_frame *) + sizeof(uint32_t))
 
-/* Enqueue times are the reactor's clock truncated to 32 bits: differences
- * are right up to 49 days, far beyond any lag a stream is allowed. */
-static uint32_t now32(const spillway_hub *hub)
+/* The lag clock (hub.c: the loop's time outside epoll_wait does not
+ * count), truncated to 32 bits of ms: differences are right up to 49 days,
+ * far beyond any lag a stream is allowed. */
+static uint32_t lag_clock(const spillway_hub *hub)
 {
-    return (uint32_t)hub->now;
+    return (uint32_t)(hub->now - hub->busy_ms);
 }
 
-/* How long the oldest unsent frame has waited, in ms (0: none). */
+/* How long the oldest unsent frame has waited, on the lag clock (0: none). */
 static uint32_t out_lag(const spillway_hub *hub, const spillway_conn *c)
 {
-    return c->out_len > 0 ? now32(hub) - c->out_t[c->out_start] : 0;
+    return c->out_len > 0 ? lag_clock(hub) - c->out_t[c->out_start] : 0;
+}
+
+static void progress(const spillway_hub *hub, spillway_conn *c)
+{
+    c->progress_t = lag_clock(hub);
+    c->progress_ms = (uint32_t)hub->now;
 }
 
 /* The memory only this stream keeps alive: the frames nobody else holds
@@ -118,7 +128,7 @@ static bool too_slow(const spillway_hub *hub, const spillway_conn *c)
     uint32_t stall = SW_MAX(hub->cfg.max_lag_ms / 10, 1u);
     if (out_lag(hub, c) > hub->cfg.max_lag_ms) return true;
     return exclusive_bytes(c) > hub->cfg.outbox_limit + c->replay_bytes &&
-           now32(hub) - c->progress_t > stall;
+           lag_clock(hub) - c->progress_t > stall;
 }
 
 /* The queued list: streams that have frames waiting after their flush
@@ -209,10 +219,10 @@ int spillway_conn_push(spillway_hub *hub, spillway_conn *c, spillway_frame *f)
         spillway_conn_doom(hub, c, false);
         return -1;
     }
-    if (c->out_len == 0) c->progress_t = now32(hub); /* waiting from now on */
+    if (c->out_len == 0) progress(hub, c); /* waiting from now on */
     i = (c->out_start + c->out_len) % c->out_cap;
     c->out[i] = f;
-    c->out_t[i] = now32(hub);
+    c->out_t[i] = lag_clock(hub);
     c->out_len++;
     hub->out_mem += OUT_SLOT + spillway_frame_enqueue(f, &c->excl);
     c->out_bytes += f->len;
@@ -255,7 +265,7 @@ void spillway_conn_deliver(spillway_hub *hub, spillway_conn *c, spillway_frame *
             c->held = h;
             c->held_cap = n;
         }
-        if (c->held_len == 0) c->held_t = now32(hub);
+        if (c->held_len == 0) c->held_t = lag_clock(hub);
         c->held[c->held_len++] = f;
         hub->out_mem += sizeof(*c->held) + spillway_frame_enqueue(f, &c->excl);
         c->held_bytes += f->len;
@@ -425,7 +435,7 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
             return;
         }
         STAT_ADD(hub, st_bytes_out, (uint64_t)n);
-        c->progress_t = now32(hub);
+        progress(hub, c);
         c->out_bytes -= (uint64_t)n;
         {
             size_t left = (size_t)n;
@@ -630,16 +640,19 @@ void spillway_wheel_tick(spillway_hub *hub)
 /* ---- the memory budget ------------------------------------------------- */
 
 typedef struct candidate {
-    uint32_t lag;
+    uint32_t lag, stalled;
     uint64_t excl;
     spillway_conn *c;
 } candidate;
 
-/* Laggiest first; of equal lag, the one that alone keeps the most alive. */
+/* Laggiest first. Of equal lag (frames queued in the same iteration, or a
+ * loop so busy that the lag clock stood still), the one that took nothing
+ * for longest, then the one that alone keeps the most alive. */
 static int cmp_laggiest(const void *a, const void *b)
 {
     const candidate *x = a, *y = b;
     if (x->lag != y->lag) return x->lag > y->lag ? -1 : 1;
+    if (x->stalled != y->stalled) return x->stalled > y->stalled ? -1 : 1;
     if (x->excl != y->excl) return x->excl > y->excl ? -1 : 1;
     return 0;
 }
@@ -670,8 +683,9 @@ void spillway_conn_budget(spillway_hub *hub)
             while (hub->queued != NULL && hub->out_mem > hub->cfg.memory_limit) close_now(hub, hub->queued);
         } else {
             for (spillway_conn *c = hub->queued; c != NULL; c = c->qnext) {
-                uint32_t held_lag = c->held_len > 0 ? now32(hub) - c->held_t : 0;
+                uint32_t held_lag = c->held_len > 0 ? lag_clock(hub) - c->held_t : 0;
                 v[k].lag = SW_MAX(out_lag(hub, c), held_lag);
+                v[k].stalled = (uint32_t)hub->now - c->progress_ms;
                 v[k].excl = exclusive_bytes(c);
                 v[k].c = c;
                 k++;

@@ -442,6 +442,9 @@ static void *reactor_main(void *arg)
         int timeout = next_timeout(hub);
         int n, e;
 
+        /* The lag of streams counts only time spent waiting here: while
+         * the loop works, it is the bottleneck, not the clients (conn.c). */
+        hub->busy_ms += spillway_mono_ms() - hub->now;
         pthread_mutex_unlock(&hub->loop_lock);
         n = epoll_wait(hub->epfd, events, EVENTS_PER_WAIT, timeout);
         e = errno;

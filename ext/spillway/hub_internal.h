@@ -151,8 +151,8 @@ typedef struct spillway_conn {
                            (Redis), hub->last when the stream was attached */
     bool has_cursor, cursor_ok;
     /* outbox: a ring of frame references; out_off bytes of the first are
-     * sent. out_t (in the same allocation) has each entry's enqueue time,
-     * truncated to 32 bits of ms: the head's is the stream's lag. */
+     * sent. out_t (in the same allocation) has each entry's enqueue time on
+     * the lag clock, truncated to 32 bits of ms: the head's is the lag. */
     spillway_frame **out;
     uint32_t *out_t;
     uint32_t out_cap, out_start, out_len, out_off;
@@ -164,7 +164,9 @@ typedef struct spillway_conn {
     /* Bytes of the frames only this stream keeps alive (frame.h: the
      * frames' `holders` point here). */
     uint64_t excl;
-    uint32_t progress_t; /* last write that took bytes, or when frames began to wait */
+    /* The last write that took bytes, or when frames began to wait: on
+     * the lag clock, and in plain ms (the budget's tie-break). */
+    uint32_t progress_t, progress_ms;
     /* live frames that arrived while joining (Redis), and when the first came */
     spillway_frame **held;
     uint32_t held_len, held_cap;
@@ -214,6 +216,9 @@ struct spillway_hub {
      * once however many streams hold it, plus the entries pointing at them. */
     spillway_conn *queued;
     uint64_t out_mem;
+    /* ms the loop spent outside epoll_wait: now - busy_ms is the clock of
+     * lags, which stands still while the loop works (conn.c). */
+    uint64_t busy_ms;
     spillway_conn **wheel;
     uint32_t wheel_slots, wheel_pos;
     uint64_t wheel_next_ms;

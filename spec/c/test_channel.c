@@ -878,6 +878,38 @@ TEST(wheel_heartbeat_once_per_period_then_lag)
     spillway_hub_free(hub);
 }
 
+/* Time the loop spends working is not the clients' lag: only time it
+ * waited with nothing to do (hub->busy_ms, kept by the reactor) counts. A
+ * loop busy for seconds writing a burst to other streams must not close
+ * the stream it is about to serve. */
+TEST(lag_counts_only_time_the_loop_waited)
+{
+    spillway_hub *hub = fake_hub(10, 100, 1 << 20);
+    int peer;
+    spillway_conn *c = socket_conn(hub, &peer, 4096);
+    spillway_frame *big = msg(1, 256 * 1024);
+
+    REQUIRE_INT(spillway_conn_push(hub, c, big), ==, 0);
+    spillway_frame_unref(big);
+    spillway_hub_flush_and_close(hub);
+    REQUIRE(c->flags & SW_CF_QUEUED);
+    /* Three seconds later, all of it spent working: no lag. */
+    hub->now += 3000;
+    hub->busy_ms += 3000;
+    spillway_wheel_tick(hub);
+    CHECK(!(c->flags & SW_CF_DOOMED));
+    /* Then max_lag (500 ms) of waiting, and one ms more. */
+    hub->now += 500;
+    spillway_wheel_tick(hub);
+    CHECK(!(c->flags & SW_CF_DOOMED));
+    hub->now += 1;
+    spillway_wheel_tick(hub);
+    CHECK(c->flags & SW_CF_DOOMED);
+    spillway_hub_flush_and_close(hub);
+    close(peer);
+    spillway_hub_free(hub);
+}
+
 /* A reactor that slept through many periods does a bounded amount of work
  * and then catches up with the clock instead of replaying every tick. */
 TEST(wheel_catches_up_after_a_long_stall)
