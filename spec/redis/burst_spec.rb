@@ -104,7 +104,10 @@ RSpec.describe "A burst of async publishes" do
 
   before(:all) do
     @redis = RedisServer.new.start
-    @server = AppServer.new(config: { redis_url: @redis.url }).start
+    # The kernel closes a connection whose window stayed shut for
+    # TCP_USER_TIMEOUT (= the heartbeat): a long heartbeat keeps it out of
+    # the way, so that what closes the never-readers is the hub's judgement.
+    @server = AppServer.new(config: { redis_url: @redis.url, heartbeat: 60 }).start
   end
 
   after(:all) do
