@@ -82,8 +82,8 @@ spillway_conn *spillway_conn_new(spillway_hub *hub, int fd, unsigned flags)
 
 /* ---- the outbox -------------------------------------------------------- */
 
-/* Bytes of one outbox entry: the frame reference and its enqueue time. */
-#define OUT_SLOT (sizeof(spillway_frame *) + sizeof(uint32_t))
+/* Bytes of one outbox entry. */
+#define OUT_SLOT sizeof(spillway_frame *)
 
 /* The lag clock (hub.c: the loop's time outside epoll_wait does not
  * count), truncated to 32 bits of ms: differences are right up to 49 days,
@@ -93,10 +93,18 @@ static uint32_t lag_clock(const spillway_hub *hub)
     return (uint32_t)(hub->now - hub->busy_ms);
 }
 
+/* The ring index of the i-th entry from the head. out_cap is a power of
+ * two (4, doubled as needed): a mask, not a division, on every push, iovec
+ * and pop. */
+static uint32_t out_at(const spillway_conn *c, uint32_t i)
+{
+    return (c->out_start + i) & (c->out_cap - 1);
+}
+
 /* How long the oldest unsent frame has waited, on the lag clock (0: none). */
 static uint32_t out_lag(const spillway_hub *hub, const spillway_conn *c)
 {
-    return c->out_len > 0 ? lag_clock(hub) - c->out_t[c->out_start] : 0;
+    return c->out_len > 0 ? lag_clock(hub) - c->head_t : 0;
 }
 
 static void progress(const spillway_hub *hub, spillway_conn *c)
@@ -112,7 +120,8 @@ static void progress(const spillway_hub *hub, spillway_conn *c)
  * idle streams weigh nothing.) */
 static uint64_t exclusive_bytes(const spillway_conn *c)
 {
-    return c->excl + (uint64_t)c->out_len * OUT_SLOT + (uint64_t)c->held_len * sizeof(*c->held);
+    return c->excl + (uint64_t)c->out_len * OUT_SLOT + (uint64_t)c->runs_len * sizeof(*c->runs) +
+           (uint64_t)c->held_len * sizeof(*c->held);
 }
 
 /* Too slow to keep: see the top of this file.
@@ -155,25 +164,16 @@ static void queued_remove(spillway_hub *hub, spillway_conn *c)
     c->qprev = c->qnext = NULL;
 }
 
-/* Doubles the ring (frame references and enqueue times in one block). */
+/* Doubles the ring. */
 static int out_grow(spillway_conn *c)
 {
     uint32_t n = c->out_cap ? c->out_cap * 2 : 4;
-    char *block = malloc((size_t)n * OUT_SLOT);
-    spillway_frame **r;
-    uint32_t *t;
+    spillway_frame **r = malloc((size_t)n * sizeof(*r));
 
-    if (block == NULL) return -1;
-    r = (spillway_frame **)(void *)block;
-    t = (uint32_t *)(void *)(block + (size_t)n * sizeof(*r));
-    for (uint32_t i = 0; i < c->out_len; i++) {
-        uint32_t j = (c->out_start + i) % c->out_cap;
-        r[i] = c->out[j];
-        t[i] = c->out_t[j];
-    }
+    if (r == NULL) return -1;
+    for (uint32_t i = 0; i < c->out_len; i++) r[i] = c->out[out_at(c, i)];
     free(c->out);
     c->out = r;
-    c->out_t = t;
     c->out_cap = n;
     c->out_start = 0;
     return 0;
@@ -183,8 +183,36 @@ static void out_free(spillway_conn *c)
 {
     free(c->out);
     c->out = NULL;
-    c->out_t = NULL;
     c->out_cap = c->out_start = 0;
+    free(c->runs);
+    c->runs = NULL;
+    c->runs_cap = c->runs_start = c->runs_len = 0;
+}
+
+/*
+ * Enqueue times, by run. Entries queued in one iteration share the lag
+ * clock's value, so the outbox keeps one time per run of them instead of
+ * one per entry: head_t for the run the head is in, tail_t for the newest,
+ * and the runs in between, by the number of their first entry, in `runs`.
+ * A stream that keeps up has one run at most (its outbox empties at every
+ * flush) and never allocates `runs`; a push costs a comparison. A frame
+ * time per entry cost 20% more CPU per delivery in bursts of 100.
+ */
+static int runs_push(spillway_conn *c, uint32_t t)
+{
+    if (c->runs_len == c->runs_cap) {
+        uint32_t n = c->runs_cap ? c->runs_cap * 2 : 4;
+        spillway_run *r = malloc((size_t)n * sizeof(*r));
+        if (r == NULL) return -1;
+        for (uint32_t i = 0; i < c->runs_len; i++) r[i] = c->runs[(c->runs_start + i) & (c->runs_cap - 1)];
+        free(c->runs);
+        c->runs = r;
+        c->runs_cap = n;
+        c->runs_start = 0;
+    }
+    c->runs[(c->runs_start + c->runs_len) & (c->runs_cap - 1)] = (spillway_run){c->pushed, t};
+    c->runs_len++;
+    return 0;
 }
 
 /* Releases the head entry (sent, or the stream is closing). */
@@ -195,9 +223,19 @@ static void out_pop(spillway_hub *hub, spillway_conn *c)
         c->replay_n--;
         c->replay_bytes -= SW_MIN(c->replay_bytes, (uint64_t)spillway_frame_size(f));
     }
-    c->out_start = (c->out_start + 1) % c->out_cap;
+    c->out_start = out_at(c, 1);
     c->out_len--;
     hub->out_mem -= OUT_SLOT + spillway_frame_dequeue(f, &c->excl);
+    if (c->runs_len > 0) {
+        /* The new head's number is pushed - out_len: the next run starts there? */
+        spillway_run *next = &c->runs[c->runs_start];
+        if (next->first == c->pushed - c->out_len) {
+            c->head_t = next->t;
+            c->runs_start = (c->runs_start + 1) & (c->runs_cap - 1);
+            c->runs_len--;
+            hub->out_mem -= sizeof(*next);
+        }
+    }
 }
 
 /* Queues a reference to f (taking a new reference). Returns -1 when the
@@ -211,7 +249,7 @@ static void out_pop(spillway_hub *hub, spillway_conn *c)
  * alive. */
 int spillway_conn_push(spillway_hub *hub, spillway_conn *c, spillway_frame *f)
 {
-    uint32_t i;
+    uint32_t i, t;
 
     if (c->flags & SW_CF_DOOMED) return -1;
     if (c->out_len == c->out_cap && out_grow(c) != 0) {
@@ -219,11 +257,23 @@ int spillway_conn_push(spillway_hub *hub, spillway_conn *c, spillway_frame *f)
         spillway_conn_doom(hub, c, false);
         return -1;
     }
-    if (c->out_len == 0) progress(hub, c); /* waiting from now on */
-    i = (c->out_start + c->out_len) % c->out_cap;
+    t = lag_clock(hub);
+    if (c->out_len == 0) {
+        progress(hub, c); /* waiting from now on */
+        c->head_t = c->tail_t = t;
+    } else if (t != c->tail_t) {
+        if (runs_push(c, t) != 0) {
+            spillway_hub_error(hub, "spillway_conn_push: out of memory (fd %d)", c->h.fd);
+            spillway_conn_doom(hub, c, false);
+            return -1;
+        }
+        hub->out_mem += sizeof(*c->runs);
+        c->tail_t = t;
+    }
+    i = out_at(c, c->out_len);
     c->out[i] = f;
-    c->out_t[i] = lag_clock(hub);
     c->out_len++;
+    c->pushed++;
     hub->out_mem += OUT_SLOT + spillway_frame_enqueue(f, &c->excl);
     c->out_bytes += f->len;
     spillway_conn_mark_dirty(hub, c);
@@ -332,7 +382,7 @@ static void exempt_queued(spillway_conn *c)
     c->replay_n = c->out_len;
     c->replay_bytes = 0;
     for (uint32_t i = 0; i < c->out_len; i++)
-        c->replay_bytes += spillway_frame_size(c->out[(c->out_start + i) % c->out_cap]);
+        c->replay_bytes += spillway_frame_size(c->out[out_at(c, i)]);
 }
 
 /* Drops the held list (its frames were delivered, or the stream closes). */
@@ -406,7 +456,7 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
         uint64_t frames_done = 0;
 
         for (uint32_t i = 0; i < cnt; i++) {
-            spillway_frame *f = c->out[(c->out_start + i) % c->out_cap];
+            spillway_frame *f = c->out[out_at(c, i)];
             uint32_t off = i == 0 ? c->out_off : 0;
             hub->iov[i].iov_base = f->data + off;
             hub->iov[i].iov_len = f->len - off;

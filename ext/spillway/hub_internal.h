@@ -141,6 +141,13 @@ typedef struct spillway_member {
     uint32_t idx; /* index of this connection in ch->subs */
 } spillway_member;
 
+/* A run of outbox entries queued at one time: the number of its first
+ * entry and the lag clock then. */
+typedef struct spillway_run {
+    uint32_t first;
+    uint32_t t;
+} spillway_run;
+
 typedef struct spillway_conn {
     spillway_handle h; /* first */
     uint32_t flags;
@@ -151,26 +158,29 @@ typedef struct spillway_conn {
                            (Redis), hub->last when the stream was attached */
     bool has_cursor, cursor_ok;
     /* outbox: a ring of frame references; out_off bytes of the first are
-     * sent. out_t (in the same allocation) has each entry's enqueue time on
-     * the lag clock, truncated to 32 bits of ms: the head's is the lag. */
+     * sent. Enqueue times (the lag clock, 32 bits of ms) are kept per run of
+     * entries queued together (conn.c): head_t is the head's, so the lag. */
     spillway_frame **out;
-    uint32_t *out_t;
     uint32_t out_cap, out_start, out_len, out_off;
     uint64_t out_bytes; /* frame bytes not yet written */
-    /* The entries at the head that a resume replay queued, and their size:
-     * that much over outbox_limit is allowed (see spillway_conn_replay). */
-    uint32_t replay_n;
+    uint32_t head_t, tail_t; /* the runs of the head and of the newest entry */
+    uint32_t pushed;         /* entries ever queued (wraps): numbers them */
+    uint32_t runs_cap, runs_start, runs_len;
+    spillway_run *runs; /* the runs after the head's, oldest first */
+    /* The size of the entries at the head that a resume replay queued (and
+     * how many): that much over outbox_limit is allowed (spillway_conn_replay). */
     uint64_t replay_bytes;
+    uint32_t replay_n;
+    uint32_t held_t; /* when the first held frame came, on the lag clock */
     /* Bytes of the frames only this stream keeps alive (frame.h: the
      * frames' `holders` point here). */
     uint64_t excl;
     /* The last write that took bytes, or when frames began to wait: on
      * the lag clock, and in plain ms (the budget's tie-break). */
     uint32_t progress_t, progress_ms;
-    /* live frames that arrived while joining (Redis), and when the first came */
+    /* live frames that arrived while joining (Redis) */
     spillway_frame **held;
     uint32_t held_len, held_cap;
-    uint32_t held_t;
     uint64_t held_bytes;
     struct spillway_conn *qprev, *qnext; /* the queued list (SW_CF_QUEUED) */
     struct spillway_conn *wprev, *wnext; /* heartbeat wheel slot list */

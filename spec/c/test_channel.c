@@ -588,8 +588,9 @@ TEST(outbox_limit_counts_what_a_stream_alone_keeps_alive)
         CHECK_U64(f->refs, ==, 4);
         spillway_frame_unref(f); /* the outboxes hold it now */
     }
-    /* The frames once, and an entry (a reference and a time) for each. */
-    CHECK_U64(hub->out_mem, ==, 40 * (sizeof(spillway_frame) + 1000) + 3 * 40 * (8 + 4));
+    /* The frames once, and an entry for each (queued together: one run,
+     * kept in the stream itself). */
+    CHECK_U64(hub->out_mem, ==, 40 * (sizeof(spillway_frame) + 1000) + 3 * 40 * 8);
     /* The flushes of the end of the iteration. */
     spillway_hub_flush_and_close(hub);
     CHECK(!(fast->flags & SW_CF_DOOMED));
@@ -661,6 +662,46 @@ TEST(outbox_limit_counts_what_a_stream_alone_keeps_alive)
     spillway_hub_free(hub);
 }
 
+/* The lag is the age of the oldest unsent frame, kept per run of entries
+ * queued at one time: as the head moves from run to run, head_t follows. */
+TEST(lag_follows_the_oldest_unsent_frame_across_runs)
+{
+    spillway_hub *hub = fake_hub(10, 100, 1 << 20);
+    int peer;
+    spillway_conn *c = socket_conn(hub, &peer, 4096);
+    uint32_t want[4] = {T0, T0 + 100, T0 + 100, T0 + 300};
+    size_t sizes[4] = {100000, 100000, 100000, 10};
+    tbuf got = {0};
+    int rounds = 0;
+
+    for (int i = 0; i < 4; i++) {
+        spillway_frame *f = msg((uint64_t)i + 1, sizes[i]);
+        hub->now = want[i];
+        REQUIRE_INT(spillway_conn_push(hub, c, f), ==, 0);
+        spillway_frame_unref(f);
+    }
+    CHECK_U64(c->head_t, ==, T0);
+    CHECK_U64(c->tail_t, ==, T0 + 300);
+    CHECK_U64(c->runs_len, ==, 2); /* B's (with C) and D's */
+    hub->now = T0 + 400;
+    spillway_hub_flush_and_close(hub);
+    while (c->out_len > 0 && rounds++ < 100000) {
+        CHECK_U64(c->head_t, ==, want[4 - c->out_len]);
+        drain(peer, &got);
+        c->flags &= ~SW_CF_BLOCKED;
+        spillway_conn_flush(hub, c);
+    }
+    CHECK_U64(c->out_len, ==, 0);
+    CHECK_U64(c->runs_len, ==, 0);
+    CHECK_U64(hub->out_mem, ==, 0);
+    CHECK(!(c->flags & SW_CF_DOOMED)); /* 400 ms < max_lag */
+    drain(peer, &got);
+    CHECK_U64(got.len, >, 300000);
+    tbuf_free(&got);
+    close(peer);
+    spillway_hub_free(hub);
+}
+
 /* The accounts of exclusivity follow every kind of reference: an outbox's,
  * the backlog's, a held list's, the same frame twice in one outbox. */
 TEST(exclusive_bytes_follow_every_reference)
@@ -670,7 +711,7 @@ TEST(exclusive_bytes_follow_every_reference)
     spillway_conn *a = socket_conn(hub, &pa, 4096);
     spillway_conn *b = socket_conn(hub, &pb, 4096);
     spillway_frame *f = msg(1, 100);
-    uint64_t size = spillway_frame_size(f), entry = 8 + 4;
+    uint64_t size = spillway_frame_size(f), entry = 8;
 
     REQUIRE_INT(spillway_conn_push(hub, a, f), ==, 0);
     CHECK_U64(a->excl, ==, 0); /* the test still holds it */
