@@ -1,10 +1,19 @@
 /*
  * Connections: one per open stream. Each holds a ring of references to
  * shared frames (its outbox) and writes them with one sendmsg() per flush,
- * every pending frame gathered into the iovec. The outbox is capped in
- * bytes: a stream over the cap, or one that makes no progress for the write
- * timeout, is closed at the end of the iteration, never mid-call, and never
- * slows anyone else.
+ * every pending frame gathered into the iovec.
+ *
+ * Slow streams. Frames are shared, so what a stream has queued says little
+ * about what it costs. A stream is closed as too slow, at the end of an
+ * iteration and never mid-call, when its oldest unsent frame has waited
+ * longer than max_lag, or when the frames only it keeps alive (frame.h:
+ * exclusivity) and its entries take more than outbox_limit while its socket
+ * takes nothing for a tenth of max_lag. Those times run on the lag clock,
+ * which stands still while the loop works: a client is only blamed for
+ * time the loop spent waiting with nothing to do, i.e. with every stream
+ * that has frames waiting blocked on a full socket. Over all streams, when
+ * the frames waiting take more than memory_limit, the laggiest streams are
+ * closed first until they do not (docs/design.md, the loop).
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -73,41 +82,199 @@ spillway_conn *spillway_conn_new(spillway_hub *hub, int fd, unsigned flags)
 
 /* ---- the outbox -------------------------------------------------------- */
 
-static int ring_push(spillway_frame ***ring, uint32_t *cap, uint32_t *start, uint32_t *len,
-                     spillway_frame *f)
+/* Bytes of one outbox entry. */
+#define OUT_SLOT sizeof(spillway_frame *)
+
+/* The lag clock (hub.c: the loop's time outside epoll_wait does not
+ * count), truncated to 32 bits of ms: differences are right up to 49 days,
+ * far beyond any lag a stream is allowed. */
+static uint32_t lag_clock(const spillway_hub *hub)
 {
-    if (*len == *cap) {
-        uint32_t n = *cap ? *cap * 2 : 4;
-        spillway_frame **r = malloc(n * sizeof(*r));
-        if (r == NULL) return -1;
-        for (uint32_t i = 0; i < *len; i++) r[i] = (*ring)[(*start + i) % *cap];
-        free(*ring);
-        *ring = r;
-        *cap = n;
-        *start = 0;
-    }
-    (*ring)[(*start + *len) % *cap] = f;
-    (*len)++;
+    return (uint32_t)(hub->now - hub->busy_ms);
+}
+
+/* The ring index of the i-th entry from the head. out_cap is a power of
+ * two (4, doubled as needed): a mask, not a division, on every push, iovec
+ * and pop. */
+static uint32_t out_at(const spillway_conn *c, uint32_t i)
+{
+    return (c->out_start + i) & (c->out_cap - 1);
+}
+
+/* How long the oldest unsent frame has waited, on the lag clock (0: none). */
+static uint32_t out_lag(const spillway_hub *hub, const spillway_conn *c)
+{
+    return c->out_len > 0 ? lag_clock(hub) - c->head_t : 0;
+}
+
+static void progress(const spillway_hub *hub, spillway_conn *c)
+{
+    c->progress_t = lag_clock(hub);
+    c->progress_ms = (uint32_t)hub->now;
+}
+
+/* The memory only this stream keeps alive: the frames nobody else holds
+ * and its entries that point at frames. (What the rings have allocated
+ * beyond their entries is at most as much again, and is given back when
+ * they empty; it counts neither here nor in the process's out_mem, so that
+ * idle streams weigh nothing.) */
+static uint64_t exclusive_bytes(const spillway_conn *c)
+{
+    return c->excl + (uint64_t)c->out_len * OUT_SLOT + (uint64_t)c->runs_len * sizeof(*c->runs) +
+           (uint64_t)c->held_len * sizeof(*c->held);
+}
+
+/* Too slow to keep: see the top of this file.
+ *
+ * Being alone with more than outbox_limit is not enough on its own: a
+ * stream becomes the only holder when others send or drop what it still
+ * has, through no fault of its own (the never-reader beside it is closed,
+ * and the reader that keeps up is left alone with the rest of a burst).
+ * What it must not do is hold that much and take nothing. A resume replay
+ * may go over outbox_limit by its own size (spillway_conn_replay). */
+static bool too_slow(const spillway_hub *hub, const spillway_conn *c)
+{
+    uint32_t stall = SW_MAX(hub->cfg.max_lag_ms / 10, 1u);
+    if (out_lag(hub, c) > hub->cfg.max_lag_ms) return true;
+    return exclusive_bytes(c) > hub->cfg.outbox_limit + c->replay_bytes &&
+           lag_clock(hub) - c->progress_t > stall;
+}
+
+/* The queued list: streams that have frames waiting after their flush
+ * (or held while joining). Only they can lag or hold memory, so only they
+ * are swept and weighed against the budget; a stream whose writes keep up
+ * never joins it. */
+static void queued_add(spillway_hub *hub, spillway_conn *c)
+{
+    if (c->flags & SW_CF_QUEUED) return;
+    c->flags |= SW_CF_QUEUED;
+    c->qprev = NULL;
+    c->qnext = hub->queued;
+    if (hub->queued != NULL) hub->queued->qprev = c;
+    hub->queued = c;
+}
+
+static void queued_remove(spillway_hub *hub, spillway_conn *c)
+{
+    if (!(c->flags & SW_CF_QUEUED)) return;
+    c->flags &= ~SW_CF_QUEUED;
+    if (c->qprev != NULL) c->qprev->qnext = c->qnext;
+    else hub->queued = c->qnext;
+    if (c->qnext != NULL) c->qnext->qprev = c->qprev;
+    c->qprev = c->qnext = NULL;
+}
+
+/* Doubles the ring. */
+static int out_grow(spillway_conn *c)
+{
+    uint32_t n = c->out_cap ? c->out_cap * 2 : 4;
+    spillway_frame **r = malloc((size_t)n * sizeof(*r));
+
+    if (r == NULL) return -1;
+    for (uint32_t i = 0; i < c->out_len; i++) r[i] = c->out[out_at(c, i)];
+    free(c->out);
+    c->out = r;
+    c->out_cap = n;
+    c->out_start = 0;
     return 0;
+}
+
+static void out_free(spillway_conn *c)
+{
+    free(c->out);
+    c->out = NULL;
+    c->out_cap = c->out_start = 0;
+    free(c->runs);
+    c->runs = NULL;
+    c->runs_cap = c->runs_start = c->runs_len = 0;
+}
+
+/*
+ * Enqueue times, by run. Entries queued in one iteration share the lag
+ * clock's value, so the outbox keeps one time per run of them instead of
+ * one per entry: head_t for the run the head is in, tail_t for the newest,
+ * and the runs in between, by the number of their first entry, in `runs`.
+ * A stream that keeps up has one run at most (its outbox empties at every
+ * flush) and never allocates `runs`; a push costs a comparison. A frame
+ * time per entry cost 20% more CPU per delivery in bursts of 100.
+ */
+static int runs_push(spillway_conn *c, uint32_t t)
+{
+    if (c->runs_len == c->runs_cap) {
+        uint32_t n = c->runs_cap ? c->runs_cap * 2 : 4;
+        spillway_run *r = malloc((size_t)n * sizeof(*r));
+        if (r == NULL) return -1;
+        for (uint32_t i = 0; i < c->runs_len; i++) r[i] = c->runs[(c->runs_start + i) & (c->runs_cap - 1)];
+        free(c->runs);
+        c->runs = r;
+        c->runs_cap = n;
+        c->runs_start = 0;
+    }
+    c->runs[(c->runs_start + c->runs_len) & (c->runs_cap - 1)] = (spillway_run){c->pushed, t};
+    c->runs_len++;
+    return 0;
+}
+
+/* Releases the head entry (sent, or the stream is closing). */
+static void out_pop(spillway_hub *hub, spillway_conn *c)
+{
+    spillway_frame *f = c->out[c->out_start];
+    if (c->replay_n > 0) {
+        c->replay_n--;
+        c->replay_bytes -= SW_MIN(c->replay_bytes, (uint64_t)spillway_frame_size(f));
+    }
+    c->out_start = out_at(c, 1);
+    c->out_len--;
+    hub->out_mem -= OUT_SLOT + spillway_frame_dequeue(f, &c->excl);
+    if (c->runs_len > 0) {
+        /* The new head's number is pushed - out_len: the next run starts there? */
+        spillway_run *next = &c->runs[c->runs_start];
+        if (next->first == c->pushed - c->out_len) {
+            c->head_t = next->t;
+            c->runs_start = (c->runs_start + 1) & (c->runs_cap - 1);
+            c->runs_len--;
+            hub->out_mem -= sizeof(*next);
+        }
+    }
 }
 
 /* Queues a reference to f (taking a new reference). Returns -1 when the
  * stream was doomed instead (out of memory).
  *
- * The cap is not checked here but after the end-of-iteration flush: a burst
- * processed in one iteration may queue more than the cap for a client that
- * then takes it all in one write. The queue holds only references to frames
- * that exist anyway, so the cost of waiting is a few pointers. */
+ * Nothing is judged here but after the end-of-iteration flush: a burst
+ * processed in one iteration may queue far more than outbox_limit for a
+ * client that then takes it all in one write. The queue holds references to
+ * frames that exist anyway, so the cost of waiting is an entry per frame;
+ * what counts is how long the oldest waits and what only this stream keeps
+ * alive. */
 int spillway_conn_push(spillway_hub *hub, spillway_conn *c, spillway_frame *f)
 {
+    uint32_t i, t;
+
     if (c->flags & SW_CF_DOOMED) return -1;
-    if (c->out_len == 0) c->progress_ms = hub->now;
-    if (ring_push(&c->out, &c->out_cap, &c->out_start, &c->out_len, f) != 0) {
+    if (c->out_len == c->out_cap && out_grow(c) != 0) {
         spillway_hub_error(hub, "spillway_conn_push: out of memory (fd %d)", c->h.fd);
         spillway_conn_doom(hub, c, false);
         return -1;
     }
-    spillway_frame_ref(f);
+    t = lag_clock(hub);
+    if (c->out_len == 0) {
+        progress(hub, c); /* waiting from now on */
+        c->head_t = c->tail_t = t;
+    } else if (t != c->tail_t) {
+        if (runs_push(c, t) != 0) {
+            spillway_hub_error(hub, "spillway_conn_push: out of memory (fd %d)", c->h.fd);
+            spillway_conn_doom(hub, c, false);
+            return -1;
+        }
+        hub->out_mem += sizeof(*c->runs);
+        c->tail_t = t;
+    }
+    i = out_at(c, c->out_len);
+    c->out[i] = f;
+    c->out_len++;
+    c->pushed++;
+    hub->out_mem += OUT_SLOT + spillway_frame_enqueue(f, &c->excl);
     c->out_bytes += f->len;
     spillway_conn_mark_dirty(hub, c);
     return 0;
@@ -135,11 +302,9 @@ void spillway_conn_deliver(spillway_hub *hub, spillway_conn *c, spillway_frame *
 {
     if (c->flags & SW_CF_DOOMED) return;
     if (c->flags & SW_CF_JOINING) {
-        /* Held until the resume read answers; counts against the cap. */
-        if (c->out_bytes + c->held_bytes + f->len > hub->cfg.outbox_limit) {
-            spillway_conn_doom(hub, c, true);
-            return;
-        }
+        /* Held until the resume read answers. Held frames are waiting
+         * frames like the outbox's: the same accounts, the same limits (the
+         * lag only counts from when they reach the outbox). */
         if (c->held_len == c->held_cap) {
             uint32_t n = c->held_cap ? c->held_cap * 2 : 4;
             spillway_frame **h = realloc(c->held, n * sizeof(*h));
@@ -150,8 +315,13 @@ void spillway_conn_deliver(spillway_hub *hub, spillway_conn *c, spillway_frame *
             c->held = h;
             c->held_cap = n;
         }
-        c->held[c->held_len++] = spillway_frame_ref(f);
+        if (c->held_len == 0) c->held_t = lag_clock(hub);
+        c->held[c->held_len++] = f;
+        hub->out_mem += sizeof(*c->held) + spillway_frame_enqueue(f, &c->excl);
         c->held_bytes += f->len;
+        queued_add(hub, c);
+        /* Nothing of it can be written yet: no grace for being alone. */
+        if (exclusive_bytes(c) > hub->cfg.outbox_limit) spillway_conn_doom(hub, c, true);
         return;
     }
     if (spillway_id_cmp(f->id, c->last) <= 0) return;
@@ -227,6 +397,27 @@ static void log_reset(spillway_hub *hub, const spillway_conn *c, const bool *res
                      reason ? reason : "no reason given");
 }
 
+/* Everything queued so far may go over outbox_limit by its own size: a
+ * resume replay is frames the stream asked for, often shared with the
+ * backlog, and a client that reads takes it all; the lag still catches one
+ * that stops reading in the middle of it. Replayed frames are shared like
+ * any other, so lag and the budget judge them the same way. O(queued). */
+static void exempt_queued(spillway_conn *c)
+{
+    c->replay_n = c->out_len;
+    c->replay_bytes = 0;
+    for (uint32_t i = 0; i < c->out_len; i++)
+        c->replay_bytes += spillway_frame_size(c->out[out_at(c, i)]);
+}
+
+/* Drops the held list (its frames were delivered, or the stream closes). */
+static void held_free(spillway_hub *hub, spillway_conn *c, spillway_frame **held, uint32_t len)
+{
+    for (uint32_t i = 0; i < len; i++)
+        hub->out_mem -= sizeof(*held) + spillway_frame_dequeue(held[i], &c->excl);
+    free(held);
+}
+
 /*
  * Completes a join. The caller has set c->last to the stream's starting
  * point (its cursor). frames (sorted by id, newer than the cursor) are what the
@@ -248,10 +439,7 @@ void spillway_conn_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **
     c->held_bytes = 0;
 
     for (size_t i = 0; i < n; i++) spillway_conn_deliver(hub, c, frames[i]);
-    /* The replay is references to backlog frames that exist anyway: it does
-     * not count against the cap (the write timeout still catches a client
-     * that stops reading in the middle of it). */
-    c->replay_bytes = c->out_bytes;
+    exempt_queued(c);
     for (uint32_t i = 0; reset != NULL && i < c->nmem; i++) any_reset |= reset[i];
     if (any_reset) {
         spillway_frame *rf = reset_frame(c, reset, spillway_id_max(now, c->last));
@@ -263,11 +451,10 @@ void spillway_conn_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **
         }
     }
     c->last = spillway_id_max(c->last, now);
-    for (uint32_t i = 0; i < held_len; i++) {
-        spillway_conn_deliver(hub, c, held[i]);
-        spillway_frame_unref(held[i]);
-    }
-    free(held);
+    for (uint32_t i = 0; i < held_len; i++) spillway_conn_deliver(hub, c, held[i]);
+    held_free(hub, c, held, held_len);
+    /* Everything held may have been a duplicate: nothing waits then. */
+    if (c->out_len == 0) queued_remove(hub, c);
 }
 
 /* A reset for a live stream (gap repair could not reach back far enough
@@ -296,7 +483,7 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
         uint64_t frames_done = 0;
 
         for (uint32_t i = 0; i < cnt; i++) {
-            spillway_frame *f = c->out[(c->out_start + i) % c->out_cap];
+            spillway_frame *f = c->out[out_at(c, i)];
             uint32_t off = i == 0 ? c->out_off : 0;
             hub->iov[i].iov_base = f->data + off;
             hub->iov[i].iov_len = f->len - off;
@@ -325,9 +512,8 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
             return;
         }
         STAT_ADD(hub, st_bytes_out, (uint64_t)n);
-        c->progress_ms = hub->now;
+        progress(hub, c);
         c->out_bytes -= (uint64_t)n;
-        c->replay_bytes -= SW_MIN(c->replay_bytes, (uint64_t)n);
         {
             size_t left = (size_t)n;
             while (c->out_len > 0) {
@@ -339,10 +525,8 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
                 }
                 left -= rest;
                 c->out_off = 0;
-                c->out_start = (c->out_start + 1) % c->out_cap;
-                c->out_len--;
                 if (!spillway_id_is_zero(f->id)) frames_done++;
-                spillway_frame_unref(f);
+                out_pop(hub, c);
             }
         }
         if (frames_done > 0) STAT_ADD(hub, st_delivered, frames_done);
@@ -354,17 +538,17 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
         }
     }
     if (c->flags & SW_CF_DOOMED) return;
-    if (!hub->stopping && c->out_bytes > hub->cfg.outbox_limit + c->replay_bytes) {
-        /* What the socket would not take is over the cap: a slow reader. */
+    if (c->out_len == 0) {
+        /* A burst made the ring big; give the memory back while idle. */
+        if (c->out_cap > 64) out_free(c);
+        if (c->held_len == 0) queued_remove(hub, c);
+        return;
+    }
+    if (!hub->stopping && too_slow(hub, c)) {
         spillway_conn_doom(hub, c, true);
         return;
     }
-    if (c->out_len == 0 && c->out_cap > 64) {
-        /* A burst made the ring big; give the memory back while idle. */
-        free(c->out);
-        c->out = NULL;
-        c->out_cap = c->out_start = 0;
-    }
+    queued_add(hub, c);
 }
 
 void spillway_conn_on_event(spillway_hub *hub, spillway_conn *c, uint32_t events)
@@ -451,18 +635,15 @@ void spillway_conn_close(spillway_hub *hub, spillway_conn *c)
     free(c->mem);
     c->mem = NULL;
     c->nmem = 0;
-    while (c->out_len > 0) {
-        spillway_frame_unref(c->out[c->out_start]);
-        c->out_start = (c->out_start + 1) % c->out_cap;
-        c->out_len--;
-    }
-    free(c->out);
-    c->out = NULL;
-    for (uint32_t i = 0; i < c->held_len; i++) spillway_frame_unref(c->held[i]);
-    free(c->held);
+    queued_remove(hub, c);
+    while (c->out_len > 0) out_pop(hub, c);
+    out_free(c);
+    c->out_bytes = 0;
+    held_free(hub, c, c->held, c->held_len);
     free(c->pend_reset);
     c->held = NULL;
-    c->held_len = 0;
+    c->held_len = c->held_cap = 0;
+    c->held_bytes = 0;
     /* The caller removed the fd from the epoll set (a copy of it may live
      * elsewhere, e.g. in a fork child that has not closed it yet). */
     close(c->h.fd);
@@ -511,24 +692,86 @@ static uint64_t slot_len(const spillway_hub *hub, uint32_t pos)
     return (pos + 1) * hb / n - pos * hb / n;
 }
 
-/* Processes the slots that are due. */
+/* Processes the slots that are due, then sweeps the queued list: a stream
+ * that gets nothing new is never flushed, yet its lag grows and others'
+ * releases may leave it alone with frames. So a stream is judged at most
+ * one slot (heartbeat / 100) after it went over a limit. */
 void spillway_wheel_tick(spillway_hub *hub)
 {
     uint32_t budget = hub->wheel_slots;
 
     while (hub->now >= hub->wheel_next_ms && budget-- > 0) {
         for (spillway_conn *c = hub->wheel[hub->wheel_pos]; c != NULL; c = c->wnext) {
-            if (c->out_len > 0 && hub->now - c->progress_ms >= hub->cfg.write_timeout_ms) {
-                /* Bytes pending and none written for the whole timeout: the
-                 * client stopped reading. */
-                spillway_conn_doom(hub, c, true);
-                continue;
-            }
-            spillway_conn_push(hub, c, hub->f_heartbeat);
+            /* Frames waiting are traffic enough; a heartbeat behind them
+             * would only take another entry. */
+            if (c->out_len == 0) spillway_conn_push(hub, c, hub->f_heartbeat);
         }
         hub->wheel_pos = (hub->wheel_pos + 1) % hub->wheel_slots;
         hub->wheel_next_ms += slot_len(hub, hub->wheel_pos);
     }
     if (hub->now >= hub->wheel_next_ms)
         hub->wheel_next_ms = hub->now + SW_MAX(1u, slot_len(hub, hub->wheel_pos));
+    for (spillway_conn *c = hub->queued; c != NULL; c = c->qnext)
+        if (!(c->flags & SW_CF_DOOMED) && too_slow(hub, c)) spillway_conn_doom(hub, c, true);
+}
+
+/* ---- the memory budget ------------------------------------------------- */
+
+typedef struct candidate {
+    uint32_t lag, stalled;
+    uint64_t excl;
+    spillway_conn *c;
+} candidate;
+
+/* Laggiest first. Of equal lag (frames queued in the same iteration, or a
+ * loop so busy that the lag clock stood still), the one that took nothing
+ * for longest, then the one that alone keeps the most alive. */
+static int cmp_laggiest(const void *a, const void *b)
+{
+    const candidate *x = a, *y = b;
+    if (x->lag != y->lag) return x->lag > y->lag ? -1 : 1;
+    if (x->stalled != y->stalled) return x->stalled > y->stalled ? -1 : 1;
+    if (x->excl != y->excl) return x->excl > y->excl ? -1 : 1;
+    return 0;
+}
+
+/* Dooms and closes c at once, so that what it held is released before the
+ * budget is weighed again. Runs where the doomed list is closed (the end of
+ * the iteration), so nothing later in the iteration sees c. */
+static void close_now(spillway_hub *hub, spillway_conn *c)
+{
+    if (c->flags & SW_CF_DOOMED) return; /* never here: the doomed were closed before */
+    spillway_conn_doom(hub, c, true);
+    hub->doomed = c->dnext; /* doom put it first */
+    c->dnext = NULL;
+    epoll_ctl(hub->epfd, EPOLL_CTL_DEL, c->h.fd, NULL);
+    spillway_conn_close(hub, c);
+}
+
+void spillway_conn_budget(spillway_hub *hub)
+{
+    size_t n = 0, k = 0;
+    candidate *v;
+
+    if (!hub->stopping && hub->out_mem > hub->cfg.memory_limit) {
+        for (spillway_conn *c = hub->queued; c != NULL; c = c->qnext) n++;
+        v = malloc((n ? n : 1) * sizeof(*v));
+        if (v == NULL) {
+            /* No room to sort: close in list order; still bounded. */
+            while (hub->queued != NULL && hub->out_mem > hub->cfg.memory_limit) close_now(hub, hub->queued);
+        } else {
+            for (spillway_conn *c = hub->queued; c != NULL; c = c->qnext) {
+                uint32_t held_lag = c->held_len > 0 ? lag_clock(hub) - c->held_t : 0;
+                v[k].lag = SW_MAX(out_lag(hub, c), held_lag);
+                v[k].stalled = (uint32_t)hub->now - c->progress_ms;
+                v[k].excl = exclusive_bytes(c);
+                v[k].c = c;
+                k++;
+            }
+            qsort(v, k, sizeof(*v), cmp_laggiest);
+            for (size_t i = 0; i < k && hub->out_mem > hub->cfg.memory_limit; i++) close_now(hub, v[i].c);
+            free(v);
+        }
+    }
+    atomic_store_explicit(&hub->st_outbox_bytes, hub->out_mem, memory_order_relaxed);
 }

@@ -511,6 +511,7 @@ void spillway_hub_flush_and_close(spillway_hub *hub)
         epoll_ctl(hub->epfd, EPOLL_CTL_DEL, c->h.fd, NULL);
         spillway_conn_close(hub, c);
     }
+    spillway_conn_budget(hub);
 }
 
 static void end_iteration(spillway_hub *hub)
@@ -589,6 +590,9 @@ static void *reactor_main(void *arg)
         int timeout = next_timeout(hub);
         int n, e;
 
+        /* The lag of streams counts only time spent waiting here: while
+         * the loop works, it is the bottleneck, not the clients (conn.c). */
+        hub->busy_ms += spillway_mono_ms() - hub->now;
         pthread_mutex_unlock(&hub->loop_lock);
         n = epoll_wait(hub->epfd, events, EVENTS_PER_WAIT, timeout);
         e = errno;
@@ -665,7 +669,8 @@ static int check_config(const spillway_config *cfg, char *err, size_t errlen)
     NEED(cfg->max_channels_per_conn >= 1 && cfg->max_channels_per_conn <= SPILLWAY_MAX_CHANNELS_PER_CONN,
          "max_channels_per_connection out of range (1..1024)");
     NEED(cfg->outbox_limit >= 1024, "outbox_limit must be at least 1024 bytes");
-    NEED(cfg->write_timeout_ms >= 10, "write_timeout must be at least 10 ms");
+    NEED(cfg->max_lag_ms >= 10, "max_lag must be at least 10 ms");
+    NEED(cfg->memory_limit >= 65536, "memory_limit must be at least 65536 bytes");
     NEED(cfg->queue_limit >= 16, "queue_limit must be at least 16");
     NEED(cfg->max_backlog_channels >= 1, "max_backlog_channels must be at least 1");
     if (cfg->extra_headers != NULL) {
@@ -1198,6 +1203,7 @@ void spillway_hub_stats(spillway_hub *hub, spillway_stats *out)
     out->async_failed = STAT_GET(hub, st_async_failed);
     out->errors = STAT_GET(hub, st_errors);
     out->loop_iterations = STAT_GET(hub, st_iterations);
+    out->outbox_bytes = STAT_GET(hub, st_outbox_bytes);
     pthread_mutex_lock(&hub->err_lock);
     memcpy(out->last_error, hub->last_error, sizeof(out->last_error));
     pthread_mutex_unlock(&hub->err_lock);

@@ -43,8 +43,9 @@ typedef struct spillway_config {
     uint32_t retry_ms;              /* the `retry:` hint sent to browsers */
     uint32_t max_connections;       /* streams per process */
     uint32_t max_channels_per_conn; /* channels per stream */
-    uint32_t outbox_limit;          /* bytes queued for one stream before it is dropped */
-    uint32_t write_timeout_ms;      /* pending bytes that make no progress this long: dropped */
+    uint32_t outbox_limit;          /* bytes of frames one stream alone may keep waiting: dropped beyond */
+    uint32_t max_lag_ms;            /* a stream whose oldest unsent frame waited longer: dropped */
+    uint64_t memory_limit;          /* bytes of all waiting frames: the laggiest streams dropped beyond */
     uint32_t backlog_size;          /* memory backend: messages kept per channel */
     uint32_t backlog_ttl_s;         /* memory backend: kept this long after the last message, 0: forever */
     uint32_t max_backlog_channels;  /* memory backend: channels with a backlog, LRU beyond */
@@ -59,7 +60,7 @@ typedef struct spillway_stats {
     uint64_t channels;         /* channels with subscribers or a backlog */
     uint64_t published;        /* messages that entered this hub (memory or Redis) */
     uint64_t delivered;        /* message frames fully written to sockets */
-    uint64_t dropped_slow;     /* streams closed for exceeding the outbox or write timeout */
+    uint64_t dropped_slow;     /* streams closed as too slow (lag, outbox_limit, memory_limit) */
     uint64_t bytes_out;        /* bytes written to stream sockets */
     uint64_t accepted;         /* streams handed to the hub since start */
     uint64_t closed;           /* streams released since start */
@@ -78,6 +79,7 @@ typedef struct spillway_stats {
     uint64_t async_failed;
     uint64_t errors;           /* error events recorded (see last_error) */
     uint64_t loop_iterations;
+    uint64_t outbox_bytes;     /* heap bytes of the frames waiting for streams (memory_limit) */
     char last_error[256];
 } spillway_stats;
 

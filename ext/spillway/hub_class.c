@@ -80,6 +80,12 @@ uint32_t spillway_opt_u32(VALUE opts, const char *key, uint32_t def)
     return (uint32_t)n;
 }
 
+static uint64_t opt_u64(VALUE opts, const char *key, uint64_t def)
+{
+    VALUE v = opt(opts, key);
+    return NIL_P(v) ? def : (uint64_t)NUM2ULL(v);
+}
+
 int spillway_opt_int(VALUE opts, const char *key, int def)
 {
     VALUE v = opt(opts, key);
@@ -132,7 +138,8 @@ static VALUE hub_initialize(VALUE self, VALUE opts)
     cfg.max_connections = spillway_opt_u32(opts, "max_connections", 10000);
     cfg.max_channels_per_conn = spillway_opt_u32(opts, "max_channels_per_connection", 32);
     cfg.outbox_limit = spillway_opt_u32(opts, "outbox_limit", 1u << 20);
-    cfg.write_timeout_ms = spillway_opt_u32(opts, "write_timeout_ms", 30000);
+    cfg.max_lag_ms = spillway_opt_u32(opts, "max_lag_ms", 10000);
+    cfg.memory_limit = opt_u64(opts, "memory_limit", 256ull << 20);
     cfg.backlog_size = spillway_opt_u32(opts, "backlog_size", 1000);
     cfg.backlog_ttl_s = spillway_opt_u32(opts, "backlog_ttl", 86400);
     cfg.max_backlog_channels = spillway_opt_u32(opts, "max_backlog_channels", 100000);
@@ -406,6 +413,7 @@ static VALUE hub_stats(VALUE self)
     SET("messages_in", st.published);
     SET("delivered", st.delivered);
     SET("dropped_slow", st.dropped_slow);
+    SET("outbox_bytes", st.outbox_bytes);
     SET("bytes_out", st.bytes_out);
     SET("accepted", st.accepted);
     SET("closed", st.closed);

@@ -150,13 +150,21 @@ enum spillway_conn_flag {
     SW_CF_SLOW = 1u << 6,     /* doomed for being too slow */
     SW_CF_BLOCKED = 1u << 7,  /* the last write hit EAGAIN: wait for EPOLLOUT */
     SW_CF_RESUME_SENT = 1u << 8, /* its resume read is on the command link */
-    SW_CF_MARK = 1u << 10        /* scratch flag for one operation */
+    SW_CF_MARK = 1u << 10,       /* scratch flag for one operation */
+    SW_CF_QUEUED = 1u << 11      /* on the queued list: frames wait in it (outbox or held) */
 };
 
 typedef struct spillway_member {
     spillway_channel *ch;
     uint32_t idx; /* index of this connection in ch->subs */
 } spillway_member;
+
+/* A run of outbox entries queued at one time: the number of its first
+ * entry and the lag clock then. */
+typedef struct spillway_run {
+    uint32_t first;
+    uint32_t t;
+} spillway_run;
 
 typedef struct spillway_conn {
     spillway_handle h; /* first */
@@ -167,16 +175,32 @@ typedef struct spillway_conn {
     spillway_id cursor; /* the resume point the client asked for; without one
                            (Redis), hub->last when the stream was attached */
     bool has_cursor, cursor_ok;
-    /* outbox: a ring of frame references; out_off bytes of the first are sent */
+    /* outbox: a ring of frame references; out_off bytes of the first are
+     * sent. Enqueue times (the lag clock, 32 bits of ms) are kept per run of
+     * entries queued together (conn.c): head_t is the head's, so the lag. */
     spillway_frame **out;
     uint32_t out_cap, out_start, out_len, out_off;
-    uint64_t out_bytes;
-    uint64_t replay_bytes; /* of out_bytes, what a resume replay queued: not capped */
+    uint64_t out_bytes; /* frame bytes not yet written */
+    uint32_t head_t, tail_t; /* the runs of the head and of the newest entry */
+    uint32_t pushed;         /* entries ever queued (wraps): numbers them */
+    uint32_t runs_cap, runs_start, runs_len;
+    spillway_run *runs; /* the runs after the head's, oldest first */
+    /* The size of the entries at the head that a resume replay queued (and
+     * how many): that much over outbox_limit is allowed (spillway_conn_replay). */
+    uint64_t replay_bytes;
+    uint32_t replay_n;
+    uint32_t held_t; /* when the first held frame came, on the lag clock */
+    /* Bytes of the frames only this stream keeps alive (frame.h: the
+     * frames' `holders` point here). */
+    uint64_t excl;
+    /* The last write that took bytes, or when frames began to wait: on
+     * the lag clock, and in plain ms (the budget's tie-break). */
+    uint32_t progress_t, progress_ms;
     /* live frames that arrived while joining (Redis) */
     spillway_frame **held;
     uint32_t held_len, held_cap;
     uint64_t held_bytes;
-    uint64_t progress_ms; /* last write progress while bytes were pending */
+    struct spillway_conn *qprev, *qnext; /* the queued list (SW_CF_QUEUED) */
     struct spillway_conn *wprev, *wnext; /* heartbeat wheel slot list */
     struct spillway_conn *lnext;         /* dirty list */
     struct spillway_conn *dnext;         /* doomed list */
@@ -244,6 +268,15 @@ struct spillway_hub {
     spillway_frame *f_head, *f_open, *f_heartbeat, *f_retry;
     spillway_conn *dirty, *dirty_last; /* streams to flush, in the order they were marked */
     spillway_conn *doomed;
+    /* Streams with frames waiting (outbox leftovers after a flush, or held
+     * while joining): the ones the lag sweep and the memory budget look at.
+     * out_mem: heap bytes of every frame in an outbox or held list, counted
+     * once however many streams hold it, plus the entries pointing at them. */
+    spillway_conn *queued;
+    uint64_t out_mem;
+    /* ms the loop spent outside epoll_wait: now - busy_ms is the clock of
+     * lags, which stands still while the loop works (conn.c). */
+    uint64_t busy_ms;
     spillway_conn **wheel;
     uint32_t wheel_slots, wheel_pos;
     uint64_t wheel_next_ms;
@@ -262,7 +295,7 @@ struct spillway_hub {
         st_bytes_out, st_accepted, st_closed, st_fallback, st_fallback_total, st_resumes,
         st_resets, st_joining, st_backlog_messages, st_backlog_bytes, st_redis_connected,
         st_redis_reconnects, st_redis_messages, st_gap_repairs, st_async_failed, st_errors,
-        st_iterations;
+        st_iterations, st_outbox_bytes;
     /* async publish tickets: issued under the queue lock, done by the reactor */
     uint64_t async_issued;
     atomic_uint_fast64_t async_done;
@@ -339,6 +372,10 @@ void spillway_conn_send_reset(spillway_hub *hub, spillway_conn *c, const bool *r
 void spillway_wheel_insert(spillway_hub *hub, spillway_conn *c);
 void spillway_wheel_remove(spillway_hub *hub, spillway_conn *c);
 void spillway_wheel_tick(spillway_hub *hub);
+/* After the doomed streams of an iteration are closed: when the frames
+ * waiting in outboxes take more than memory_limit, closes the laggiest
+ * streams until they do not. */
+void spillway_conn_budget(spillway_hub *hub);
 int spillway_frame_cmp_id(const void *a, const void *b);
 
 /* redis.c (only when hub->redis != NULL) */

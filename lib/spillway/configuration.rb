@@ -27,8 +27,9 @@ module Spillway
       max_channels_per_connection: 32,
       max_channel_length: 128,
       max_message_bytes: 64 * 1024,
-      outbox_limit: 512 * 1024,    # bytes queued for one slow stream before it is dropped
-      write_timeout: 30,           # seconds a stream may sit on unsent bytes without progress
+      outbox_limit: 512 * 1024,    # bytes of frames one stream alone may keep waiting before it is dropped
+      max_lag: 10,                 # seconds a stream's oldest unsent message may wait before it is dropped
+      memory_limit: 256 * 1024 * 1024, # bytes of all waiting frames; beyond, the laggiest streams are dropped
       headers: {},                 # extra response headers (e.g. CORS) on every stream
       # backlog (both backends)
       backlog_size: 1000,          # messages kept per channel for resume
@@ -46,6 +47,14 @@ module Spillway
       log_interval: 10             # seconds: the hub logs a kind of error once, then sums up its repeats this often
     }.freeze
 
+    # Old names that still work.
+    ALIASES = {
+      # A stream used to be dropped after write_timeout seconds without
+      # write progress; lag covers that (a stream that makes no progress
+      # lags) and also a stream that makes progress but falls behind.
+      write_timeout: :max_lag
+    }.freeze
+
     attr_reader(*SETTINGS.keys)
 
     def initialize(**options)
@@ -55,11 +64,21 @@ module Spillway
 
     def update(**options)
       options.each do |key, value|
+        key = ALIASES.fetch(key, key)
         raise ArgumentError, "unknown Spillway setting #{key.inspect} (known: #{SETTINGS.keys.join(', ')})" unless SETTINGS.key?(key)
 
         public_send(:"#{key}=", value)
       end
       self
+    end
+
+    # write_timeout: the old name of max_lag.
+    def write_timeout
+      max_lag
+    end
+
+    def write_timeout=(seconds)
+      self.max_lag = seconds
     end
 
     def redis_url=(url)
@@ -88,7 +107,7 @@ module Spillway
     end
 
     {
-      heartbeat: [0.01, 3600], retry_interval: [0, 3600], write_timeout: [0.01, 86_400],
+      heartbeat: [0.01, 3600], retry_interval: [0, 3600], max_lag: [0.01, 86_400],
       connect_timeout: [0.001, 60], command_timeout: [0.001, 60], health_interval: [0.1, 3600],
       unsubscribe_linger: [0, 3600], idempotency_ttl: [0.01, 30 * 86_400], log_interval: [0, 86_400]
     }.each do |name, (min, max)|
@@ -103,7 +122,7 @@ module Spillway
     {
       max_connections: [1, 10_000_000], max_channels_per_connection: [1, MAX_CHANNELS_CEILING],
       max_channel_length: [1, MAX_CHANNEL_LENGTH_CEILING], max_message_bytes: [1, MAX_MESSAGE_CEILING],
-      outbox_limit: [1024, 2**31], backlog_size: [0, 10_000_000], backlog_ttl: [0, 2**31],
+      outbox_limit: [1024, 2**31], memory_limit: [65_536, 2**50], backlog_size: [0, 10_000_000], backlog_ttl: [0, 2**31],
       max_backlog_channels: [1, 100_000_000], async_limit: [1, 10_000_000], queue_limit: [16, 100_000_000]
     }.each do |name, (min, max)|
       define_method(:"#{name}=") do |value|
@@ -159,7 +178,7 @@ module Spillway
       opts = {
         heartbeat_ms: ms(heartbeat), retry_ms: ms(retry_interval), max_connections: max_connections_effective,
         max_channels_per_connection: max_channels_per_connection, outbox_limit: outbox_limit,
-        write_timeout_ms: ms(write_timeout), backlog_size: backlog_size, backlog_ttl: backlog_ttl,
+        max_lag_ms: ms(max_lag), memory_limit: memory_limit, backlog_size: backlog_size, backlog_ttl: backlog_ttl,
         max_backlog_channels: max_backlog_channels, queue_limit: queue_limit,
         extra_headers: headers.empty? ? nil : headers.map { |k, v| "#{k}: #{v}\r\n" }.join,
         log_interval_ms: ms(log_interval)

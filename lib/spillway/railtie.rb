@@ -10,7 +10,7 @@ module Spillway
     config.spillway = ActiveSupport::OrderedOptions.new
 
     initializer "spillway.configure" do |app|
-      settings = app.config.spillway.to_h.slice(*Configuration::SETTINGS.keys)
+      settings = app.config.spillway.to_h.slice(*Configuration::SETTINGS.keys, *Configuration::ALIASES.keys)
       settings[:logger] ||= Rails.logger unless Spillway.config.logger
       Spillway.configure(**settings) unless settings.empty?
     end

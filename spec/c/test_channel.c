@@ -24,7 +24,8 @@ static spillway_hub *fake_hub(uint32_t backlog, uint32_t max_channels, uint32_t 
     spillway_hub *hub = calloc(1, sizeof(*hub));
     REQUIRE(hub != NULL);
     hub->cfg.heartbeat_ms = 1000;
-    hub->cfg.write_timeout_ms = 500;
+    hub->cfg.max_lag_ms = 500;
+    hub->cfg.memory_limit = 1ull << 30;
     hub->cfg.outbox_limit = outbox;
     hub->cfg.backlog_size = backlog;
     hub->cfg.max_backlog_channels = max_channels;
@@ -559,35 +560,67 @@ TEST(outbox_flush_spans_iov_batches)
     spillway_hub_free(hub);
 }
 
-/* The cap applies to what the socket did not take, after the flush at the
- * end of the iteration: a burst bigger than the cap is fine for a reader that
- * takes it all, and dooms one that does not. */
-TEST(outbox_cap_applies_after_the_flush)
+/* outbox_limit applies after the flush at the end of the iteration, and to
+ * what a stream alone keeps alive: a burst far bigger than the limit is fine
+ * for a reader that takes it all, and for one whose frames another stream
+ * still holds; a stream left alone with more than the limit is doomed, even
+ * when nothing new is queued for it. */
+TEST(outbox_limit_counts_what_a_stream_alone_keeps_alive)
 {
     spillway_hub *hub = fake_hub(10, 100, 4096);
-    int fast_peer, slow_peer;
+    int fast_peer, slow_peer, stuck_peer;
     spillway_conn *fast = socket_conn(hub, &fast_peer, 1 << 20);
     spillway_conn *slow = socket_conn(hub, &slow_peer, 4096);
-    spillway_frame *f = spillway_frame_new(1000), *g = spillway_frame_new(10);
+    spillway_conn *stuck = socket_conn(hub, &stuck_peer, 4096);
+    spillway_frame *g = spillway_frame_new(10);
+    uint64_t left = 0;
     tbuf got = {0};
-    REQUIRE(f != NULL && g != NULL);
-    memset(f->data, 'x', f->len);
+    REQUIRE(g != NULL);
     memset(g->data, 'y', g->len);
 
-    /* 40 KB queued for both within one iteration, ten times the cap. */
+    /* 40 KB queued for all three within one iteration, ten times the limit. */
     for (int i = 0; i < 40; i++) {
+        spillway_frame *f = spillway_frame_new(1000);
+        REQUIRE(f != NULL);
+        memset(f->data, 'x', f->len);
         CHECK_INT(spillway_conn_push(hub, fast, f), ==, 0);
         CHECK_INT(spillway_conn_push(hub, slow, f), ==, 0);
+        CHECK_INT(spillway_conn_push(hub, stuck, f), ==, 0);
+        CHECK_U64(f->refs, ==, 4);
+        spillway_frame_unref(f); /* the outboxes hold it now */
     }
-    CHECK_U64(f->refs, ==, 81);
-    CHECK(!(fast->flags & SW_CF_DOOMED) && !(slow->flags & SW_CF_DOOMED));
-    /* The flushes of the end of the iteration (the doomed are closed right
-     * after them, in spillway_hub_flush_and_close below). */
-    spillway_conn_flush(hub, fast);
-    spillway_conn_flush(hub, slow);
+    /* The frames once, and an entry for each (queued together: one run,
+     * kept in the stream itself). */
+    CHECK_U64(hub->out_mem, ==, 40 * (sizeof(spillway_frame) + 1000) + 3 * 40 * 8);
+    /* The flushes of the end of the iteration. */
+    spillway_hub_flush_and_close(hub);
     CHECK(!(fast->flags & SW_CF_DOOMED));
     CHECK_U64(fast->out_len, ==, 0);
-    /* The slow one's socket took a few KB; the rest is over the cap. */
+    CHECK(!(fast->flags & SW_CF_QUEUED));
+    /* The slow ones' sockets took a few KB; the rest waits, shared by the
+     * two: neither keeps anything alive alone. */
+    CHECK(!(slow->flags & SW_CF_DOOMED) && !(stuck->flags & SW_CF_DOOMED));
+    CHECK_U64(slow->out_len, >, 0);
+    CHECK_U64(slow->excl, ==, 0);
+    CHECK_U64(stuck->excl, ==, 0);
+    CHECK(slow->flags & SW_CF_QUEUED && stuck->flags & SW_CF_QUEUED);
+    for (uint32_t i = 0; i < slow->out_len; i++)
+        left += spillway_frame_size(slow->out[(slow->out_start + i) % slow->out_cap]);
+
+    /* stuck goes (its peer hung up, say): slow is the only holder left of
+     * every frame it has not sent, over the limit. Being left alone is no
+     * fault: it has a tenth of max_lag (50 ms) to take something. It takes
+     * nothing, and the sweep of the next tick after that finds it, though
+     * nothing new was queued for it. */
+    spillway_conn_doom(hub, stuck, false);
+    spillway_hub_flush_and_close(hub);
+    CHECK_U64(slow->excl, ==, left);
+    CHECK(!(slow->flags & SW_CF_DOOMED));
+    hub->now = T0 + 50;
+    spillway_wheel_tick(hub);
+    CHECK(!(slow->flags & SW_CF_DOOMED));
+    hub->now = T0 + 51;
+    spillway_wheel_tick(hub);
     CHECK((slow->flags & (SW_CF_DOOMED | SW_CF_SLOW)) == (SW_CF_DOOMED | SW_CF_SLOW));
     CHECK(hub->doomed == slow);
     CHECK_U64(atomic_load(&hub->st_dropped_slow), ==, 1);
@@ -599,11 +632,12 @@ TEST(outbox_cap_applies_after_the_flush)
     CHECK(slow->dnext == NULL);
     spillway_hub_flush_and_close(hub);
 
-    /* Its references went, its fd closed, its place was given back; the
-     * fast reader has all 40 KB. */
-    CHECK_U64(f->refs, ==, 1);
+    /* Its references went (the frames with them), its fd closed, its place
+     * was given back; the fast reader has all 40 KB. */
+    CHECK_U64(hub->out_mem, ==, 0);
+    CHECK(hub->queued == NULL);
     CHECK_U64(atomic_load(&hub->reserved), ==, 1);
-    CHECK_U64(atomic_load(&hub->st_closed), ==, 1);
+    CHECK_U64(atomic_load(&hub->st_closed), ==, 2);
     drain(fast_peer, &got);
     CHECK_U64(got.len, ==, 40000);
     got.len = 0;
@@ -622,10 +656,100 @@ TEST(outbox_cap_applies_after_the_flush)
         CHECK_INT(read(slow_peer, buf, sizeof(buf)), ==, 0);
     }
     tbuf_free(&got);
-    spillway_frame_unref(f);
     spillway_frame_unref(g);
     close(fast_peer);
     close(slow_peer);
+    close(stuck_peer);
+    spillway_hub_free(hub);
+}
+
+/* The lag is the age of the oldest unsent frame, kept per run of entries
+ * queued at one time: as the head moves from run to run, head_t follows. */
+TEST(lag_follows_the_oldest_unsent_frame_across_runs)
+{
+    spillway_hub *hub = fake_hub(10, 100, 1 << 20);
+    int peer;
+    spillway_conn *c = socket_conn(hub, &peer, 4096);
+    uint32_t want[4] = {T0, T0 + 100, T0 + 100, T0 + 300};
+    size_t sizes[4] = {100000, 100000, 100000, 10};
+    tbuf got = {0};
+    int rounds = 0;
+
+    for (int i = 0; i < 4; i++) {
+        spillway_frame *f = msg((uint64_t)i + 1, sizes[i]);
+        hub->now = want[i];
+        REQUIRE_INT(spillway_conn_push(hub, c, f), ==, 0);
+        spillway_frame_unref(f);
+    }
+    CHECK_U64(c->head_t, ==, T0);
+    CHECK_U64(c->tail_t, ==, T0 + 300);
+    CHECK_U64(c->runs_len, ==, 2); /* B's (with C) and D's */
+    hub->now = T0 + 400;
+    spillway_hub_flush_and_close(hub);
+    while (c->out_len > 0 && rounds++ < 100000) {
+        CHECK_U64(c->head_t, ==, want[4 - c->out_len]);
+        drain(peer, &got);
+        c->flags &= ~SW_CF_BLOCKED;
+        spillway_conn_flush(hub, c);
+    }
+    CHECK_U64(c->out_len, ==, 0);
+    CHECK_U64(c->runs_len, ==, 0);
+    CHECK_U64(hub->out_mem, ==, 0);
+    CHECK(!(c->flags & SW_CF_DOOMED)); /* 400 ms < max_lag */
+    drain(peer, &got);
+    CHECK_U64(got.len, >, 300000);
+    tbuf_free(&got);
+    close(peer);
+    spillway_hub_free(hub);
+}
+
+/* The accounts of exclusivity follow every kind of reference: an outbox's,
+ * the backlog's, a held list's, the same frame twice in one outbox. */
+TEST(exclusive_bytes_follow_every_reference)
+{
+    spillway_hub *hub = fake_hub(10, 100, 1 << 20);
+    int pa, pb;
+    spillway_conn *a = socket_conn(hub, &pa, 4096);
+    spillway_conn *b = socket_conn(hub, &pb, 4096);
+    spillway_frame *f = msg(1, 100);
+    uint64_t size = spillway_frame_size(f), entry = 8;
+
+    REQUIRE_INT(spillway_conn_push(hub, a, f), ==, 0);
+    CHECK_U64(a->excl, ==, 0); /* the test still holds it */
+    spillway_frame_unref(f);
+    CHECK_U64(a->excl, ==, size);
+    CHECK_U64(hub->out_mem, ==, size + entry);
+    /* Another holder (the backlog, say) shares it; then lets go. */
+    spillway_frame_ref(f);
+    CHECK_U64(a->excl, ==, 0);
+    spillway_frame_unref(f);
+    CHECK_U64(a->excl, ==, size);
+    /* A second stream takes it, then the first lets go (sent). */
+    REQUIRE_INT(spillway_conn_push(hub, b, f), ==, 0);
+    CHECK_U64(a->excl, ==, 0);
+    CHECK_U64(b->excl, ==, 0);
+    CHECK_U64(hub->out_mem, ==, size + 2 * entry); /* the frame counted once */
+    spillway_hub_flush_and_close(hub);
+    CHECK_U64(a->out_len, ==, 0);
+    CHECK_U64(b->out_len, ==, 0);
+    CHECK_U64(a->excl + b->excl, ==, 0);
+    CHECK_U64(hub->out_mem, ==, 0);
+
+    /* The same frame twice in one outbox (a heartbeat behind a heartbeat)
+     * is still that stream's alone. */
+    f = msg(2, 100);
+    REQUIRE_INT(spillway_conn_push(hub, a, f), ==, 0);
+    REQUIRE_INT(spillway_conn_push(hub, a, f), ==, 0);
+    spillway_frame_unref(f);
+    CHECK_U64(f->queued, ==, 2);
+    CHECK_U64(a->excl, ==, 0); /* two references: not yet "the only one" */
+    hub->dirty = NULL;
+    a->flags &= ~SW_CF_DIRTY;
+    spillway_conn_doom(hub, a, false);
+    spillway_hub_flush_and_close(hub);
+    CHECK_U64(hub->out_mem, ==, 0);
+    close(pa);
+    close(pb);
     spillway_hub_free(hub);
 }
 
@@ -736,14 +860,15 @@ TEST(reset_frame_names_the_channels)
     spillway_hub_free(hub); /* closes c: leaves the channels, which go */
 }
 
-/* ---- the heartbeat wheel and the write timeout ------------------------- */
+/* ---- the heartbeat wheel and the lag ----------------------------------- */
 
-TEST(wheel_heartbeat_once_per_period_then_write_timeout)
+TEST(wheel_heartbeat_once_per_period_then_lag)
 {
     spillway_hub *hub = fake_hub(10, 100, 1 << 20);
     int peer;
-    spillway_conn *c = socket_conn(hub, &peer, 0);
+    spillway_conn *c = socket_conn(hub, &peer, 4096);
     tbuf got = {0};
+    spillway_frame *big;
 
     /* heartbeat 1000 ms over 100 slots: one slot per 10 ms, and a new stream
      * sits in the slot processed last in the current turn. */
@@ -765,19 +890,70 @@ TEST(wheel_heartbeat_once_per_period_then_write_timeout)
     hub->now = T0 + 2000;
     spillway_wheel_tick(hub);
     CHECK_U64(c->out_len, ==, 1);
+    spillway_hub_flush_and_close(hub);
+    drain(peer, &got);
 
-    /* Bytes pending (never flushed: the client is not reading) for longer
-     * than write_timeout: the next visit dooms it as slow. */
-    hub->dirty = NULL;
-    c->flags &= ~SW_CF_DIRTY;
+    /* The client stops reading with a frame far bigger than its socket
+     * half sent: the frame waits, and no heartbeat queues behind it when
+     * the stream's slot comes round. */
+    hub->now = T0 + 2600;
+    big = msg(1, 256 * 1024);
+    REQUIRE_INT(spillway_conn_push(hub, c, big), ==, 0);
+    spillway_frame_unref(big);
+    spillway_hub_flush_and_close(hub);
+    CHECK_U64(c->out_len, ==, 1);
+    CHECK(c->flags & SW_CF_QUEUED);
     hub->now = T0 + 3000;
+    spillway_wheel_tick(hub);
+    CHECK_U64(c->out_len, ==, 1);
+    CHECK(!(c->flags & SW_CF_DOOMED));
+    /* Waited exactly max_lag (500 ms): kept; a ms more: doomed as slow by
+     * the next tick, though nothing new was queued for it. */
+    hub->now = T0 + 3100;
+    spillway_wheel_tick(hub);
+    CHECK(!(c->flags & SW_CF_DOOMED));
+    hub->now = T0 + 3101;
     spillway_wheel_tick(hub);
     CHECK(c->flags & SW_CF_DOOMED);
     CHECK(c->flags & SW_CF_SLOW);
     CHECK_U64(atomic_load(&hub->st_dropped_slow), ==, 1);
     spillway_hub_flush_and_close(hub);
     CHECK(hub->wheel[99] == NULL);
+    CHECK(hub->queued == NULL);
+    CHECK_U64(hub->out_mem, ==, 0);
     tbuf_free(&got);
+    close(peer);
+    spillway_hub_free(hub);
+}
+
+/* Time the loop spends working is not the clients' lag: only time it
+ * waited with nothing to do (hub->busy_ms, kept by the reactor) counts. A
+ * loop busy for seconds writing a burst to other streams must not close
+ * the stream it is about to serve. */
+TEST(lag_counts_only_time_the_loop_waited)
+{
+    spillway_hub *hub = fake_hub(10, 100, 1 << 20);
+    int peer;
+    spillway_conn *c = socket_conn(hub, &peer, 4096);
+    spillway_frame *big = msg(1, 256 * 1024);
+
+    REQUIRE_INT(spillway_conn_push(hub, c, big), ==, 0);
+    spillway_frame_unref(big);
+    spillway_hub_flush_and_close(hub);
+    REQUIRE(c->flags & SW_CF_QUEUED);
+    /* Three seconds later, all of it spent working: no lag. */
+    hub->now += 3000;
+    hub->busy_ms += 3000;
+    spillway_wheel_tick(hub);
+    CHECK(!(c->flags & SW_CF_DOOMED));
+    /* Then max_lag (500 ms) of waiting, and one ms more. */
+    hub->now += 500;
+    spillway_wheel_tick(hub);
+    CHECK(!(c->flags & SW_CF_DOOMED));
+    hub->now += 1;
+    spillway_wheel_tick(hub);
+    CHECK(c->flags & SW_CF_DOOMED);
+    spillway_hub_flush_and_close(hub);
     close(peer);
     spillway_hub_free(hub);
 }

@@ -35,7 +35,8 @@ static spillway_config base_config(void)
     cfg.max_connections = 100;
     cfg.max_channels_per_conn = 8;
     cfg.outbox_limit = 1u << 20;
-    cfg.write_timeout_ms = 30000;
+    cfg.max_lag_ms = 30000;
+    cfg.memory_limit = 1ull << 30;
     cfg.backlog_size = 100;
     cfg.backlog_ttl_s = 0;
     cfg.max_backlog_channels = 1000;
@@ -654,8 +655,10 @@ TEST(lru_eviction_turns_into_a_reset)
     finish(hub);
 }
 
-/* A reader that never reads fills its socket, then its outbox: it is closed
- * at the cap. A reader on the same channel that keeps up gets everything. */
+/* A reader that never reads fills its socket, then is left alone with the
+ * frames the fast reader sent and the backlog (100 messages) let go: over
+ * the cap and taking nothing, it is closed long before its lag would close
+ * it. A reader on the same channel that keeps up gets everything. */
 TEST(slow_reader_closed_at_the_cap_fast_reader_gets_everything)
 {
     spillway_config cfg = base_config();
@@ -666,6 +669,7 @@ TEST(slow_reader_closed_at_the_cap_fast_reader_gets_everything)
     int total = 0;
 
     cfg.outbox_limit = 32768;
+    cfg.max_lag_ms = 5000;
     hub = start(&cfg);
     REQUIRE_INT(open_stream(hub, &fast, 0, chans, 1, NULL, 0), ==, 0);
     REQUIRE_INT(open_stream(hub, &slow, 0, chans, 1, NULL, 4096), ==, 0);
@@ -724,8 +728,8 @@ TEST(resume_bigger_than_the_cap_reaches_a_reader_that_reads)
 }
 
 /* A reader that stops reading with less than the cap pending is closed once
- * its bytes made no progress for write_timeout. */
-TEST(write_timeout_drops_a_stalled_reader)
+ * its oldest unsent frame waited longer than max_lag. */
+TEST(max_lag_drops_a_stalled_reader)
 {
     spillway_config cfg = base_config();
     spillway_hub *hub;
@@ -735,14 +739,15 @@ TEST(write_timeout_drops_a_stalled_reader)
     uint64_t t0;
 
     cfg.heartbeat_ms = 100;
-    cfg.write_timeout_ms = 300;
+    cfg.max_lag_ms = 300;
     hub = start(&cfg);
     REQUIRE_INT(open_stream(hub, &live, 0, chans, 1, NULL, 0), ==, 0);
     REQUIRE_INT(open_stream(hub, &stalled, 0, chans, 1, NULL, 4096), ==, 0);
     memset(data, 'w', 1000);
     data[1000] = '\0';
-    for (int i = 0; i < 60; i++) pub(hub, "wt", NULL, data);
+    /* Before the first publish: no frame can have waited from earlier. */
     t0 = check_now_ms();
+    for (int i = 0; i < 60; i++) pub(hub, "wt", NULL, data);
     CHECK(CLIENT_UNTIL(&live, EVENTS(&live) >= 60, DEADLINE_MS));
     CHECK(WAIT_UNTIL(stats(hub).dropped_slow == 1, DEADLINE_MS));
     /* Not before the timeout (the cap, 1 MiB, was never reached). */
@@ -757,6 +762,97 @@ TEST(write_timeout_drops_a_stalled_reader)
     CHECK_U64(stats(hub).connections, ==, 1);
     client_close(&live);
     client_close(&stalled);
+    finish(hub);
+}
+
+/* A burst published while the reactor is busy is handled in one iteration:
+ * every stream's outbox takes all of it at once. Holding the loop lock
+ * keeps the reactor out of its iteration while the messages queue up. */
+static void burst(spillway_hub *hub, const char *channel, int n, size_t size)
+{
+    char *data = malloc(size + 1);
+    REQUIRE(data != NULL);
+    memset(data, 'b', size);
+    data[size] = '\0';
+    pthread_mutex_lock(&hub->loop_lock);
+    for (int i = 0; i < n; i++) pub(hub, channel, NULL, data);
+    pthread_mutex_unlock(&hub->loop_lock);
+    free(data);
+}
+
+/* Issue 8: a burst 25 times outbox_limit, queued for every stream in one
+ * iteration. The frames are shared, so the reader that keeps up costs
+ * nothing alone while the never-reader holds them too. The never-reader,
+ * left alone with what the reader sent, takes nothing: it is closed. Then
+ * the reader is alone with the rest of the burst, and keeps taking it: it
+ * stays and gets everything. */
+TEST(burst_far_over_outbox_limit_reaches_a_reader_that_keeps_up)
+{
+    spillway_config cfg = base_config();
+    spillway_hub *hub;
+    client reader, stuck;
+    const char *chans[] = {"burst"};
+
+    cfg.outbox_limit = 16384;
+    cfg.max_lag_ms = 2000; /* alone and taking nothing for 200 ms: closed */
+    hub = start(&cfg);
+    REQUIRE_INT(open_stream(hub, &reader, 0, chans, 1, NULL, 16384), ==, 0);
+    REQUIRE_INT(open_stream(hub, &stuck, 0, chans, 1, NULL, 4096), ==, 0);
+    CHECK(CLIENT_UNTIL(&reader, reader.p.retries >= 1, DEADLINE_MS));
+    burst(hub, "burst", 400, 1000);
+    CHECK(CLIENT_UNTIL(&reader, EVENTS(&reader) >= 400, DEADLINE_MS));
+    CHECK_U64(EVENTS(&reader), ==, 400);
+    CHECK(!reader.eof);
+    CHECK(WAIT_UNTIL(stats(hub).dropped_slow == 1, DEADLINE_MS));
+    CHECK(client_until_eof(&stuck, DEADLINE_MS));
+    CHECK(WAIT_UNTIL(stats(hub).connections == 1, DEADLINE_MS));
+    /* The reader stays, and what waited for the never-reader is released. */
+    pub(hub, "burst", NULL, "after");
+    CHECK(CLIENT_UNTIL(&reader, EVENTS(&reader) >= 401, DEADLINE_MS));
+    CHECK(!reader.eof);
+    CHECK(WAIT_UNTIL(stats(hub).outbox_bytes < 16384, DEADLINE_MS));
+    client_close(&reader);
+    client_close(&stuck);
+    finish(hub);
+}
+
+/* Over memory_limit, the laggiest stream goes first, and only as many as it
+ * takes: two never-readers on channels of their own, the first stuck since
+ * an earlier burst; the second burst takes the process over the budget. */
+TEST(memory_limit_closes_the_laggiest_first)
+{
+    spillway_config cfg = base_config();
+    spillway_hub *hub;
+    client older, newer, reader;
+    const char *a[] = {"a"}, *b[] = {"b"};
+    uint64_t t;
+
+    cfg.memory_limit = 160 * 1024;
+    hub = start(&cfg);
+    REQUIRE_INT(open_stream(hub, &older, 0, a, 1, NULL, 4096), ==, 0);
+    REQUIRE_INT(open_stream(hub, &newer, 0, b, 1, NULL, 4096), ==, 0);
+    REQUIRE_INT(open_stream(hub, &reader, 0, b, 1, NULL, 0), ==, 0);
+    CHECK(CLIENT_UNTIL(&reader, reader.p.retries >= 1, DEADLINE_MS));
+    /* ~100 KB waits for `older`: under the budget. */
+    burst(hub, "a", 100, 1000);
+    CHECK(WAIT_UNTIL(stats(hub).outbox_bytes > 90 * 1024, DEADLINE_MS));
+    /* The lag has millisecond resolution: let the clock move on so that the
+     * second burst is younger. */
+    t = check_now_ms();
+    CHECK(WAIT_UNTIL(check_now_ms() > t + 2, DEADLINE_MS));
+    burst(hub, "b", 100, 1000);
+    CHECK(CLIENT_UNTIL(&reader, EVENTS(&reader) >= 100, DEADLINE_MS));
+    CHECK(client_until_eof(&older, DEADLINE_MS));
+    CHECK(WAIT_UNTIL(stats(hub).connections == 2, DEADLINE_MS));
+    CHECK_U64(stats(hub).dropped_slow, ==, 1);
+    CHECK_U64(stats(hub).outbox_bytes, <=, 160 * 1024);
+    /* newer's frames still wait for it, and it is still open. */
+    client_pump(&newer, 0);
+    CHECK(!newer.eof);
+    CHECK(!reader.eof);
+    client_close(&older);
+    client_close(&newer);
+    client_close(&reader);
     finish(hub);
 }
 

@@ -46,6 +46,19 @@ RSpec.describe Spillway::Configuration do
     expect { described_class.new(no_such: 1) }.to raise_error(ArgumentError, /unknown Spillway setting :no_such/)
   end
 
+  it "takes the slow-stream limits, write_timeout as the old name of max_lag" do
+    c = described_class.new(max_lag: 2.5, memory_limit: 64 * 1024 * 1024, outbox_limit: 65_536)
+    expect(c.native_options).to include(max_lag_ms: 2500, memory_limit: 64 * 1024 * 1024, outbox_limit: 65_536)
+    expect(described_class.new.native_options).to include(max_lag_ms: 10_000, memory_limit: 256 * 1024 * 1024)
+    old = described_class.new(write_timeout: 30)
+    expect([old.max_lag, old.write_timeout]).to eq([30.0, 30.0])
+    expect(old.native_options).to include(max_lag_ms: 30_000)
+    expect(old.native_options).not_to have_key(:write_timeout_ms)
+    expect { described_class.new(max_lag: 0) }.to raise_error(ArgumentError, /max_lag must be between/)
+    expect { described_class.new(write_timeout: 0) }.to raise_error(ArgumentError, /max_lag must be between/)
+    expect { described_class.new(memory_limit: 1000) }.to raise_error(ArgumentError, /memory_limit must be between/)
+  end
+
   it "derives max_connections from the open-file limit" do
     soft, = Process.getrlimit(:NOFILE)
     expect(described_class.new.max_connections_effective).to eq([soft - 256, 16].max)
