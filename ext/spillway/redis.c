@@ -675,6 +675,7 @@ static void on_fill_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
         char msg[160];
         rv_message(v, msg, sizeof(msg));
         spillway_hub_log(hub, SW_LOG_RESUME, "resume read failed: %s", msg);
+        free(frames); /* collect_frames leaves its (emptied) array on failure */
         fill_failed_reset(hub, ch, "the resume read failed");
         return;
     }

@@ -116,7 +116,8 @@ FX_API spillway_hub *fx_hub_new(const char *path)
     hub->cfg.max_connections = 1000;
     hub->cfg.max_channels_per_conn = 32;
     hub->cfg.outbox_limit = 1 << 20;
-    hub->cfg.write_timeout_ms = 30000;
+    hub->cfg.max_lag_ms = 30000;
+    hub->cfg.memory_limit = 1ull << 30;
     hub->cfg.queue_limit = 1024;
     hub->cfg.max_backlog_channels = 1000;
     rc = &hub->cfg.redis;

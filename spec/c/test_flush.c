@@ -45,7 +45,8 @@ static spillway_hub *start_unreachable(void)
     cfg.max_connections = 100;
     cfg.max_channels_per_conn = 8;
     cfg.outbox_limit = 1u << 20;
-    cfg.write_timeout_ms = 30000;
+    cfg.max_lag_ms = 30000;
+    cfg.memory_limit = 1ull << 30;
     cfg.backlog_size = 100;
     cfg.max_backlog_channels = 1000;
     cfg.queue_limit = 10000;
