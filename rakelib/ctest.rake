@@ -174,6 +174,12 @@ module SpillwayCTest
     Dir.exist?(dir) ? dir : nil
   end
 
+  # libFuzzer's -dict option for spec/c/<name>.dict, when there is one.
+  def fuzz_dict(name)
+    dict = File.join(SPEC, "#{name}.dict")
+    File.exist?(dict) ? ["-dict=#{dict}"] : []
+  end
+
   # Runs one command, echoing its output; returns [ok, passed, failed] where
   # the counts come from the binary's closing "name: N passed, N failed"
   # line (a crash leaves none: then it counts as one failure).
@@ -244,7 +250,7 @@ task :ctest do
       corpus = File.join(t::BUILD, name == "fuzz_sse" ? "fuzz_corpus" : "#{name}_corpus")
       FileUtils.mkdir_p(corpus)
       ok, = t.run("#{name} (libFuzzer, #{fuzz_runs} runs)",
-                  [fuzz, "-runs=#{fuzz_runs}", "-seed=1", "-max_len=4096", "-print_final_stats=0",
+                  [fuzz, "-runs=#{fuzz_runs}", "-seed=1", "-max_len=4096", "-print_final_stats=0", *t.fuzz_dict(name),
                    "-artifact_prefix=#{t::BUILD}/#{name}-", corpus, *seeds], t.sanitizer_env, quiet: FUZZ_NOISE)
       results << [ok, ok ? 1 : 0, ok ? 0 : 1, name]
     else
