@@ -13,7 +13,7 @@
 # Knobs (environment): CTEST_CC (gcc), CTEST_CLANG (clang-14, then clang),
 # CTEST_EXT (another copy of ext/spillway to test),
 # CTEST_NO_FUZZER=1 (use the gcc fallback), FUZZ_RUNS (200000, fuzz_sse),
-# FUZZ_REDIS_RUNS (1000, fuzz_redis: each run is a whole hub), CHECK_SEED,
+# FUZZ_REDIS_RUNS (2000, fuzz_redis: each run is a whole hub), CHECK_SEED,
 # CHECK_SLOW (see spec/c/check.h). Test names given as CTEST_ONLY="a b" are
 # passed to every binary as filters.
 #
@@ -166,7 +166,7 @@ module SpillwayCTest
   # from (spec/c/corpus_<what>/, read only; what libFuzzer adds goes to
   # spec/c/build/).
   def fuzz_runs(name)
-    name == "fuzz_sse" ? ENV.fetch("FUZZ_RUNS", "200000") : ENV.fetch("FUZZ_REDIS_RUNS", "1000")
+    name == "fuzz_sse" ? ENV.fetch("FUZZ_RUNS", "200000") : ENV.fetch("FUZZ_REDIS_RUNS", "2000")
   end
 
   def seed_corpus(name)
