@@ -13,7 +13,7 @@
 # Knobs (environment): CTEST_CC (gcc), CTEST_CLANG (clang-14, then clang),
 # CTEST_EXT (another copy of ext/spillway to test),
 # CTEST_NO_FUZZER=1 (use the gcc fallback), FUZZ_RUNS (200000, fuzz_sse),
-# FUZZ_REDIS_RUNS (1000, fuzz_redis: each run is a whole hub), CHECK_SEED,
+# FUZZ_REDIS_RUNS (2000, fuzz_redis: each run is a whole hub), CHECK_SEED,
 # CHECK_SLOW (see spec/c/check.h). Test names given as CTEST_ONLY="a b" are
 # passed to every binary as filters.
 #
@@ -169,12 +169,18 @@ module SpillwayCTest
   # from (spec/c/corpus_<what>/, read only; what libFuzzer adds goes to
   # spec/c/build/).
   def fuzz_runs(name)
-    name == "fuzz_sse" ? ENV.fetch("FUZZ_RUNS", "200000") : ENV.fetch("FUZZ_REDIS_RUNS", "1000")
+    name == "fuzz_sse" ? ENV.fetch("FUZZ_RUNS", "200000") : ENV.fetch("FUZZ_REDIS_RUNS", "2000")
   end
 
   def seed_corpus(name)
     dir = File.join(SPEC, "corpus_#{name.delete_prefix('fuzz_')}")
     Dir.exist?(dir) ? dir : nil
+  end
+
+  # libFuzzer's -dict option for spec/c/<name>.dict, when there is one.
+  def fuzz_dict(name)
+    dict = File.join(SPEC, "#{name}.dict")
+    File.exist?(dict) ? ["-dict=#{dict}"] : []
   end
 
   # Runs one command, echoing its output; returns [ok, passed, failed] where
@@ -247,7 +253,7 @@ task :ctest do
       corpus = File.join(t::BUILD, name == "fuzz_sse" ? "fuzz_corpus" : "#{name}_corpus")
       FileUtils.mkdir_p(corpus)
       ok, = t.run("#{name} (libFuzzer, #{fuzz_runs} runs)",
-                  [fuzz, "-runs=#{fuzz_runs}", "-seed=1", "-max_len=4096", "-print_final_stats=0",
+                  [fuzz, "-runs=#{fuzz_runs}", "-seed=1", "-max_len=4096", "-print_final_stats=0", *t.fuzz_dict(name),
                    "-artifact_prefix=#{t::BUILD}/#{name}-", corpus, *seeds], t.sanitizer_env, quiet: FUZZ_NOISE)
       results << [ok, ok ? 1 : 0, ok ? 0 : 1, name]
     else

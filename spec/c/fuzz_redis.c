@@ -23,6 +23,9 @@
  *   7 i          stream i leaves
  *   8 c          an async publish on channel c
  *   9 r          the fake Redis closes a link (r odd: subscriber)
+ *  10 n tokens   n RESP pieces on the subscriber link, each byte picking one
+ *                from PIECES (whole replies are easier to make that way)
+ *  11 n tokens   the same on the command link
  *
  * Built with -DFUZZ_STANDALONE (gcc, no libFuzzer) it gets a main() that
  * replays the files named on the command line, or the seed corpus and then
@@ -39,6 +42,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size);
 #define FIRST_ID "1700000000000-1"
 
 static const char *const CHANNELS[] = {"c0", "c1", "c2", "c3"};
+
+/* What replies are made of. */
+static const char *const PIECES[] = {
+    "*0\r\n", "*1\r\n", "*2\r\n", "*3\r\n", "*4\r\n", "*-1\r\n", "$-1\r\n", "$0\r\n\r\n", ":0\r\n", ":1\r\n",
+    ":-1\r\n", ":99\r\n", "+OK\r\n", "+PONG\r\n", "-ERR x\r\n", "-NOSCRIPT x\r\n", "$7\r\nmessage\r\n",
+    "$9\r\nsubscribe\r\n", "$11\r\nunsubscribe\r\n", "$4\r\npong\r\n", "$8\r\npmessage\r\n",
+    "$5\r\nfx:c0\r\n", "$5\r\nfx:c1\r\n", "$5\r\nfx:c2\r\n", "$5\r\nfx:c3\r\n", "$15\r\n" FIRST_ID "\r\n",
+    "$28\r\nid: 1700000000000-9\ndata: x\n\n\r\n", "$27\r\nid: 1700000000000-1\ndata: x\n\n\r\n",
+    "$5\r\nhello\r\n", "$17\r\n1 1700000000000-1\r\n", "$17\r\n9 1700000000000-1\r\n", ">3\r\n", "%1\r\n",
+    "#t\r\n", "_\r\n", "?\r\n",
+};
 
 /* The starting state; see the header comment. */
 static fx *prelude(void)
@@ -93,7 +107,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size)
     int ops = 0;
 
     while (p < end && ops++ < MAX_OPS) {
-        uint8_t op = arg(&p, end) % 10;
+        uint8_t op = arg(&p, end) % 12;
         const char *bytes;
         size_t n;
         switch (op) {
@@ -139,6 +153,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size)
         case 9:
             fx_kill(x, (arg(&p, end) & 1) ? 'S' : 'C');
             break;
+        case 10:
+        case 11: {
+            tbuf t = {0};
+            n = take(&p, end, arg(&p, end), &bytes);
+            for (size_t i = 0; i < n; i++) {
+                const char *pc = PIECES[(uint8_t)bytes[i] % (sizeof(PIECES) / sizeof(PIECES[0]))];
+                tbuf_put(&t, pc, strlen(pc));
+            }
+            fx_send(x, op == 10 ? 'S' : 'C', t.p, t.len);
+            tbuf_free(&t);
+            break;
+        }
         }
         check_invariants(x);
     }
@@ -187,9 +213,13 @@ static size_t random_program(uint64_t *s, uint8_t *buf, size_t cap)
                                          "$28\r\nid: 1700000000000-9\ndata: x\n\n\r\n", "$0\r\n\r\n"};
     size_t n = 0;
     while (n + 260 < cap && next_rand(s) % 8 != 0) {
-        uint8_t op = (uint8_t)(next_rand(s) % 10);
+        uint8_t op = (uint8_t)(next_rand(s) % 12);
         buf[n++] = op;
-        if (op <= 3) {
+        if (op >= 10) {
+            size_t len = next_rand(s) % 16;
+            buf[n++] = (uint8_t)len;
+            for (size_t i = 0; i < len; i++) buf[n++] = (uint8_t)next_rand(s);
+        } else if (op <= 3) {
             size_t start, len = 0;
             if (op == 3) buf[n++] = (uint8_t)next_rand(s);
             start = n++;
