@@ -613,6 +613,24 @@ static void fill_failed_reset(spillway_hub *hub, spillway_channel *ch, const cha
     fill_waiters(hub, ch);
 }
 
+static void cache_trim(spillway_hub *hub, spillway_channel *ch)
+{
+    uint32_t keep = hub->cfg.backlog_size;
+    for (uint32_t i = 0; i < ch->nsubs; i++) {
+        const spillway_conn *c = ch->subs[i].conn;
+        uint32_t lo = 0, hi = ch->ring_len;
+        if (!(c->flags & SW_CF_JOINING) || !c->has_cursor) continue;
+        /* The frames after its cursor (the ring is in id order). */
+        while (lo < hi) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if (spillway_id_cmp(ch->ring[(ch->ring_start + mid) % ch->ring_cap]->id, c->cursor) <= 0) lo = mid + 1;
+            else hi = mid;
+        }
+        keep = SW_MAX(keep, ch->ring_len - lo);
+    }
+    spillway_backlog_trim(hub, ch, keep);
+}
+
 /* The last page is in: the pages (everything after fill_from up to the
  * read's point) go in front of the ring. */
 static void fill_complete(spillway_hub *hub, spillway_channel *ch, spillway_id seen)
@@ -647,8 +665,10 @@ static void fill_complete(spillway_hub *hub, spillway_channel *ch, spillway_id s
     fill_waiters(hub, ch);
     /* The streams that waited have their replay (references): the ring
      * goes back to backlog_size frames, so fills from ever older cursors
-     * cannot grow it without bound. */
-    spillway_backlog_trim(hub, ch, hub->cfg.backlog_size);
+     * cannot grow it without bound; but not below a stream still waiting
+     * for another of its channels, or that channel's fill and this one
+     * could take turns trimming each other's ring. */
+    cache_trim(hub, ch);
 }
 
 static void on_fill_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
