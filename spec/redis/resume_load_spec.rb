@@ -86,4 +86,27 @@ RSpec.describe "Redis: resumes under load" do
     stuck&.each(&:close)
     fresh&.close
   end
+
+  it "serves a stream whose channels are filled one after the other, even when Redis keeps more than backlog_size" do
+    # MAXLEN ~ 5 trims whole radix-tree nodes: Redis keeps all 30 entries of
+    # each channel, so each fill brings more than backlog_size frames. A fill
+    # that trimmed its ring back to backlog_size at once would leave the
+    # stream waiting for the other channel without its frames, ask again,
+    # and so on.
+    start(backlog_size: 5)
+    watcher = SSEClient.open(@server.port, %w[p q])
+    watcher.wait_for_head
+    wait_until { s = @server.stats; s[:connections] == 1 && s[:joining].zero? }
+    cursor = Spillway.publish("p", "before")
+    30.times { |i| %w[p q].each { |ch| Spillway.publish(ch, "#{ch}#{i}") } }
+    watcher.wait_for_events(61)
+    reads0 = command_calls(@redis).fetch("evalsha", 0)
+    back = SSEClient.open(@server.port, %w[p q], cursor: cursor)
+    back.wait_for_events(60, timeout: 10)
+    expect(back.data).to eq(Array.new(30) { |i| ["p#{i}", "q#{i}"] }.flatten)
+    expect(back.events.map(&:type).uniq).to eq(["message"])
+    expect(command_calls(@redis).fetch("evalsha", 0) - reads0).to be <= 4
+  ensure
+    [watcher, back].compact.each(&:close)
+  end
 end
