@@ -6,11 +6,13 @@ RSpec.describe "Spillway.publish with an idempotency_key (memory backend)" do
   it "returns the first id for a repeat within idempotency_ttl and publishes nothing" do
     first = Spillway.publish("idem", "shipped", idempotency_key: "order-42-shipped")
     cursor = Spillway.cursor
-    published = Spillway.hub.stats[:messages_in]
     expect(Spillway.publish("idem", "shipped", idempotency_key: "order-42-shipped")).to eq(first)
     expect(Spillway.publish("other", "shipped again", idempotency_key: "order-42-shipped")).to eq(first)
-    expect(Spillway.cursor).to eq(cursor) # no id was issued
-    expect(Spillway.hub.stats[:messages_in]).to eq(published)
+    # No id was issued: the memory backend stamps every publish it hands to
+    # the hub under the queue lock, so nothing went there. (The hub's own
+    # count, messages_in, is kept by its thread and lags: comparing it here
+    # raced with the first publish being taken.)
+    expect(Spillway.cursor).to eq(cursor)
     expect(Spillway.publish("idem", "shipped", idempotency_key: "order-43-shipped")).not_to eq(first)
   end
 
