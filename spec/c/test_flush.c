@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "hub_config.h"
 #include "hub_internal.h"
 
 /* A TCP port on 127.0.0.1 that nothing listens on: bound, then closed. */
@@ -39,17 +40,7 @@ static spillway_hub *start_unreachable(void)
     char err[256] = "";
     int rc;
 
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.heartbeat_ms = 30000;
-    cfg.retry_ms = 1500;
-    cfg.max_connections = 100;
-    cfg.max_channels_per_conn = 8;
-    cfg.outbox_limit = 1u << 20;
-    cfg.max_lag_ms = 30000;
-    cfg.memory_limit = 1ull << 30;
-    cfg.backlog_size = 100;
-    cfg.max_backlog_channels = 1000;
-    cfg.queue_limit = 10000;
+    cfg = test_hub_config();
     cfg.redis.host = "127.0.0.1";
     cfg.redis.port = dead_port();
     cfg.redis.connect_timeout_ms = 1000;

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "hub_config.h"
 #include "hub_internal.h"
 #include "sse_ref.h"
 
@@ -25,25 +26,6 @@ static const char HEAD[] = "HTTP/1.1 200 OK\r\n"
                            "Cache-Control: no-cache, no-transform\r\n"
                            "X-Accel-Buffering: no\r\n"
                            "Connection: close\r\n";
-
-static spillway_config base_config(void)
-{
-    spillway_config cfg;
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.heartbeat_ms = 30000;
-    cfg.retry_ms = 1500;
-    cfg.max_connections = 100;
-    cfg.max_channels_per_conn = 8;
-    cfg.outbox_limit = 1u << 20;
-    cfg.max_lag_ms = 30000;
-    cfg.memory_limit = 1ull << 30;
-    cfg.backlog_size = 100;
-    cfg.backlog_ttl_s = 0;
-    cfg.max_backlog_channels = 1000;
-    cfg.queue_limit = 10000;
-    cfg.redis.host = NULL; /* the memory backend */
-    return cfg;
-}
 
 static spillway_hub *start(const spillway_config *cfg)
 {
@@ -232,23 +214,23 @@ static char *datas(client *c)
 
 TEST(config_and_arguments_are_checked)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub = NULL;
     char err[256];
 
     cfg.heartbeat_ms = 5;
     CHECK_INT(spillway_hub_new(&cfg, &hub, err, sizeof(err)), ==, -EINVAL);
     CHECK(strstr(err, "heartbeat") != NULL);
-    cfg = base_config();
+    cfg = test_hub_config();
     cfg.extra_headers = "X-No-Crlf: 1";
     CHECK_INT(spillway_hub_new(&cfg, &hub, err, sizeof(err)), ==, -EINVAL);
     CHECK(strstr(err, "CRLF") != NULL);
-    cfg = base_config();
+    cfg = test_hub_config();
     cfg.max_channels_per_conn = 2000;
     CHECK_INT(spillway_hub_new(&cfg, &hub, err, sizeof(err)), ==, -EINVAL);
     CHECK(hub == NULL);
 
-    cfg = base_config();
+    cfg = test_hub_config();
     cfg.max_connections = 2;
     hub = start(&cfg);
     CHECK(spillway_hub_running(hub));
@@ -296,7 +278,7 @@ TEST(config_and_arguments_are_checked)
 
 TEST(head_opening_and_frames_in_order)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub;
     client a, b;
     const char *chans[] = {"news"};
@@ -356,7 +338,7 @@ TEST(head_opening_and_frames_in_order)
 TEST(channels_route_and_duplicates_collapse)
 {
     spillway_hub *hub;
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     client x, y;
     const char *both[] = {"a", "b", "a"};
     const char *bonly[] = {"b"};
@@ -383,7 +365,7 @@ TEST(channels_route_and_duplicates_collapse)
 
 TEST(ids_strictly_increase_and_match_the_frames)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub = start(&cfg);
     client c;
     enum { N = 2000 };
@@ -449,7 +431,7 @@ static void *publisher_main(void *p)
 
 TEST(concurrent_publishers_keep_id_and_thread_order)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub;
     client c;
     const char *chans[PUB_THREADS] = {"p0", "p1", "p2", "p3"};
@@ -492,7 +474,7 @@ TEST(concurrent_publishers_keep_id_and_thread_order)
 
 TEST(resume_from_a_cursor_replays_what_was_missed)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub = start(&cfg);
     client c, m;
     sent s[6], a1;
@@ -531,7 +513,7 @@ TEST(resume_from_a_cursor_replays_what_was_missed)
  * is published after it arrives. */
 TEST(hub_cursor_is_now)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub = start(&cfg);
     client c, early;
     char now[SPILLWAY_ID_TEXT_MAX], start_id[SPILLWAY_ID_TEXT_MAX];
@@ -571,7 +553,7 @@ static void check_reset_first(client *c, const char *channels_json, const char *
 
 TEST(reset_when_the_backlog_does_not_reach_the_cursor)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub;
     client old, edge, junk, past, future, fresh;
     sent s[7];
@@ -624,7 +606,7 @@ TEST(reset_when_the_backlog_does_not_reach_the_cursor)
 
 TEST(lru_eviction_turns_into_a_reset)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub;
     client c1, c2, c3;
     sent p0;
@@ -661,7 +643,7 @@ TEST(lru_eviction_turns_into_a_reset)
  * it. A reader on the same channel that keeps up gets everything. */
 TEST(slow_reader_closed_at_the_cap_fast_reader_gets_everything)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub;
     client fast, slow;
     const char *chans[] = {"burst"};
@@ -704,7 +686,7 @@ TEST(slow_reader_closed_at_the_cap_fast_reader_gets_everything)
  * dropped as "slow" after the first socket-full. */
 TEST(resume_bigger_than_the_cap_reaches_a_reader_that_reads)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub;
     client c;
     const char *chans[] = {"big"};
@@ -731,7 +713,7 @@ TEST(resume_bigger_than_the_cap_reaches_a_reader_that_reads)
  * its oldest unsent frame waited longer than max_lag. */
 TEST(max_lag_drops_a_stalled_reader)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub;
     client live, stalled;
     const char *chans[] = {"wt"};
@@ -788,7 +770,7 @@ static void burst(spillway_hub *hub, const char *channel, int n, size_t size)
  * stays and gets everything. */
 TEST(burst_far_over_outbox_limit_reaches_a_reader_that_keeps_up)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub;
     client reader, stuck;
     const char *chans[] = {"burst"};
@@ -821,7 +803,7 @@ TEST(burst_far_over_outbox_limit_reaches_a_reader_that_keeps_up)
  * an earlier burst; the second burst takes the process over the budget. */
 TEST(memory_limit_closes_the_laggiest_first)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub;
     client older, newer, reader;
     const char *a[] = {"a"}, *b[] = {"b"};
@@ -858,7 +840,7 @@ TEST(memory_limit_closes_the_laggiest_first)
 
 TEST(peer_eof_releases_the_stream)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub = start(&cfg);
     client c[3];
 
@@ -884,7 +866,7 @@ TEST(peer_eof_releases_the_stream)
 
 TEST(heartbeats_arrive_every_period)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub;
     client c;
     cfg.heartbeat_ms = 50;
@@ -904,7 +886,7 @@ TEST(heartbeats_arrive_every_period)
  * the lower bound below cannot fail on a slow machine. */
 TEST(heartbeat_period_is_the_configured_one)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub;
     client c;
     uint64_t t_first, t_last;
@@ -925,7 +907,7 @@ TEST(heartbeat_period_is_the_configured_one)
 
 TEST(a_client_that_talks_too_much_is_closed)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub = start(&cfg);
     client c;
     char junk[9000];
@@ -945,7 +927,7 @@ TEST(a_client_that_talks_too_much_is_closed)
  * "the hub checks them again" and only refuses CR, LF and NUL). */
 TEST(reset_data_is_valid_json_for_any_accepted_name)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub = start(&cfg);
     client c;
     const char *name = "we\"ird\\name";
@@ -968,7 +950,7 @@ TEST(reset_data_is_valid_json_for_any_accepted_name)
  * a message that names the limit; nothing already queued is lost. */
 TEST(full_queue_refuses_with_a_clear_error)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub;
     client c;
     char err[256] = "", id[SPILLWAY_ID_TEXT_MAX];
@@ -992,7 +974,7 @@ TEST(full_queue_refuses_with_a_clear_error)
 
 TEST(stop_sends_a_last_retry_and_closes_everything)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub = start(&cfg);
     client a, b, late;
     char err[256], id[SPILLWAY_ID_TEXT_MAX];
@@ -1045,7 +1027,7 @@ static spillway_hub *volatile fork_keepalive;
 
 TEST(fork_child_closes_inherited_streams)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub = start(&cfg);
     client c;
     int ready[2], go[2];
@@ -1099,7 +1081,7 @@ TEST(fork_child_closes_inherited_streams)
  * In a fork child the hub is dead, and the call must not hang there. */
 TEST(fork_child_flush_returns)
 {
-    spillway_config cfg = base_config();
+    spillway_config cfg = test_hub_config();
     spillway_hub *hub = start(&cfg);
     pid_t pid;
     int status = 0;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "hub_config.h"
 #include "hub_internal.h"
 
 #define INTERVAL_MS 300u
@@ -21,17 +22,7 @@ static spillway_hub *start(uint32_t interval_ms)
     char err[256] = "";
     int rc;
 
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.heartbeat_ms = 30000;
-    cfg.retry_ms = 1500;
-    cfg.max_connections = 100;
-    cfg.max_channels_per_conn = 8;
-    cfg.outbox_limit = 1u << 20;
-    cfg.max_lag_ms = 30000;
-    cfg.memory_limit = 1ull << 30;
-    cfg.backlog_size = 100;
-    cfg.max_backlog_channels = 1000;
-    cfg.queue_limit = 10000;
+    cfg = test_hub_config();
     cfg.log_interval_ms = interval_ms;
     rc = spillway_hub_new(&cfg, &hub, err, sizeof(err));
     if (rc != 0) fprintf(stderr, "  spillway_hub_new: %d %s\n", rc, err);
