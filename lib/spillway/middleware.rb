@@ -1,7 +1,7 @@
 # frozen_string_literal: true
 
-require "uri"
 require "socket"
+require "cgi/util"
 
 module Spillway
   # Rack middleware that serves Server-Sent Events streams:
@@ -45,6 +45,10 @@ module Spillway
       @mount = mount.to_s
       @authorize = authorize
       @param = param.to_s
+      raise ArgumentError, "param must be a non-empty name without & = % +" if @param.empty? || @param.match?(/[&=%+]/)
+
+      @param = @param.dup.force_encoding(Encoding::UTF_8).freeze
+      @param_at = /\G#{Regexp.escape(@param)}/
     end
 
     def call(env)
@@ -62,16 +66,27 @@ module Spillway
       query = env["QUERY_STRING"].to_s
       return text(414, "query string longer than #{MAX_QUERY_BYTES} bytes\n") if query.bytesize > MAX_QUERY_BYTES
 
-      params = begin
-        URI.decode_www_form(query)
-      rescue ArgumentError
-        return text(400, "malformed query string\n")
-      end
+      return text(400, "malformed query string: not ASCII\n") unless query.ascii_only?
+
       config = Spillway.config
-      channels = params.filter_map { |k, v| v if k == @param }.uniq
+      max = config.max_channels_per_connection
+      channels = []
+      cursor = nil
+      scan_query(query) do |name, value|
+        if name == :channel
+          next if channels.include?(value)
+
+          channels << value
+          # One past the limit is enough to refuse; the rest of a hostile
+          # query is not read.
+          break if channels.size > max
+        else
+          cursor ||= value
+        end
+      end
       return text(400, "no channel given: use ?#{@param}=NAME (repeat for several)\n") if channels.empty?
-      if channels.size > config.max_channels_per_connection
-        return text(400, "#{channels.size} channels requested; max_channels_per_connection is #{config.max_channels_per_connection}\n")
+      if channels.size > max
+        return text(400, "more than #{max} channels requested; max_channels_per_connection is #{max}\n")
       end
 
       bad = channels.find { |c| !config.valid_channel?(c) }
@@ -80,7 +95,7 @@ module Spillway
                          "characters of A-Z a-z 0-9 _ - . : @ / = +\n")
       end
 
-      cursor = env["HTTP_LAST_EVENT_ID"] || params.find { |k, _| k == "lastEventId" }&.last
+      cursor = env["HTTP_LAST_EVENT_ID"] || cursor
       cursor = nil if cursor&.empty?
       return text(400, "Last-Event-ID longer than #{MAX_CURSOR_BYTES} bytes\n") if cursor && cursor.bytesize > MAX_CURSOR_BYTES
 
@@ -98,6 +113,60 @@ module Spillway
                     "retry-after" => retry_after.to_s)
       end
       Fallback.open(env, hub, channels, cursor)
+    end
+
+    # Yields (:channel, value) for every `param=` pair of the query string
+    # and (:cursor, value) for every `lastEventId=` pair, in order, with
+    # names and values decoded as URI.decode_www_form decodes them (`+` is a
+    # space, `%XX` a byte, a `%` without two hex digits stays, the value is
+    # UTF-8 with invalid bytes replaced). Only the yielded values are
+    # allocated: a stream's request is read without building every pair.
+    # One pass: the next `%` and `+` are looked up only once passed.
+    def scan_query(query)
+      len = query.bytesize
+      pct = query.index("%") || len
+      plus = query.index("+") || len
+      pos = 0
+      while pos <= len
+        amp = query.index("&", pos) || len
+        pct = query.index("%", pos) || len if pct < pos
+        plus = query.index("+", pos) || len if plus < pos
+        eq = query.index("=", pos)
+        eq = amp if eq.nil? || eq > amp # a name alone: its value is ""
+        name = pct < eq || plus < eq ? decoded_name(query.byteslice(pos, eq - pos)) : literal_name(query, pos, eq)
+        if name
+          value = eq < amp ? query.byteslice(eq + 1, amp - eq - 1) : +""
+          value = pct < amp || plus < amp ? decode_component(value) : value.force_encoding(Encoding::UTF_8)
+          value.scrub!
+          yield name, value
+        end
+        pos = amp + 1
+      end
+    end
+
+    CURSOR_AT = /\GlastEventId/
+    private_constant :CURSOR_AT
+
+    # :channel, :cursor or nil for the unescaped pair name query[from...eq].
+    def literal_name(query, from, eq)
+      if eq - from == @param.bytesize && @param_at.match?(query, from) then :channel
+      elsif eq - from == 11 && CURSOR_AT.match?(query, from) then :cursor
+      end
+    end
+
+    def decoded_name(raw)
+      name = decode_component(raw)
+      if name == @param then :channel
+      elsif name == "lastEventId" then :cursor
+      end
+    end
+
+    # `+` and `%XX` decoded (a `%` without two hex digits stays), as UTF-8.
+    # CGI.unescape does it in C, but leaves a `+` right after such a `%`: the
+    # `+`s go first.
+    def decode_component(str)
+      str = str.tr("+", " ") if str.include?("+")
+      CGI.unescape(str, Encoding::UTF_8)
     end
 
     # The requested channels that authorize's answer grants, in request

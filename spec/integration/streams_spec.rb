@@ -102,8 +102,12 @@ RSpec.describe "Streams on Puma with one thread (memory backend)" do
     q = SSEClient.open(server.port, %w[r:a], query: "lastEventId=#{first}")
     q.wait_for_events(2)
     expect(q.data).to eq(%w[a2 a3])
+    # Its name and value percent-encoded like any query parameter's.
+    e = SSEClient.open(server.port, %w[r:a], query: "last%45ventId=#{first.sub('-', '%2D')}")
+    e.wait_for_events(2)
+    expect(e.data).to eq(%w[a2 a3])
   ensure
-    [client, resumed, q].compact.each(&:close)
+    [client, resumed, q, e].compact.each(&:close)
   end
 
   it "sends event: reset when the cursor is older than the backlog" do
