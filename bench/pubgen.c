@@ -6,9 +6,11 @@
  * t_ns = CLOCK_REALTIME nanoseconds at publish), optionally padded. Who
  * writes that stamp depends on the mode:
  *
- *   app  One request per burst: POST URL&count=K, body = the padding. The
- *        peer app publishes K messages and stamps each one itself, right
- *        before it hands it to its publish call (live, message_bus, spillway).
+ *   app  One request per burst: POST URL&count=K&seq=S, body = the padding.
+ *        The peer app publishes K messages (seqs S..S+K-1) and stamps each
+ *        one itself, right before it hands it to its publish call (live,
+ *        message_bus, spillway; only a peer that may run several processes,
+ *        spillway, needs the seq: the others count per process).
  *   raw  One request per message: POST URL, body = "<seq> <t_ns> pad",
  *        stamped here right before the burst's write(). A burst of K is K
  *        pipelined requests in one write (nchan, ceiling: no app to stamp).
@@ -212,9 +214,10 @@ int main(int argc, char **argv)
                 first_ns = now;
             last_ns = now;
             n = (size_t)snprintf(req, reqcap,
-                                 "POST %s%ccount=%lld HTTP/1.1\r\nHost: %s:%d\r\n"
+                                 "POST %s%ccount=%lld&seq=%lld HTTP/1.1\r\nHost: %s:%d\r\n"
                                  "Content-Type: text/plain\r\nContent-Length: %zu\r\n\r\n%s",
-                                 U.path, strchr(U.path, '?') ? '&' : '?', k, U.host, U.port, padlen, pad);
+                                 U.path, strchr(U.path, '?') ? '&' : '?', k, seq, U.host, U.port, padlen, pad);
+            seq += k;
             nreq = 1;
         }
         write_all(req, n);

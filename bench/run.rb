@@ -67,7 +67,7 @@ Options = Struct.new(:quick, :systems, :streams, :messages, :burst, :ramp_steps,
                      :latency_seconds, :rate, :vanish_timeout, :workloads, :output, :install,
                      :size, :keep_tmp, :lockstep_messages, :burst_messages, :lockstep_seconds,
                      :fin_timeout, :skipped, :spillway_rev, :spillway_built, :rounds, :storm_streams,
-                     :storm_messages, :fresh_sizes, keyword_init: true)
+                     :storm_messages, :storm_workers, :fresh_sizes, keyword_init: true)
 
 def parse_options(argv)
   o = Options.new(quick: false, systems: SYSTEMS.dup, install: true, rate: 10, burst: 100, size: 0,
@@ -115,6 +115,10 @@ def parse_options(argv)
     op.on("--storm-messages K", Integer, "messages every storm stream has missed (default 20)") do |v|
       o.storm_messages = v
     end
+    op.on("--storm-workers W", Integer, "also run Spillway's storm on Puma with W workers " \
+                                        "(default: one per core; 1: not)") do |v|
+      o.storm_workers = v
+    end
     op.on("--fresh-sizes LIST", "streams opened in a fresh process for the memory workload " \
                                 "(default: the delivery runs' streams and the ramp's top)") do |v|
       o.fresh_sizes = v.split(",").map { |x| Integer(x) }
@@ -140,6 +144,7 @@ def parse_options(argv)
   o.rounds ||= quick ? 1 : 3
   o.storm_streams ||= quick ? 500 : 5000
   o.storm_messages ||= 20
+  o.storm_workers ||= Etc.nprocessors
   abort "--storm-streams must be 1..19900 (one loadgen)" unless (1..19_900).cover?(o.storm_streams)
   o.fresh_sizes ||= [o.streams, ramp_max].uniq
   abort "--rounds must be at least 1" if o.rounds < 1

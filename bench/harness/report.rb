@@ -56,6 +56,7 @@ def metrics(r, opts)
   ping = ramp[:ping_at_held] || {}
   fresh = (r[:memory].is_a?(Array) ? r[:memory] : []).select { |x| x[:per_stream_kb] }
   st = r[:storm].is_a?(Hash) && r[:storm][:streams] ? r[:storm] : {}
+  sw = r[:storm_workers].is_a?(Hash) && r[:storm_workers][:streams] ? r[:storm_workers] : {}
   gone = lambda do |key, timeout|
     x = r[key]
     x && !x[:error] && x[:released_s].nil? ? "> #{timeout}" : nil
@@ -88,6 +89,17 @@ def metrics(r, opts)
     storm_by_command: st.dig(:redis, :by_command),
     storm_scripts: st.dig(:redis, :script_calls),
     storm_overflows: st[:listen_overflows],
+    storm_w_p99: sw.dig(:served_ms, "p99"),
+    storm_w_max: sw.dig(:served_ms, "max"),
+    storm_w_all: sw.dig(:served_from_start_ms, "max"),
+    storm_w_cmds: sw.dig(:redis, :calls),
+    storm_w_server_cpu: sw[:server_cpu_s]&.*(1000),
+    storm_w_served: sw[:served],
+    storm_w_streams: sw[:streams],
+    storm_w_missing: sw[:missing],
+    storm_w_dup: sw[:dup],
+    storm_w_overflows: sw[:listen_overflows],
+    storm_w_backlog: sw[:backlog],
     dps1: t.dig(:lockstep, "deliveries_per_s"),
     dps100: b.dig(:lockstep, "deliveries_per_s"),
     dpsopen: o.dig(:loadgen, "deliveries_per_s"),
@@ -148,6 +160,15 @@ def metric_rows(opts)
               [:storm_cmds, "#{storm}: Redis commands", 0, :lower],
               [:storm_redis_cpu, "#{storm}: Redis CPU (ms)", 1, :lower],
               [:storm_server_cpu, "#{storm}: server CPU (ms)", 1, :lower])
+  if opts.storm_workers > 1
+    w = "#{storm} on Puma with #{opts.storm_workers} workers, backlog #{fmt([PUMA_BACKLOG, opts.storm_streams * 2].max)}"
+    rows.insert(rows.index { |k, *| k == :storm_server_cpu } + 1,
+                [:storm_w_p99, "#{w}: a stream served after, p99 (ms)", 1, :lower],
+                [:storm_w_max, "#{w}: a stream served after, slowest (ms)", 1, :lower],
+                [:storm_w_all, "#{w}: first connect to the last stream served (ms)", 1, :lower],
+                [:storm_w_cmds, "#{w}: Redis commands", 0, :lower],
+                [:storm_w_server_cpu, "#{w}: server CPU, all workers (ms)", 1, :lower])
+  end
   rows
 end
 
@@ -169,6 +190,13 @@ def results_table(results, m, opts)
            "#{names.map { |n| fmt(m[n][:storm_overflows]) }.join(' | ')} |\n"
     out << "| reconnect storm: Redis commands by command (EVAL/EVALSHA among them) | " \
            "#{names.map { |n| storm_commands_s(m[n]) }.join(' | ')} |\n"
+  end
+  if names.any? { |n| m[n][:storm_w_streams] }
+    out << "| reconnect storm on #{opts.storm_workers} Puma workers: streams served / missing / duplicates / " \
+           "listen queue overflows | " \
+           "#{names.map { |n| m[n][:storm_w_streams] ? "#{fmt(m[n][:storm_w_served])} of #{fmt(m[n][:storm_w_streams])} / " \
+                                                       "#{fmt(m[n][:storm_w_missing])} / #{fmt(m[n][:storm_w_dup])} / " \
+                                                       "#{fmt(m[n][:storm_w_overflows])}" : '–' }.join(' | ')} |\n"
   end
   if names.any? { |n| m[n][:rounds1].size > 1 }
     runs = names.map { |n| m[n][:rounds1].map { |v| v ? fmt(v) : "failed" }.join(", ").then { |x| x.empty? ? "–" : x } }
@@ -345,7 +373,14 @@ def how_measured(opts)
       names both). *Redis CPU* = used_cpu_user + used_cpu_sys of `INFO cpu` over the same span; server
       CPU from `/proc/<pid>/stat`. Missing = owed messages never received, duplicates = messages received
       twice plus messages from before the cursor (the client had them). message_bus's client polls
-      again once a poll has answered; those polls within the span count too.
+      again once a poll has answered; those polls within the span count too. *On Puma with W workers*
+      (Spillway with Redis only; `--storm-workers`, one per core by default): the same storm on `puma -w W
+      -t 1:1` with a listen backlog of twice the storm (net.core.somaxconn raised to it for the run when
+      the bench may, and put back), the way a production Puma is deployed: one process accepts about
+      3,000 connections a second here (Puma's accept, parse and hand-off take about 0.3 ms of CPU per
+      connection; Spillway's middleware about 0.01 ms), so one `-t 1:1` process cannot take 5,000 streams
+      within a second, whatever serves them. The pubgen sends each message's seq (`&seq=`), so the workers
+      number them as one.
     - **client gone with FIN/RST**: one stream from 127.0.0.#{FIN_ADDR}; the client process is killed (its kernel sends
       FIN, or RST) while a message a second is published; the time until the server has no ESTABLISHED or
       CLOSE-WAIT socket to that address (`ss`, polled every 10 ms). "> N" = not within N s.

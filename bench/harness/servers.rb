@@ -53,12 +53,18 @@ def ruby_env(redis)
   env
 end
 
-def puma_cmd(port, threads, extra = [])
-  ["bundle", "exec", "puma", "-e", "production", "-t", threads, "-b", "tcp://127.0.0.1:#{port}?backlog=4096",
+# Puma's listen backlog, unless a run asks for more (the kernel caps it at
+# net.core.somaxconn).
+PUMA_BACKLOG = 4096
+
+def puma_cmd(port, threads, extra = [], backlog: PUMA_BACKLOG)
+  ["bundle", "exec", "puma", "-e", "production", "-t", threads, "-b", "tcp://127.0.0.1:#{port}?backlog=#{backlog}",
    *extra, "config.ru"]
 end
 
-def start_server(name, opts, tmp)
+# workers: Puma's cluster mode with that many worker processes (the Spillway
+# peers only); backlog: Puma's listen backlog.
+def start_server(name, opts, tmp, workers: nil, backlog: PUMA_BACKLOG)
   port = free_port
   dir = File.join(tmp, "#{name}-#{port}")
   FileUtils.mkdir_p(dir)
@@ -85,7 +91,8 @@ def start_server(name, opts, tmp)
       [Process.spawn(ruby_env(redis), *puma_cmd(port, "1:1"),
                      chdir: File.join(BENCH, "peers/message_bus"), **spawn_opts), "app", "mb", 1]
     when "spillway", "spillway-memory"
-      [Process.spawn(ruby_env(redis), *puma_cmd(port, "1:1", ["-I", spillway_lib(opts, tmp)]),
+      cluster = workers ? ["-w", workers.to_s] : []
+      [Process.spawn(ruby_env(redis), *puma_cmd(port, "1:1", ["-I", spillway_lib(opts, tmp), *cluster], backlog: backlog),
                      chdir: File.join(BENCH, "peers/spillway"), **spawn_opts), "app", "sse", 1]
     end
   srv = Server.new(name: name, pid: pid, port: port, pub_port: pub_port, redis: redis, pub_mode: pub_mode, lg_mode: lg_mode,
@@ -110,8 +117,8 @@ def stop_server(srv)
   srv.redis&.stop
 end
 
-def with_server(name, opts, tmp)
-  srv = start_server(name, opts, tmp)
+def with_server(name, opts, tmp, **kw)
+  srv = start_server(name, opts, tmp, **kw)
   yield srv
 ensure
   stop_server(srv)

@@ -83,7 +83,7 @@ def publish_marker(srv, channel)
   # whose answer was lost is not repeated there: the run fails instead.
   wait_until("the marker publish to be accepted", 45, interval: 0.1) do
     res = if srv.pub_mode == "app"
-            http.post("/pub?channel=#{channel}&count=1", "")
+            http.post("/pub?channel=#{channel}&count=1&seq=1", "")
           else
             begin
               http.post("/pub?channel=#{channel}", "1 #{Process.clock_gettime(Process::CLOCK_REALTIME, :nanosecond)}")
@@ -120,7 +120,7 @@ def storm(srv, opts, tmp)
   raise "publishing the #{k} messages failed: #{pub.inspect}" unless pub["published"].to_i == k && pub["bad_status"].to_i.zero?
 
   before = srv.redis && redis_info(srv.redis.port)
-  cpu0 = cpu_s(srv.pid)
+  cpu0 = tree_cpu_s(srv.pid)
   rcpu0 = cpu_s(srv.redis&.pid)
   ovf0 = listen_overflows
   deadline = opts.quick ? 60 : 120
@@ -129,7 +129,7 @@ def storm(srv, opts, tmp)
   res = lg.finish(deadline + 30)
   lg = nil
   ovf = ovf0 && listen_overflows&.-(ovf0)
-  cpu = cpu_s(srv.pid) - cpu0
+  cpu = tree_cpu_s(srv.pid) - cpu0
   redis = srv.redis && redis_delta(before, redis_info(srv.redis.port))
   redis[:proc_cpu_s] = (cpu_s(srv.redis.pid) - rcpu0).round(3) if redis
   served = res["served"] || {}
@@ -144,6 +144,28 @@ def storm(srv, opts, tmp)
   out
 ensure
   lg&.close!
+end
+
+# Runs the block with net.core.somaxconn at least `want` (the kernel's cap
+# on a listen backlog) when this process may raise it, and puts the old
+# value back after; yields the cap in force.
+def with_somaxconn(want)
+  path = "/proc/sys/net/core/somaxconn"
+  old = File.read(path).to_i
+  if old < want
+    begin
+      File.write(path, want.to_s)
+    rescue SystemCallError => e
+      log "  somaxconn is #{old} and cannot be raised to #{want} (#{e.class}): the storm's backlog is capped"
+    end
+  end
+  yield File.read(path).to_i
+ensure
+  begin
+    File.write(path, old.to_s) if old && File.read(path).to_i != old
+  rescue SystemCallError
+    nil
+  end
 end
 
 # ---------- memory per stream, fresh process ----------

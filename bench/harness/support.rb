@@ -78,6 +78,16 @@ rescue Errno::ENOENT
   0.0
 end
 
+# The CPU of a process and of its live children (Puma's workers).
+def tree_cpu_s(pid)
+  return 0.0 unless pid
+
+  kids = File.read("/proc/#{pid}/task/#{pid}/children").split.map(&:to_i)
+  cpu_s(pid) + kids.sum { |k| cpu_s(k) }
+rescue Errno::ENOENT
+  cpu_s(pid)
+end
+
 def established(port, dst: nil)
   filter = "( sport = :#{port} )"
   filter = "( sport = :#{port} and dst #{dst} )" if dst

@@ -114,6 +114,20 @@ def targets(m, sw, opts)
             "#{fmt(s[:storm_head_max], 0)} ms, whole storm #{fmt(s[:storm_all], 0)} ms); " \
             "#{fmt(s[:storm_missing])} missing, #{fmt(s[:storm_dup])} duplicates"
       [v, met, met ? nil : why]
+    }],
+    ["#{storm} on Puma with one worker per core: every stream served within #{STORM_MAX_MS / 1000} s, nothing " \
+     "missing or duplicated (issue #8)", lambda {
+      next ["no shared backend", :na, nil] if sw == "spillway-memory"
+      next [nil, nil, "not measured (--storm-workers 1)"] unless s[:storm_w_streams]
+
+      a = s[:storm_w_max]
+      all = s[:storm_w_served].to_i == s[:storm_w_streams] && s[:storm_w_missing].to_i.zero? && s[:storm_w_dup].to_i.zero?
+      v = "#{fmt(s[:storm_w_served])} of #{fmt(s[:storm_w_streams])} in #{a ? format('%.0f ms', a) : '–'}"
+      met = all && a && a <= STORM_MAX_MS
+      why = "slowest stream #{fmt(a, 0)} ms from its connect (p99 #{fmt(s[:storm_w_p99], 0)}); " \
+            "#{fmt(s[:storm_w_overflows])} listen queue overflows; " \
+            "#{fmt(s[:storm_w_missing])} missing, #{fmt(s[:storm_w_dup])} duplicates"
+      [v, met, met ? nil : why]
     }]
   ]
 end

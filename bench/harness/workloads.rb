@@ -321,6 +321,22 @@ def run_system(name, opts, tmp)
         "#{st.dig(:served_ms, 'max').inspect} ms, Redis commands #{st.dig(:redis, :calls).inspect}" \
         "#{st[:error] ? " (#{st[:error]})" : ''}"
   end
+  if wl.include?("storm") && name == "spillway" && opts.storm_workers > 1
+    # The same storm on Puma in cluster mode, one worker per core, with a
+    # listen backlog that holds the whole storm: what a deploy of a
+    # production Puma sees, and Puma's accept path spread over the cores.
+    backlog = [PUMA_BACKLOG, opts.storm_streams * 2].max
+    step.call(:storm_workers) do
+      with_somaxconn(backlog) do |cap|
+        with_server(name, opts, tmp, workers: opts.storm_workers, backlog: backlog) do |s|
+          storm(s, opts, tmp).merge(workers: opts.storm_workers, backlog: [backlog, cap].min)
+        end
+      end
+    end
+    st = res[:storm_workers]
+    log "  #{name} storm, #{opts.storm_workers} workers: #{st[:served].inspect} of #{st[:streams].inspect} served, max " \
+        "#{st.dig(:served_ms, 'max').inspect} ms#{st[:error] ? " (#{st[:error]})" : ''}"
+  end
   if wl.include?("fin")
     step.call(:fin) { with_server(name, opts, tmp) { |s| fin_release(s, opts, tmp) } }
     log "  #{name} fin: #{res[:fin].inspect}"

@@ -1,9 +1,11 @@
 # The Spillway target, through the gem's public API only.
 #
 #   GET  /stream?channel=C         Spillway::Middleware: SSE from the native hub
-#   POST /pub?channel=C&count=K    Spillway.publish K times; the data of each is
-#                                  "<seq> <t_ns> <body>", stamped right before
-#                                  its publish call
+#   POST /pub?channel=C&count=K[&seq=S]
+#                                  Spillway.publish K times; the data of each is
+#                                  "<seq> <t_ns> <body>" (seqs from S, else this
+#                                  process's count), stamped right before its
+#                                  publish call
 #   GET  /stats                    Spillway.stats as JSON
 #   GET  /ping                     an ordinary request ("pong"), timed by the
 #                                  harness while the streams are held
@@ -63,10 +65,13 @@ run lambda { |env|
     count = (req.params["count"] || 1).to_i
     pad = req.body.read
     pad = " #{pad}" unless pad.empty?
+    # The publisher's numbering when it sends one (several worker
+    # processes would each count from 1), else this process's.
+    first = req.params["seq"]&.to_i
     last = nil
     SEQ_LOCK.synchronize do
-      count.times do
-        seq = (SEQ[channel] += 1)
+      count.times do |i|
+        seq = first ? first + i : (SEQ[channel] += 1)
         last = Spillway.publish(channel,
                                 "#{seq} #{Process.clock_gettime(Process::CLOCK_REALTIME, :nanosecond)}#{pad}")
       end
