@@ -52,6 +52,72 @@ RSpec.describe "Redis: honest resets" do
     client&.close
   end
 
+  # Issue #8's defect 7 was read from the code as "a stream still joining
+  # when the subscriber link drops gets no reset and a silent hole". It is
+  # not a defect (see send_marked_resets): such a stream's own backlog read
+  # covers it. These show it, with the read answered late so that the drop
+  # and the publishes it misses fall inside the join.
+  [[50, 20, "every message after its cursor, once, in order"],
+   [5, 300, "a reset naming the channel where the backlog proves the hole, and order after it"]].each do |backlog, missed, what|
+    it "gives a stream still joining when the subscriber link drops #{what} (backlog #{backlog}, #{missed} missed)" do
+      @redis = RedisServer.new.start
+      @proxy = FaultProxy.new(@redis.port)
+      @server = AppServer.new(config: { redis_url: "redis://127.0.0.1:#{@proxy.port}/0", backlog_size: backlog,
+                                        command_timeout: 5 }).start
+      Spillway.configure(redis_url: @redis.url, backlog_size: backlog)
+      live = SSEClient.open(@server.port, %w[j])
+      live.wait_for_head
+      wait_until { s = @server.stats; s[:connections] == 1 && s[:joining].zero? && s[:redis_connected] }
+      cursor = Spillway.publish("j", "j-1")
+      (2..3).each { |i| Spillway.publish("j", "j-#{i}") }
+      live.wait_for_events(3)
+
+      # The joining stream's backlog read answers a second late; while it is
+      # out, the subscriber link is cut and `missed` messages go by.
+      @proxy.delay_scripted = 1.0
+      reads = @proxy.requests_with("spillway:s:j")
+      joining = SSEClient.open(@server.port, %w[j], cursor: cursor)
+      wait_until(message: "its backlog read sent") { @proxy.requests_with("spillway:s:j") > reads }
+      expect(@server.stats[:joining]).to eq(1)
+      repairs = @server.stats[:gap_repairs]
+      expect(@redis.call("CLIENT", "KILL", "TYPE", "pubsub")).to eq(1)
+      last = 3 + missed
+      (4..last).each { |i| Spillway.publish("j", "j-#{i}") }
+      expect(@server.stats[:joining]).to eq(1) # all of it inside the join
+      wait_until(timeout: 20, message: "the repair") { @server.stats[:gap_repairs] > repairs }
+      @proxy.delay_scripted = 0
+      Spillway.publish("j", "j-#{last + 1}")
+      [joining, live].each do |c|
+        wait_until(timeout: 15, message: "j-#{last + 1}") { c.pump; c.data.include?("j-#{last + 1}") }
+      end
+
+      got = numbers(joining, "j")
+      resets = joining.events.select { |e| e.type == "reset" }
+      if backlog > missed
+        expect(resets).to eq([])
+        expect(got).to eq((2..last + 1).to_a)
+      else
+        # Redis keeps about `backlog` entries: j-2 is gone, a hole is proven
+        # before anything after the cursor is sent. (Today the stream gets
+        # two resets here, its resume's and the repair's, where one would
+        # do: the repair does not yet know the stream's own read covered the
+        # drop.)
+        expect(resets).not_to be_empty
+        expect(resets.map { |e| JSON.parse(e.data)["channels"] }.uniq).to eq([["j"]])
+        expect(joining.events.first.type).to eq("reset")
+        expect(got).to eq(got.sort.uniq)
+        expect(got.last).to eq(last + 1)
+      end
+      # The stream that was live all along: the same promise.
+      live_got = numbers(live, "j")
+      expect(live_got).to eq(live_got.sort.uniq)
+      expect(live_got).to eq((1..last + 1).to_a) if live.events.none? { |e| e.type == "reset" }
+    ensure
+      live&.close
+      joining&.close
+    end
+  end
+
   shared_examples "a resume after Redis lost its data" do |lose|
     it "tells the client (event: reset) instead of leaving a hole" do
       @redis = RedisServer.new.start
