@@ -6,6 +6,7 @@ require "spillway/spillway_ext"
 require "spillway/configuration"
 require "spillway/fallback"
 require "spillway/idempotency_cache"
+require "spillway/token"
 require "spillway/middleware"
 
 # Spillway: Server-Sent Events for Rack apps, served by a native event loop
@@ -88,6 +89,17 @@ module Spillway
         end
       @lock.synchronize { @published += 1 }
       id
+    end
+
+    # A token that opens a stream on exactly these channels (a name or an
+    # Array of names) for expires_in seconds, with no authorize callback:
+    # GET <mount>?token=TOKEN. Needs Spillway.configure(secret:) (in Rails:
+    # derived from secret_key_base). Every process with the same secret
+    # accepts it; changing the secret revokes every token.
+    def sign(channels, expires_in: 3600)
+      secret = @config.secret or raise Error, "Spillway.sign needs a secret: Spillway.configure(secret: ...) " \
+                                             "(at least 32 bytes; Rails derives one from secret_key_base)"
+      Token.sign(channels, expires_in: expires_in, secret: secret, config: @config)
     end
 
     # The id of the newest message published so far in the namespace (Redis)

@@ -31,6 +31,7 @@ module Spillway
       max_lag: 10,                 # seconds a stream's oldest unsent message may wait before it is dropped
       memory_limit: 256 * 1024 * 1024, # bytes of all waiting frames; beyond, the laggiest streams are dropped
       headers: {},                 # extra response headers (e.g. CORS) on every stream
+      secret: nil,                 # signs stream tokens (Spillway.sign); Rails: derived from secret_key_base
       # backlog (both backends)
       backlog_size: 1000,          # messages kept per channel for resume
       backlog_ttl: 86_400,         # seconds a channel's backlog outlives its last message (0: forever)
@@ -95,6 +96,24 @@ module Spillway
 
     def logger=(logger)
       @logger = logger
+    end
+
+    # At least 32 bytes (a Rails secret_key_base has 128 characters): it is
+    # all that stands between a URL and any channel's stream.
+    def secret=(secret)
+      if secret.nil?
+        @secret = nil
+        return
+      end
+      raise ArgumentError, "secret must be a String, got #{secret.class}" unless secret.is_a?(String)
+      raise ArgumentError, "secret must be at least 32 bytes, got #{secret.bytesize}" if secret.bytesize < 32
+
+      @secret = secret.b.freeze
+    end
+
+    # Settings are shown in consoles and logs: the secret is not.
+    def inspect
+      "#<#{self.class.name} #{SETTINGS.keys.map { |k| "#{k}=#{k == :secret ? (@secret ? '[set]' : 'nil') : public_send(k).inspect}" }.join(' ')}>"
     end
 
     def headers=(headers)

@@ -12,6 +12,14 @@ module Spillway
   # copy of its descriptor to the native hub; it is free again at once.
   # Everything else passes through to the app.
   #
+  # With a secret configured, a signed token opens exactly the channels it
+  # names, and authorize is not called (Spillway.sign):
+  #
+  #   GET /stream?token=<Spillway.sign(["chat:42"], expires_in: 3600)>
+  #
+  # `channel=` beside a token may only narrow it; a channel the token does
+  # not name, or a forged, truncated or expired token, is a 403.
+  #
   #   use Spillway::Middleware, mount: "/events",
   #                           authorize: ->(env, channels) { channels.all? { |c| c.start_with?("public:") } }
   #
@@ -46,6 +54,7 @@ module Spillway
       @authorize = authorize
       @param = param.to_s
       raise ArgumentError, "param must be a non-empty name without & = % +" if @param.empty? || @param.match?(/[&=%+]/)
+      raise ArgumentError, "param #{@param.inspect} is taken (lastEventId, token)" if %w[lastEventId token].include?(@param)
 
       @param = @param.dup.force_encoding(Encoding::UTF_8).freeze
       @param_at = /\G#{Regexp.escape(@param)}/
@@ -65,29 +74,41 @@ module Spillway
 
       query = env["QUERY_STRING"].to_s
       return text(414, "query string longer than #{MAX_QUERY_BYTES} bytes\n") if query.bytesize > MAX_QUERY_BYTES
-
       return text(400, "malformed query string: not ASCII\n") unless query.ascii_only?
 
       config = Spillway.config
       max = config.max_channels_per_connection
       channels = []
-      cursor = nil
+      cursor = token = nil
+      tokens = 0
       scan_query(query) do |name, value|
-        if name == :channel
+        case name
+        when :channel
           next if channels.include?(value)
 
           channels << value
           # One past the limit is enough to refuse; the rest of a hostile
           # query is not read.
           break if channels.size > max
+        when :cursor then cursor ||= value
         else
-          cursor ||= value
+          tokens += 1
+          token ||= value
         end
       end
-      return text(400, "no channel given: use ?#{@param}=NAME (repeat for several)\n") if channels.empty?
       if channels.size > max
         return text(400, "more than #{max} channels requested; max_channels_per_connection is #{max}\n")
       end
+
+      cursor = env["HTTP_LAST_EVENT_ID"] || cursor
+      cursor = nil if cursor&.empty?
+      return text(400, "Last-Event-ID longer than #{MAX_CURSOR_BYTES} bytes\n") if cursor && cursor.bytesize > MAX_CURSOR_BYTES
+
+      # Without a secret a `token` parameter is the app's own business (its
+      # authorize may read it).
+      return serve_token(env, config, token, tokens, channels, cursor) if token && config.secret
+
+      return text(400, "no channel given: use ?#{@param}=NAME (repeat for several)\n") if channels.empty?
 
       bad = channels.find { |c| !config.valid_channel?(c) }
       if bad
@@ -95,17 +116,34 @@ module Spillway
                          "characters of A-Z a-z 0-9 _ - . : @ / = +\n")
       end
 
-      cursor = env["HTTP_LAST_EVENT_ID"] || cursor
-      cursor = nil if cursor&.empty?
-      return text(400, "Last-Event-ID longer than #{MAX_CURSOR_BYTES} bytes\n") if cursor && cursor.bytesize > MAX_CURSOR_BYTES
-
       if @authorize
         allowed = @authorize.call(env, channels.dup.freeze)
         channels = granted(channels, allowed)
         return text(500, "authorization failed: server error\n") unless channels
         return text(403, "not allowed\n") if channels.empty?
       end
+      open_stream(env, config, channels, cursor)
+    end
 
+    # A signed token (Spillway.sign) opens exactly its channels, without
+    # authorize; `param=` beside it may only narrow them.
+    def serve_token(env, config, token, tokens, requested, cursor)
+      return text(400, "more than one stream token\n") if tokens > 1
+
+      allowed = begin
+        Token.verify(token, secret: config.secret, config: config)
+      rescue Token::Invalid => e
+        return text(403, "stream token refused: #{e.message}\n")
+      end
+      return open_stream(env, config, allowed, cursor) if requested.empty?
+
+      outside = requested.find { |c| !allowed.include?(c) }
+      return text(403, "channel #{outside[0, 64].inspect} is not in the stream token\n") if outside
+
+      open_stream(env, config, requested, cursor)
+    end
+
+    def open_stream(env, config, channels, cursor)
       hub = Spillway.hub
       unless hub.reserve
         retry_after = [config.retry_interval.ceil, 1].max
@@ -115,8 +153,9 @@ module Spillway
       Fallback.open(env, hub, channels, cursor)
     end
 
-    # Yields (:channel, value) for every `param=` pair of the query string
-    # and (:cursor, value) for every `lastEventId=` pair, in order, with
+    # Yields (:channel, value) for every `param=` pair of the query string,
+    # (:cursor, value) for every `lastEventId=` pair and (:token, value) for
+    # every `token=` pair, in order, with
     # names and values decoded as URI.decode_www_form decodes them (`+` is a
     # space, `%XX` a byte, a `%` without two hex digits stays, the value is
     # UTF-8 with invalid bytes replaced). Only the yielded values are
@@ -145,12 +184,15 @@ module Spillway
     end
 
     CURSOR_AT = /\GlastEventId/
-    private_constant :CURSOR_AT
+    TOKEN_AT = /\Gtoken/
+    private_constant :CURSOR_AT, :TOKEN_AT
 
-    # :channel, :cursor or nil for the unescaped pair name query[from...eq].
+    # :channel, :cursor, :token or nil for the unescaped pair name
+    # query[from...eq].
     def literal_name(query, from, eq)
       if eq - from == @param.bytesize && @param_at.match?(query, from) then :channel
       elsif eq - from == 11 && CURSOR_AT.match?(query, from) then :cursor
+      elsif eq - from == 5 && TOKEN_AT.match?(query, from) then :token
       end
     end
 
@@ -158,6 +200,7 @@ module Spillway
       name = decode_component(raw)
       if name == @param then :channel
       elsif name == "lastEventId" then :cursor
+      elsif name == "token" then :token
       end
     end
 
