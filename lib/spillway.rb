@@ -8,6 +8,7 @@ require "spillway/fallback"
 require "spillway/idempotency_cache"
 require "spillway/token"
 require "spillway/middleware"
+require "spillway/metrics"
 
 # Spillway: Server-Sent Events for Rack apps, served by a native event loop
 # inside the app process, fanned out through Redis (or in-process).

@@ -37,17 +37,21 @@ module Spillway
   # a String (a single name is not a list of names) and a Hash (Enumerable,
   # but of pairs: `channels.to_h { ... }` where a select was meant), like any
   # other Enumerable whose elements are not names. An exception raised by
-  # authorize is not rescued: it goes up to the server and the error-reporting
-  # middleware like any exception of the app (Puma answers 500 and logs it),
-  # and no stream is opened.
+  # authorize (or the token check) goes to on_error(env, exception), whose
+  # [status, headers, body] is the answer (report it to your error tracker
+  # there); without on_error, or when it returns nil, the answer is a 500 and
+  # the log gets one line. No stream is opened either way.
   class Middleware
     MAX_QUERY_BYTES = 16 * 1024
     MAX_CURSOR_BYTES = 64
     TEXT = { "content-type" => "text/plain; charset=utf-8", "cache-control" => "no-store" }.freeze
 
-    def initialize(app, mount: "/stream", authorize: nil, param: "channel")
+    def initialize(app, mount: "/stream", authorize: nil, param: "channel", on_error: nil)
       raise ArgumentError, "mount must start with /" unless mount.to_s.start_with?("/")
       raise ArgumentError, "authorize must respond to #call" if authorize && !authorize.respond_to?(:call)
+      raise ArgumentError, "on_error must respond to #call" if on_error && !on_error.respond_to?(:call)
+
+      @on_error = on_error
 
       @app = app
       @mount = mount.to_s
@@ -117,7 +121,11 @@ module Spillway
       end
 
       if @authorize
-        allowed = @authorize.call(env, channels.dup.freeze)
+        allowed = begin
+          @authorize.call(env, channels.dup.freeze)
+        rescue StandardError => e
+          return failed(env, e, "authorize")
+        end
         channels = granted(channels, allowed)
         return text(500, "authorization failed: server error\n") unless channels
         return text(403, "not allowed\n") if channels.empty?
@@ -134,6 +142,8 @@ module Spillway
         Token.verify(token, secret: config.secret, config: config)
       rescue Token::Invalid => e
         return text(403, "stream token refused: #{e.message}\n")
+      rescue StandardError => e
+        return failed(env, e, "the stream token check")
       end
       return open_stream(env, config, allowed, cursor) if requested.empty?
 
@@ -228,6 +238,23 @@ module Spillway
         names[name.to_s] = true
       end
       channels.select { |c| names.key?(c) }
+    end
+
+    # An exception in authorize or the token check: on_error's answer, or a
+    # 500 and one log line. Either way no stream is opened and the server
+    # keeps the connection (nothing was hijacked).
+    def failed(env, error, where)
+      if @on_error
+        begin
+          answer = @on_error.call(env, error)
+          return answer if answer
+        rescue StandardError => e
+          Spillway.logger.error("Spillway: on_error for #{@mount} raised #{e.class}: #{e.message}")
+        end
+      end
+      Spillway.logger.error("Spillway: #{where} for #{@mount} raised #{error.class}: #{error.message} " \
+                            "(#{error.backtrace&.first}); answered 500, no stream opened")
+      text(500, "authorization failed: server error\n")
     end
 
     def refuse_authorize(what)

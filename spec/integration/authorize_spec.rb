@@ -6,15 +6,15 @@ require "spec_helper"
 # authorize returns what the request's `returns` parameter names.
 RSpec.describe "The authorize contract" do
   before(:all) do
-    @server = AppServer.new(middleware: { mount: "/events", authorize: "by_query" }).start
+    @server = AppServer.new(middleware: { mount: "/events", authorize: "by_query", on_error: "by_query" }).start
   end
 
   after(:all) { @server&.stop }
 
   let(:server) { @server }
 
-  def open_stream(returns, channels = %w[public:news private:admin])
-    SSEClient.open(server.port, channels, mount: "/events", query: "returns=#{returns}")
+  def open_stream(returns, channels = %w[public:news private:admin], query: nil)
+    SSEClient.open(server.port, channels, mount: "/events", query: ["returns=#{returns}", query].compact.join("&"))
   end
 
   def log_lines(pattern)
@@ -93,6 +93,16 @@ RSpec.describe "The authorize contract" do
     ensure
       client&.close
     end
+  end
+
+  it "hands an exception in authorize to on_error, whose answer is sent; 500 when it has none or raises" do
+    res = server.get("/events?channel=public:a&returns=raise&on_error=answer")
+    expect(res.code).to eq("418")
+    expect(res.body).to eq("on_error saw ArgumentError: authorize blew up")
+    res = server.get("/events?channel=public:a&returns=raise&on_error=raise")
+    expect(res.code).to eq("500")
+    wait_until(message: "on_error's own failure in the log") { log_lines(/on_error for \/events raised/).any? }
+    expect(server.stats[:connections]).to eq(0)
   end
 
   it "answers 500 when authorize raises, opens no stream and keeps serving" do
