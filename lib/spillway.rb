@@ -7,6 +7,7 @@ require "spillway/configuration"
 require "spillway/fallback"
 require "spillway/idempotency_cache"
 require "spillway/token"
+require "spillway/turbo"
 require "spillway/middleware"
 require "spillway/metrics"
 

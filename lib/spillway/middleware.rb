@@ -58,7 +58,7 @@ module Spillway
       @authorize = authorize
       @param = param.to_s
       raise ArgumentError, "param must be a non-empty name without & = % +" if @param.empty? || @param.match?(/[&=%+]/)
-      raise ArgumentError, "param #{@param.inspect} is taken (lastEventId, token)" if %w[lastEventId token].include?(@param)
+      raise ArgumentError, "param #{@param.inspect} is taken (lastEventId, token, turbo)" if %w[lastEventId token turbo].include?(@param)
 
       @param = @param.dup.force_encoding(Encoding::UTF_8).freeze
       @param_at = /\G#{Regexp.escape(@param)}/
@@ -83,8 +83,8 @@ module Spillway
       config = Spillway.config
       max = config.max_channels_per_connection
       channels = []
-      cursor = token = nil
-      tokens = 0
+      cursor = token = turbo = nil
+      tokens = turbos = 0
       scan_query(query) do |name, value|
         case name
         when :channel
@@ -95,9 +95,12 @@ module Spillway
           # query is not read.
           break if channels.size > max
         when :cursor then cursor ||= value
-        else
+        when :token
           tokens += 1
           token ||= value
+        else
+          turbos += 1
+          turbo ||= value
         end
       end
       if channels.size > max
@@ -108,9 +111,13 @@ module Spillway
       cursor = nil if cursor&.empty?
       return text(400, "Last-Event-ID longer than #{MAX_CURSOR_BYTES} bytes\n") if cursor && cursor.bytesize > MAX_CURSOR_BYTES
 
-      # Without a secret a `token` parameter is the app's own business (its
-      # authorize may read it).
-      return serve_token(env, config, token, tokens, channels, cursor) if token && config.secret
+      # Without a secret (or Turbo) a `token` (`turbo`) parameter is the
+      # app's own business: its authorize may read it.
+      token = nil unless config.secret
+      turbo = nil unless Turbo.enabled?
+      return text(400, "a stream token and a Turbo stream name together\n") if token && turbo
+      return serve_token(env, config, token, tokens, channels, cursor) if token
+      return serve_turbo(env, config, turbo, turbos, channels, cursor) if turbo
 
       return text(400, "no channel given: use ?#{@param}=NAME (repeat for several)\n") if channels.empty?
 
@@ -145,10 +152,30 @@ module Spillway
       rescue StandardError => e
         return failed(env, e, "the stream token check")
       end
+      narrowed(env, config, allowed, requested, cursor, "the stream token")
+    end
+
+    # A Turbo signed stream name (turbo_stream_from) opens its one channel,
+    # without authorize: Turbo's signature is the grant.
+    def serve_turbo(env, config, signed, count, requested, cursor)
+      return text(400, "more than one Turbo stream name\n") if count > 1
+
+      name = begin
+        Turbo.verified_stream_name(signed)
+      rescue StandardError => e
+        return failed(env, e, "the Turbo stream name check")
+      end
+      return text(403, "Turbo stream name refused: bad signature\n") unless name
+
+      narrowed(env, config, [Turbo.channel_for(name)], requested, cursor, "the Turbo stream name")
+    end
+
+    # The granted channels, or the requested ones when they are among them.
+    def narrowed(env, config, allowed, requested, cursor, what)
       return open_stream(env, config, allowed, cursor) if requested.empty?
 
       outside = requested.find { |c| !allowed.include?(c) }
-      return text(403, "channel #{outside[0, 64].inspect} is not in the stream token\n") if outside
+      return text(403, "channel #{outside[0, 64].inspect} is not in #{what}\n") if outside
 
       open_stream(env, config, requested, cursor)
     end
@@ -164,8 +191,8 @@ module Spillway
     end
 
     # Yields (:channel, value) for every `param=` pair of the query string,
-    # (:cursor, value) for every `lastEventId=` pair and (:token, value) for
-    # every `token=` pair, in order, with
+    # (:cursor, value) for every `lastEventId=` pair, (:token, value) for
+    # every `token=` and (:turbo, value) for every `turbo=` pair, in order, with
     # names and values decoded as URI.decode_www_form decodes them (`+` is a
     # space, `%XX` a byte, a `%` without two hex digits stays, the value is
     # UTF-8 with invalid bytes replaced). Only the yielded values are
@@ -195,7 +222,8 @@ module Spillway
 
     CURSOR_AT = /\GlastEventId/
     TOKEN_AT = /\Gtoken/
-    private_constant :CURSOR_AT, :TOKEN_AT
+    TURBO_AT = /\Gturbo/
+    private_constant :CURSOR_AT, :TOKEN_AT, :TURBO_AT
 
     # :channel, :cursor, :token or nil for the unescaped pair name
     # query[from...eq].
@@ -203,6 +231,7 @@ module Spillway
       if eq - from == @param.bytesize && @param_at.match?(query, from) then :channel
       elsif eq - from == 11 && CURSOR_AT.match?(query, from) then :cursor
       elsif eq - from == 5 && TOKEN_AT.match?(query, from) then :token
+      elsif eq - from == 5 && TURBO_AT.match?(query, from) then :turbo
       end
     end
 
@@ -211,6 +240,7 @@ module Spillway
       if name == @param then :channel
       elsif name == "lastEventId" then :cursor
       elsif name == "token" then :token
+      elsif name == "turbo" then :turbo
       end
     end
 
