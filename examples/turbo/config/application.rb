@@ -10,6 +10,7 @@ require "active_job/railtie"
 require "action_controller/railtie"
 require "action_view/railtie"
 
+require "importmap-rails"
 require "turbo-rails"
 require "spillway"
 
