@@ -6,6 +6,7 @@ require "spillway/spillway_ext"
 require "spillway/configuration"
 require "spillway/fallback"
 require "spillway/idempotency_cache"
+require "spillway/instrumentation"
 require "spillway/token"
 require "spillway/turbo"
 require "spillway/middleware"
@@ -70,6 +71,12 @@ module Spillway
     # Without one, Spillway still makes one up per call, so a publish it
     # sends again after a lost reply is never doubled.
     def publish(channel, data, event: nil, async: false, idempotency_key: nil)
+      # One method, no extra frame: without a subscriber (or without
+      # ActiveSupport) the instrumentation costs the defined? and nothing else.
+      if defined?(::ActiveSupport::Notifications) && Instrumentation.listening?("publish.spillway")
+        payload = { channel: channel, event: event, async: async, idempotency_key: idempotency_key }
+        handle = Instrumentation.start("publish.spillway", payload)
+      end
       channel = check_channel!(channel)
       data = coerce_data(data)
       event = check_event!(event)
@@ -90,7 +97,15 @@ module Spillway
           publisher_call { |p| p.publish(channel, data, event, key) }
         end
       @lock.synchronize { @published += 1 }
+      if handle
+        payload[:bytes] = data.bytesize + (event ? event.bytesize : 0)
+        payload[:id] = id
+        handle.finish
+      end
       id
+    rescue Exception => e # rubocop:disable Lint/RescueException
+      Instrumentation.failed(handle, payload, e) if handle
+      raise
     end
 
     # A token that opens a stream on exactly these channels (a name or an

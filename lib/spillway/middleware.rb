@@ -187,7 +187,11 @@ module Spillway
         return text(503, "too many open streams (max_connections #{config.max_connections_effective})\n",
                     "retry-after" => retry_after.to_s)
       end
-      Fallback.open(env, hub, channels, cursor)
+      response = Fallback.open(env, hub, channels, cursor)
+      if Instrumentation.listening?("stream_open.spillway")
+        Instrumentation.instrument("stream_open.spillway", { channels: channels, cursor: cursor, mount: @mount }) { nil }
+      end
+      response
     end
 
     # Yields (:channel, value) for every `param=` pair of the query string,
