@@ -104,32 +104,32 @@ def targets(m, sw, opts)
        a <= STORM_MAX_COMMANDS ? nil : "#{tg_num(a)} commands#{per}: #{storm_commands_s(s)}"]
     }],
     ["#{storm}: every stream served within #{STORM_MAX_MS / 1000} s, nothing missing or duplicated (issue #8)", lambda {
-      a = s[:storm_max]
       next [nil, nil, "not measured"] unless s[:storm_streams]
 
-      all = s[:storm_served].to_i == s[:storm_streams] && s[:storm_missing].to_i.zero? && s[:storm_dup].to_i.zero?
-      v = "#{fmt(s[:storm_served])} of #{fmt(s[:storm_streams])} in #{a ? format('%.0f ms', a) : '–'}"
-      met = all && a && a <= STORM_MAX_MS
-      why = "slowest stream #{fmt(a, 0)} ms from its connect (p99 #{fmt(s[:storm_p99], 0)}, response head to served " \
-            "#{fmt(s[:storm_head_max], 0)} ms, whole storm #{fmt(s[:storm_all], 0)} ms); " \
-            "#{fmt(s[:storm_missing])} missing, #{fmt(s[:storm_dup])} duplicates"
-      [v, met, met ? nil : why]
+      storm_verdict(s, :storm, "response head to served #{fmt(s[:storm_head_max], 0)} ms, whole storm " \
+                               "#{fmt(s[:storm_all], 0)} ms")
     }],
     ["#{storm} on Puma with one worker per core: every stream served within #{STORM_MAX_MS / 1000} s, nothing " \
      "missing or duplicated (issue #8)", lambda {
       next ["no shared backend", :na, nil] if sw == "spillway-memory"
       next [nil, nil, "not measured (--storm-workers 1)"] unless s[:storm_w_streams]
 
-      a = s[:storm_w_max]
-      all = s[:storm_w_served].to_i == s[:storm_w_streams] && s[:storm_w_missing].to_i.zero? && s[:storm_w_dup].to_i.zero?
-      v = "#{fmt(s[:storm_w_served])} of #{fmt(s[:storm_w_streams])} in #{a ? format('%.0f ms', a) : '–'}"
-      met = all && a && a <= STORM_MAX_MS
-      why = "slowest stream #{fmt(a, 0)} ms from its connect (p99 #{fmt(s[:storm_w_p99], 0)}); " \
-            "#{fmt(s[:storm_w_overflows])} listen queue overflows; " \
-            "#{fmt(s[:storm_w_missing])} missing, #{fmt(s[:storm_w_dup])} duplicates"
-      [v, met, met ? nil : why]
+      storm_verdict(s, :storm_w, "#{fmt(s[:storm_w_overflows])} listen queue overflows")
     }]
   ]
+end
+
+# [value, met, why] of "every stream served within STORM_MAX_MS" from the
+# metrics under prefix (:storm, or :storm_w for the run on Puma's workers).
+def storm_verdict(s, prefix, detail)
+  k = ->(name) { s[:"#{prefix}_#{name}"] }
+  a = k.(:max)
+  all = k.(:served).to_i == k.(:streams) && k.(:missing).to_i.zero? && k.(:dup).to_i.zero?
+  v = "#{fmt(k.(:served))} of #{fmt(k.(:streams))} in #{a ? format('%.0f ms', a) : '–'}"
+  met = all && a && a <= STORM_MAX_MS
+  why = "slowest stream #{fmt(a, 0)} ms from its connect (p99 #{fmt(k.(:p99), 0)}, #{detail}); " \
+        "#{fmt(k.(:missing))} missing, #{fmt(k.(:dup))} duplicates"
+  [v, met, met ? nil : why]
 end
 
 def targets_section(names, m, _results, opts)
