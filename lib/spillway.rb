@@ -11,6 +11,7 @@ require "spillway/token"
 require "spillway/turbo"
 require "spillway/middleware"
 require "spillway/metrics"
+require "spillway/dashboard"
 
 # Spillway: Server-Sent Events for Rack apps, served by a native event loop
 # inside the app process, fanned out through Redis (or in-process).
@@ -33,6 +34,9 @@ module Spillway
   @published = 0
   @at_exit_installed = false
   @warned = {}
+  RECENT_LOG = 50
+  @recent = []
+  @recent_lock = Mutex.new
   @forked = false
 
   class << self
@@ -277,9 +281,20 @@ module Spillway
     # "Spillway: redis_link: Redis sub link: recv: connection closed by Redis
     # (12 times in the last 10s)": the count and the time it covers when the
     # entry sums up more than one occurrence, with the last one's text.
+    # The last RECENT_LOG log entries this process wrote (for the dashboard):
+    # [{ at:, kind:, level:, count:, message: }], oldest first.
+    def recent_log
+      @recent_lock.synchronize { @recent.dup }
+    end
+    public :recent_log
+
     def write_log_entry(kind, level, count, seconds, message)
       line = +"Spillway: #{kind}: #{message.scrub}"
       line << " (#{count} times in the last #{format_seconds(seconds)})" if count > 1
+      @recent_lock.synchronize do
+        @recent << { at: Time.now.to_f, kind: kind.to_s, level: level.to_s, count: count, message: message.scrub }
+        @recent.shift while @recent.size > RECENT_LOG
+      end
       logger.public_send(level, line)
     rescue StandardError => e
       # A logger that fails must not end the thread (nor lose the line).
