@@ -229,7 +229,7 @@ module Spillway
     TURBO_AT = /\Gturbo/
     private_constant :CURSOR_AT, :TOKEN_AT, :TURBO_AT
 
-    # :channel, :cursor, :token or nil for the unescaped pair name
+    # :channel, :cursor, :token, :turbo or nil for the unescaped pair name
     # query[from...eq].
     def literal_name(query, from, eq)
       if eq - from == @param.bytesize && @param_at.match?(query, from) then :channel
