@@ -44,6 +44,28 @@ RSpec.describe "App servers" do
     server&.stop
   end
 
+  it "works on Falcon over HTTP/2 (no hijack: the streaming-body fallback, the worker still serving)" do
+    # An HTTP/2 stream cannot be hijacked: Falcon offers no rack.hijack
+    # there, and the stream takes the body path.
+    server = AppServer.new(server: :falcon).start
+    client = H2SSEClient.open(server.port, "srv:one")
+    client.wait_for_head
+    expect([client.status, client.version]).to eq([200, "HTTP/2"])
+    wait_until(message: "stream attached") { server.stats[:connections] == 1 }
+    ids = Array.new(3) { |i| server.publish("srv:one", "m#{i}") }
+    expect(client.wait_for_events(3).map { |e| [e.data, e.last_event_id] }).to eq(%w[m0 m1 m2].zip(ids))
+    expect(server.get("/ping").body).to eq("pong")
+    stats = server.stats
+    expect(stats.slice(:fallback_total, :fallback_streams)).to eq(fallback_total: 1, fallback_streams: 1)
+    expect(File.read(server.log)).to include("supports no hijack")
+    client.close
+    wait_until(message: "stream released") { server.stats[:connections].zero? }
+    expect(server.stats[:fallback_streams]).to eq(0)
+  ensure
+    client&.close
+    server&.stop
+  end
+
   it "works on Debian's Puma 5.6 with Rack 2 (full hijack, native path)" do
     server = AppServer.new(puma: :debian).start
     expect(File.read(server.log)).to include("Puma version: 5.6")
@@ -277,5 +299,83 @@ RSpec.describe "Preforking app servers" do
     check(server, "falcon")
   ensure
     server&.stop
+  end
+end
+
+# An SSE stream over HTTP/2 (prior knowledge, no TLS), read by async-http's
+# client on a thread of its own; the same readers as SSEClient.
+class H2SSEClient
+  include Waiting
+
+  attr_reader :status, :version, :parser
+
+  def self.open(port, channel)
+    new(port, "/stream?channel=#{URI.encode_www_form_component(channel)}")
+  end
+
+  def initialize(port, path)
+    require "async"
+    require "async/http/protocol/http2"
+    require "protocol/http/request"
+    @parser = SSEParser.new
+    @chunks = Queue.new
+    @socket = Socket.tcp("127.0.0.1", port)
+    @stop, @stopper = IO.pipe
+    @thread = Thread.new do
+      Sync do |task|
+        connection = Async::HTTP::Protocol::HTTP2.client(@socket)
+        reader = task.async do
+          request = Protocol::HTTP::Request["GET", path, { "accept" => "text/event-stream" }]
+          request.scheme = "http"
+          request.authority = "127.0.0.1:#{port}"
+          response = connection.call(request)
+          @chunks << [:head, response.status, response.version]
+          while (chunk = response.body.read)
+            @chunks << [:data, chunk]
+          end
+          @chunks << [:eof]
+        end
+        # close: the connection goes, as when a browser tab closes.
+        @stop.wait_readable
+        reader.stop
+        connection.close
+      end
+    rescue StandardError => e
+      @chunks << [:error, e]
+    ensure
+      @socket.close unless @socket.closed?
+    end
+  end
+
+  def events
+    @parser.events
+  end
+
+  def pump
+    until @chunks.empty?
+      kind, a, b = @chunks.pop
+      case kind
+      when :head then @status, @version = a, b
+      when :data then @parser.feed(a)
+      when :error then raise a
+      end
+    end
+  end
+
+  def wait_for_head(timeout: 10)
+    wait_until(timeout: timeout, message: "HTTP/2 response head") { pump; @status }
+  end
+
+  def wait_for_events(count, timeout: 10)
+    wait_until(timeout: timeout, message: "#{count} events (have #{events.size})") { pump; events.size >= count }
+    events
+  end
+
+  def close
+    return if @stopper.closed?
+
+    @stopper.close
+    @thread.join(5)
+    @stop.close
   end
 end
