@@ -293,6 +293,31 @@ RSpec.describe "Preforking app servers" do
     server&.stop
   end
 
+  it "Pitchfork reforking: the retired workers' streams get a last retry hint and resume on the new ones" do
+    server = start(server: :pitchfork, refork_after: [30])
+    swarm = SSESwarm.new
+    old = open_on_every_worker(server, swarm, "refork")
+    Spillway.configure(redis_url: @redis.url)
+    first = Spillway.publish("refork", "before")
+    swarm.wait_all(message: "the first message") { |c| c.events.size == 1 }
+    # 30 requests to a worker make it the mold of a new generation; the old
+    # workers leave gracefully, each stream hinted to come back.
+    30.times { server.get("/ping") }
+    swarm.wait_all(timeout: 20, message: "the old workers' streams closed") { |c| c.eof? }
+    expect(swarm.clients.map { |c| c.raw.scan("retry:").size }).to all(eq(2))
+    missed = Spillway.publish("refork", "while away")
+    back = SSEClient.open(server.port, "refork", cursor: first)
+    back.wait_for_head
+    expect(back.wait_for_events(1).map { |e| [e.data, e.last_event_id] }).to eq([["while away", missed]])
+    now = server.wait_workers(2, message: "the new generation holding the stream") { |w| connections(w) == 1 }
+    expect(now.keys & old.keys).to be_empty
+    expect(File.read(server.log)).to include("gen=1")
+  ensure
+    back&.close
+    swarm&.close_all
+    server&.stop
+  end
+
   it "Falcon, two forked containers (native path)" do
     server = start(server: :falcon)
     check(server, "falcon")

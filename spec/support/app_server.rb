@@ -37,11 +37,12 @@ class AppServer
   #
   # workers: 0 is a single process (Puma, WEBrick) or one worker (Unicorn,
   # Pitchfork, Falcon). preload: Puma's --preload, Unicorn's preload_app.
+  # refork_after: Pitchfork's [requests, ...] (off by default).
   # after_fork: true makes the server's worker hook call
   # Spillway.after_fork explicitly (Puma's on_worker_boot, Unicorn's
   # after_fork, Pitchfork's after_worker_fork, Falcon has none).
   def initialize(config: {}, middleware: {}, threads: "1:1", workers: 0, preload: false, puma: :gem,
-                 server: nil, after_fork: false, env: {}, tls: nil, rackup: FIXTURE)
+                 server: nil, after_fork: false, refork_after: nil, env: {}, tls: nil, rackup: FIXTURE)
     @config = config
     @middleware = middleware
     @threads = threads
@@ -52,6 +53,7 @@ class AppServer
     raise ArgumentError, "tls: only on Puma" if tls && @server != :puma
 
     @after_fork = after_fork
+    @refork_after = refork_after
     @extra_env = env
     @tls = tls
     @rackup = rackup
@@ -116,7 +118,8 @@ class AppServer
     RUBY
   end
 
-  # Pitchfork: workers forked from a mold (no reforking here). setpgid off:
+  # Pitchfork: workers forked from a mold (reforking only with
+  # refork_after). setpgid off:
   # the workers stay in the server's process group, which stop signals.
   def pitchfork_config
     <<~RUBY
@@ -124,6 +127,7 @@ class AppServer
       listen "127.0.0.1:#{port}"
       timeout 30
       setpgid false
+      #{"refork_after #{@refork_after.inspect}" if @refork_after}
       #{after_fork_hook('after_worker_fork')}
     RUBY
   end
