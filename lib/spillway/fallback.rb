@@ -15,7 +15,9 @@ module Spillway
   # 3. No full hijack, but partial hijack (WEBrick): the server writes the
   #    head, its thread pumps the pair into the IO it hands us.
   # 4. Neither: a streaming body that reads the pair; the server's request
-  #    thread is busy for as long as the stream is open.
+  #    thread is busy for as long as the stream is open. Under a fiber
+  #    scheduler (Falcon over HTTP/2) a Rack 3 streaming body (call), which
+  #    the server runs in a fiber of its own: one fiber per stream.
   #
   # Paths 2-4 warn once in the log and count in stats[:fallback_streams].
   module Fallback
@@ -102,7 +104,7 @@ module Spillway
                          "Spillway: #{env['SERVER_SOFTWARE'] || 'this server'} supports no hijack; each stream " \
                          "holds a server thread. Use Puma for the native path.")
       src = attach_pair(attach, 0)
-      [200, headers, Body.new(src)]
+      [200, headers, Fiber.scheduler ? StreamingBody.new(src) : Body.new(src)]
     rescue Exception # rubocop:disable Lint/RescueException
       give_back(hub, io) unless attached
       raise
@@ -205,7 +207,8 @@ module Spillway
       nil
     end
 
-    # A streaming Rack body over the pair (servers without hijack).
+    # A Rack body over the pair that the server iterates (servers without
+    # hijack).
     class Body
       def initialize(src)
         @src = src
@@ -217,6 +220,39 @@ module Spillway
         nil
       ensure
         close
+      end
+
+      def close
+        @src.close unless @src.closed?
+      end
+    end
+
+    # A Rack 3 streaming body over the pair, for servers that run requests
+    # under a fiber scheduler (Falcon over HTTP/2). Not an each body there:
+    # Falcon pulls one through Enumerator#next, whose fiber is a blocking
+    # one, so a read waiting in it would stop every request of the worker.
+    # Called in a fiber of the server's, the read waits on the scheduler.
+    class StreamingBody
+      def initialize(src)
+        @src = src
+      end
+
+      def call(stream)
+        loop do
+          stream.write(@src.readpartial(CHUNK))
+          stream.flush if stream.respond_to?(:flush)
+        end
+      rescue StandardError
+        # EOF from the hub, or the client gone (the write failed).
+        nil
+      ensure
+        # Also when the server stops the fiber (the client reset the stream).
+        close
+        begin
+          stream.close
+        rescue StandardError
+          nil
+        end
       end
 
       def close

@@ -5,10 +5,12 @@ require "net/http"
 require "tmpdir"
 require "rbconfig"
 
-# A real Puma serving spec/fixtures/app.ru on a free port.
+# A real app server serving spec/fixtures/app.ru on a free port: Puma by
+# default, or another one (server:).
 #
 #   server = AppServer.new(config: { heartbeat: 1 }, threads: "1:1").start
 #   server.get("/stats")
+#   AppServer.new(server: :unicorn, workers: 2, preload: true).start
 class AppServer
   include Waiting
 
@@ -22,24 +24,42 @@ class AppServer
     "GEM_PATH" => %w[/usr/lib/ruby/gems/3.1.0 /usr/share/rubygems-integration/3.1.0
                      /usr/share/rubygems-integration/all /usr/lib/x86_64-linux-gnu/rubygems-integration/3.1.0].join(":")
   }.freeze
+  # puma: (the older keyword) names a server too.
+  PUMA_KEYWORD = { gem: :puma, debian: :debian_puma, webrick: :webrick }.freeze
+  SERVERS = %i[puma debian_puma webrick unicorn pitchfork falcon].freeze
 
-  attr_reader :port, :pid, :log
+  attr_reader :port, :pid, :log, :server
 
-  # puma: :gem (the Gemfile's Puma), :debian (Debian's Puma 5.6 and Rack 2)
-  # or :webrick (rackup's WEBrick: no full hijack).
+  # server: :puma (the Gemfile's Puma), :debian_puma (Debian's Puma 5.6 and
+  # Rack 2), :webrick (rackup's WEBrick: no full hijack), :unicorn,
+  # :pitchfork or :falcon (forked container). puma: :gem, :debian or
+  # :webrick is the older spelling of the first three.
+  #
+  # workers: 0 is a single process (Puma, WEBrick) or one worker (Unicorn,
+  # Pitchfork, Falcon). preload: Puma's --preload, Unicorn's preload_app.
+  # refork_after: Pitchfork's [requests, ...] (off by default).
+  # after_fork: true makes the server's worker hook call
+  # Spillway.after_fork explicitly (Puma's on_worker_boot, Unicorn's
+  # after_fork, Pitchfork's after_worker_fork, Falcon has none).
   def initialize(config: {}, middleware: {}, threads: "1:1", workers: 0, preload: false, puma: :gem,
-                 env: {}, tls: nil, rackup: FIXTURE)
+                 server: nil, after_fork: false, refork_after: nil, env: {}, tls: nil, rackup: FIXTURE)
     @config = config
     @middleware = middleware
     @threads = threads
     @workers = workers
     @preload = preload
-    @puma = puma
+    @server = server || PUMA_KEYWORD.fetch(puma)
+    raise ArgumentError, "unknown server #{@server.inspect} (#{SERVERS.join(', ')})" unless SERVERS.include?(@server)
+    raise ArgumentError, "tls: only on Puma" if tls && @server != :puma
+
+    @after_fork = after_fork
+    @refork_after = refork_after
     @extra_env = env
     @tls = tls
     @rackup = rackup
     @port = free_port
-    @log = File.join(Dir.mktmpdir("spillway-puma"), "puma.log")
+    @dir = Dir.mktmpdir("spillway-#{@server}")
+    @log = File.join(@dir, "server.log")
   end
 
   def start
@@ -48,25 +68,123 @@ class AppServer
       "SPILLWAY_MIDDLEWARE" => JSON.generate(@middleware),
       "RUBYLIB" => File.join(ROOT, "lib")
     }.merge(@extra_env)
+    cmd = command
+    cmd = valgrind_prefix + cmd if ENV["SPILLWAY_VALGRIND"] && @server != :debian_puma
+    spawn_env = @server == :debian_puma ? env.merge(DEBIAN_ONLY_GEMS) : env
+    runner = @server == :debian_puma && defined?(Bundler) ? Bundler.method(:with_unbundled_env) : ->(&b) { b.call }
+    runner.call do
+      # Its own process group: stop signals the server and all its workers.
+      @pid = Process.spawn(spawn_env, *cmd, out: @log, err: @log, pgroup: true)
+    end
+    wait_until(timeout: ENV["SPILLWAY_VALGRIND"] ? 12 : 30, interval: 0.05,
+               message: "#{@server} on #{port} (log: #{log_tail})") { ready? }
+    self
+  end
+
+  # The command line that starts the server.
+  def command
+    case @server
+    when :puma, :debian_puma then puma_command
+    when :webrick then [RbConfig.ruby, "-S", "rackup", "-s", "webrick", "-o", "127.0.0.1", "-p", port.to_s, @rackup]
+    when :unicorn then [RbConfig.ruby, "-S", "unicorn", "-c", write_config(unicorn_config), "-E", "production", @rackup]
+    when :pitchfork then [RbConfig.ruby, "-S", "pitchfork", "-c", write_config(pitchfork_config), @rackup]
+    when :falcon
+      # One forked container process per worker, as in production (never
+      # the master itself serving).
+      [RbConfig.ruby, "-S", "falcon", "serve", "--forked", "-n", [@workers, 1].max.to_s,
+       "-b", "http://127.0.0.1:#{port}", "-c", @rackup]
+    end
+  end
+
+  def puma_command
     bind = @tls ? "ssl://127.0.0.1:#{port}?key=#{@tls[:key]}&cert=#{@tls[:cert]}&verify_mode=none" : "tcp://127.0.0.1:#{port}"
     args = ["-t", @threads, "-b", bind, "--environment", "production"]
     args += ["-w", @workers.to_s] if @workers.positive?
     args << "--preload" if @preload
+    args += ["-C", write_config(after_fork_hook("on_worker_boot"))] if @after_fork
     args << @rackup
-    cmd =
-      case @puma
-      when :debian then [DEBIAN_PUMA, *args]
-      when :webrick then [RbConfig.ruby, "-S", "rackup", "-s", "webrick", "-o", "127.0.0.1", "-p", port.to_s, @rackup]
-      else [RbConfig.ruby, "-S", "puma", *args]
+    @server == :debian_puma ? [DEBIAN_PUMA, *args] : [RbConfig.ruby, "-S", "puma", *args]
+  end
+
+  # Unicorn: a master and its workers; preload_app loads the app (and with
+  # BOOT_PUBLISH its Redis connection) in the master, before the forks.
+  def unicorn_config
+    <<~RUBY
+      worker_processes #{[@workers, 1].max}
+      listen "127.0.0.1:#{port}"
+      preload_app #{@preload ? 'true' : 'false'}
+      timeout 30
+      #{after_fork_hook('after_fork')}
+    RUBY
+  end
+
+  # Pitchfork: workers forked from a mold (reforking only with
+  # refork_after). setpgid off:
+  # the workers stay in the server's process group, which stop signals.
+  def pitchfork_config
+    <<~RUBY
+      worker_processes #{[@workers, 1].max}
+      listen "127.0.0.1:#{port}"
+      timeout 30
+      setpgid false
+      #{"refork_after #{@refork_after.inspect}" if @refork_after}
+      #{after_fork_hook('after_worker_fork')}
+    RUBY
+  end
+
+  def after_fork_hook(name)
+    return "" unless @after_fork
+
+    # The hook's own require: without preload the app is not loaded yet.
+    <<~RUBY
+      #{name} do |_server, _worker|
+        require "spillway"
+        Spillway.after_fork
+        File.write(File.join(#{@dir.inspect}, "after_fork.\#{Process.pid}"), "")
       end
-    cmd = valgrind_prefix + cmd if ENV["SPILLWAY_VALGRIND"] && @puma != :debian
-    spawn_env = @puma == :debian ? env.merge(DEBIAN_ONLY_GEMS) : env
-    runner = @puma == :debian && defined?(Bundler) ? Bundler.method(:with_unbundled_env) : ->(&b) { b.call }
-    runner.call do
-      @pid = Process.spawn(spawn_env, *cmd, out: @log, err: @log, pgroup: true)
+    RUBY
+  end
+
+  def write_config(text)
+    path = File.join(@dir, "#{@server}.conf.rb")
+    File.write(path, text)
+    path
+  end
+
+  # The pids whose explicit after_fork hook ran (after_fork: true).
+  def after_fork_pids
+    Dir[File.join(@dir, "after_fork.*")].map { |f| Integer(File.extname(f).delete(".")) }
+  end
+
+  # { pid => stats } of `count` workers at once: `count` requests sent
+  # together, each holding its worker for a moment (the fixture's ?hold=),
+  # so each lands on a different worker of a server whose workers serve
+  # one request at a time. Tried again until they did (a worker that
+  # serves several at once, Falcon's, may take two), on a deadline.
+  def worker_stats(count, timeout: 20, hold: 0.2)
+    last = nil
+    wait_until(timeout: timeout, interval: 0, message: "#{count} workers answering at once") do
+      answers = Array.new(count) do
+        Thread.new do
+          JSON.parse(get("/stats?hold=#{hold}").body, symbolize_names: true)
+        rescue SystemCallError, IOError, Net::ReadTimeout, JSON::ParserError
+          nil # a worker that died with the request (a spec killed it)
+        end
+      end
+      last = answers.map(&:value).compact.to_h { |s| [s[:pid], s] }
+      last.size == count && last
     end
-    wait_until(timeout: ENV["SPILLWAY_VALGRIND"] ? 12 : 30, interval: 0.05, message: "Puma on #{port} (log: #{log_tail})") { ready? }
-    self
+  end
+
+  # Waits until the block, given worker_stats(count), returns truthy.
+  def wait_workers(count, timeout: 20, message: "workers")
+    last = nil
+    wait_until(timeout: timeout, interval: 0, message: message) do
+      last = worker_stats(count, timeout: timeout)
+      yield(last) && last
+    end
+  rescue Waiting::Timeout => e
+    raise Waiting::Timeout, "#{e.message}; workers: #{last&.transform_values { |s| s.slice(:connections, :fallback_total) }}"
   end
 
   VALGRIND_SUPP = File.join(ROOT, "spec", "valgrind-ruby.supp")
@@ -107,7 +225,7 @@ class AppServer
 
     begin
       Process.kill("TERM", -@pid)
-      wait_until(timeout: timeout, interval: 0.02, message: "Puma to exit") { Process.waitpid(@pid, Process::WNOHANG) }
+      wait_until(timeout: timeout, interval: 0.02, message: "#{@server} to exit") { Process.waitpid(@pid, Process::WNOHANG) }
     rescue Waiting::Timeout
       Process.kill("KILL", -@pid)
       Process.wait(@pid)
