@@ -26,8 +26,6 @@
 
 #include "hub_internal.h"
 
-#define STAT_ADD(hub, field, n) atomic_fetch_add_explicit(&(hub)->field, (n), memory_order_relaxed)
-#define STAT_SUB(hub, field, n) atomic_fetch_sub_explicit(&(hub)->field, (n), memory_order_relaxed)
 
 /* Bytes an SSE client may send us before we call it abuse and hang up
  * (a browser sends nothing after its request). */

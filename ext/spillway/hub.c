@@ -18,11 +18,8 @@
 #include "idem.h"
 #include "sse.h"
 
-#define STAT_ADD(hub, field, n) atomic_fetch_add_explicit(&(hub)->field, (n), memory_order_relaxed)
-#define STAT_GET(hub, field) atomic_load_explicit(&(hub)->field, memory_order_relaxed)
 
 #define EVENTS_PER_WAIT 512
-#define SWEEP_INTERVAL_MS 1000u
 #define WHEEL_SLOTS 100u
 
 /* ---- errors and the log ------------------------------------------------ */
@@ -229,7 +226,7 @@ static void abandon(spillway_hub *hub)
     /* Streams handed over but not attached yet. */
     for (spillway_qnode *n = hub->q.head; n != NULL; n = n->next)
         if (((spillway_cmd *)n)->kind == SW_CMD_ATTACH) close(((spillway_cmd_attach *)n)->fd);
-    if (hub->redis != NULL) spillway_redis_abandon(hub);
+    if (hub->backend.ops != NULL && hub->backend.ops->abandon != NULL) hub->backend.ops->abandon(hub->backend.self);
     spillway_queue_abandon(&hub->q);
     if (hub->epfd >= 0) close(hub->epfd);
     hub->epfd = -1;
@@ -324,65 +321,10 @@ static void free_cmd(spillway_cmd *cmd)
     free(cmd);
 }
 
-/* Why memory_join resets a stream, for the log (the same tests, in order). */
-static const char *memory_reset_reason(const spillway_hub *hub, const spillway_conn *c, spillway_id known)
-{
-    if (!c->cursor_ok) return "the Last-Event-ID is not an event id";
-    if (spillway_id_cmp(c->cursor, known) > 0) return "the Last-Event-ID is newer than any id issued here";
-    if (spillway_id_cmp(c->cursor, hub->origin) < 0)
-        return "the Last-Event-ID is from before this process started";
-    return "the backlog no longer reaches back to the Last-Event-ID";
-}
-
-/* The memory backend's resume: everything is in this process. */
-static void memory_join(spillway_hub *hub, spillway_conn *c)
-{
-    spillway_id now = hub->last, issued;
-    bool all_reset;
-    bool *reset;
-    spillway_frame **frames;
-    size_t total = 0, n = 0;
-
-    if (!c->has_cursor) {
-        c->last = now;
-        return;
-    }
-    /* Not an id, an id this hub never issued (from the future: another
-     * process or a restart), or from before this process started: nothing
-     * here can tell what was missed. */
-    /* Issued but not yet processed here counts as known (Spillway.cursor
-     * may hand out an id whose publish is still in the queue). */
-    pthread_mutex_lock(&hub->q.lock);
-    issued = hub->gen_last;
-    pthread_mutex_unlock(&hub->q.lock);
-    all_reset = !c->cursor_ok || spillway_id_cmp(c->cursor, spillway_id_max(now, issued)) > 0 ||
-                spillway_id_cmp(c->cursor, hub->origin) < 0;
-    for (uint32_t i = 0; i < c->nmem; i++) total += c->mem[i].ch->ring_len;
-    reset = calloc(c->nmem ? c->nmem : 1, sizeof(*reset));
-    frames = malloc((total ? total : 1) * sizeof(*frames));
-    if (reset == NULL || frames == NULL) {
-        free(reset);
-        free(frames);
-        spillway_hub_log(hub, SW_LOG_MEMORY, "memory_join: out of memory");
-        spillway_conn_doom(hub, c, false);
-        return;
-    }
-    for (uint32_t i = 0; i < c->nmem; i++) {
-        spillway_channel *ch = c->mem[i].ch;
-        reset[i] = all_reset || spillway_id_cmp(ch->trimmed, c->cursor) > 0;
-        if (!reset[i]) n += spillway_backlog_collect(ch, c->cursor, frames + n);
-    }
-    qsort(frames, n, sizeof(*frames), spillway_frame_cmp_id);
-    c->last = all_reset ? now : c->cursor;
-    spillway_conn_replay(hub, c, frames, n, reset, now,
-                         memory_reset_reason(hub, c, spillway_id_max(now, issued)));
-    free(reset);
-    free(frames);
-}
-
 static void do_attach(spillway_hub *hub, spillway_cmd_attach *cmd)
 {
     spillway_conn *c = spillway_conn_new(hub, cmd->fd, cmd->flags);
+    const spillway_backend *b = &hub->backend;
     const char *p = cmd->names;
 
     if (c == NULL) {
@@ -404,10 +346,6 @@ static void do_attach(spillway_hub *hub, spillway_cmd_attach *cmd)
     c->cursor_ok = cmd->cursor_ok;
     c->cursor = cmd->cursor;
     if (c->has_cursor) STAT_ADD(hub, st_resumes, 1);
-    if (hub->redis != NULL) {
-        c->flags |= SW_CF_JOINING;
-        STAT_ADD(hub, st_joining, 1);
-    }
 
     c->mem = calloc(cmd->nch ? cmd->nch : 1, sizeof(*c->mem));
     if (c->mem == NULL) {
@@ -434,28 +372,9 @@ static void do_attach(spillway_hub *hub, spillway_cmd_attach *cmd)
             return;
         }
         c->nmem++;
-        if (hub->redis != NULL) spillway_redis_channel_wanted(hub, ch);
+        if (b->ops->channel_wanted != NULL) b->ops->channel_wanted(b->self, ch);
     }
-    if (hub->redis == NULL) memory_join(hub, c);
-    else spillway_redis_conn_joined_channels(hub, c);
-}
-
-static void do_publish(spillway_hub *hub, spillway_cmd_publish *cmd)
-{
-    spillway_frame *f = cmd->frame;
-    spillway_channel *ch = spillway_chtab_get(hub, cmd->channel, cmd->chlen);
-
-    hub->last = spillway_id_max(hub->last, f->id);
-    STAT_ADD(hub, st_published, 1);
-    if (ch == NULL) {
-        spillway_hub_log(hub, SW_LOG_MEMORY, "do_publish: cannot create channel (out of memory)");
-        return;
-    }
-    if (hub->cfg.backlog_size > 0) spillway_lru_touch(hub, ch);
-    if (spillway_backlog_push(hub, ch, f) != 0)
-        spillway_hub_log(hub, SW_LOG_MEMORY, "do_publish: backlog out of memory, message not kept");
-    spillway_channel_fanout(hub, ch, f);
-    spillway_channel_maybe_release(hub, ch);
+    b->ops->join(b->self, c);
 }
 
 static void run_commands(spillway_hub *hub)
@@ -474,12 +393,14 @@ static void run_commands(spillway_hub *hub)
             }
             break;
         case SW_CMD_PUBLISH:
-            if (!hub->stopping) do_publish(hub, (spillway_cmd_publish *)cmd);
+            /* spillway_hub_publish queues these only for a backend that
+             * takes them. */
+            if (!hub->stopping) hub->backend.ops->publish(hub->backend.self, (spillway_cmd_publish *)cmd);
             break;
         case SW_CMD_PUBLISH_ASYNC:
-            if (hub->redis != NULL && !hub->stopping) {
-                /* redis.c takes the command over. */
-                spillway_redis_publish_async(hub, (spillway_cmd_publish *)cmd);
+            if (hub->backend.ops->publish_async != NULL && !hub->stopping) {
+                /* The backend takes the command over. */
+                hub->backend.ops->publish_async(hub->backend.self, (spillway_cmd_publish *)cmd);
                 cmd = NULL;
             } else {
                 spillway_hub_async_done(hub, ((spillway_cmd_publish *)cmd)->seq, false);
@@ -517,9 +438,9 @@ void spillway_hub_flush_and_close(spillway_hub *hub)
 static void end_iteration(spillway_hub *hub)
 {
     spillway_hub_flush_and_close(hub);
-    if (hub->redis != NULL) {
-        spillway_redis_flush_writes(hub);
-        /* A repair that finished there (resets, held frames released)
+    if (hub->backend.ops->end_iteration != NULL) {
+        hub->backend.ops->end_iteration(hub->backend.self);
+        /* What the backend finished there (resets, held frames released)
          * queued frames: out with them now, not at the next wake-up. */
         if (hub->dirty != NULL || hub->doomed != NULL) spillway_hub_flush_and_close(hub);
     }
@@ -527,9 +448,7 @@ static void end_iteration(spillway_hub *hub)
 
 static int next_timeout(spillway_hub *hub)
 {
-    uint64_t next = hub->wheel_next_ms;
-    if (hub->redis == NULL) next = SW_MIN(next, hub->next_sweep_ms);
-    else next = SW_MIN(next, spillway_redis_next_timer(hub));
+    uint64_t next = SW_MIN(hub->wheel_next_ms, hub->backend.ops->next_timer(hub->backend.self));
     if (next <= hub->now) return 0;
     return (int)SW_MIN(next - hub->now, 60000u);
 }
@@ -537,11 +456,7 @@ static int next_timeout(spillway_hub *hub)
 static void run_timers(spillway_hub *hub)
 {
     if (hub->now >= hub->wheel_next_ms) spillway_wheel_tick(hub);
-    if (hub->redis == NULL && hub->now >= hub->next_sweep_ms) {
-        spillway_backlog_sweep(hub);
-        hub->next_sweep_ms = hub->now + SWEEP_INTERVAL_MS;
-    }
-    if (hub->redis != NULL) spillway_redis_timers(hub);
+    hub->backend.ops->timers(hub->backend.self);
 }
 
 /* Stop: a last retry hint to every stream (best effort, never blocking),
@@ -571,7 +486,7 @@ static void shutdown_streams(spillway_hub *hub)
         }
         if (cmd->kind != SW_CMD_STOP) free_cmd(cmd);
     }
-    if (hub->redis != NULL) spillway_redis_stop(hub);
+    if (hub->backend.ops->stop != NULL) hub->backend.ops->stop(hub->backend.self);
 }
 
 static void *reactor_main(void *arg)
@@ -616,9 +531,13 @@ static void *reactor_main(void *arg)
             case SW_KIND_WAKE:
                 run_commands(hub);
                 break;
-            default:
-                spillway_redis_on_event(hub, h, events[i].events);
+            case SW_KIND_REDIS:
+            case SW_KIND_RESOLVER:
+                /* The backend's own descriptors. */
+                hub->backend.ops->on_event(hub->backend.self, h, events[i].events);
                 break;
+            default:
+                abort(); /* every kind is listed above */
             }
         }
         run_timers(hub);
@@ -727,7 +646,6 @@ int spillway_hub_new(const spillway_config *cfg, spillway_hub **out, char *err, 
     hub->last = hub->origin;
     hub->wheel_slots = WHEEL_SLOTS;
     hub->wheel_next_ms = hub->now + SW_MAX(1u, cfg->heartbeat_ms / WHEEL_SLOTS);
-    hub->next_sweep_ms = hub->now + SWEEP_INTERVAL_MS;
 
     hub->wheel = calloc(hub->wheel_slots, sizeof(*hub->wheel));
     if (hub->wheel == NULL || build_frames(hub) != 0 || spillway_chtab_init(&hub->chans) != 0) {
@@ -755,14 +673,10 @@ int spillway_hub_new(const spillway_config *cfg, spillway_hub **out, char *err, 
         set_err(err, errlen, "spillway_hub_new: epoll_ctl(ADD, eventfd): %s", strerror(errno));
         goto fail;
     }
-    if (hub->cfg.redis.host != NULL || hub->cfg.redis.path != NULL) {
-        rc = spillway_redis_new(hub, err, errlen);
-        if (rc != 0) goto fail;
-        /* Redis issues the ids: no local clock may seed the position (a
-         * clock ahead of Redis's would hold back every live frame). Zero
-         * accepts everything that arrives after a subscription. */
-        hub->last = (spillway_id){0, 0};
-    }
+    /* The only place that chooses: everything else calls hub->backend. */
+    if (hub->cfg.redis.host != NULL || hub->cfg.redis.path != NULL) rc = spillway_redis_backend_new(hub, err, errlen);
+    else rc = spillway_memory_backend_new(hub, err, errlen);
+    if (rc != 0) goto fail;
 
     atomic_store(&hub->running, true);
     {
@@ -948,8 +862,9 @@ int spillway_hub_publish(spillway_hub *hub, const char *channel, size_t chlen, c
     ssize_t need;
     int rc;
 
-    if (hub->redis != NULL) {
-        set_err(err, errlen, "spillway_hub_publish: this hub uses Redis (publish through Redis)");
+    if (hub->backend.ops->publish == NULL) {
+        set_err(err, errlen, "spillway_hub_publish: this hub uses %s (publish through %s)", hub->backend.ops->name,
+                hub->backend.ops->name);
         return -EINVAL;
     }
     rc = check_publish(hub, "spillway_hub_publish", channel, chlen, err, errlen);
@@ -1032,7 +947,7 @@ int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t ch
     int rc;
     uint_fast32_t waiting;
 
-    if (hub->redis == NULL) {
+    if (hub->backend.ops->publish_async == NULL) {
         set_err(err, errlen, "spillway_hub_publish_async: no Redis configured");
         return -EINVAL;
     }
@@ -1217,7 +1132,7 @@ size_t spillway_hub_memsize(const spillway_hub *hub)
     n += (size_t)atomic_load_explicit(&((spillway_hub *)hub)->st_channels, memory_order_relaxed) *
          (sizeof(spillway_channel) + 32);
     n += (size_t)atomic_load_explicit(&((spillway_hub *)hub)->st_backlog_bytes, memory_order_relaxed);
-    if (hub->redis != NULL) n += spillway_redis_memsize(hub);
+    if (hub->backend.ops != NULL) n += hub->backend.ops->memsize(hub->backend.self);
     return n;
 }
 
@@ -1260,7 +1175,8 @@ void spillway_hub_free(spillway_hub *hub)
             }
         }
     }
-    if (hub->redis != NULL) spillway_redis_free(hub);
+    if (hub->backend.ops != NULL) hub->backend.ops->free(hub->backend.self);
+    hub->backend.ops = NULL;
     if (hub->chans.buckets != NULL) spillway_chtab_free(&hub->chans);
     free(hub->wheel);
     spillway_frame_unref(hub->f_head);

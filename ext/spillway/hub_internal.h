@@ -10,9 +10,17 @@
 #include <stdatomic.h>
 #include <sys/uio.h>
 
+#include "backend.h"
 #include "frame.h"
 #include "hub.h"
 #include "queue.h"
+
+/* Relaxed atomics: the statistics (hub.h, spillway_stats), written by the
+ * reactor, read by any thread. */
+#define STAT_ADD(hub, field, n) atomic_fetch_add_explicit(&(hub)->field, (n), memory_order_relaxed)
+#define STAT_SUB(hub, field, n) atomic_fetch_sub_explicit(&(hub)->field, (n), memory_order_relaxed)
+#define STAT_SET(hub, field, v) atomic_store_explicit(&(hub)->field, (v), memory_order_relaxed)
+#define STAT_GET(hub, field) atomic_load_explicit(&(hub)->field, memory_order_relaxed)
 
 /* What an epoll event points at: the first member of every registered
  * object. */
@@ -241,8 +249,6 @@ typedef struct spillway_log_slot {
 
 /* ---- the hub ----------------------------------------------------------- */
 
-struct spillway_redis;
-
 struct spillway_hub {
     spillway_config cfg; /* strings owned by the hub */
     pid_t owner;
@@ -280,14 +286,13 @@ struct spillway_hub {
     spillway_conn **wheel;
     uint32_t wheel_slots, wheel_pos;
     uint64_t wheel_next_ms;
-    uint64_t next_sweep_ms;
     spillway_id last;    /* highest message id this hub has seen */
     spillway_id origin;  /* memory: no id below this was ever issued here */
     spillway_id evicted; /* memory: highest id of a backlog that was dropped */
     spillway_channel *lru_head, *lru_tail;
     uint32_t lru_count; /* memory: channels that hold a backlog */
     struct iovec iov[SPILLWAY_IOV_BATCH];
-    struct spillway_redis *redis; /* NULL: memory backend */
+    spillway_backend backend; /* backend.h: the hub calls it through this only */
 
     /* ---- shared, atomics ---- */
     atomic_uint_fast32_t reserved; /* open + being handed over */
@@ -350,8 +355,6 @@ size_t spillway_backlog_collect(spillway_channel *ch, spillway_id after, spillwa
 void spillway_backlog_trim(spillway_hub *hub, spillway_channel *ch, uint32_t max);
 void spillway_backlog_adopt(spillway_hub *hub, spillway_channel *ch, spillway_frame **ring, uint32_t n,
                             uint32_t added);
-void spillway_backlog_sweep(spillway_hub *hub);
-void spillway_lru_touch(spillway_hub *hub, spillway_channel *ch);
 
 /* conn.c */
 spillway_conn *spillway_conn_new(spillway_hub *hub, int fd, unsigned flags);
@@ -377,20 +380,5 @@ void spillway_wheel_tick(spillway_hub *hub);
  * streams until they do not. */
 void spillway_conn_budget(spillway_hub *hub);
 int spillway_frame_cmp_id(const void *a, const void *b);
-
-/* redis.c (only when hub->redis != NULL) */
-int spillway_redis_new(spillway_hub *hub, char *err, size_t errlen);
-void spillway_redis_free(spillway_hub *hub);
-void spillway_redis_abandon(spillway_hub *hub);
-void spillway_redis_on_event(spillway_hub *hub, spillway_handle *h, uint32_t events);
-void spillway_redis_timers(spillway_hub *hub);
-uint64_t spillway_redis_next_timer(spillway_hub *hub);
-void spillway_redis_flush_writes(spillway_hub *hub);
-void spillway_redis_channel_wanted(spillway_hub *hub, spillway_channel *ch);
-void spillway_redis_channel_unwanted(spillway_hub *hub, spillway_channel *ch);
-void spillway_redis_conn_joined_channels(spillway_hub *hub, spillway_conn *c);
-void spillway_redis_publish_async(spillway_hub *hub, spillway_cmd_publish *cmd);
-void spillway_redis_stop(spillway_hub *hub);
-size_t spillway_redis_memsize(const spillway_hub *hub);
 
 #endif

@@ -41,8 +41,6 @@
 #include "redis_link.h"
 #include "scripts.h"
 
-#define STAT_ADD(hub, field, n) atomic_fetch_add_explicit(&(hub)->field, (n), memory_order_relaxed)
-#define STAT_SET(hub, field, v) atomic_store_explicit(&(hub)->field, (v), memory_order_relaxed)
 
 #define SUBSCRIBE_BATCH 1000u
 #define HELD_MAX_FRAMES 200000u
@@ -76,6 +74,7 @@ struct repair_acc {
 typedef struct spillway_redis spillway_redis;
 
 struct spillway_redis {
+    spillway_hub *hub;
     spillway_rlink sub, cmd;
     char *chan_prefix; /* "NS:" */
     size_t chan_prefix_len;
@@ -111,9 +110,10 @@ struct spillway_redis {
     uint64_t barrier_retry_at;   /* after a failed barrier */
 };
 
+/* Every function of this file runs with this backend installed. */
 static spillway_redis *R(spillway_hub *hub)
 {
-    return hub->redis;
+    return hub->backend.self;
 }
 
 /* ---- small helpers ----------------------------------------------------- */
@@ -260,7 +260,7 @@ static void drop_channel(spillway_hub *hub, spillway_channel *ch)
     spillway_channel_drop(hub, ch);
 }
 
-void spillway_redis_channel_wanted(spillway_hub *hub, spillway_channel *ch)
+static void redis_channel_wanted(spillway_hub *hub, spillway_channel *ch)
 {
     spillway_redis *r = R(hub);
     linger_unlink(r, ch);
@@ -272,7 +272,7 @@ void spillway_redis_channel_wanted(spillway_hub *hub, spillway_channel *ch)
      * UNSUB_SENT: the confirmation sees the subscriber and subscribes again. */
 }
 
-void spillway_redis_channel_unwanted(spillway_hub *hub, spillway_channel *ch)
+static void redis_channel_unwanted(spillway_hub *hub, spillway_channel *ch)
 {
     switch (ch->rstate) {
     case SW_RS_NONE:
@@ -371,7 +371,7 @@ static void send_async_queue(spillway_hub *hub)
     }
 }
 
-void spillway_redis_publish_async(spillway_hub *hub, spillway_cmd_publish *cmd)
+static void redis_publish_async(spillway_hub *hub, spillway_cmd_publish *cmd)
 {
     spillway_redis *r = R(hub);
     if (r->cmd.state == SW_LS_READY && r->aq_head == NULL) {
@@ -822,8 +822,12 @@ static void join_if_ready(spillway_hub *hub, spillway_conn *c)
     if (R(hub)->cmd.state == SW_LS_READY && hub->now >= R(hub)->resume_retry_at) send_resume(hub, c, false);
 }
 
-void spillway_redis_conn_joined_channels(spillway_hub *hub, spillway_conn *c)
+static void redis_conn_joined_channels(spillway_hub *hub, spillway_conn *c)
 {
+    /* Attached at once (head written, heartbeats running), live once its
+     * channels are ACTIVE: until then live frames are held. */
+    c->flags |= SW_CF_JOINING;
+    STAT_ADD(hub, st_joining, 1);
     if (c->flags & SW_CF_DOOMED) return;
     if (!c->has_cursor) c->cursor = hub->last;
     join_if_ready(hub, c);
@@ -1812,14 +1816,14 @@ void spillway_redis_on_lost(spillway_hub *hub, spillway_rlink *l, bool was_ready
 
 /* ---- the hub's entry points -------------------------------------------- */
 
-void spillway_redis_on_event(spillway_hub *hub, spillway_handle *h, uint32_t events)
+static void redis_on_event(spillway_hub *hub, spillway_handle *h, uint32_t events)
 {
     spillway_redis *r = R(hub);
     spillway_rlink *l = (h == &r->sub.h || h == &r->sub.rh) ? &r->sub : &r->cmd;
     spillway_link_on_event(hub, l, h, events);
 }
 
-void spillway_redis_timers(spillway_hub *hub)
+static void redis_timers(spillway_hub *hub)
 {
     spillway_redis *r = R(hub);
     uint64_t linger = hub->cfg.redis.unsubscribe_linger_ms;
@@ -1838,7 +1842,7 @@ void spillway_redis_timers(spillway_hub *hub)
     }
 }
 
-uint64_t spillway_redis_next_timer(spillway_hub *hub)
+static uint64_t redis_next_timer(spillway_hub *hub)
 {
     spillway_redis *r = R(hub);
     uint64_t next = hub->now + 1000;
@@ -1908,7 +1912,7 @@ static void flush_subscriptions(spillway_hub *hub)
     }
 }
 
-void spillway_redis_flush_writes(spillway_hub *hub)
+static void redis_flush_writes(spillway_hub *hub)
 {
     spillway_redis *r = R(hub);
     if (r->sub.state == SW_LS_READY && r->plist != NULL) flush_subscriptions(hub);
@@ -1930,7 +1934,7 @@ static char *concat(const char *a, const char *b)
     return s;
 }
 
-int spillway_redis_new(spillway_hub *hub, char *err, size_t errlen)
+static int redis_new(spillway_hub *hub, char *err, size_t errlen)
 {
     spillway_redis *r = calloc(1, sizeof(*r));
     const char *ns = hub->cfg.redis.ns;
@@ -1959,14 +1963,19 @@ int spillway_redis_new(spillway_hub *hub, char *err, size_t errlen)
     r->chan_prefix_len = strlen(r->chan_prefix);
     r->key_prefix_len = strlen(r->key_prefix);
     r->ctl_len = strlen(r->ctl);
-    hub->redis = r;
+    r->hub = hub;
+    hub->backend.self = r;
+    /* Redis issues the ids: no local clock may seed the position (a clock
+     * ahead of Redis's would hold back every live frame). Zero accepts
+     * everything that arrives after a subscription. */
+    hub->last = (spillway_id){0, 0};
     return 0;
 oom:
     snprintf(err, errlen, "spillway_redis_new: out of memory");
     return -ENOMEM;
 }
 
-void spillway_redis_stop(spillway_hub *hub)
+static void redis_stop(spillway_hub *hub)
 {
     spillway_redis *r = R(hub);
     if (r == NULL) return;
@@ -1990,21 +1999,20 @@ void spillway_redis_stop(spillway_hub *hub)
     update_connected(hub);
 }
 
-void spillway_redis_free(spillway_hub *hub)
+static void redis_free(spillway_hub *hub)
 {
     spillway_redis *r = R(hub);
-    if (r == NULL) return;
-    spillway_redis_stop(hub);
+    redis_stop(hub);
     free(r->chan_prefix);
     free(r->key_prefix);
     free(r->idkey);
     free(r->sincekey);
     free(r->ctl);
     free(r);
-    hub->redis = NULL;
+    hub->backend.self = NULL;
 }
 
-void spillway_redis_abandon(spillway_hub *hub)
+static void redis_abandon(spillway_hub *hub)
 {
     spillway_redis *r = R(hub);
     if (r == NULL) return;
@@ -2012,8 +2020,97 @@ void spillway_redis_abandon(spillway_hub *hub)
     spillway_link_abandon(&r->cmd);
 }
 
-size_t spillway_redis_memsize(const spillway_hub *hub)
+static size_t redis_memsize(const spillway_redis *r)
 {
-    const spillway_redis *r = hub->redis;
     return sizeof(*r) + r->sub.out.cap + r->cmd.out.cap + r->held_cap * sizeof(*r->held);
+}
+
+/* ---- the backend's table (backend.h) ----------------------------------- */
+
+static spillway_hub *HUB(const void *self)
+{
+    return ((const spillway_redis *)self)->hub;
+}
+
+static void op_join(void *self, spillway_conn *c)
+{
+    redis_conn_joined_channels(HUB(self), c);
+}
+
+static void op_publish_async(void *self, spillway_cmd_publish *cmd)
+{
+    redis_publish_async(HUB(self), cmd);
+}
+
+static void op_channel_wanted(void *self, spillway_channel *ch)
+{
+    redis_channel_wanted(HUB(self), ch);
+}
+
+static void op_channel_unwanted(void *self, spillway_channel *ch)
+{
+    redis_channel_unwanted(HUB(self), ch);
+}
+
+static void op_on_event(void *self, spillway_handle *h, uint32_t events)
+{
+    redis_on_event(HUB(self), h, events);
+}
+
+static uint64_t op_next_timer(void *self)
+{
+    return redis_next_timer(HUB(self));
+}
+
+static void op_timers(void *self)
+{
+    redis_timers(HUB(self));
+}
+
+static void op_end_iteration(void *self)
+{
+    redis_flush_writes(HUB(self));
+}
+
+static void op_stop(void *self)
+{
+    redis_stop(HUB(self));
+}
+
+static void op_abandon(void *self)
+{
+    redis_abandon(HUB(self));
+}
+
+static void op_free(void *self)
+{
+    redis_free(HUB(self));
+}
+
+static size_t op_memsize(const void *self)
+{
+    return redis_memsize(self);
+}
+
+static const spillway_backend_ops redis_ops = {
+    .name = "Redis",
+    .join = op_join,
+    .publish_async = op_publish_async,
+    .channel_wanted = op_channel_wanted,
+    .channel_unwanted = op_channel_unwanted,
+    .on_event = op_on_event,
+    .next_timer = op_next_timer,
+    .timers = op_timers,
+    .end_iteration = op_end_iteration,
+    .stop = op_stop,
+    .abandon = op_abandon,
+    .free = op_free,
+    .memsize = op_memsize,
+};
+
+int spillway_redis_backend_new(spillway_hub *hub, char *err, size_t errlen)
+{
+    int rc = redis_new(hub, err, errlen);
+    if (rc == 0) hub->backend.ops = &redis_ops;
+    return rc;
 }

@@ -13,12 +13,13 @@
 
 #include "check.h"
 #include "hub_internal.h"
+#include "memory.h"
 #include "sse_ref.h"
 
 #define T0 1000000u /* the fake clock's start, in ms */
 
 /* A hub with what the reactor's data structures need and no thread, no
- * queue, no Redis. spillway_hub_free() tears it down. */
+ * queue, the memory backend. spillway_hub_free() tears it down. */
 static spillway_hub *fake_hub(uint32_t backlog, uint32_t max_channels, uint32_t outbox)
 {
     spillway_hub *hub = calloc(1, sizeof(*hub));
@@ -44,6 +45,7 @@ static spillway_hub *fake_hub(uint32_t backlog, uint32_t max_channels, uint32_t 
     hub->f_heartbeat = spillway_frame_copy(":\n\n", 3);
     REQUIRE(hub->wheel != NULL && hub->f_heartbeat != NULL);
     REQUIRE_INT(spillway_chtab_init(&hub->chans), ==, 0);
+    REQUIRE_INT(spillway_memory_backend_new(hub, NULL, 0), ==, 0);
     return hub;
 }
 
@@ -362,7 +364,7 @@ static void check_lru(spillway_hub *hub)
     CHECK_U64(n, <=, hub->cfg.max_backlog_channels);
 }
 
-/* What do_publish in hub.c does with a message (memory backend). */
+/* What the memory backend's publish (memory.c) does with a message. */
 static void publish(spillway_hub *hub, const char *name, uint64_t seq)
 {
     spillway_channel *ch = spillway_chtab_get(hub, name, strlen(name));
