@@ -110,6 +110,44 @@ struct spillway_redis {
     uint64_t barrier_retry_at;   /* after a failed barrier */
 };
 
+/* The requests of the command link, each with its continuation (the
+ * callbacks below) and its own privdata: */
+enum resume_mode {
+    RESUME_CURSOR, /* the backlog after the cursor, with trim flags */
+    RESUME_NOW     /* no cursor to resume from: only the position ("n" to the script) */
+};
+
+struct resume_req { /* a stream's own backlog read */
+    spillway_conn *conn;
+    enum resume_mode mode;
+    bool eval; /* sent as EVAL (after a NOSCRIPT) */
+};
+
+struct fill_req { /* a page of one channel's backlog for the resume cache */
+    uint32_t gen;       /* the channel's fill_gen when sent */
+    spillway_id cursor; /* where the page starts */
+    char name[];        /* the channel, by name: it may go meanwhile */
+};
+
+struct repair_req { /* one batch of a gap repair */
+    uint64_t epoch;         /* the sub link's epoch when sent */
+    uint32_t nch, base;     /* its channels: acc.names[base .. base + nch) */
+};
+
+struct barrier_req {
+    uint64_t seq;
+};
+
+struct publish_req { /* an async publish */
+    spillway_cmd_publish *cmd;
+    bool eval;
+};
+
+/* Scripts the command link loads (its sha[] in this order). */
+enum { SCRIPT_PUBLISH, SCRIPT_RESUME, SCRIPT_BARRIER, SCRIPTS };
+
+static spillway_rq_fn on_resume_rq, on_fill_rq, on_repair_rq, on_barrier_rq, on_publish_rq;
+
 /* Every function of this file runs with this backend installed. */
 static spillway_redis *R(spillway_hub *hub)
 {
@@ -306,18 +344,20 @@ static int queue_publish(spillway_hub *hub, spillway_cmd_publish *cmd, bool eval
     spillway_rlink *l = &r->cmd;
     const spillway_redis_config *rc = &hub->cfg.redis;
     char maxlen[16], ttl[16], kttl[16];
-    spillway_rq *q = spillway_rq_new(SW_RQ_PUBLISH);
+    spillway_rq *q = spillway_rq_new(on_publish_rq, sizeof(struct publish_req));
+    struct publish_req *pr;
     spillway_buf *b = &l->out;
     int bad;
 
     if (q == NULL) return -1;
-    q->pub = cmd;
-    q->eval = eval;
+    pr = q->privdata;
+    pr->cmd = cmd;
+    pr->eval = eval;
     size_t mark = b->len;
     snprintf(maxlen, sizeof(maxlen), "%u", rc->backlog_size);
     snprintf(ttl, sizeof(ttl), "%u", rc->backlog_ttl_s);
     snprintf(kttl, sizeof(kttl), "%u", cmd->key_ttl_ms);
-    bad = script_head(b, 12, eval, l->publish_sha, spillway_lua_publish);
+    bad = script_head(b, 12, eval, l->sha[SCRIPT_PUBLISH], spillway_lua_publish);
     bad |= spillway_buf_arg(b, "4", 1);
     bad |= spillway_buf_arg(b, r->idkey, strlen(r->idkey));
     bad |= spillway_buf_arg2(b, r->key_prefix, r->key_prefix_len, cmd->channel, cmd->chlen);
@@ -332,7 +372,6 @@ static int queue_publish(spillway_hub *hub, spillway_cmd_publish *cmd, bool eval
         /* No half command may stay: it would shift every later reply. */
         b->len = mark;
         spillway_hub_error(hub, "Redis command link: out of memory");
-        q->pub = NULL;
         spillway_rq_free(q);
         return -1;
     }
@@ -387,9 +426,10 @@ static void redis_publish_async(spillway_hub *hub, spillway_cmd_publish *cmd)
 /* ---- backlog reads: resume and repair ---------------------------------- */
 
 /* The resume script over chans, one cursor for all. */
-static int queue_resume(spillway_hub *hub, spillway_rq *q, char mode, spillway_channel **chans,
+static int queue_resume(spillway_hub *hub, spillway_rq *q, enum resume_mode mode, spillway_channel **chans,
                         uint32_t n, const char *cursor, uint32_t count, bool eval)
 {
+    const char *marg = mode == RESUME_CURSOR ? "c" : "n";
     spillway_redis *r = R(hub);
     spillway_buf *b = &r->cmd.out;
     char nkeys[16], ttl[16], cnt[16];
@@ -400,13 +440,13 @@ static int queue_resume(spillway_hub *hub, spillway_rq *q, char mode, spillway_c
     snprintf(nkeys, sizeof(nkeys), "%u", n + 2);
     snprintf(ttl, sizeof(ttl), "%u", hub->cfg.redis.backlog_ttl_s);
     snprintf(cnt, sizeof(cnt), "%u", count);
-    bad = script_head(b, 3 + 2 + n + 3 + n, eval, r->cmd.resume_sha, spillway_lua_resume);
+    bad = script_head(b, 3 + 2 + n + 3 + n, eval, r->cmd.sha[SCRIPT_RESUME], spillway_lua_resume);
     bad |= spillway_buf_arg(b, nkeys, strlen(nkeys));
     bad |= spillway_buf_arg(b, r->idkey, strlen(r->idkey));
     bad |= spillway_buf_arg(b, r->sincekey, strlen(r->sincekey));
     for (uint32_t i = 0; i < n; i++)
         bad |= spillway_buf_arg2(b, r->key_prefix, r->key_prefix_len, chans[i]->name, chans[i]->namelen);
-    bad |= spillway_buf_arg(b, &mode, 1);
+    bad |= spillway_buf_arg(b, marg, 1);
     bad |= spillway_buf_arg(b, ttl, strlen(ttl));
     bad |= spillway_buf_arg(b, cnt, strlen(cnt));
     for (uint32_t i = 0; i < n; i++) bad |= spillway_buf_arg(b, cursor, clen);
@@ -415,8 +455,6 @@ static int queue_resume(spillway_hub *hub, spillway_rq *q, char mode, spillway_c
         spillway_hub_error(hub, "Redis command link: out of memory");
         return -1;
     }
-    q->mode = mode;
-    q->eval = eval;
     spillway_link_push_rq(hub, &r->cmd, q);
     return 0;
 }
@@ -424,9 +462,10 @@ static int queue_resume(spillway_hub *hub, spillway_rq *q, char mode, spillway_c
 static void send_resume(spillway_hub *hub, spillway_conn *c, bool eval)
 {
     char cursor[SPILLWAY_ID_TEXT_MAX] = "0-0";
-    char mode = c->cursor_ok ? 'c' : 'n';
+    enum resume_mode mode = c->cursor_ok ? RESUME_CURSOR : RESUME_NOW;
     spillway_channel **chans = malloc((c->nmem ? c->nmem : 1) * sizeof(*chans));
-    spillway_rq *q = spillway_rq_new(SW_RQ_RESUME);
+    spillway_rq *q = spillway_rq_new(on_resume_rq, sizeof(struct resume_req));
+    struct resume_req *rr;
 
     if (chans == NULL || q == NULL) {
         free(chans);
@@ -435,8 +474,11 @@ static void send_resume(spillway_hub *hub, spillway_conn *c, bool eval)
         return;
     }
     for (uint32_t i = 0; i < c->nmem; i++) chans[i] = c->mem[i].ch;
-    if (mode == 'c') spillway_id_format(c->cursor, cursor);
-    q->conn = c;
+    if (mode == RESUME_CURSOR) spillway_id_format(c->cursor, cursor);
+    rr = q->privdata;
+    rr->conn = c;
+    rr->mode = mode;
+    rr->eval = eval;
     if (queue_resume(hub, q, mode, chans, c->nmem, cursor, 0, eval) != 0) {
         free(q);
         spillway_conn_doom(hub, c, false);
@@ -568,18 +610,15 @@ static void cache_sweep(spillway_hub *hub)
 static int send_fill(spillway_hub *hub, spillway_channel *ch, spillway_id from)
 {
     char cursor[SPILLWAY_ID_TEXT_MAX];
-    spillway_rq *q = spillway_rq_new(SW_RQ_FILL);
+    spillway_rq *q = spillway_rq_new(on_fill_rq, sizeof(struct fill_req) + ch->namelen + 1);
+    struct fill_req *fr;
     if (q == NULL) return -1;
-    q->names = calloc(1, sizeof(*q->names));
-    if (q->names == NULL || (q->names[0] = strdup(ch->name)) == NULL) {
-        spillway_rq_free(q);
-        return -1;
-    }
-    q->nch = 1;
-    q->seq = ch->fill_gen;
-    q->cursor = from;
+    fr = q->privdata;
+    memcpy(fr->name, ch->name, ch->namelen + 1u);
+    fr->gen = ch->fill_gen;
+    fr->cursor = from;
     spillway_id_format(from, cursor);
-    if (queue_resume(hub, q, 'c', &ch, 1, cursor, FILL_PAGE, false) != 0) {
+    if (queue_resume(hub, q, RESUME_CURSOR, &ch, 1, cursor, FILL_PAGE, false) != 0) {
         spillway_rq_free(q);
         return -1;
     }
@@ -671,16 +710,16 @@ static void fill_complete(spillway_hub *hub, spillway_channel *ch, spillway_id s
     cache_trim(hub, ch);
 }
 
-static void on_fill_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
+static void on_fill_reply(spillway_hub *hub, const struct fill_req *q, spillway_rv *v)
 {
     spillway_redis *r = R(hub);
-    spillway_channel *ch = spillway_chtab_find(&hub->chans, q->names[0], strlen(q->names[0]));
+    spillway_channel *ch = spillway_chtab_find(&hub->chans, q->name, strlen(q->name));
     spillway_frame **frames = NULL;
     spillway_rv *flag;
     long n;
 
-    if (ch == NULL || !ch->cached || !ch->filling || ch->fill_gen != q->seq) return; /* given up */
-    if (noscript(v) && !q->eval) r->cmd.resume_sha[0] = '\0';
+    if (ch == NULL || !ch->cached || !ch->filling || ch->fill_gen != q->gen) return; /* given up */
+    if (noscript(v)) r->cmd.sha[SCRIPT_RESUME][0] = '\0'; /* fills are never sent as EVAL */
     if (v->type == SW_RV_ERROR) {
         /* Refused for now: the same page again after a pause (the streams
          * wait, holding live frames). */
@@ -896,7 +935,7 @@ static bool resume_shape_ok(const spillway_rv *v, uint32_t n)
     return true;
 }
 
-static void on_resume_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
+static void on_resume_reply(spillway_hub *hub, const struct resume_req *q, spillway_rv *v)
 {
     spillway_conn *c = q->conn;
     spillway_frame **frames = NULL;
@@ -952,7 +991,7 @@ static void on_resume_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
     }
     /* A cursor newer than anything Redis issued (from the future) must not
      * hold back live frames: the stream starts from now, with its reset. */
-    c->last = q->mode == 'c' && spillway_id_cmp(c->cursor, now) <= 0 ? c->cursor : now;
+    c->last = q->mode == RESUME_CURSOR && spillway_id_cmp(c->cursor, now) <= 0 ? c->cursor : now;
     spillway_conn_replay(hub, c, frames, (size_t)n, reset, now, reason);
     for (long i = 0; i < n; i++) spillway_frame_unref(frames[i]);
     free(frames);
@@ -1118,13 +1157,15 @@ static void try_repair(spillway_hub *hub)
     r->repair_error = false;
     for (uint32_t base = 0; base < n; base += REPAIR_BATCH) {
         uint32_t k = SW_MIN(REPAIR_BATCH, n - base);
-        spillway_rq *q = spillway_rq_new(SW_RQ_REPAIR);
+        spillway_rq *q = spillway_rq_new(on_repair_rq, sizeof(struct repair_req));
+        struct repair_req *rr;
         if (q == NULL) goto oom;
-        q->seq = r->sub_epoch;
-        q->mode = 'c';
-        q->nch = k;
-        q->base = base;
-        if (queue_resume(hub, q, 'c', chans + base, k, cursor, 0, false) != 0) {
+        rr = q->privdata;
+        rr->epoch = r->sub_epoch;
+        rr->nch = k;
+        rr->base = base;
+        q->timeout_scale = 5; /* it may read many backlogs */
+        if (queue_resume(hub, q, RESUME_CURSOR, chans + base, k, cursor, 0, false) != 0) {
             free(q);
             goto oom;
         }
@@ -1188,7 +1229,7 @@ static void repair_done(spillway_hub *hub)
     finish_repair(hub, false);
 }
 
-static void on_repair_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
+static void on_repair_reply(spillway_hub *hub, const struct repair_req *q, spillway_rv *v)
 {
     spillway_redis *r = R(hub);
     struct repair_acc *acc = &r->acc;
@@ -1196,14 +1237,14 @@ static void on_repair_reply(spillway_hub *hub, spillway_rq *q, spillway_rv *v)
     uint32_t *idx = NULL;
     long n;
 
-    if (q->seq != r->sub_epoch) return; /* an earlier repair, abandoned */
+    if (q->epoch != r->sub_epoch) return; /* an earlier repair, abandoned */
     if (r->repair_outstanding > 0) r->repair_outstanding--;
     n = resume_shape_ok(v, q->nch) ? collect_frames(v->element[2], &frames, &idx) : -1;
     if (n < 0) {
         char msg[160];
         rv_message(v, msg, sizeof(msg));
         if (noscript(v)) {
-            r->cmd.resume_sha[0] = '\0'; /* the next attempt sends the text */
+            r->cmd.sha[SCRIPT_RESUME][0] = '\0'; /* the next attempt sends the text */
         } else if (v->type == SW_RV_ERROR) {
             /* Refused for now (LOADING, BUSY, ...): again after a pause,
              * for as long as it takes; live frames are held meanwhile. */
@@ -1270,17 +1311,19 @@ static void try_barrier(spillway_hub *hub)
     size_t mark;
     int bad;
     spillway_rq *q;
+    struct barrier_req *br;
 
     if (r->cmd.state != SW_LS_READY || r->ctl_state != SW_RS_ACTIVE) return;
     if (hub->now < r->barrier_retry_at) return;
     for (spillway_channel *ch = r->slist; ch != NULL && !needed; ch = ch->snext) needed = ch->barrier == 0;
     if (!needed) return;
-    q = spillway_rq_new(SW_RQ_BARRIER);
+    q = spillway_rq_new(on_barrier_rq, sizeof(struct barrier_req));
     if (q == NULL) return;
-    q->seq = ++r->barrier_seq;
+    br = q->privdata;
+    br->seq = ++r->barrier_seq;
     mark = b->len;
-    snprintf(seq, sizeof(seq), "%llu", (unsigned long long)q->seq);
-    bad = script_head(b, 7, false, r->cmd.barrier_sha, spillway_lua_barrier);
+    snprintf(seq, sizeof(seq), "%llu", (unsigned long long)br->seq);
+    bad = script_head(b, 7, false, r->cmd.sha[SCRIPT_BARRIER], spillway_lua_barrier);
     bad |= spillway_buf_arg(b, "2", 1);
     bad |= spillway_buf_arg(b, r->idkey, strlen(r->idkey));
     bad |= spillway_buf_arg(b, r->sincekey, strlen(r->sincekey));
@@ -1293,7 +1336,7 @@ static void try_barrier(spillway_hub *hub)
     }
     spillway_link_push_rq(hub, &r->cmd, q);
     for (spillway_channel *ch = r->slist; ch != NULL; ch = ch->snext)
-        if (ch->barrier == 0) ch->barrier = q->seq;
+        if (ch->barrier == 0) ch->barrier = br->seq;
 }
 
 /* A control message is "<seq> <id>": the barrier script's. seq must be a
@@ -1551,7 +1594,8 @@ static int sub_kind(const spillway_rv *v, char *why, size_t n)
     return SUB_BAD;
 }
 
-void spillway_redis_on_sub_reply(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
+/* The sub link's on_push hook: every reply on a READY subscriber link. */
+static void on_sub_reply(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
 {
     spillway_redis *r = R(hub);
     char why[240], text[104];
@@ -1602,109 +1646,172 @@ void spillway_redis_on_sub_reply(spillway_hub *hub, spillway_rlink *l, spillway_
     else on_unsubscribed(hub, ch);
 }
 
-/* ---- the cmd link ------------------------------------------------------ */
+/* ---- the cmd link: each request's continuation ------------------------ */
 
-/* Whether v can answer q. An error always can (Redis refused; each kind
- * handles that). Otherwise each request has one shape of answer; why says
- * what was wrong. */
-static bool cmd_reply_fits(const spillway_rq *q, const spillway_rv *v, char *why, size_t n)
+/* The reply does not fit its request (Redis does not answer that): the
+ * replies may be out of step with the requests from here on. The request is
+ * handled as if the link had dropped before its answer (a resume or a
+ * repair is read again after the reconnect; a publish goes out again), and
+ * the link is dropped so that the next one starts in step. */
+static void misfit(spillway_hub *hub, spillway_rlink *l, spillway_rq *q, const char *why)
 {
-    char what[100];
-    uint32_t nch;
-
-    if (v->type == SW_RV_ERROR) return true;
-    switch (q->kind) {
-    case SW_RQ_RESUME:
-    case SW_RQ_REPAIR:
-    case SW_RQ_FILL:
-        nch = q->nch;
-        if (q->kind == SW_RQ_RESUME) {
-            /* A stream that closed meanwhile left its channels: any count
-             * of flags may then answer it (it is dropped anyway). */
-            nch = q->conn->nmem;
-            if ((q->conn->flags & SW_CF_ZOMBIE) && v->type == SW_RV_ARRAY && v->elements == 3 &&
-                v->element[1] != NULL && v->element[1]->type == SW_RV_ARRAY)
-                nch = (uint32_t)SW_MIN(v->element[1]->elements, (size_t)UINT32_MAX);
-        }
-        if (resume_shape_ok(v, nch)) return true;
-        snprintf(why, n, "the backlog read over %u channels got %s, not the resume script's answer", nch,
-                 spillway_rv_describe(v, what, sizeof(what)));
-        return false;
-    case SW_RQ_BARRIER:
-    case SW_RQ_PUBLISH:
-        /* Both scripts return an id. */
-        if (is_str(v)) return true;
-        snprintf(why, n, "a %s script got %s instead of an id", q->kind == SW_RQ_BARRIER ? "barrier" : "publish",
-                 spillway_rv_describe(v, what, sizeof(what)));
-        return false;
-    default:
-        return true;
-    }
+    q->fn(hub, l, q, NULL);
+    spillway_link_protocol_error(hub, l, why);
 }
 
-void spillway_redis_on_cmd_reply(spillway_hub *hub, spillway_rlink *l, spillway_rq *q, spillway_rv *v)
+/* Whether v can answer a backlog read over nch channels (an error always
+ * can: Redis refused, and each kind handles that). */
+static bool backlog_reply_fits(const spillway_rv *v, uint32_t nch, char *why, size_t n)
 {
-    char msg[160], why[240];
-    if (!cmd_reply_fits(q, v, why, sizeof(why))) {
-        /* Redis does not answer that: the replies may be out of step with
-         * the requests from here on. The request is handled as if the link
-         * had dropped before its answer (a resume or a repair is read again
-         * after the reconnect; a publish is reported as possibly lost), and
-         * the link is dropped so that the next one starts in step. */
-        spillway_redis_on_failed_rq(hub, l, q);
-        spillway_link_protocol_error(hub, l, why);
+    char what[100];
+    if (v->type == SW_RV_ERROR || resume_shape_ok(v, nch)) return true;
+    snprintf(why, n, "the backlog read over %u channels got %s, not the resume script's answer", nch,
+             spillway_rv_describe(v, what, sizeof(what)));
+    return false;
+}
+
+/* The barrier and publish scripts return an id. */
+static bool id_reply_fits(const spillway_rv *v, const char *script, char *why, size_t n)
+{
+    char what[100];
+    if (v->type == SW_RV_ERROR || is_str(v)) return true;
+    snprintf(why, n, "a %s script got %s instead of an id", script, spillway_rv_describe(v, what, sizeof(what)));
+    return false;
+}
+
+static void on_resume_rq(spillway_hub *hub, spillway_rlink *l, spillway_rq *q, spillway_rv *v)
+{
+    struct resume_req *rr = q->privdata;
+    char why[240];
+    uint32_t nch;
+
+    if (v == NULL) {
+        conn_unref(hub, rr->conn); /* sent again once the link is back */
         return;
     }
-    switch (q->kind) {
-    case SW_RQ_RESUME:
-        on_resume_reply(hub, q, v);
-        break;
-    case SW_RQ_REPAIR:
-        on_repair_reply(hub, q, v);
-        break;
-    case SW_RQ_FILL:
-        on_fill_reply(hub, q, v);
-        break;
-    case SW_RQ_BARRIER:
-        if (v->type == SW_RV_ERROR) {
-            /* Covered channels wait for the next barrier (EVAL after a
-             * NOSCRIPT: the script text always works). */
-            spillway_redis *r = R(hub);
-            rv_message(v, msg, sizeof(msg));
-            if (!noscript(v)) {
-                spillway_hub_error(hub, "barrier failed: %s", msg);
-                r->barrier_retry_at = hub->now + BARRIER_RETRY_MS; /* OOM, say: not in a tight loop */
-            } else {
-                r->cmd.barrier_sha[0] = '\0';
-            }
-            for (spillway_channel *ch = r->slist; ch != NULL; ch = ch->snext)
-                if (ch->barrier == q->seq) ch->barrier = 0;
-        }
-        break;
-    case SW_RQ_PUBLISH:
-        if (noscript(v) && !q->eval && queue_publish(hub, q->pub, true) == 0) {
-            q->pub = NULL;
-            break;
-        }
-        if (v->type != SW_RV_STRING) {
-            rv_message(v, msg, sizeof(msg));
-            spillway_hub_error(hub, "async publish to %.*s failed: %s", (int)q->pub->chlen, q->pub->channel, msg);
-        }
-        async_finish(hub, q->pub, v->type == SW_RV_STRING);
-        q->pub = NULL;
-        break;
-    default:
-        break;
+    /* A stream that closed meanwhile left its channels: any count of flags
+     * may then answer it (it is dropped anyway). */
+    nch = rr->conn->nmem;
+    if ((rr->conn->flags & SW_CF_ZOMBIE) && v->type == SW_RV_ARRAY && v->elements == 3 && v->element[1] != NULL &&
+        v->element[1]->type == SW_RV_ARRAY)
+        nch = (uint32_t)SW_MIN(v->element[1]->elements, (size_t)UINT32_MAX);
+    if (!backlog_reply_fits(v, nch, why, sizeof(why))) {
+        misfit(hub, l, q, why);
+        return;
     }
+    on_resume_reply(hub, rr, v);
+}
+
+static void on_fill_rq(spillway_hub *hub, spillway_rlink *l, spillway_rq *q, spillway_rv *v)
+{
+    struct fill_req *fr = q->privdata;
+    char why[240];
+
+    if (v == NULL) {
+        /* Asked again (from where the pages got to is not kept: from the
+         * start) once the link is back. */
+        spillway_channel *ch = spillway_chtab_find(&hub->chans, fr->name, strlen(fr->name));
+        if (ch != NULL && ch->filling && ch->fill_gen == fr->gen) {
+            fill_clear(R(hub), ch);
+            ch->fill_gen++;
+        }
+        return;
+    }
+    if (!backlog_reply_fits(v, 1, why, sizeof(why))) {
+        misfit(hub, l, q, why);
+        return;
+    }
+    on_fill_reply(hub, fr, v);
+}
+
+static void on_repair_rq(spillway_hub *hub, spillway_rlink *l, spillway_rq *q, spillway_rv *v)
+{
+    struct repair_req *rr = q->privdata;
+    spillway_redis *r = R(hub);
+    char why[240];
+
+    if (v == NULL) {
+        /* The attempt is lost with the link: it starts over once the links
+         * are back (its other batches fail here too). */
+        if (rr->epoch == r->sub_epoch) {
+            r->repair_inflight = false;
+            r->repair_outstanding = 0;
+            acc_clear(&r->acc);
+        }
+        return;
+    }
+    if (!backlog_reply_fits(v, rr->nch, why, sizeof(why))) {
+        misfit(hub, l, q, why);
+        return;
+    }
+    on_repair_reply(hub, rr, v);
+}
+
+static void on_barrier_rq(spillway_hub *hub, spillway_rlink *l, spillway_rq *q, spillway_rv *v)
+{
+    struct barrier_req *br = q->privdata;
+    spillway_redis *r = R(hub);
+    char msg[160], why[240];
+
+    if (v == NULL) return; /* the ready link sends barriers again */
+    if (!id_reply_fits(v, "barrier", why, sizeof(why))) {
+        misfit(hub, l, q, why);
+        return;
+    }
+    if (v->type != SW_RV_ERROR) return; /* the barrier arrives on the sub link */
+    /* Covered channels wait for the next barrier (EVAL after a NOSCRIPT:
+     * the script text always works). */
+    rv_message(v, msg, sizeof(msg));
+    if (!noscript(v)) {
+        spillway_hub_error(hub, "barrier failed: %s", msg);
+        r->barrier_retry_at = hub->now + BARRIER_RETRY_MS; /* OOM, say: not in a tight loop */
+    } else {
+        r->cmd.sha[SCRIPT_BARRIER][0] = '\0';
+    }
+    for (spillway_channel *ch = r->slist; ch != NULL; ch = ch->snext)
+        if (ch->barrier == br->seq) ch->barrier = 0;
+}
+
+static void on_publish_rq(spillway_hub *hub, spillway_rlink *l, spillway_rq *q, spillway_rv *v)
+{
+    struct publish_req *pr = q->privdata;
+    spillway_cmd_publish *cmd = pr->cmd;
+    spillway_redis *r = R(hub);
+    char msg[160], why[240];
+
+    if (v == NULL) {
+        /* It goes out again after the reconnect, whether it never left this
+         * process or was sent and not answered: Redis may have run it, but
+         * then the repeat finds its idempotency key and publishes nothing.
+         * The waiting queue is empty while the link is up (it drains on
+         * ready), and requests fail in FIFO order, so appending keeps the
+         * publish order. */
+        if (spillway_link_rq_written(l, q)) cmd->maybe_ran = true;
+        cmd->base.node.next = NULL;
+        if (r->aq_tail != NULL) r->aq_tail->base.node.next = &cmd->base.node;
+        else r->aq_head = cmd;
+        r->aq_tail = cmd;
+        return;
+    }
+    if (!id_reply_fits(v, "publish", why, sizeof(why))) {
+        misfit(hub, l, q, why);
+        return;
+    }
+    if (noscript(v) && !pr->eval && queue_publish(hub, cmd, true) == 0) return;
+    if (v->type != SW_RV_STRING) {
+        rv_message(v, msg, sizeof(msg));
+        spillway_hub_error(hub, "async publish to %.*s failed: %s", (int)cmd->chlen, cmd->channel, msg);
+    }
+    async_finish(hub, cmd, v->type == SW_RV_STRING);
 }
 
 /* ---- link life --------------------------------------------------------- */
 
-void spillway_redis_on_ready(spillway_hub *hub, spillway_rlink *l)
+static void on_link_ready(spillway_hub *hub, spillway_rlink *l)
 {
     spillway_redis *r = R(hub);
     update_connected(hub);
-    if (l->role == SW_LINK_SUB) {
+    if (l == &r->sub) {
         /* The control channel first, then everything wanted (after a drop:
          * every channel that still has streams). */
         const char *argv[] = {"SUBSCRIBE", r->ctl};
@@ -1719,51 +1826,6 @@ void spillway_redis_on_ready(spillway_hub *hub, spillway_rlink *l)
         for (spillway_channel *ch = r->slist; ch != NULL; ch = ch->snext) ch->barrier = 0;
         send_async_queue(hub);
         join_all_ready(hub);
-    }
-}
-
-void spillway_redis_on_failed_rq(spillway_hub *hub, spillway_rlink *l, spillway_rq *q)
-{
-    spillway_redis *r = R(hub);
-    switch (q->kind) {
-    case SW_RQ_RESUME:
-        conn_unref(hub, q->conn); /* sent again once the link is back */
-        break;
-    case SW_RQ_FILL: {
-        /* Asked again (from where the pages got to is not kept: from the
-         * start) once the link is back. */
-        spillway_channel *ch = spillway_chtab_find(&hub->chans, q->names[0], strlen(q->names[0]));
-        if (ch != NULL && ch->filling && ch->fill_gen == q->seq) {
-            fill_clear(r, ch);
-            ch->fill_gen++;
-        }
-        break;
-    }
-    case SW_RQ_REPAIR:
-        /* The attempt is lost with the link: it starts over once the links
-         * are back (its other batches fail here too). */
-        if (q->seq == r->sub_epoch) {
-            r->repair_inflight = false;
-            r->repair_outstanding = 0;
-            acc_clear(&r->acc);
-        }
-        break;
-    case SW_RQ_PUBLISH:
-        /* It goes out again after the reconnect, whether it never left this
-         * process or was sent and not answered: Redis may have run it, but
-         * then the repeat finds its idempotency key and publishes nothing.
-         * The waiting queue is empty while the link is up (it drains on
-         * ready), and requests fail in FIFO order, so appending keeps the
-         * publish order. */
-        if (q->wend <= l->written_total) q->pub->maybe_ran = true;
-        q->pub->base.node.next = NULL;
-        if (r->aq_tail != NULL) r->aq_tail->base.node.next = &q->pub->base.node;
-        else r->aq_head = q->pub;
-        r->aq_tail = q->pub;
-        q->pub = NULL;
-        break;
-    default:
-        break;
     }
 }
 
@@ -1807,10 +1869,10 @@ static void sub_lost(spillway_hub *hub)
     }
 }
 
-void spillway_redis_on_lost(spillway_hub *hub, spillway_rlink *l, bool was_ready)
+static void on_link_lost(spillway_hub *hub, spillway_rlink *l, bool was_ready)
 {
     SW_UNUSED(was_ready);
-    if (l->role == SW_LINK_SUB && l->ever_ready) sub_lost(hub);
+    if (l == &R(hub)->sub && l->ever_ready) sub_lost(hub);
     update_connected(hub);
 }
 
@@ -1924,6 +1986,32 @@ static void redis_flush_writes(spillway_hub *hub)
 
 /* ---- lifecycle --------------------------------------------------------- */
 
+/* The subscriber link: pushes, PING health checks, no db. */
+static const spillway_link_options sub_options = {
+    .name = "subscriber",
+    .tag = "sub",
+    .health_ping = true,
+};
+static const spillway_link_hooks sub_hooks = {
+    .on_ready = on_link_ready,
+    .on_push = on_sub_reply,
+    .on_lost = on_link_lost,
+};
+/* The command link: requests answered in order, the three scripts. */
+static const spillway_link_options cmd_options = {
+    .name = "command",
+    .tag = "cmd",
+    .select_db = true,
+    .nscripts = SCRIPTS,
+    .scripts = {[SCRIPT_PUBLISH] = spillway_lua_publish,
+                [SCRIPT_RESUME] = spillway_lua_resume,
+                [SCRIPT_BARRIER] = spillway_lua_barrier},
+};
+static const spillway_link_hooks cmd_hooks = {
+    .on_ready = on_link_ready,
+    .on_lost = on_link_lost,
+};
+
 static char *concat(const char *a, const char *b)
 {
     size_t la = strlen(a), lb = strlen(b);
@@ -1941,8 +2029,8 @@ static int redis_new(spillway_hub *hub, char *err, size_t errlen)
     char ctl[64];
 
     if (r == NULL) goto oom;
-    spillway_link_init(&r->sub, SW_LINK_SUB, hub->now);
-    spillway_link_init(&r->cmd, SW_LINK_CMD, hub->now);
+    spillway_link_init(&r->sub, &sub_options, &sub_hooks, hub->now);
+    spillway_link_init(&r->cmd, &cmd_options, &cmd_hooks, hub->now);
     /* '!' never appears in a channel name: no stream can subscribe to it. */
     snprintf(ctl, sizeof(ctl), "!%d.%08x", (int)getpid(), (unsigned)(spillway_mono_ms() ^ (uintptr_t)r));
     r->chan_prefix = concat(ns, ":");
