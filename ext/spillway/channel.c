@@ -183,6 +183,15 @@ void spillway_channel_remove_sub(spillway_hub *hub, spillway_channel *ch, uint32
     spillway_channel_maybe_release(hub, ch);
 }
 
+void spillway_channel_leave_all(spillway_hub *hub, spillway_conn *c)
+{
+    for (uint32_t i = c->nmem; i-- > 0;) {
+        spillway_member m = c->mem[i];
+        if (m.ch != NULL) spillway_channel_remove_sub(hub, m.ch, m.idx);
+        c->mem[i].ch = NULL;
+    }
+}
+
 void spillway_channel_fanout(spillway_hub *hub, spillway_channel *ch, spillway_frame *f)
 {
     if (spillway_id_cmp(f->id, ch->last) > 0) ch->last = f->id;

@@ -24,6 +24,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "frames.h"
 #include "hub_internal.h"
 
 
@@ -333,43 +334,6 @@ int spillway_frame_cmp_id(const void *a, const void *b)
     return spillway_id_cmp(fa->id, fb->id);
 }
 
-/* The `event: reset` frame: this stream's cursor is older than what the
- * backlog still holds for the listed channels. Its id moves the client's
- * cursor to `now`, so a reconnect does not report the same hole again. */
-static spillway_frame *reset_frame(const spillway_conn *c, const bool *reset, spillway_id now)
-{
-    char idtext[SPILLWAY_ID_TEXT_MAX];
-    size_t idlen = spillway_id_format(now, idtext);
-    size_t len = 4 + idlen + 1 + 13 + 22 + 4;
-    spillway_frame *f;
-    char *p;
-
-    for (uint32_t i = 0; i < c->nmem; i++)
-        if (reset[i]) len += c->mem[i].ch->namelen + 3;
-    f = spillway_frame_new(len);
-    if (f == NULL) return NULL;
-    p = f->data;
-    memcpy(p, "id: ", 4), p += 4;
-    memcpy(p, idtext, idlen), p += idlen;
-    memcpy(p, "\nevent: reset\ndata: {\"channels\":[", 33), p += 33;
-    {
-        bool first = true;
-        for (uint32_t i = 0; i < c->nmem; i++) {
-            if (!reset[i]) continue;
-            if (!first) *p++ = ',';
-            first = false;
-            *p++ = '"';
-            memcpy(p, c->mem[i].ch->name, c->mem[i].ch->namelen);
-            p += c->mem[i].ch->namelen;
-            *p++ = '"';
-        }
-    }
-    memcpy(p, "]}\n\n", 4), p += 4;
-    f->len = (uint32_t)(p - f->data);
-    f->id = now;
-    return f;
-}
-
 /* Every reset reaches the log: the channels it names (as many as fit in
  * the line; a first name too long for it is cut) and why. */
 static void log_reset(spillway_hub *hub, const spillway_conn *c, const bool *reset, const char *reason)
@@ -440,7 +404,7 @@ void spillway_conn_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **
     exempt_queued(c);
     for (uint32_t i = 0; reset != NULL && i < c->nmem; i++) any_reset |= reset[i];
     if (any_reset) {
-        spillway_frame *rf = reset_frame(c, reset, spillway_id_max(now, c->last));
+        spillway_frame *rf = spillway_frame_reset(c, reset, spillway_id_max(now, c->last));
         STAT_ADD(hub, st_resets, 1);
         log_reset(hub, c, reset, reason);
         if (rf != NULL) {
@@ -460,7 +424,7 @@ void spillway_conn_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **
 void spillway_conn_send_reset(spillway_hub *hub, spillway_conn *c, const bool *reset,
                               spillway_id now, const char *reason)
 {
-    spillway_frame *rf = reset_frame(c, reset, spillway_id_max(now, c->last));
+    spillway_frame *rf = spillway_frame_reset(c, reset, spillway_id_max(now, c->last));
     STAT_ADD(hub, st_resets, 1);
     log_reset(hub, c, reset, reason);
     if (rf == NULL) return;
@@ -617,7 +581,8 @@ void spillway_conn_release(spillway_hub *hub, spillway_conn *c)
     free(c);
 }
 
-/* Closes the socket and leaves every channel. Runs at the end of an
+/* Closes the socket and frees what the stream holds; the caller made it
+ * leave its channels (spillway_channel_leave_all). Runs at the end of an
  * iteration, for the doomed list, or at stop. */
 void spillway_conn_close(spillway_hub *hub, spillway_conn *c)
 {
@@ -625,10 +590,6 @@ void spillway_conn_close(spillway_hub *hub, spillway_conn *c)
     if (c->flags & SW_CF_JOINING) {
         c->flags &= ~SW_CF_JOINING;
         STAT_SUB(hub, st_joining, 1);
-    }
-    for (uint32_t i = c->nmem; i-- > 0;) {
-        spillway_member m = c->mem[i];
-        if (m.ch != NULL) spillway_channel_remove_sub(hub, m.ch, m.idx);
     }
     free(c->mem);
     c->mem = NULL;
@@ -736,17 +697,16 @@ static int cmp_laggiest(const void *a, const void *b)
 /* Dooms and closes c at once, so that what it held is released before the
  * budget is weighed again. Runs where the doomed list is closed (the end of
  * the iteration), so nothing later in the iteration sees c. */
-static void close_now(spillway_hub *hub, spillway_conn *c)
+static void close_now(spillway_hub *hub, spillway_conn *c, spillway_close_fn *close_fn)
 {
     if (c->flags & SW_CF_DOOMED) return; /* never here: the doomed were closed before */
     spillway_conn_doom(hub, c, true);
     hub->doomed = c->dnext; /* doom put it first */
     c->dnext = NULL;
-    epoll_ctl(hub->epfd, EPOLL_CTL_DEL, c->h.fd, NULL);
-    spillway_conn_close(hub, c);
+    close_fn(hub, c);
 }
 
-void spillway_conn_budget(spillway_hub *hub)
+void spillway_conn_budget(spillway_hub *hub, spillway_close_fn *close_fn)
 {
     size_t n = 0, k = 0;
     candidate *v;
@@ -756,7 +716,7 @@ void spillway_conn_budget(spillway_hub *hub)
         v = malloc((n ? n : 1) * sizeof(*v));
         if (v == NULL) {
             /* No room to sort: close in list order; still bounded. */
-            while (hub->queued != NULL && hub->out_mem > hub->cfg.memory_limit) close_now(hub, hub->queued);
+            while (hub->queued != NULL && hub->out_mem > hub->cfg.memory_limit) close_now(hub, hub->queued, close_fn);
         } else {
             for (spillway_conn *c = hub->queued; c != NULL; c = c->qnext) {
                 uint32_t held_lag = c->held_len > 0 ? lag_clock(hub) - c->held_t : 0;
@@ -767,7 +727,7 @@ void spillway_conn_budget(spillway_hub *hub)
                 k++;
             }
             qsort(v, k, sizeof(*v), cmp_laggiest);
-            for (size_t i = 0; i < k && hub->out_mem > hub->cfg.memory_limit; i++) close_now(hub, v[i].c);
+            for (size_t i = 0; i < k && hub->out_mem > hub->cfg.memory_limit; i++) close_now(hub, v[i].c, close_fn);
             free(v);
         }
     }

@@ -11,8 +11,10 @@
 #include <sys/uio.h>
 
 #include "backend.h"
+#include "commands.h"
 #include "frame.h"
 #include "hub.h"
+#include "log.h"
 #include "queue.h"
 
 /* Relaxed atomics: the statistics (hub.h, spillway_stats), written by the
@@ -41,49 +43,6 @@ typedef struct spillway_handle {
 #define SPILLWAY_MAX_CHANNEL_LEN 1024
 #define SPILLWAY_MAX_CHANNELS_PER_CONN 1024
 #define SPILLWAY_IOV_BATCH 256
-
-/* ---- commands (Ruby thread -> reactor) -------------------------------- */
-
-enum spillway_cmd_kind {
-    SW_CMD_ATTACH = 1,
-    SW_CMD_PUBLISH,
-    SW_CMD_PUBLISH_ASYNC,
-    SW_CMD_STOP
-};
-
-typedef struct spillway_cmd {
-    spillway_qnode node; /* first: the queue links through it */
-    int kind;
-} spillway_cmd;
-
-typedef struct spillway_cmd_attach {
-    spillway_cmd base;
-    int fd;
-    unsigned flags;
-    bool has_cursor;
-    bool cursor_ok;
-    spillway_id cursor;
-    uint32_t nch;
-    uint16_t *lens; /* points into the same allocation */
-    char *names;    /* the names back to back, no separators */
-} spillway_cmd_attach;
-
-typedef struct spillway_cmd_publish {
-    spillway_cmd base;
-    spillway_frame *frame; /* the full frame (memory) or the body after the id line (async) */
-    uint64_t seq;          /* async ticket */
-    /* Async: its idempotency key, whole ("NS:k:<key>"), stored right after
-     * the channel; how long Redis keeps it; when it was put on the command
-     * link for the attempt Redis may have run (CLOCK_MONOTONIC ms); and
-     * whether Redis may have run it already (written, reply lost): then it
-     * is sent again only while its key certainly lives (idem.h). */
-    uint32_t keylen;
-    uint32_t key_ttl_ms;
-    uint64_t first_ms;
-    bool maybe_ran;
-    uint32_t chlen;
-    char channel[]; /* the channel, then (async) the key */
-} spillway_cmd_publish;
 
 /* ---- channels ---------------------------------------------------------- */
 
@@ -221,32 +180,6 @@ typedef struct spillway_conn {
     const char *pend_reason; /* why, a static string */
 } spillway_conn;
 
-/* ---- the log (spillway_hub_log) ---------------------------------------- */
-
-/* What an entry of the hub's log is about: the rate limit is per kind, and
- * the kind decides the level (the names and levels are in hub.c). */
-typedef enum spillway_log_kind {
-    SW_LOG_ERROR = 0,      /* "error": anything without a kind of its own */
-    SW_LOG_REDIS_LINK,     /* "redis_link": an established link dropped (killed, reset, no answer) */
-    SW_LOG_REDIS_CONNECT,  /* "redis_connect": an attempt to connect failed (refused, timeout, AUTH) */
-    SW_LOG_PROTOCOL,       /* "protocol": a reply or a message the hub cannot use */
-    SW_LOG_SUBSCRIBE,      /* "subscribe": Redis refused a subscription */
-    SW_LOG_RESUME,         /* "resume": a resume read failed */
-    SW_LOG_REPAIR,         /* "repair": a gap repair failed or gave up */
-    SW_LOG_ASYNC_PUBLISH,  /* "async_publish": an async publish failed or may have */
-    SW_LOG_MEMORY,         /* "memory": out of memory */
-    SW_LOG_RESET,          /* "reset": a stream was sent `event: reset` (a warning, not an error) */
-    SW_LOG_SLOW_CLIENT,    /* "slow_client": a stream was dropped for being slow (a warning) */
-    SW_LOG_KINDS
-} spillway_log_kind;
-
-typedef struct spillway_log_slot {
-    uint64_t count;          /* occurrences not taken yet */
-    uint64_t since_ms;       /* what count covers starts here */
-    uint64_t quiet_until_ms; /* an occurrence before this waits for the summary */
-    char message[256];       /* the last occurrence */
-} spillway_log_slot;
-
 /* ---- the hub ----------------------------------------------------------- */
 
 struct spillway_hub {
@@ -320,19 +253,12 @@ struct spillway_hub {
     pthread_cond_t log_cond; /* CLOCK_MONOTONIC; signalled when an entry is due, and at the stop */
 };
 
-/* hub.c */
-/* Records an error (stats errors and last_error) and logs it with the kind
- * SW_LOG_ERROR: spillway_hub_log for what has no kind of its own. */
-void spillway_hub_error(spillway_hub *hub, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-/* Logs one occurrence of kind (any thread; never blocks on Ruby): the
- * message goes to Spillway.logger from a Ruby thread, rate-limited per kind.
- * Error kinds also count in stats errors and become last_error. */
-void spillway_hub_log(spillway_hub *hub, spillway_log_kind kind, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-void spillway_hub_async_done(spillway_hub *hub, uint64_t seq, bool ok);
-/* The end of a loop iteration: flush the dirty streams, close the doomed. */
+/* streams.c */
+/* The end of a loop iteration for the streams: flush the dirty ones, close
+ * the doomed (out of epoll, out of their channels), weigh the memory budget. */
 void spillway_hub_flush_and_close(spillway_hub *hub);
+/* Closes every stream (hub free; no last frames). */
+void spillway_streams_close_all(spillway_hub *hub);
 
 /* channel.c */
 int spillway_chtab_init(spillway_chtab *t);
@@ -343,6 +269,8 @@ void spillway_channel_drop(spillway_hub *hub, spillway_channel *ch);
 void spillway_channel_maybe_release(spillway_hub *hub, spillway_channel *ch);
 int spillway_channel_add_sub(spillway_channel *ch, spillway_conn *c, uint32_t slot);
 void spillway_channel_remove_sub(spillway_hub *hub, spillway_channel *ch, uint32_t idx);
+/* The stream leaves every channel it is on (before spillway_conn_close). */
+void spillway_channel_leave_all(spillway_hub *hub, spillway_conn *c);
 void spillway_channel_fanout(spillway_hub *hub, spillway_channel *ch, spillway_frame *f);
 int spillway_backlog_push(spillway_hub *hub, spillway_channel *ch, spillway_frame *f);
 void spillway_backlog_clear(spillway_hub *hub, spillway_channel *ch);
@@ -375,10 +303,13 @@ void spillway_conn_send_reset(spillway_hub *hub, spillway_conn *c, const bool *r
 void spillway_wheel_insert(spillway_hub *hub, spillway_conn *c);
 void spillway_wheel_remove(spillway_hub *hub, spillway_conn *c);
 void spillway_wheel_tick(spillway_hub *hub);
+/* How a doomed stream is closed at once (streams.c: out of epoll, out of
+ * its channels, spillway_conn_close). */
+typedef void spillway_close_fn(spillway_hub *hub, spillway_conn *c);
 /* After the doomed streams of an iteration are closed: when the frames
  * waiting in outboxes take more than memory_limit, closes the laggiest
- * streams until they do not. */
-void spillway_conn_budget(spillway_hub *hub);
+ * streams with close_fn until they do not. */
+void spillway_conn_budget(spillway_hub *hub, spillway_close_fn *close_fn);
 int spillway_frame_cmp_id(const void *a, const void *b);
 
 #endif

@@ -40,6 +40,7 @@
 #include "idem.h"
 #include "redis_link.h"
 #include "scripts.h"
+#include "tickets.h"
 
 
 #define SUBSCRIBE_BATCH 1000u
