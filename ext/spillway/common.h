@@ -28,6 +28,9 @@
 #define SW_UNUSED(x) ((void)(x))
 #define SW_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define SW_MAX(a, b) ((a) > (b) ? (a) : (b))
+/* The text of a macro's value: SW_STR(SPILLWAY_MAX_CHANNEL_LEN) is "1024". */
+#define SW_STR_(x) #x
+#define SW_STR(x) SW_STR_(x)
 
 /* Milliseconds of CLOCK_MONOTONIC: timers, deadlines, heartbeats. */
 uint64_t spillway_mono_ms(void);

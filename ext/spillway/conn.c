@@ -287,9 +287,9 @@ void spillway_conn_mark_dirty(spillway_hub *hub, spillway_conn *c)
      * (the fan-out order, first subscriber first): measured 2-3% less CPU
      * per delivery than newest first (bench/PROFILE-NOTES.md). dirty_last
      * means something only while dirty is not NULL. */
-    c->lnext = NULL;
+    c->dirty_next = NULL;
     if (hub->dirty == NULL) hub->dirty = c;
-    else hub->dirty_last->lnext = c;
+    else hub->dirty_last->dirty_next = c;
     hub->dirty_last = c;
 }
 
@@ -317,7 +317,6 @@ void spillway_conn_deliver(spillway_hub *hub, spillway_conn *c, spillway_frame *
         if (c->held_len == 0) c->held_t = lag_clock(hub);
         c->held[c->held_len++] = f;
         hub->out_mem += sizeof(*c->held) + spillway_frame_enqueue(f, &c->excl);
-        c->held_bytes += f->len;
         queued_add(hub, c);
         /* Nothing of it can be written yet: no grace for being alone. */
         if (exclusive_bytes(c) > hub->cfg.outbox_limit) spillway_conn_doom(hub, c, true);
@@ -398,7 +397,6 @@ void spillway_conn_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **
     c->flags &= ~SW_CF_JOINING;
     c->held = NULL;
     c->held_len = c->held_cap = 0;
-    c->held_bytes = 0;
 
     for (size_t i = 0; i < n; i++) spillway_conn_deliver(hub, c, frames[i]);
     exempt_queued(c);
@@ -565,7 +563,7 @@ void spillway_conn_doom(spillway_hub *hub, spillway_conn *c, bool slow)
         c->flags |= SW_CF_SLOW;
         STAT_ADD(hub, st_dropped_slow, 1);
     }
-    c->dnext = hub->doomed;
+    c->doomed_next = hub->doomed;
     hub->doomed = c;
 }
 
@@ -581,12 +579,11 @@ void spillway_conn_release(spillway_hub *hub, spillway_conn *c)
     free(c);
 }
 
-/* Closes the socket and frees what the stream holds; the caller made it
- * leave its channels (spillway_channel_leave_all). Runs at the end of an
+/* Closes the socket and frees what the stream holds; the caller took it off
+ * the wheel and made it leave its channels (streams.c). Runs at the end of an
  * iteration, for the doomed list, or at stop. */
 void spillway_conn_close(spillway_hub *hub, spillway_conn *c)
 {
-    spillway_wheel_remove(hub, c);
     if (c->flags & SW_CF_JOINING) {
         c->flags &= ~SW_CF_JOINING;
         STAT_SUB(hub, st_joining, 1);
@@ -602,7 +599,6 @@ void spillway_conn_close(spillway_hub *hub, spillway_conn *c)
     free(c->pend_reset);
     c->held = NULL;
     c->held_len = c->held_cap = 0;
-    c->held_bytes = 0;
     /* The caller removed the fd from the epoll set (a copy of it may live
      * elsewhere, e.g. in a fork child that has not closed it yet). */
     close(c->h.fd);
@@ -613,63 +609,14 @@ void spillway_conn_close(spillway_hub *hub, spillway_conn *c)
     spillway_conn_release(hub, c);
 }
 
-/* ---- the heartbeat wheel ----------------------------------------------- */
-/*
- * A wheel of SLOTS lists that turns once per heartbeat period. A stream sits
- * in one slot for its whole life, so every stream gets a heartbeat exactly
- * once per period, spread evenly over the period, with O(1) insert and
- * remove and no per-stream timer.
- */
+/* ---- judging the waiting ---------------------------------------------- */
 
-void spillway_wheel_insert(spillway_hub *hub, spillway_conn *c)
+/* A stream that gets nothing new is never flushed, yet its lag grows and
+ * others' releases may leave it alone with frames: the wheel's tick has the
+ * queued list judged (so a stream is judged at most one slot, heartbeat /
+ * 100, after it went over a limit). */
+void spillway_conn_judge_queued(spillway_hub *hub)
 {
-    /* The slot processed last in this turn: the first heartbeat comes one
-     * period after the stream opened. */
-    uint32_t slot = (hub->wheel_pos + hub->wheel_slots - 1) % hub->wheel_slots;
-    c->wslot = slot;
-    c->wprev = NULL;
-    c->wnext = hub->wheel[slot];
-    if (c->wnext != NULL) c->wnext->wprev = c;
-    hub->wheel[slot] = c;
-}
-
-void spillway_wheel_remove(spillway_hub *hub, spillway_conn *c)
-{
-    if (c->wprev != NULL) c->wprev->wnext = c->wnext;
-    else if (hub->wheel[c->wslot] == c) hub->wheel[c->wslot] = c->wnext;
-    else return;
-    if (c->wnext != NULL) c->wnext->wprev = c->wprev;
-    c->wprev = c->wnext = NULL;
-}
-
-/* How long slot pos lasts. The slots of one turn add up to heartbeat_ms
- * exactly; heartbeat_ms / slots for every slot would drop the remainder (a
- * 150 ms heartbeat became 100 ms, a 50 ms one 100 ms). */
-static uint64_t slot_len(const spillway_hub *hub, uint32_t pos)
-{
-    uint64_t hb = hub->cfg.heartbeat_ms, n = hub->wheel_slots;
-    return (pos + 1) * hb / n - pos * hb / n;
-}
-
-/* Processes the slots that are due, then sweeps the queued list: a stream
- * that gets nothing new is never flushed, yet its lag grows and others'
- * releases may leave it alone with frames. So a stream is judged at most
- * one slot (heartbeat / 100) after it went over a limit. */
-void spillway_wheel_tick(spillway_hub *hub)
-{
-    uint32_t budget = hub->wheel_slots;
-
-    while (hub->now >= hub->wheel_next_ms && budget-- > 0) {
-        for (spillway_conn *c = hub->wheel[hub->wheel_pos]; c != NULL; c = c->wnext) {
-            /* Frames waiting are traffic enough; a heartbeat behind them
-             * would only take another entry. */
-            if (c->out_len == 0) spillway_conn_push(hub, c, hub->f_heartbeat);
-        }
-        hub->wheel_pos = (hub->wheel_pos + 1) % hub->wheel_slots;
-        hub->wheel_next_ms += slot_len(hub, hub->wheel_pos);
-    }
-    if (hub->now >= hub->wheel_next_ms)
-        hub->wheel_next_ms = hub->now + SW_MAX(1u, slot_len(hub, hub->wheel_pos));
     for (spillway_conn *c = hub->queued; c != NULL; c = c->qnext)
         if (!(c->flags & SW_CF_DOOMED) && too_slow(hub, c)) spillway_conn_doom(hub, c, true);
 }
@@ -701,8 +648,8 @@ static void close_now(spillway_hub *hub, spillway_conn *c, spillway_close_fn *cl
 {
     if (c->flags & SW_CF_DOOMED) return; /* never here: the doomed were closed before */
     spillway_conn_doom(hub, c, true);
-    hub->doomed = c->dnext; /* doom put it first */
-    c->dnext = NULL;
+    hub->doomed = c->doomed_next; /* doom put it first */
+    c->doomed_next = NULL;
     close_fn(hub, c);
 }
 

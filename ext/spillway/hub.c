@@ -67,7 +67,7 @@ static int check_config(const spillway_config *cfg, char *err, size_t errlen)
     NEED(cfg->heartbeat_ms >= 10, "heartbeat must be at least 10 ms");
     NEED(cfg->max_connections >= 1, "max_connections must be at least 1");
     NEED(cfg->max_channels_per_conn >= 1 && cfg->max_channels_per_conn <= SPILLWAY_MAX_CHANNELS_PER_CONN,
-         "max_channels_per_connection out of range (1..1024)");
+         "max_channels_per_connection out of range (1.." SW_STR(SPILLWAY_MAX_CHANNELS_PER_CONN) ")");
     NEED(cfg->outbox_limit >= 1024, "outbox_limit must be at least 1024 bytes");
     NEED(cfg->max_lag_ms >= 10, "max_lag must be at least 10 ms");
     NEED(cfg->memory_limit >= 65536, "memory_limit must be at least 65536 bytes");

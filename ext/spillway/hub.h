@@ -19,6 +19,11 @@
 
 typedef struct spillway_hub spillway_hub;
 
+/* Hard ceilings of the configurable limits: spillway_hub_new and the
+ * binding check the configured values against them. */
+#define SPILLWAY_MAX_CHANNEL_LEN 1024
+#define SPILLWAY_MAX_CHANNELS_PER_CONN 1024
+
 /* Connection to Redis (all strings are copied by spillway_hub_new). */
 typedef struct spillway_redis_config {
     const char *host;     /* NULL: no Redis, the memory backend */

@@ -194,7 +194,8 @@ static VALUE hub_attach(VALUE self, VALUE io, VALUE channels, VALUE cursor, VALU
 
     Check_Type(channels, T_ARRAY);
     n = RARRAY_LEN(channels);
-    if (n <= 0 || n > 1024) rb_raise(rb_eArgError, "between 1 and 1024 channels, got %ld", n);
+    if (n <= 0 || n > SPILLWAY_MAX_CHANNELS_PER_CONN)
+        rb_raise(rb_eArgError, "between 1 and %d channels, got %ld", SPILLWAY_MAX_CHANNELS_PER_CONN, n);
     if (!NIL_P(cursor)) StringValue(cursor);
     names = ALLOCA_N(const char *, n);
     lens = ALLOCA_N(size_t, n);

@@ -23,12 +23,12 @@ typedef struct spillway_memory {
 
 static void lru_unlink(spillway_hub *hub, spillway_channel *ch)
 {
-    if (ch->lprev != NULL) ch->lprev->lnext = ch->lnext;
-    else if (hub->lru_head == ch) hub->lru_head = ch->lnext;
+    if (ch->lru_prev != NULL) ch->lru_prev->lru_next = ch->lru_next;
+    else if (hub->lru_head == ch) hub->lru_head = ch->lru_next;
     else return; /* not linked */
-    if (ch->lnext != NULL) ch->lnext->lprev = ch->lprev;
-    else hub->lru_tail = ch->lprev;
-    ch->lprev = ch->lnext = NULL;
+    if (ch->lru_next != NULL) ch->lru_next->lru_prev = ch->lru_prev;
+    else hub->lru_tail = ch->lru_prev;
+    ch->lru_prev = ch->lru_next = NULL;
     hub->lru_count--;
 }
 
@@ -44,11 +44,11 @@ static void evict_oldest(spillway_hub *hub)
 
 void spillway_lru_touch(spillway_hub *hub, spillway_channel *ch)
 {
-    ch->touched_ms = hub->now;
+    ch->lru_touched_ms = hub->now;
     lru_unlink(hub, ch);
-    ch->lprev = hub->lru_tail;
-    ch->lnext = NULL;
-    if (hub->lru_tail != NULL) hub->lru_tail->lnext = ch;
+    ch->lru_prev = hub->lru_tail;
+    ch->lru_next = NULL;
+    if (hub->lru_tail != NULL) hub->lru_tail->lru_next = ch;
     else hub->lru_head = ch;
     hub->lru_tail = ch;
     hub->lru_count++;
@@ -62,7 +62,7 @@ void spillway_backlog_sweep(spillway_hub *hub)
 {
     uint64_t ttl_ms = (uint64_t)hub->cfg.backlog_ttl_s * 1000u;
     if (ttl_ms == 0) return;
-    while (hub->lru_head != NULL && hub->lru_head->touched_ms + ttl_ms <= hub->now) evict_oldest(hub);
+    while (hub->lru_head != NULL && hub->lru_head->lru_touched_ms + ttl_ms <= hub->now) evict_oldest(hub);
 }
 
 /* ---- the operations ---------------------------------------------------- */

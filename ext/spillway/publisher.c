@@ -27,7 +27,6 @@
 typedef struct pconn {
     redisContext *ctx;
     pid_t pid;
-    uint64_t used_ms;
 } pconn;
 
 struct spillway_publisher {
@@ -138,7 +137,6 @@ static void pool_give(spillway_publisher *p, redisContext *ctx)
     if (p->npool < POOL_MAX) {
         p->pool[p->npool].ctx = ctx;
         p->pool[p->npool].pid = getpid();
-        p->pool[p->npool].used_ms = mono_ms();
         p->npool++;
         ctx = NULL;
     }

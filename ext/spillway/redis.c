@@ -258,11 +258,11 @@ static void plist_add(spillway_redis *r, spillway_channel *ch)
 static void linger_unlink(spillway_redis *r, spillway_channel *ch)
 {
     if (!ch->lingering) return;
-    if (ch->lprev) ch->lprev->lnext = ch->lnext;
-    else r->linger_head = ch->lnext;
-    if (ch->lnext) ch->lnext->lprev = ch->lprev;
-    else r->linger_tail = ch->lprev;
-    ch->lprev = ch->lnext = NULL;
+    if (ch->linger_prev) ch->linger_prev->linger_next = ch->linger_next;
+    else r->linger_head = ch->linger_next;
+    if (ch->linger_next) ch->linger_next->linger_prev = ch->linger_prev;
+    else r->linger_tail = ch->linger_prev;
+    ch->linger_prev = ch->linger_next = NULL;
     ch->lingering = 0;
 }
 
@@ -270,11 +270,11 @@ static void linger_add(spillway_hub *hub, spillway_channel *ch)
 {
     spillway_redis *r = R(hub);
     if (ch->lingering) return;
-    ch->touched_ms = hub->now;
+    ch->linger_since_ms = hub->now;
     ch->lingering = 1;
-    ch->lnext = NULL;
-    ch->lprev = r->linger_tail;
-    if (r->linger_tail) r->linger_tail->lnext = ch;
+    ch->linger_next = NULL;
+    ch->linger_prev = r->linger_tail;
+    if (r->linger_tail) r->linger_tail->linger_next = ch;
     else r->linger_head = ch;
     r->linger_tail = ch;
 }
@@ -1577,7 +1577,7 @@ static int sub_kind(const spillway_rv *v, char *why, size_t n)
         return SUB_BAD;
     }
     if (spillway_rv_is(kind, "subscribe") || spillway_rv_is(kind, "unsubscribe")) {
-        bool sub = kind->str->data[0] == 's';
+        bool sub = spillway_rv_is(kind, "subscribe");
         if (v->elements == 3 && is_str(v->element[1]) && is_type(v->element[2], SW_RV_INTEGER))
             return sub ? SUB_SUBSCRIBE : SUB_UNSUBSCRIBE;
         snprintf(why, n, "a malformed %s confirmation (%zu element%s, channel %s)", sub ? "subscribe" : "unsubscribe",
@@ -1898,7 +1898,7 @@ static void redis_timers(spillway_hub *hub)
         r->resume_retry_at = 0;
         join_all_ready(hub); /* resume reads refused earlier go out again */
     }
-    while (r->linger_head != NULL && r->linger_head->touched_ms + linger <= hub->now) {
+    while (r->linger_head != NULL && r->linger_head->linger_since_ms + linger <= hub->now) {
         spillway_channel *ch = r->linger_head;
         linger_unlink(r, ch);
         if (ch->nsubs == 0 && ch->rstate == SW_RS_ACTIVE) plist_add(r, ch);
@@ -1911,7 +1911,7 @@ static uint64_t redis_next_timer(spillway_hub *hub)
     uint64_t next = hub->now + 1000;
     next = SW_MIN(next, spillway_link_next_timer(hub, &r->sub));
     next = SW_MIN(next, spillway_link_next_timer(hub, &r->cmd));
-    if (r->linger_head != NULL) next = SW_MIN(next, r->linger_head->touched_ms + hub->cfg.redis.unsubscribe_linger_ms);
+    if (r->linger_head != NULL) next = SW_MIN(next, r->linger_head->linger_since_ms + hub->cfg.redis.unsubscribe_linger_ms);
     if (r->slist != NULL && r->barrier_retry_at > hub->now) next = SW_MIN(next, r->barrier_retry_at);
     if (r->need_repair && r->repair_retry_at > hub->now) next = SW_MIN(next, r->repair_retry_at);
     if (r->resume_retry_at != 0) next = SW_MIN(next, r->resume_retry_at);

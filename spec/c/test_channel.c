@@ -370,8 +370,8 @@ static void check_lru(spillway_hub *hub)
 {
     uint32_t n = 0;
     spillway_channel *prev = NULL;
-    for (spillway_channel *ch = hub->lru_head; ch != NULL; ch = ch->lnext) {
-        if (ch->lprev != prev) CHECK(!"LRU back pointer broken");
+    for (spillway_channel *ch = hub->lru_head; ch != NULL; ch = ch->lru_next) {
+        if (ch->lru_prev != prev) CHECK(!"LRU back pointer broken");
         if (ch->ring_len == 0) CHECK(!"a channel without backlog on the LRU");
         prev = ch;
         if (++n > 100000) break;
@@ -441,7 +441,7 @@ TEST(lru_evicts_the_least_recently_published)
     CHECK(find(hub, "c3") == c3);
     CHECK_U64(c3->ring_len, ==, 0);
     CHECK(c3->trimmed.seq == 4);
-    CHECK(c3->lprev == NULL && c3->lnext == NULL && hub->lru_head != c3);
+    CHECK(c3->lru_prev == NULL && c3->lru_next == NULL && hub->lru_head != c3);
     CHECK(hub->evicted.seq == 5); /* c1, last published as 1-5 */
 
     /* A channel new to the table assumes it lost what was evicted anywhere. */
@@ -516,7 +516,7 @@ TEST(outbox_partial_writes_resume_in_order)
         spillway_frame_unref(f); /* the outbox holds the only reference now */
     }
     CHECK(c->flags & SW_CF_DIRTY);
-    CHECK(hub->dirty == c && c->lnext == NULL);
+    CHECK(hub->dirty == c && c->dirty_next == NULL);
     CHECK_U64(c->out_bytes, ==, total);
     spillway_hub_flush_and_close(hub);
     CHECK(c->flags & SW_CF_BLOCKED);
@@ -648,7 +648,7 @@ TEST(outbox_limit_counts_what_a_stream_alone_keeps_alive)
     CHECK_U64(g->refs, ==, 1);
     spillway_conn_doom(hub, slow, true);
     CHECK_U64(atomic_load(&hub->st_dropped_slow), ==, 1);
-    CHECK(slow->dnext == NULL);
+    CHECK(slow->doomed_next == NULL);
     spillway_hub_flush_and_close(hub);
 
     /* Its references went (the frames with them), its fd closed, its place
