@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <time.h>
 
 /* Debug output that still type-checks when it is off. */
 #ifndef SPILLWAY_DEBUG
@@ -36,5 +37,8 @@
 uint64_t spillway_mono_ms(void);
 /* Milliseconds of CLOCK_REALTIME: message ids (the memory backend). */
 uint64_t spillway_wall_ms(void);
+/* clock's now + ms, for pthread_cond_timedwait (CLOCK_REALTIME unless the
+ * condition variable was made for another clock) and timedjoin. */
+struct timespec spillway_timespec_after(clockid_t clock, uint32_t ms);
 
 #endif

@@ -432,6 +432,27 @@ void spillway_conn_send_reset(spillway_hub *hub, spillway_conn *c, const bool *r
 
 /* ---- writing ----------------------------------------------------------- */
 
+/* n bytes of the outbox were written: the frames they complete leave it.
+ * Returns how many of those were messages (not control frames). */
+static uint64_t out_sent(spillway_hub *hub, spillway_conn *c, size_t n)
+{
+    uint64_t messages = 0;
+    c->out_bytes -= (uint64_t)n;
+    while (c->out_len > 0) {
+        spillway_frame *f = c->out[c->out_start];
+        size_t rest = f->len - c->out_off;
+        if (n < rest) {
+            c->out_off += (uint32_t)n;
+            break;
+        }
+        n -= rest;
+        c->out_off = 0;
+        if (!spillway_id_is_zero(f->id)) messages++;
+        out_pop(hub, c);
+    }
+    return messages;
+}
+
 /* Writes as much of the outbox as the socket takes: one sendmsg per batch of
  * up to SPILLWAY_IOV_BATCH frames. Errors doom the stream. */
 void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
@@ -473,22 +494,7 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
         }
         STAT_ADD(hub, st_bytes_out, (uint64_t)n);
         progress(hub, c);
-        c->out_bytes -= (uint64_t)n;
-        {
-            size_t left = (size_t)n;
-            while (c->out_len > 0) {
-                spillway_frame *f = c->out[c->out_start];
-                size_t rest = f->len - c->out_off;
-                if (left < rest) {
-                    c->out_off += (uint32_t)left;
-                    break;
-                }
-                left -= rest;
-                c->out_off = 0;
-                if (!spillway_id_is_zero(f->id)) frames_done++;
-                out_pop(hub, c);
-            }
-        }
+        frames_done = out_sent(hub, c, (size_t)n);
         if (frames_done > 0) STAT_ADD(hub, st_delivered, frames_done);
         if ((size_t)n < want) {
             /* A short write: the socket buffer is full. With edge-triggered

@@ -6,10 +6,9 @@
 #define SPILLWAY_HANDLE_H
 
 enum spillway_kind {
-    SW_KIND_CONN = 1,
-    SW_KIND_WAKE,
-    SW_KIND_REDIS,
-    SW_KIND_RESOLVER
+    SW_KIND_CONN = 1, /* a stream (conn.c) */
+    SW_KIND_WAKE,     /* the command queue's eventfd */
+    SW_KIND_BACKEND   /* one of the backend's own descriptors (backend.h on_event) */
 };
 
 typedef struct spillway_handle {

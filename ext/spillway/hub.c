@@ -83,10 +83,78 @@ static int check_config(const spillway_config *cfg, char *err, size_t errlen)
     return 0;
 }
 
+/* The hub's copy of the configuration owns its strings. */
+static void copy_config(spillway_config *to, const spillway_config *cfg)
+{
+    *to = *cfg;
+    to->extra_headers = dup_or_null(cfg->extra_headers);
+    to->redis.host = dup_or_null(cfg->redis.host);
+    to->redis.path = dup_or_null(cfg->redis.path);
+    to->redis.username = dup_or_null(cfg->redis.username);
+    to->redis.password = dup_or_null(cfg->redis.password);
+    to->redis.ns = dup_or_null(cfg->redis.ns ? cfg->redis.ns : "spillway");
+}
+
+static void init_locks(spillway_hub *hub)
+{
+    pthread_condattr_t attr;
+    pthread_mutex_init(&hub->loop_lock, NULL);
+    pthread_mutex_init(&hub->err_lock, NULL);
+    pthread_mutex_init(&hub->flush_lock, NULL);
+    pthread_cond_init(&hub->flush_cond, NULL);
+    /* The log's waits are timed in CLOCK_MONOTONIC, like its rate limit. */
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&hub->log_cond, &attr);
+    pthread_condattr_destroy(&attr);
+}
+
+/* The epoll set and the command queue, its eventfd in the set. 0, or
+ * -errno with err set. */
+static int open_loop(spillway_hub *hub, char *err, size_t errlen)
+{
+    struct epoll_event ev;
+    int rc;
+
+    hub->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (hub->epfd < 0) {
+        rc = -errno;
+        set_err(err, errlen, "spillway_hub_new: epoll_create1: %s", strerror(errno));
+        return rc;
+    }
+    rc = spillway_queue_init(&hub->q, hub->cfg.queue_limit);
+    if (rc != 0) {
+        set_err(err, errlen, "spillway_hub_new: eventfd: %s", strerror(-rc));
+        return rc;
+    }
+    hub->wake.kind = SW_KIND_WAKE;
+    hub->wake.fd = spillway_queue_fd(&hub->q);
+    ev.events = EPOLLIN;
+    ev.data.ptr = &hub->wake;
+    if (epoll_ctl(hub->epfd, EPOLL_CTL_ADD, hub->wake.fd, &ev) != 0) {
+        rc = -errno;
+        set_err(err, errlen, "spillway_hub_new: epoll_ctl(ADD, eventfd): %s", strerror(errno));
+        return rc;
+    }
+    return 0;
+}
+
+/* The reactor thread starts with every signal blocked (it unblocks none):
+ * no signal can land on it before spillway_reactor_main runs. */
+static int start_thread(spillway_hub *hub)
+{
+    sigset_t all, old;
+    int rc;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    rc = pthread_create(&hub->thread, NULL, spillway_reactor_main, hub);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}
+
 int spillway_hub_new(const spillway_config *cfg, spillway_hub **out, char *err, size_t errlen)
 {
     spillway_hub *hub;
-    struct epoll_event ev;
     int rc;
 
     rc = check_config(cfg, err, errlen);
@@ -98,26 +166,9 @@ int spillway_hub_new(const spillway_config *cfg, spillway_hub **out, char *err, 
     }
     hub->epfd = -1;
     hub->q.efd = -1;
-    hub->cfg = *cfg;
-    hub->cfg.extra_headers = dup_or_null(cfg->extra_headers);
-    hub->cfg.redis.host = dup_or_null(cfg->redis.host);
-    hub->cfg.redis.path = dup_or_null(cfg->redis.path);
-    hub->cfg.redis.username = dup_or_null(cfg->redis.username);
-    hub->cfg.redis.password = dup_or_null(cfg->redis.password);
-    hub->cfg.redis.ns = dup_or_null(cfg->redis.ns ? cfg->redis.ns : "spillway");
+    copy_config(&hub->cfg, cfg);
     hub->owner = getpid();
-    pthread_mutex_init(&hub->loop_lock, NULL);
-    pthread_mutex_init(&hub->err_lock, NULL);
-    pthread_mutex_init(&hub->flush_lock, NULL);
-    pthread_cond_init(&hub->flush_cond, NULL);
-    {
-        /* The log's waits are timed in CLOCK_MONOTONIC, like its rate limit. */
-        pthread_condattr_t attr;
-        pthread_condattr_init(&attr);
-        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-        pthread_cond_init(&hub->log_cond, &attr);
-        pthread_condattr_destroy(&attr);
-    }
+    init_locks(hub);
 
     hub->now = spillway_mono_ms();
     /* Every id this hub issues is above origin; a cursor below it comes
@@ -134,41 +185,15 @@ int spillway_hub_new(const spillway_config *cfg, spillway_hub **out, char *err, 
         rc = -ENOMEM;
         goto fail;
     }
-    hub->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (hub->epfd < 0) {
-        rc = -errno;
-        set_err(err, errlen, "spillway_hub_new: epoll_create1: %s", strerror(errno));
-        goto fail;
-    }
-    rc = spillway_queue_init(&hub->q, cfg->queue_limit);
-    if (rc != 0) {
-        set_err(err, errlen, "spillway_hub_new: eventfd: %s", strerror(-rc));
-        goto fail;
-    }
-    hub->wake.kind = SW_KIND_WAKE;
-    hub->wake.fd = spillway_queue_fd(&hub->q);
-    ev.events = EPOLLIN;
-    ev.data.ptr = &hub->wake;
-    if (epoll_ctl(hub->epfd, EPOLL_CTL_ADD, hub->wake.fd, &ev) != 0) {
-        rc = -errno;
-        set_err(err, errlen, "spillway_hub_new: epoll_ctl(ADD, eventfd): %s", strerror(errno));
-        goto fail;
-    }
+    rc = open_loop(hub, err, errlen);
+    if (rc != 0) goto fail;
     /* The only place that chooses: everything else calls hub->backend. */
     if (hub->cfg.redis.host != NULL || hub->cfg.redis.path != NULL) rc = spillway_redis_backend_new(hub, err, errlen);
     else rc = spillway_memory_backend_new(hub, err, errlen);
     if (rc != 0) goto fail;
 
     atomic_store(&hub->running, true);
-    {
-        /* The thread starts with every signal blocked (it unblocks none):
-         * no signal can land on it before reactor_main runs. */
-        sigset_t all, old;
-        sigfillset(&all);
-        pthread_sigmask(SIG_BLOCK, &all, &old);
-        rc = pthread_create(&hub->thread, NULL, spillway_reactor_main, hub);
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
-    }
+    rc = start_thread(hub);
     if (rc != 0) {
         atomic_store(&hub->running, false);
         set_err(err, errlen, "spillway_hub_new: pthread_create: %s", strerror(rc));
@@ -395,6 +420,26 @@ static void stamp_async(spillway_qnode *node, void *arg)
     ((spillway_cmd_publish *)node)->seq = st->seq;
 }
 
+/* The command of an async publish of body, with its idempotency key whole
+ * ("NS:k:<key>", scripts.h) after the channel, so the reactor only copies it
+ * into the Redis command; NULL when out of memory. */
+static spillway_cmd_publish *async_cmd(spillway_hub *hub, const char *channel, size_t chlen, spillway_frame *body,
+                                       const char *key, size_t keylen, bool generated)
+{
+    const char *ns = hub->cfg.redis.ns;
+    size_t nslen = strlen(ns);
+    spillway_cmd_publish *cmd =
+        spillway_cmd_publish_new(SW_CMD_PUBLISH_ASYNC, channel, chlen, body, nslen + 3 + keylen);
+    if (cmd == NULL) return NULL;
+    memcpy(cmd->channel + chlen, ns, nslen);
+    memcpy(cmd->channel + chlen + nslen, ":k:", 3);
+    memcpy(cmd->channel + chlen + nslen + 3, key, keylen);
+    cmd->keylen = (uint32_t)(nslen + 3 + keylen);
+    cmd->key_ttl_ms = generated ? spillway_idem_generated_ttl_ms(&hub->cfg.redis)
+                                : SW_MAX(hub->cfg.redis.idempotency_ttl_ms, 1u);
+    return cmd;
+}
+
 int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t chlen,
                                const char *event, size_t evlen, const char *data,
                                size_t datalen, const char *key, size_t keylen, uint64_t *seq,
@@ -404,8 +449,6 @@ int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t ch
     spillway_cmd_publish *cmd;
     spillway_frame *body;
     char genkey[SPILLWAY_IDEM_GEN_LEN + 1];
-    const char *ns = hub->cfg.redis.ns;
-    size_t nslen;
     ssize_t need;
     int rc;
     uint_fast32_t waiting;
@@ -427,7 +470,6 @@ int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t ch
         key = genkey;
         keylen = SPILLWAY_IDEM_GEN_LEN;
     }
-    nslen = strlen(ns);
     need = spillway_sse_size(NULL, 0, event, evlen, data, datalen);
     if (need < 0) {
         set_err(err, errlen, "spillway_hub_publish_async: %s", spillway_sse_strerror(need));
@@ -443,21 +485,13 @@ int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t ch
         return -EAGAIN;
     }
     body = spillway_frame_new((size_t)need);
-    cmd = body ? spillway_cmd_publish_new(SW_CMD_PUBLISH_ASYNC, channel, chlen, body, nslen + 3 + keylen) : NULL;
+    cmd = body ? async_cmd(hub, channel, chlen, body, key, keylen, key == genkey) : NULL;
     if (cmd == NULL) {
         spillway_frame_unref(body);
         atomic_fetch_sub(&hub->async_waiting_count, 1);
         set_err(err, errlen, "spillway_hub_publish_async: out of memory");
         return -ENOMEM;
     }
-    /* The whole Redis key "NS:k:<key>" (scripts.h), so the reactor only
-     * copies it into the command. */
-    memcpy(cmd->channel + chlen, ns, nslen);
-    memcpy(cmd->channel + chlen + nslen, ":k:", 3);
-    memcpy(cmd->channel + chlen + nslen + 3, key, keylen);
-    cmd->keylen = (uint32_t)(nslen + 3 + keylen);
-    cmd->key_ttl_ms = key == genkey ? spillway_idem_generated_ttl_ms(&hub->cfg.redis)
-                                    : SW_MAX(hub->cfg.redis.idempotency_ttl_ms, 1u);
     spillway_sse_encode(body->data, (size_t)need, NULL, 0, event, evlen, data, datalen);
     rc = spillway_queue_push(&hub->q, &cmd->base.node, SPILLWAY_QUEUE_FORCE, stamp_async, &st);
     if (rc == -EPIPE) {
@@ -525,7 +559,7 @@ int spillway_hub_stop(spillway_hub *hub, uint32_t timeout_ms)
         hub->stop_cmd.kind = SW_CMD_STOP;
         spillway_queue_push(&hub->q, &hub->stop_cmd.node, SPILLWAY_QUEUE_FORCE, NULL, NULL);
     }
-    deadline = spillway_deadline_after(timeout_ms);
+    deadline = spillway_timespec_after(CLOCK_REALTIME, timeout_ms);
     rc = pthread_timedjoin_np(hub->thread, NULL, &deadline);
     if (rc != 0) return -rc;
     hub->thread_started = false;

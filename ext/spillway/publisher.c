@@ -420,15 +420,8 @@ static int attempt(spillway_publish_call *c, bool fresh, uint32_t connect_ms, ui
 /* Waits ms unless the call is interrupted first; true when it was. */
 static bool pause_call(spillway_publish_call *c, uint32_t ms)
 {
-    struct timespec until;
+    struct timespec until = spillway_timespec_after(CLOCK_MONOTONIC, ms);
     bool interrupted;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += ms / 1000;
-    until.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
     pthread_mutex_lock(&c->lock);
     while (!c->interrupted && pthread_cond_timedwait(&c->wake, &c->lock, &until) != ETIMEDOUT) {
     }

@@ -179,6 +179,53 @@ static void shutdown_streams(spillway_hub *hub)
     if (hub->backend.ops->stop != NULL) hub->backend.ops->stop(hub->backend.self);
 }
 
+/* Waits for events or the next timer with loop_lock released; the number of
+ * events, or -1 when there are none to run (interrupted, or an error, logged
+ * and slept over). */
+static int wait_for_events(spillway_hub *hub, struct epoll_event *events)
+{
+    int timeout = next_timeout(hub);
+    int n, e;
+
+    /* The lag of streams counts only time spent waiting here: while the
+     * loop works, it is the bottleneck, not the clients (conn.c). */
+    hub->busy_ms += spillway_mono_ms() - hub->now;
+    pthread_mutex_unlock(&hub->loop_lock);
+    n = epoll_wait(hub->epfd, events, EVENTS_PER_WAIT, timeout);
+    e = errno;
+    pthread_mutex_lock(&hub->loop_lock);
+    hub->now = spillway_mono_ms();
+    STAT_ADD(hub, st_iterations, 1);
+    if (n < 0 && e != EINTR) {
+        spillway_hub_error(hub, "reactor: epoll_wait: %s", strerror(e));
+        /* Not recoverable by retrying fast; do not spin. */
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return n < 0 ? -1 : n;
+}
+
+/* Each ready handle, by its kind. */
+static void run_events(spillway_hub *hub, const struct epoll_event *events, int n)
+{
+    for (int i = 0; i < n; i++) {
+        spillway_handle *h = events[i].data.ptr;
+        switch ((enum spillway_kind)h->kind) {
+        case SW_KIND_CONN:
+            spillway_conn_on_event(hub, (spillway_conn *)h, events[i].events);
+            break;
+        case SW_KIND_WAKE:
+            run_commands(hub);
+            break;
+        case SW_KIND_BACKEND:
+            hub->backend.ops->on_event(hub->backend.self, h, events[i].events);
+            break;
+        default:
+            abort(); /* every kind is listed above */
+        }
+    }
+}
+
 void *spillway_reactor_main(void *arg)
 {
     spillway_hub *hub = arg;
@@ -192,44 +239,9 @@ void *spillway_reactor_main(void *arg)
     pthread_mutex_lock(&hub->loop_lock);
     hub->now = spillway_mono_ms();
     while (!hub->stopping) {
-        int timeout = next_timeout(hub);
-        int n, e;
-
-        /* The lag of streams counts only time spent waiting here: while
-         * the loop works, it is the bottleneck, not the clients (conn.c). */
-        hub->busy_ms += spillway_mono_ms() - hub->now;
-        pthread_mutex_unlock(&hub->loop_lock);
-        n = epoll_wait(hub->epfd, events, EVENTS_PER_WAIT, timeout);
-        e = errno;
-        pthread_mutex_lock(&hub->loop_lock);
-        hub->now = spillway_mono_ms();
-        STAT_ADD(hub, st_iterations, 1);
-        if (n < 0) {
-            if (e == EINTR) continue;
-            spillway_hub_error(hub, "reactor: epoll_wait: %s", strerror(e));
-            /* Not recoverable by retrying fast; do not spin. */
-            struct timespec ts = {0, 10 * 1000 * 1000};
-            nanosleep(&ts, NULL);
-            continue;
-        }
-        for (int i = 0; i < n; i++) {
-            spillway_handle *h = events[i].data.ptr;
-            switch (h->kind) {
-            case SW_KIND_CONN:
-                spillway_conn_on_event(hub, (spillway_conn *)h, events[i].events);
-                break;
-            case SW_KIND_WAKE:
-                run_commands(hub);
-                break;
-            case SW_KIND_REDIS:
-            case SW_KIND_RESOLVER:
-                /* The backend's own descriptors. */
-                hub->backend.ops->on_event(hub->backend.self, h, events[i].events);
-                break;
-            default:
-                abort(); /* every kind is listed above */
-            }
-        }
+        int n = wait_for_events(hub, events);
+        if (n < 0) continue;
+        run_events(hub, events, n);
         run_timers(hub);
         end_iteration(hub);
     }

@@ -23,9 +23,9 @@ void spillway_link_init(spillway_rlink *l, const spillway_link_options *opt, con
     memset(l, 0, sizeof(*l));
     l->opt = *opt;
     l->hooks = *hooks;
-    l->h.kind = SW_KIND_REDIS;
+    l->h.kind = SW_KIND_BACKEND;
     l->h.fd = -1;
-    l->rh.kind = SW_KIND_RESOLVER;
+    l->rh.kind = SW_KIND_BACKEND;
     l->rh.fd = -1;
     l->state = SW_LS_IDLE;
     l->retry_at = now; /* connect on the first iteration */

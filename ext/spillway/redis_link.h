@@ -64,8 +64,8 @@ typedef struct spillway_link_options {
 } spillway_link_options;
 
 struct spillway_rlink {
-    spillway_handle h;  /* kind SW_KIND_REDIS; first */
-    spillway_handle rh; /* kind SW_KIND_RESOLVER, while resolving */
+    spillway_handle h;  /* the socket (kind SW_KIND_BACKEND); first */
+    spillway_handle rh; /* the resolver's eventfd while resolving (kind SW_KIND_BACKEND) */
     spillway_link_options opt;
     spillway_link_hooks hooks;
     int state;

@@ -121,21 +121,66 @@ static void finish_repair(spillway_hub *hub, bool reset_all)
 /* Sends the repair once both links are up and every channel is ACTIVE
  * again: each channel's backlog after the cursor remembered at the drop,
  * in batches of REPAIR_BATCH channels. */
+/* Both links up, every channel subscribed and synced, no retry pause. */
+static bool repair_may_start(spillway_hub *hub)
+{
+    spillway_redis *r = R(hub);
+    if (!r->need_repair || r->repair_inflight || hub->now < r->repair_retry_at) return false;
+    if (r->sub.state != SW_LS_READY || r->cmd.state != SW_LS_READY) return false;
+    if (r->sent_subs > 0 || r->slist != NULL) return false;
+    for (spillway_channel *ch = r->plist; ch != NULL; ch = ch->pnext)
+        if (ch->rstate == SW_RS_PENDING) return false; /* not subscribed yet */
+    return true;
+}
+
+/* The repair's reads over chans (n of them, named in the accumulator), one
+ * script run per REPAIR_BATCH channels. 0, or -1 when out of memory (the
+ * batches already sent are then answered into nothing by the caller's
+ * epoch bump). */
+static int send_batches(spillway_hub *hub, spillway_channel **chans, uint32_t n)
+{
+    spillway_redis *r = R(hub);
+    struct repair_acc *acc = &r->acc;
+    char cursor[SPILLWAY_ID_TEXT_MAX];
+
+    spillway_redis_acc_clear(acc);
+    acc->names = calloc(n, sizeof(*acc->names));
+    acc->reset = calloc(n, sizeof(*acc->reset));
+    if (acc->names == NULL || acc->reset == NULL) return -1;
+    for (uint32_t i = 0; i < n; i++) {
+        acc->names[i] = strdup(chans[i]->name);
+        if (acc->names[i] == NULL) return -1;
+        acc->nnames++;
+    }
+    spillway_id_format(r->repair_cursor, cursor);
+    r->repair_error = false;
+    for (uint32_t base = 0; base < n; base += REPAIR_BATCH) {
+        uint32_t k = SW_MIN(REPAIR_BATCH, n - base);
+        spillway_rq *q = spillway_rq_new(on_repair_rq, sizeof(struct repair_req));
+        struct repair_req *rr;
+        if (q == NULL) return -1;
+        rr = q->privdata;
+        rr->epoch = r->sub_epoch;
+        rr->nch = k;
+        rr->base = base;
+        q->timeout_scale = 5; /* it may read many backlogs */
+        if (spillway_redis_queue_resume(hub, q, RESUME_CURSOR, chans + base, k, cursor, 0, false) != 0) {
+            spillway_rq_free(q);
+            return -1;
+        }
+        r->repair_outstanding++;
+    }
+    return 0;
+}
+
 void spillway_redis_try_repair(spillway_hub *hub)
 {
     spillway_redis *r = R(hub);
     spillway_chtab *t = &hub->chans;
-    struct repair_acc *acc = &r->acc;
     spillway_channel **chans;
-    char cursor[SPILLWAY_ID_TEXT_MAX];
     uint32_t n = 0;
 
-    if (!r->need_repair || r->repair_inflight || hub->now < r->repair_retry_at) return;
-    if (r->sub.state != SW_LS_READY || r->cmd.state != SW_LS_READY) return;
-    if (r->sent_subs > 0 || r->slist != NULL) return;
-    for (spillway_channel *ch = r->plist; ch != NULL; ch = ch->pnext)
-        if (ch->rstate == SW_RS_PENDING) return; /* not subscribed yet */
-
+    if (!repair_may_start(hub)) return;
     if (r->overflowed || r->repair_failures >= REPAIR_ATTEMPTS || hub->cfg.redis.backlog_size == 0) {
         /* Too much arrived to merge, Redis keeps answering the reads with
          * nonsense, or there is no backlog to read: tell every stream
@@ -159,33 +204,7 @@ void spillway_redis_try_repair(spillway_hub *hub)
         finish_repair(hub, false);
         return;
     }
-    spillway_redis_acc_clear(acc);
-    acc->names = calloc(n, sizeof(*acc->names));
-    acc->reset = calloc(n, sizeof(*acc->reset));
-    if (acc->names == NULL || acc->reset == NULL) goto oom;
-    for (uint32_t i = 0; i < n; i++) {
-        acc->names[i] = strdup(chans[i]->name);
-        if (acc->names[i] == NULL) goto oom;
-        acc->nnames++;
-    }
-    spillway_id_format(r->repair_cursor, cursor);
-    r->repair_error = false;
-    for (uint32_t base = 0; base < n; base += REPAIR_BATCH) {
-        uint32_t k = SW_MIN(REPAIR_BATCH, n - base);
-        spillway_rq *q = spillway_rq_new(on_repair_rq, sizeof(struct repair_req));
-        struct repair_req *rr;
-        if (q == NULL) goto oom;
-        rr = q->privdata;
-        rr->epoch = r->sub_epoch;
-        rr->nch = k;
-        rr->base = base;
-        q->timeout_scale = 5; /* it may read many backlogs */
-        if (spillway_redis_queue_resume(hub, q, RESUME_CURSOR, chans + base, k, cursor, 0, false) != 0) {
-            free(q);
-            goto oom;
-        }
-        r->repair_outstanding++;
-    }
+    if (send_batches(hub, chans, n) != 0) goto oom;
     r->repair_inflight = true;
     free(chans);
     return;
@@ -244,6 +263,44 @@ static void repair_done(spillway_hub *hub)
     finish_repair(hub, false);
 }
 
+/* A batch's answer is not the script's (an error, a NOSCRIPT, nonsense):
+ * the attempt fails, and is tried again. */
+static void batch_failed(spillway_hub *hub, const spillway_rv *v)
+{
+    spillway_redis *r = R(hub);
+    char msg[160];
+    rv_message(v, msg, sizeof(msg));
+    if (noscript(v)) {
+        r->cmd.sha[SCRIPT_RESUME][0] = '\0'; /* the next attempt sends the text */
+    } else if (v->type == SW_RV_ERROR) {
+        /* Refused for now (LOADING, BUSY, ...): again after a pause, for as
+         * long as it takes; live frames are held meanwhile. */
+        spillway_hub_log(hub, SW_LOG_REPAIR, "gap repair read refused, retrying: %s", msg);
+        r->repair_retry_at = retry_later(hub, &r->repair_backoff_ms);
+    } else {
+        spillway_hub_log(hub, SW_LOG_REPAIR, "gap repair read failed: %s", msg);
+        r->repair_failures++;
+    }
+    r->repair_error = true;
+}
+
+/* Room for at least need frames in the accumulator; 0, or -1 when out of
+ * memory. */
+static int acc_grow(struct repair_acc *acc, size_t need)
+{
+    size_t cap = SW_MAX(acc->cap * 2, need);
+    spillway_frame **f = realloc(acc->frames, cap * sizeof(*f));
+    uint32_t *c = NULL;
+    if (f != NULL) {
+        acc->frames = f;
+        c = realloc(acc->chan, cap * sizeof(*c));
+        if (c != NULL) acc->chan = c;
+    }
+    if (f == NULL || c == NULL) return -1;
+    acc->cap = cap;
+    return 0;
+}
+
 static void on_repair_reply(spillway_hub *hub, const struct repair_req *q, spillway_rv *v)
 {
     spillway_redis *r = R(hub);
@@ -256,37 +313,13 @@ static void on_repair_reply(spillway_hub *hub, const struct repair_req *q, spill
     if (r->repair_outstanding > 0) r->repair_outstanding--;
     n = spillway_redis_resume_shape_ok(v, q->nch) ? spillway_redis_collect_frames(v->element[2], &frames, &idx) : -1;
     if (n < 0) {
-        char msg[160];
-        rv_message(v, msg, sizeof(msg));
-        if (noscript(v)) {
-            r->cmd.sha[SCRIPT_RESUME][0] = '\0'; /* the next attempt sends the text */
-        } else if (v->type == SW_RV_ERROR) {
-            /* Refused for now (LOADING, BUSY, ...): again after a pause,
-             * for as long as it takes; live frames are held meanwhile. */
-            spillway_hub_log(hub, SW_LOG_REPAIR, "gap repair read refused, retrying: %s", msg);
-            r->repair_retry_at = retry_later(hub, &r->repair_backoff_ms);
-        } else {
-            spillway_hub_log(hub, SW_LOG_REPAIR, "gap repair read failed: %s", msg);
-            r->repair_failures++;
-        }
-        r->repair_error = true;
+        batch_failed(hub, v);
         n = 0;
     } else {
         spillway_id seen = spillway_redis_parse_last(hub, v->element[0]);
         acc->seen = acc->have_seen && spillway_id_cmp(acc->seen, seen) < 0 ? acc->seen : seen;
         acc->have_seen = true;
-        if (acc->n + (size_t)n > acc->cap) {
-            size_t cap = SW_MAX(acc->cap * 2, acc->n + (size_t)n);
-            spillway_frame **f = realloc(acc->frames, cap * sizeof(*f));
-            uint32_t *c = NULL;
-            if (f != NULL) {
-                acc->frames = f;
-                c = realloc(acc->chan, cap * sizeof(*c));
-                if (c != NULL) acc->chan = c;
-            }
-            if (f == NULL || c == NULL) r->repair_error = true;
-            else acc->cap = cap;
-        }
+        if (acc->n + (size_t)n > acc->cap && acc_grow(acc, acc->n + (size_t)n) != 0) r->repair_error = true;
     }
     if (!r->repair_error) {
         for (long i = 0; i < n; i++) {

@@ -300,6 +300,30 @@ static void fill_complete(spillway_hub *hub, spillway_channel *ch, spillway_id s
     cache_trim(hub, ch);
 }
 
+/* The n frames of a page (taken over, and the array freed) go after the
+ * pages read so far. 0, or -1 when out of memory (the frames are then
+ * released). */
+static int fill_append(spillway_redis *r, spillway_channel *ch, spillway_frame **frames, size_t n)
+{
+    if (ch->fill_len + n > ch->fill_cap) {
+        size_t cap = SW_MAX((size_t)ch->fill_cap * 2, ch->fill_len + n);
+        spillway_frame **f = realloc(ch->fill, cap * sizeof(*f));
+        if (f == NULL) {
+            for (size_t i = 0; i < n; i++) spillway_frame_unref(frames[i]);
+            free(frames);
+            return -1;
+        }
+        ch->fill = f;
+        ch->fill_cap = (uint32_t)cap;
+    }
+    for (size_t i = 0; i < n; i++) {
+        ch->fill[ch->fill_len++] = frames[i];
+        r->fill_bytes += spillway_frame_size(frames[i]);
+    }
+    free(frames);
+    return 0;
+}
+
 static void on_fill_reply(spillway_hub *hub, const struct fill_req *q, spillway_rv *v)
 {
     spillway_redis *r = R(hub);
@@ -341,23 +365,10 @@ static void on_fill_reply(spillway_hub *hub, const struct fill_req *q, spillway_
                                        : "the Last-Event-ID is newer than anything Redis issued");
         return;
     }
-    if (ch->fill_len + (size_t)n > ch->fill_cap) {
-        size_t cap = SW_MAX((size_t)ch->fill_cap * 2, ch->fill_len + (size_t)n);
-        spillway_frame **f = realloc(ch->fill, cap * sizeof(*f));
-        if (f == NULL) {
-            for (long i = 0; i < n; i++) spillway_frame_unref(frames[i]);
-            free(frames);
-            fill_failed_reset(hub, ch, "out of memory");
-            return;
-        }
-        ch->fill = f;
-        ch->fill_cap = (uint32_t)cap;
+    if (fill_append(r, ch, frames, (size_t)n) != 0) {
+        fill_failed_reset(hub, ch, "out of memory");
+        return;
     }
-    for (long i = 0; i < n; i++) {
-        ch->fill[ch->fill_len++] = frames[i];
-        r->fill_bytes += spillway_frame_size(frames[i]);
-    }
-    free(frames);
     if (cache_bytes(hub) > CACHE_BUDGET) {
         spillway_hub_log(hub, SW_LOG_RESUME, "resume of %s from a cursor needs more than the %llu MiB resume cache; "
                                 "its streams get a reset", ch->name, (unsigned long long)(CACHE_BUDGET >> 20));

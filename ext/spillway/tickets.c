@@ -11,19 +11,6 @@
 #include "hub_internal.h"
 #include "tickets.h"
 
-struct timespec spillway_deadline_after(uint32_t ms)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    t.tv_sec += ms / 1000;
-    t.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (t.tv_nsec >= 1000000000L) {
-        t.tv_sec++;
-        t.tv_nsec -= 1000000000L;
-    }
-    return t;
-}
-
 /* Tickets finish in order, so `done` is a high-water mark. */
 void spillway_hub_async_done(spillway_hub *hub, uint64_t seq, bool ok)
 {
@@ -58,7 +45,7 @@ int spillway_hub_flush(spillway_hub *hub, uint32_t timeout_ms, spillway_waiter *
     target = hub->async_issued;
     pthread_mutex_unlock(&hub->q.lock);
 
-    deadline = spillway_deadline_after(timeout_ms);
+    deadline = spillway_timespec_after(CLOCK_REALTIME, timeout_ms);
     atomic_fetch_add(&hub->flush_waiters, 1);
     pthread_mutex_lock(&hub->flush_lock);
     while (atomic_load(&hub->async_done) < target && !(w != NULL && w->interrupted) &&

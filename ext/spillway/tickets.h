@@ -13,7 +13,5 @@
 /* Reactor: the async publish with ticket seq is finished (acknowledged, or
  * failed for good). Wakes the flushes that wait. */
 void spillway_hub_async_done(spillway_hub *hub, uint64_t seq, bool ok);
-/* CLOCK_REALTIME now + ms, for pthread_cond_timedwait and timedjoin. */
-struct timespec spillway_deadline_after(uint32_t ms);
 
 #endif
