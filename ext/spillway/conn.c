@@ -1,19 +1,10 @@
 /*
  * Connections: one per open stream. Each holds a ring of references to
- * shared frames (its outbox) and writes them with one sendmsg() per flush,
- * every pending frame gathered into the iovec.
- *
- * Slow streams. Frames are shared, so what a stream has queued says little
- * about what it costs. A stream is closed as too slow, at the end of an
- * iteration and never mid-call, when its oldest unsent frame has waited
- * longer than max_lag, or when the frames only it keeps alive (frame.h:
- * exclusivity) and its entries take more than outbox_limit while its socket
- * takes nothing for a tenth of max_lag. Those times run on the lag clock,
- * which stands still while the loop works: a client is only blamed for
- * time the loop spent waiting with nothing to do, i.e. with every stream
- * that has frames waiting blocked on a full socket. Over all streams, when
- * the frames waiting take more than memory_limit, the laggiest streams are
- * closed first until they do not (docs/design.md, the loop).
+ * shared frames (its outbox) and writes them with one send()/sendmsg() per
+ * flush, every pending frame gathered into the iovec. A stream is closed as
+ * too slow (too_slow) by its lag and by what it alone keeps alive, never by
+ * bytes queued, and always after the end-of-iteration flush: docs/design.md,
+ * "The loop", says why and what was measured.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -26,6 +17,7 @@
 
 #include "frames.h"
 #include "hub_internal.h"
+#include "lag.h"
 
 
 /* Bytes an SSE client may send us before we call it abuse and hang up
@@ -81,17 +73,6 @@ spillway_conn *spillway_conn_new(spillway_hub *hub, int fd, unsigned flags)
 
 /* ---- the outbox -------------------------------------------------------- */
 
-/* Bytes of one outbox entry. */
-#define OUT_SLOT sizeof(spillway_frame *)
-
-/* The lag clock (hub.c: the loop's time outside epoll_wait does not
- * count), truncated to 32 bits of ms: differences are right up to 49 days,
- * far beyond any lag a stream is allowed. */
-static uint32_t lag_clock(const spillway_hub *hub)
-{
-    return (uint32_t)(hub->now - hub->busy_ms);
-}
-
 /* The ring index of the i-th entry from the head. out_cap is a power of
  * two (4, doubled as needed): a mask, not a division, on every push, iovec
  * and pop. */
@@ -100,30 +81,17 @@ static uint32_t out_at(const spillway_conn *c, uint32_t i)
     return (c->out_start + i) & (c->out_cap - 1);
 }
 
-/* How long the oldest unsent frame has waited, on the lag clock (0: none). */
-static uint32_t out_lag(const spillway_hub *hub, const spillway_conn *c)
-{
-    return c->out_len > 0 ? lag_clock(hub) - c->head_t : 0;
-}
-
 static void progress(const spillway_hub *hub, spillway_conn *c)
 {
     c->progress_t = lag_clock(hub);
     c->progress_ms = (uint32_t)hub->now;
 }
 
-/* The memory only this stream keeps alive: the frames nobody else holds
- * and its entries that point at frames. (What the rings have allocated
- * beyond their entries is at most as much again, and is given back when
- * they empty; it counts neither here nor in the process's out_mem, so that
- * idle streams weigh nothing.) */
-static uint64_t exclusive_bytes(const spillway_conn *c)
-{
-    return c->excl + (uint64_t)c->out_len * OUT_SLOT + (uint64_t)c->runs_len * sizeof(*c->runs) +
-           (uint64_t)c->held_len * sizeof(*c->held);
-}
-
-/* Too slow to keep: see the top of this file.
+/* Too slow to keep: its oldest unsent frame waited longer than max_lag, or
+ * the frames only it keeps alive (frame.h: exclusivity) and its entries
+ * take more than outbox_limit while its socket takes nothing for a tenth
+ * of max_lag. Those times run on the lag clock (lag.h), which stands still
+ * while the loop works.
  *
  * Being alone with more than outbox_limit is not enough on its own: a
  * stream becomes the only holder when others send or drop what it still
@@ -625,64 +593,4 @@ void spillway_conn_judge_queued(spillway_hub *hub)
 {
     for (spillway_conn *c = hub->queued; c != NULL; c = c->qnext)
         if (!(c->flags & SW_CF_DOOMED) && too_slow(hub, c)) spillway_conn_doom(hub, c, true);
-}
-
-/* ---- the memory budget ------------------------------------------------- */
-
-typedef struct candidate {
-    uint32_t lag, stalled;
-    uint64_t excl;
-    spillway_conn *c;
-} candidate;
-
-/* Laggiest first. Of equal lag (frames queued in the same iteration, or a
- * loop so busy that the lag clock stood still), the one that took nothing
- * for longest, then the one that alone keeps the most alive. */
-static int cmp_laggiest(const void *a, const void *b)
-{
-    const candidate *x = a, *y = b;
-    if (x->lag != y->lag) return x->lag > y->lag ? -1 : 1;
-    if (x->stalled != y->stalled) return x->stalled > y->stalled ? -1 : 1;
-    if (x->excl != y->excl) return x->excl > y->excl ? -1 : 1;
-    return 0;
-}
-
-/* Dooms and closes c at once, so that what it held is released before the
- * budget is weighed again. Runs where the doomed list is closed (the end of
- * the iteration), so nothing later in the iteration sees c. */
-static void close_now(spillway_hub *hub, spillway_conn *c, spillway_close_fn *close_fn)
-{
-    if (c->flags & SW_CF_DOOMED) return; /* never here: the doomed were closed before */
-    spillway_conn_doom(hub, c, true);
-    hub->doomed = c->doomed_next; /* doom put it first */
-    c->doomed_next = NULL;
-    close_fn(hub, c);
-}
-
-void spillway_conn_budget(spillway_hub *hub, spillway_close_fn *close_fn)
-{
-    size_t n = 0, k = 0;
-    candidate *v;
-
-    if (!hub->stopping && hub->out_mem > hub->cfg.memory_limit) {
-        for (spillway_conn *c = hub->queued; c != NULL; c = c->qnext) n++;
-        v = malloc((n ? n : 1) * sizeof(*v));
-        if (v == NULL) {
-            /* No room to sort: close in list order; still bounded. */
-            while (hub->queued != NULL && hub->out_mem > hub->cfg.memory_limit) close_now(hub, hub->queued, close_fn);
-        } else {
-            for (spillway_conn *c = hub->queued; c != NULL; c = c->qnext) {
-                uint32_t held_lag = c->held_len > 0 ? lag_clock(hub) - c->held_t : 0;
-                v[k].lag = SW_MAX(out_lag(hub, c), held_lag);
-                v[k].stalled = (uint32_t)hub->now - c->progress_ms;
-                v[k].excl = exclusive_bytes(c);
-                v[k].c = c;
-                k++;
-            }
-            qsort(v, k, sizeof(*v), cmp_laggiest);
-            for (size_t i = 0; i < k && hub->out_mem > hub->cfg.memory_limit; i++) close_now(hub, v[i].c, close_fn);
-            free(v);
-        }
-    }
-    atomic_store_explicit(&hub->st_outbox_bytes, hub->out_mem, memory_order_relaxed);
 }

@@ -1,35 +1,14 @@
 /*
- * The Redis backend of a hub: two links (redis_link.c) owned by the reactor.
- *
- *   sub  SUBSCRIBE / UNSUBSCRIBE (batched, lingering), pub/sub messages,
- *        PING health checks. Every message is a whole SSE frame: it is fanned
- *        out as it arrives, without another copy.
- *   cmd  resume reads (a Lua script over the channels' backlogs), gap repair,
- *        barriers, async publishes (EVALSHA, pipelined).
- *
- * Two links because in RESP2 a subscribed connection can run no other
- * command, and Debian's hiredis 0.14 has no RESP3 to lift that.
- *
- * Ordering is what makes this exact. Message ids strictly increase in the
- * order Redis ran the publish scripts, and one connection receives pub/sub
- * messages in that order. So once a SUBSCRIBE is confirmed every later
- * message arrives, and hub->last (the highest id seen on the sub link) is a
- * cursor for every subscribed channel... except for what was published on a
- * channel before its subscription: those ids may be above hub->last and
- * never arrive. A barrier closes that: after confirmations, the cmd link
- * runs a script that reads the newest id and PUBLISHes it on this hub's
- * private control channel. It arrives on the sub link in order, so when it
- * does, hub->last can take that id, and the channels it covers are ACTIVE:
- * hub->last is then a cursor for them without exception.
- *
- *   join:   a stream subscribes; once its channels are ACTIVE it is live from
- *           the hub's position when it was attached (frames that arrived
- *           meanwhile were held), or, with a cursor, after a backlog read
- *           merged with what arrived meanwhile, without duplicates (conn.c).
- *   repair: when the sub link drops, hub->last is remembered; after the
- *           reconnect every channel is subscribed and synced again, its
- *           backlog read from there, live frames held meanwhile, all of it
- *           delivered in id order.
+ * The Redis backend of a hub (backend.h): two links (redis_link.c) owned by
+ * the reactor. The subscriber link SUBSCRIBEs and reads pub/sub messages,
+ * each a whole SSE frame fanned out as it arrives, without another copy;
+ * the command link runs resume reads, gap repairs, barriers and async
+ * publishes. Two links because a subscribed RESP2 connection can run no
+ * other command (and Debian's hiredis 0.14 has no RESP3). Why ids,
+ * barriers, joins and repairs make this exact: docs/design.md, "Redis
+ * links". This file holds the lifecycle, the backend's table, the links'
+ * hooks and the subscriber link's replies; the rest is in redis_*.c
+ * (redis_internal.h says which file does what).
  */
 #include <errno.h>
 #include <stdlib.h>

@@ -118,9 +118,6 @@ static void finish_repair(spillway_hub *hub, bool reset_all)
     STAT_ADD(hub, st_gap_repairs, 1);
 }
 
-/* Sends the repair once both links are up and every channel is ACTIVE
- * again: each channel's backlog after the cursor remembered at the drop,
- * in batches of REPAIR_BATCH channels. */
 /* Both links up, every channel subscribed and synced, no retry pause. */
 static bool repair_may_start(spillway_hub *hub)
 {
@@ -173,6 +170,9 @@ static int send_batches(spillway_hub *hub, spillway_channel **chans, uint32_t n)
     return 0;
 }
 
+/* Sends the repair once both links are up and every channel is ACTIVE
+ * again: each channel's backlog after the cursor remembered at the drop,
+ * in batches of REPAIR_BATCH channels. */
 void spillway_redis_try_repair(spillway_hub *hub)
 {
     spillway_redis *r = R(hub);
