@@ -26,10 +26,10 @@ static void update_connected(spillway_hub *hub)
 static spillway_channel *channel_of(spillway_hub *hub, const spillway_rv *name)
 {
     spillway_redis *r = R(hub);
-    if (name == NULL || name->str == NULL || name->str->len <= r->chan_prefix_len) return NULL;
-    if (memcmp(name->str->data, r->chan_prefix, r->chan_prefix_len) != 0) return NULL;
-    return spillway_chtab_find(&hub->chans, name->str->data + r->chan_prefix_len,
-                               name->str->len - r->chan_prefix_len);
+    if (name == NULL || name->str == NULL || name->str->len <= r->keys.chan_len) return NULL;
+    if (memcmp(name->str->data, r->keys.chan, r->keys.chan_len) != 0) return NULL;
+    return spillway_chtab_find(&hub->chans, name->str->data + r->keys.chan_len,
+                               name->str->len - r->keys.chan_len);
 }
 
 static bool is_ctl(spillway_redis *r, const spillway_rv *name)
@@ -355,16 +355,6 @@ static const spillway_link_hooks cmd_hooks = {
     .on_lost = on_link_lost,
 };
 
-static char *concat(const char *a, const char *b)
-{
-    size_t la = strlen(a), lb = strlen(b);
-    char *s = malloc(la + lb + 1);
-    if (s == NULL) return NULL;
-    memcpy(s, a, la);
-    memcpy(s + la, b, lb + 1);
-    return s;
-}
-
 static int redis_new(spillway_hub *hub, char *err, size_t errlen)
 {
     spillway_redis *r = calloc(1, sizeof(*r));
@@ -376,24 +366,14 @@ static int redis_new(spillway_hub *hub, char *err, size_t errlen)
     spillway_link_init(&r->cmd, &cmd_options, &cmd_hooks, hub->now);
     /* '!' never appears in a channel name: no stream can subscribe to it. */
     snprintf(ctl, sizeof(ctl), "!%d.%08x", (int)getpid(), (unsigned)(spillway_mono_ms() ^ (uintptr_t)r));
-    r->chan_prefix = concat(ns, ":");
-    r->key_prefix = concat(ns, ":s:");
-    r->idkey = concat(ns, ":id");
-    r->sincekey = concat(ns, ":since");
-    r->ctl = concat(ns, ctl);
-    if (r->chan_prefix == NULL || r->key_prefix == NULL || r->idkey == NULL || r->sincekey == NULL ||
-        r->ctl == NULL) {
-        free(r->chan_prefix);
-        free(r->key_prefix);
-        free(r->idkey);
-        free(r->sincekey);
+    r->ctl_len = strlen(ns) + strlen(ctl);
+    r->ctl = malloc(r->ctl_len + 1);
+    if (r->ctl != NULL) snprintf(r->ctl, r->ctl_len + 1, "%s%s", ns, ctl);
+    if (r->ctl == NULL || spillway_keys_init(&r->keys, ns) != 0) {
         free(r->ctl);
         free(r);
         goto oom;
     }
-    r->chan_prefix_len = strlen(r->chan_prefix);
-    r->key_prefix_len = strlen(r->key_prefix);
-    r->ctl_len = strlen(r->ctl);
     r->hub = hub;
     hub->backend.self = r;
     /* Redis issues the ids: no local clock may seed the position (a clock
@@ -434,10 +414,7 @@ static void redis_free(spillway_hub *hub)
 {
     spillway_redis *r = R(hub);
     redis_stop(hub);
-    free(r->chan_prefix);
-    free(r->key_prefix);
-    free(r->idkey);
-    free(r->sincekey);
+    spillway_keys_free(&r->keys);
     free(r->ctl);
     free(r);
     hub->backend.self = NULL;

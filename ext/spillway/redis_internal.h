@@ -65,12 +65,7 @@ typedef struct spillway_redis spillway_redis;
 struct spillway_redis {
     spillway_hub *hub;
     spillway_rlink sub, cmd;
-    char *chan_prefix; /* "NS:" */
-    size_t chan_prefix_len;
-    char *key_prefix; /* "NS:s:" */
-    size_t key_prefix_len;
-    char *idkey;      /* "NS:id" */
-    char *sincekey;   /* "NS:since" */
+    spillway_keys keys; /* the namespace's key names (scripts.h) */
     char *ctl;        /* "NS!<pid>.<random>": this hub's control channel */
     size_t ctl_len;
     int ctl_state;    /* SW_RS_NONE, SW_RS_SENT, SW_RS_ACTIVE */

@@ -33,11 +33,11 @@ static int queue_publish(spillway_hub *hub, spillway_cmd_publish *cmd, bool eval
     snprintf(kttl, sizeof(kttl), "%u", cmd->key_ttl_ms);
     bad = script_head(b, 12, eval, l->sha[SCRIPT_PUBLISH], spillway_lua_publish);
     bad |= spillway_buf_arg(b, "4", 1);
-    bad |= spillway_buf_arg(b, r->idkey, strlen(r->idkey));
-    bad |= spillway_buf_arg2(b, r->key_prefix, r->key_prefix_len, cmd->channel, cmd->chlen);
+    bad |= spillway_buf_arg(b, r->keys.id, strlen(r->keys.id));
+    bad |= spillway_buf_arg2(b, r->keys.stream, r->keys.stream_len, cmd->channel, cmd->chlen);
     bad |= spillway_buf_arg(b, cmd->channel + cmd->chlen, cmd->keylen); /* "NS:k:<key>" */
-    bad |= spillway_buf_arg(b, r->sincekey, strlen(r->sincekey));
-    bad |= spillway_buf_arg2(b, r->chan_prefix, r->chan_prefix_len, cmd->channel, cmd->chlen);
+    bad |= spillway_buf_arg(b, r->keys.since, strlen(r->keys.since));
+    bad |= spillway_buf_arg2(b, r->keys.chan, r->keys.chan_len, cmd->channel, cmd->chlen);
     bad |= spillway_buf_arg(b, cmd->frame->data, cmd->frame->len);
     bad |= spillway_buf_arg(b, maxlen, strlen(maxlen));
     bad |= spillway_buf_arg(b, ttl, strlen(ttl));

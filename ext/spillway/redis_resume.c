@@ -37,10 +37,10 @@ int spillway_redis_queue_resume(spillway_hub *hub, spillway_rq *q, enum resume_m
     snprintf(cnt, sizeof(cnt), "%u", count);
     bad = script_head(b, 3 + 2 + n + 3 + n, eval, r->cmd.sha[SCRIPT_RESUME], spillway_lua_resume);
     bad |= spillway_buf_arg(b, nkeys, strlen(nkeys));
-    bad |= spillway_buf_arg(b, r->idkey, strlen(r->idkey));
-    bad |= spillway_buf_arg(b, r->sincekey, strlen(r->sincekey));
+    bad |= spillway_buf_arg(b, r->keys.id, strlen(r->keys.id));
+    bad |= spillway_buf_arg(b, r->keys.since, strlen(r->keys.since));
     for (uint32_t i = 0; i < n; i++)
-        bad |= spillway_buf_arg2(b, r->key_prefix, r->key_prefix_len, chans[i]->name, chans[i]->namelen);
+        bad |= spillway_buf_arg2(b, r->keys.stream, r->keys.stream_len, chans[i]->name, chans[i]->namelen);
     bad |= spillway_buf_arg(b, marg, 1);
     bad |= spillway_buf_arg(b, ttl, strlen(ttl));
     bad |= spillway_buf_arg(b, cnt, strlen(cnt));

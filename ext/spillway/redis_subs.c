@@ -119,8 +119,8 @@ void spillway_redis_try_barrier(spillway_hub *hub)
     snprintf(seq, sizeof(seq), "%llu", (unsigned long long)br->seq);
     bad = script_head(b, 7, false, r->cmd.sha[SCRIPT_BARRIER], spillway_lua_barrier);
     bad |= spillway_buf_arg(b, "2", 1);
-    bad |= spillway_buf_arg(b, r->idkey, strlen(r->idkey));
-    bad |= spillway_buf_arg(b, r->sincekey, strlen(r->sincekey));
+    bad |= spillway_buf_arg(b, r->keys.id, strlen(r->keys.id));
+    bad |= spillway_buf_arg(b, r->keys.since, strlen(r->keys.since));
     bad |= spillway_buf_arg(b, r->ctl, r->ctl_len);
     bad |= spillway_buf_arg(b, seq, strlen(seq));
     if (bad) {
@@ -255,7 +255,7 @@ static int batch(spillway_hub *hub, const char *cmd, spillway_channel **chans, u
     int bad = spillway_buf_begin(b, 1 + n);
     bad |= spillway_buf_arg(b, cmd, strlen(cmd));
     for (uint32_t i = 0; i < n; i++)
-        bad |= spillway_buf_arg2(b, r->chan_prefix, r->chan_prefix_len, chans[i]->name, chans[i]->namelen);
+        bad |= spillway_buf_arg2(b, r->keys.chan, r->keys.chan_len, chans[i]->name, chans[i]->namelen);
     if (bad) {
         b->len = mark;
         spillway_hub_error(hub, "Redis subscriber link: out of memory");
