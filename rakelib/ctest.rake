@@ -2,11 +2,14 @@
 
 # The C core's own unit tests (spec/c/*.c), built and run outside Ruby.
 #
-#   rake ctest            every test under ASan+UBSan (LeakSanitizer on), the
-#                         queue and hub tests again under TSan, and the fuzz
-#                         targets: the SSE encoder and the Redis links' reply
-#                         handling (libFuzzer when clang can link it, the same
-#                         property on seeded random input otherwise)
+#   rake ctest            the core's link graph (fails on objects that need
+#                         each other in a circle), every test under ASan+UBSan
+#                         (LeakSanitizer on), the queue and hub tests again
+#                         under TSan, and the fuzz targets: the SSE encoder
+#                         and the Redis links' reply handling (libFuzzer when
+#                         clang can link it, the same property on seeded
+#                         random input otherwise)
+#   rake ctest:cycles     the link graph check alone
 #   rake test:c           the same
 #   rake ctest:valgrind   the tests built without sanitizers, under valgrind
 #
@@ -52,14 +55,16 @@ module SpillwayCTest
     File.read(f).match?(%r{#include\s*[<"](ruby\.h|ruby/|binding\.h)})
   end.map { |f| File.basename(f, ".c") }.freeze
 
-  # test binary => core files it links
+  # test binary => core files it links: only the modules it tests and what
+  # they call (the link fails otherwise), so a test of the lower layers
+  # cannot lean on the whole core.
   TESTS = {
     "test_sse" => %w[sse],
     "test_id" => %w[id],
     "test_idem" => %w[idem id],
     "test_queue" => %w[queue],
     "test_resp" => %w[resp],
-    "test_channel" => HUB_CORE,
+    "test_channel" => %w[channel conn budget wheel streams frames memory log id sse],
     "test_hub" => HUB_CORE,
     "test_flush" => HUB_CORE,
     "test_log" => HUB_CORE,
@@ -218,6 +223,79 @@ module SpillwayCTest
     abort "ctest: failed: #{bad.map { |r| r[3] }.join(', ')}" unless bad.empty?
   end
 
+  # The core's link graph: object => the objects whose symbols it needs
+  # (nm's undefined symbols against every object's defined ones).
+  def link_graph(objs)
+    defined = {}
+    needs = {}
+    objs.each do |name, path|
+      needs[name] = []
+      IO.popen(["nm", path], &:read).each_line do |line|
+        f = line.split
+        if f.size == 3 && "TDBR".include?(f[1])
+          defined[f[2]] = name
+        elsif f.size == 2 && f[0] == "U"
+          needs[name] << f[1]
+        end
+      end
+    end
+    needs.transform_values { |syms| syms.filter_map { |s| defined[s] }.uniq }
+         .each_with_object({}) { |(n, deps), g| g[n] = deps - [n] }
+  end
+
+  # Groups of objects that need each other (strongly connected components
+  # of more than one object; Tarjan's algorithm).
+  def link_cycles(graph)
+    index = {}
+    low = {}
+    stack = []
+    on = {}
+    groups = []
+    counter = 0
+    visit = lambda do |v|
+      index[v] = low[v] = counter
+      counter += 1
+      stack.push(v)
+      on[v] = true
+      graph.fetch(v, []).each do |w|
+        if !index.key?(w)
+          visit.call(w)
+          low[v] = [low[v], low[w]].min
+        elsif on[w]
+          low[v] = [low[v], index[w]].min
+        end
+      end
+      next unless low[v] == index[v]
+
+      group = []
+      loop do
+        w = stack.pop
+        on[w] = false
+        group << w
+        break if w == v
+      end
+      groups << group.sort if group.size > 1
+    end
+    graph.each_key { |v| visit.call(v) unless index.key?(v) }
+    groups
+  end
+
+  # Fails (returns false) when the core's compiled objects, bindings left
+  # out, need each other in a circle: a lower module calls up only through
+  # function pointers (backend.h, the link's hooks, a close callback).
+  def check_link_graph(variant)
+    objs = HUB_CORE.to_h { |c| [c, object(variant, File.join(EXT, "#{c}.c"))] }
+    objs.each_value { |o| Rake::Task[o].invoke }
+    groups = link_cycles(link_graph(objs))
+    puts "== link graph of the core (#{objs.size} objects)"
+    if groups.empty?
+      puts "link graph: no cycles"
+      return true
+    end
+    groups.each { |g| puts "link graph: these objects need each other: #{g.join(', ')}" }
+    false
+  end
+
   def sanitizer_env
     {
       "ASAN_OPTIONS" => "detect_leaks=1:check_initialization_order=1:strict_init_order=1",
@@ -242,7 +320,9 @@ task :ctest do
   end
   (runs.map(&:last) + fuzzers.values).each { |bin| Rake::Task[bin].invoke }
 
-  results = runs.map do |label, bin|
+  graph_ok = t.check_link_graph(:asan)
+  results = [[graph_ok, graph_ok ? 1 : 0, graph_ok ? 0 : 1, "link graph"]]
+  results += runs.map do |label, bin|
     [*t.run(label, [bin, *t.filters], t.sanitizer_env), label]
   end
   fuzzers.each do |name, fuzz|
@@ -268,6 +348,11 @@ task :ctest do
 end
 
 namespace :ctest do
+  desc "Fails when the C core's compiled objects (bindings left out) need each other in a circle"
+  task :cycles do
+    abort "ctest:cycles: the core's link graph has a cycle" unless SpillwayCTest.check_link_graph(:plain)
+  end
+
   desc "C core unit tests built without sanitizers, under valgrind"
   task :valgrind do
     t = SpillwayCTest

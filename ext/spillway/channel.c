@@ -121,27 +121,6 @@ spillway_channel *spillway_chtab_get(spillway_hub *hub, const char *name, size_t
     return ch;
 }
 
-static void lru_unlink(spillway_hub *hub, spillway_channel *ch)
-{
-    if (ch->lprev != NULL) ch->lprev->lnext = ch->lnext;
-    else if (hub->lru_head == ch) hub->lru_head = ch->lnext;
-    else return; /* not linked */
-    if (ch->lnext != NULL) ch->lnext->lprev = ch->lprev;
-    else hub->lru_tail = ch->lprev;
-    ch->lprev = ch->lnext = NULL;
-    hub->lru_count--;
-}
-
-/* Drops the backlog of the least recently published channel. */
-static void evict_oldest(spillway_hub *hub)
-{
-    spillway_channel *ch = hub->lru_head;
-    lru_unlink(hub, ch);
-    hub->evicted = spillway_id_max(hub->evicted, ch->last);
-    spillway_backlog_clear(hub, ch);
-    spillway_channel_maybe_release(hub, ch);
-}
-
 /* Removes the channel from the table and frees it. The caller makes sure no
  * connection and no pending Redis command refers to it. */
 void spillway_channel_drop(spillway_hub *hub, spillway_channel *ch)
@@ -153,7 +132,6 @@ void spillway_channel_drop(spillway_hub *hub, spillway_channel *ch)
     if (*pp == ch) *pp = ch->hnext;
     t->count--;
     atomic_store_explicit(&hub->st_channels, t->count, memory_order_relaxed);
-    if (hub->redis == NULL) lru_unlink(hub, ch);
     if (!spillway_id_is_zero(ch->last)) hub->evicted = spillway_id_max(hub->evicted, ch->last);
     spillway_backlog_clear(hub, ch);
     channel_free(ch);
@@ -164,11 +142,7 @@ void spillway_channel_drop(spillway_hub *hub, spillway_channel *ch)
 void spillway_channel_maybe_release(spillway_hub *hub, spillway_channel *ch)
 {
     if (ch->nsubs > 0) return;
-    if (hub->redis != NULL) {
-        spillway_redis_channel_unwanted(hub, ch);
-    } else if (ch->ring_len == 0) {
-        spillway_channel_drop(hub, ch);
-    }
+    hub->backend.ops->channel_unwanted(hub->backend.self, ch);
 }
 
 /* ---- subscribers ------------------------------------------------------- */
@@ -209,26 +183,22 @@ void spillway_channel_remove_sub(spillway_hub *hub, spillway_channel *ch, uint32
     spillway_channel_maybe_release(hub, ch);
 }
 
+void spillway_channel_leave_all(spillway_hub *hub, spillway_conn *c)
+{
+    for (uint32_t i = c->nmem; i-- > 0;) {
+        spillway_member m = c->mem[i];
+        if (m.ch != NULL) spillway_channel_remove_sub(hub, m.ch, m.idx);
+        c->mem[i].ch = NULL;
+    }
+}
+
 void spillway_channel_fanout(spillway_hub *hub, spillway_channel *ch, spillway_frame *f)
 {
     if (spillway_id_cmp(f->id, ch->last) > 0) ch->last = f->id;
     for (uint32_t i = 0; i < ch->nsubs; i++) spillway_conn_deliver(hub, ch->subs[i].conn, f);
 }
 
-/* ---- memory backlog ---------------------------------------------------- */
-
-void spillway_lru_touch(spillway_hub *hub, spillway_channel *ch)
-{
-    ch->touched_ms = hub->now;
-    lru_unlink(hub, ch);
-    ch->lprev = hub->lru_tail;
-    ch->lnext = NULL;
-    if (hub->lru_tail != NULL) hub->lru_tail->lnext = ch;
-    else hub->lru_head = ch;
-    hub->lru_tail = ch;
-    hub->lru_count++;
-    while (hub->lru_count > hub->cfg.max_backlog_channels && hub->lru_head != ch) evict_oldest(hub);
-}
+/* ---- the backlog ring (memory backlog, Redis resume cache) ---------- */
 
 static void backlog_account(spillway_hub *hub, spillway_frame *f, int sign)
 {
@@ -327,14 +297,4 @@ size_t spillway_backlog_collect(spillway_channel *ch, spillway_id after, spillwa
     }
     for (uint32_t i = lo; i < ch->ring_len; i++) out[n++] = ch->ring[(ch->ring_start + i) % ch->ring_cap];
     return n;
-}
-
-/* Memory backend housekeeping, about once a second: backlogs whose last
- * message is older than the TTL are dropped (the LRU list is in order of
- * last message, so the scan stops at the first young one). */
-void spillway_backlog_sweep(spillway_hub *hub)
-{
-    uint64_t ttl_ms = (uint64_t)hub->cfg.backlog_ttl_s * 1000u;
-    if (ttl_ms == 0) return;
-    while (hub->lru_head != NULL && hub->lru_head->touched_ms + ttl_ms <= hub->now) evict_oldest(hub);
 }

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <time.h>
 
 /* Debug output that still type-checks when it is off. */
 #ifndef SPILLWAY_DEBUG
@@ -28,10 +29,16 @@
 #define SW_UNUSED(x) ((void)(x))
 #define SW_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define SW_MAX(a, b) ((a) > (b) ? (a) : (b))
+/* The text of a macro's value: SW_STR(SPILLWAY_MAX_CHANNEL_LEN) is "1024". */
+#define SW_STR_(x) #x
+#define SW_STR(x) SW_STR_(x)
 
 /* Milliseconds of CLOCK_MONOTONIC: timers, deadlines, heartbeats. */
 uint64_t spillway_mono_ms(void);
 /* Milliseconds of CLOCK_REALTIME: message ids (the memory backend). */
 uint64_t spillway_wall_ms(void);
+/* clock's now + ms, for pthread_cond_timedwait (CLOCK_REALTIME unless the
+ * condition variable was made for another clock) and timedjoin. */
+struct timespec spillway_timespec_after(clockid_t clock, uint32_t ms);
 
 #endif

@@ -1,19 +1,10 @@
 /*
  * Connections: one per open stream. Each holds a ring of references to
- * shared frames (its outbox) and writes them with one sendmsg() per flush,
- * every pending frame gathered into the iovec.
- *
- * Slow streams. Frames are shared, so what a stream has queued says little
- * about what it costs. A stream is closed as too slow, at the end of an
- * iteration and never mid-call, when its oldest unsent frame has waited
- * longer than max_lag, or when the frames only it keeps alive (frame.h:
- * exclusivity) and its entries take more than outbox_limit while its socket
- * takes nothing for a tenth of max_lag. Those times run on the lag clock,
- * which stands still while the loop works: a client is only blamed for
- * time the loop spent waiting with nothing to do, i.e. with every stream
- * that has frames waiting blocked on a full socket. Over all streams, when
- * the frames waiting take more than memory_limit, the laggiest streams are
- * closed first until they do not (docs/design.md, the loop).
+ * shared frames (its outbox) and writes them with one send()/sendmsg() per
+ * flush, every pending frame gathered into the iovec. A stream is closed as
+ * too slow (too_slow) by its lag and by what it alone keeps alive, never by
+ * bytes queued, and always after the end-of-iteration flush: docs/design.md,
+ * "The loop", says why and what was measured.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -24,10 +15,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "frames.h"
 #include "hub_internal.h"
+#include "lag.h"
 
-#define STAT_ADD(hub, field, n) atomic_fetch_add_explicit(&(hub)->field, (n), memory_order_relaxed)
-#define STAT_SUB(hub, field, n) atomic_fetch_sub_explicit(&(hub)->field, (n), memory_order_relaxed)
 
 /* Bytes an SSE client may send us before we call it abuse and hang up
  * (a browser sends nothing after its request). */
@@ -82,17 +73,6 @@ spillway_conn *spillway_conn_new(spillway_hub *hub, int fd, unsigned flags)
 
 /* ---- the outbox -------------------------------------------------------- */
 
-/* Bytes of one outbox entry. */
-#define OUT_SLOT sizeof(spillway_frame *)
-
-/* The lag clock (hub.c: the loop's time outside epoll_wait does not
- * count), truncated to 32 bits of ms: differences are right up to 49 days,
- * far beyond any lag a stream is allowed. */
-static uint32_t lag_clock(const spillway_hub *hub)
-{
-    return (uint32_t)(hub->now - hub->busy_ms);
-}
-
 /* The ring index of the i-th entry from the head. out_cap is a power of
  * two (4, doubled as needed): a mask, not a division, on every push, iovec
  * and pop. */
@@ -101,30 +81,17 @@ static uint32_t out_at(const spillway_conn *c, uint32_t i)
     return (c->out_start + i) & (c->out_cap - 1);
 }
 
-/* How long the oldest unsent frame has waited, on the lag clock (0: none). */
-static uint32_t out_lag(const spillway_hub *hub, const spillway_conn *c)
-{
-    return c->out_len > 0 ? lag_clock(hub) - c->head_t : 0;
-}
-
 static void progress(const spillway_hub *hub, spillway_conn *c)
 {
     c->progress_t = lag_clock(hub);
     c->progress_ms = (uint32_t)hub->now;
 }
 
-/* The memory only this stream keeps alive: the frames nobody else holds
- * and its entries that point at frames. (What the rings have allocated
- * beyond their entries is at most as much again, and is given back when
- * they empty; it counts neither here nor in the process's out_mem, so that
- * idle streams weigh nothing.) */
-static uint64_t exclusive_bytes(const spillway_conn *c)
-{
-    return c->excl + (uint64_t)c->out_len * OUT_SLOT + (uint64_t)c->runs_len * sizeof(*c->runs) +
-           (uint64_t)c->held_len * sizeof(*c->held);
-}
-
-/* Too slow to keep: see the top of this file.
+/* Too slow to keep: its oldest unsent frame waited longer than max_lag, or
+ * the frames only it keeps alive (frame.h: exclusivity) and its entries
+ * take more than outbox_limit while its socket takes nothing for a tenth
+ * of max_lag. Those times run on the lag clock (lag.h), which stands still
+ * while the loop works.
  *
  * Being alone with more than outbox_limit is not enough on its own: a
  * stream becomes the only holder when others send or drop what it still
@@ -288,9 +255,9 @@ void spillway_conn_mark_dirty(spillway_hub *hub, spillway_conn *c)
      * (the fan-out order, first subscriber first): measured 2-3% less CPU
      * per delivery than newest first (bench/PROFILE-NOTES.md). dirty_last
      * means something only while dirty is not NULL. */
-    c->lnext = NULL;
+    c->dirty_next = NULL;
     if (hub->dirty == NULL) hub->dirty = c;
-    else hub->dirty_last->lnext = c;
+    else hub->dirty_last->dirty_next = c;
     hub->dirty_last = c;
 }
 
@@ -318,7 +285,6 @@ void spillway_conn_deliver(spillway_hub *hub, spillway_conn *c, spillway_frame *
         if (c->held_len == 0) c->held_t = lag_clock(hub);
         c->held[c->held_len++] = f;
         hub->out_mem += sizeof(*c->held) + spillway_frame_enqueue(f, &c->excl);
-        c->held_bytes += f->len;
         queued_add(hub, c);
         /* Nothing of it can be written yet: no grace for being alone. */
         if (exclusive_bytes(c) > hub->cfg.outbox_limit) spillway_conn_doom(hub, c, true);
@@ -333,43 +299,6 @@ int spillway_frame_cmp_id(const void *a, const void *b)
     const spillway_frame *fa = *(spillway_frame *const *)a;
     const spillway_frame *fb = *(spillway_frame *const *)b;
     return spillway_id_cmp(fa->id, fb->id);
-}
-
-/* The `event: reset` frame: this stream's cursor is older than what the
- * backlog still holds for the listed channels. Its id moves the client's
- * cursor to `now`, so a reconnect does not report the same hole again. */
-static spillway_frame *reset_frame(const spillway_conn *c, const bool *reset, spillway_id now)
-{
-    char idtext[SPILLWAY_ID_TEXT_MAX];
-    size_t idlen = spillway_id_format(now, idtext);
-    size_t len = 4 + idlen + 1 + 13 + 22 + 4;
-    spillway_frame *f;
-    char *p;
-
-    for (uint32_t i = 0; i < c->nmem; i++)
-        if (reset[i]) len += c->mem[i].ch->namelen + 3;
-    f = spillway_frame_new(len);
-    if (f == NULL) return NULL;
-    p = f->data;
-    memcpy(p, "id: ", 4), p += 4;
-    memcpy(p, idtext, idlen), p += idlen;
-    memcpy(p, "\nevent: reset\ndata: {\"channels\":[", 33), p += 33;
-    {
-        bool first = true;
-        for (uint32_t i = 0; i < c->nmem; i++) {
-            if (!reset[i]) continue;
-            if (!first) *p++ = ',';
-            first = false;
-            *p++ = '"';
-            memcpy(p, c->mem[i].ch->name, c->mem[i].ch->namelen);
-            p += c->mem[i].ch->namelen;
-            *p++ = '"';
-        }
-    }
-    memcpy(p, "]}\n\n", 4), p += 4;
-    f->len = (uint32_t)(p - f->data);
-    f->id = now;
-    return f;
 }
 
 /* Every reset reaches the log: the channels it names (as many as fit in
@@ -436,13 +365,12 @@ void spillway_conn_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **
     c->flags &= ~SW_CF_JOINING;
     c->held = NULL;
     c->held_len = c->held_cap = 0;
-    c->held_bytes = 0;
 
     for (size_t i = 0; i < n; i++) spillway_conn_deliver(hub, c, frames[i]);
     exempt_queued(c);
     for (uint32_t i = 0; reset != NULL && i < c->nmem; i++) any_reset |= reset[i];
     if (any_reset) {
-        spillway_frame *rf = reset_frame(c, reset, spillway_id_max(now, c->last));
+        spillway_frame *rf = spillway_frame_reset(c, reset, spillway_id_max(now, c->last));
         STAT_ADD(hub, st_resets, 1);
         log_reset(hub, c, reset, reason);
         if (rf != NULL) {
@@ -462,7 +390,7 @@ void spillway_conn_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **
 void spillway_conn_send_reset(spillway_hub *hub, spillway_conn *c, const bool *reset,
                               spillway_id now, const char *reason)
 {
-    spillway_frame *rf = reset_frame(c, reset, spillway_id_max(now, c->last));
+    spillway_frame *rf = spillway_frame_reset(c, reset, spillway_id_max(now, c->last));
     STAT_ADD(hub, st_resets, 1);
     log_reset(hub, c, reset, reason);
     if (rf == NULL) return;
@@ -471,6 +399,27 @@ void spillway_conn_send_reset(spillway_hub *hub, spillway_conn *c, const bool *r
 }
 
 /* ---- writing ----------------------------------------------------------- */
+
+/* n bytes of the outbox were written: the frames they complete leave it.
+ * Returns how many of those were messages (not control frames). */
+static uint64_t out_sent(spillway_hub *hub, spillway_conn *c, size_t n)
+{
+    uint64_t messages = 0;
+    c->out_bytes -= (uint64_t)n;
+    while (c->out_len > 0) {
+        spillway_frame *f = c->out[c->out_start];
+        size_t rest = f->len - c->out_off;
+        if (n < rest) {
+            c->out_off += (uint32_t)n;
+            break;
+        }
+        n -= rest;
+        c->out_off = 0;
+        if (!spillway_id_is_zero(f->id)) messages++;
+        out_pop(hub, c);
+    }
+    return messages;
+}
 
 /* Writes as much of the outbox as the socket takes: one sendmsg per batch of
  * up to SPILLWAY_IOV_BATCH frames. Errors doom the stream. */
@@ -513,22 +462,7 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
         }
         STAT_ADD(hub, st_bytes_out, (uint64_t)n);
         progress(hub, c);
-        c->out_bytes -= (uint64_t)n;
-        {
-            size_t left = (size_t)n;
-            while (c->out_len > 0) {
-                spillway_frame *f = c->out[c->out_start];
-                size_t rest = f->len - c->out_off;
-                if (left < rest) {
-                    c->out_off += (uint32_t)left;
-                    break;
-                }
-                left -= rest;
-                c->out_off = 0;
-                if (!spillway_id_is_zero(f->id)) frames_done++;
-                out_pop(hub, c);
-            }
-        }
+        frames_done = out_sent(hub, c, (size_t)n);
         if (frames_done > 0) STAT_ADD(hub, st_delivered, frames_done);
         if ((size_t)n < want) {
             /* A short write: the socket buffer is full. With edge-triggered
@@ -603,7 +537,7 @@ void spillway_conn_doom(spillway_hub *hub, spillway_conn *c, bool slow)
         c->flags |= SW_CF_SLOW;
         STAT_ADD(hub, st_dropped_slow, 1);
     }
-    c->dnext = hub->doomed;
+    c->doomed_next = hub->doomed;
     hub->doomed = c;
 }
 
@@ -619,18 +553,14 @@ void spillway_conn_release(spillway_hub *hub, spillway_conn *c)
     free(c);
 }
 
-/* Closes the socket and leaves every channel. Runs at the end of an
+/* Closes the socket and frees what the stream holds; the caller took it off
+ * the wheel and made it leave its channels (streams.c). Runs at the end of an
  * iteration, for the doomed list, or at stop. */
 void spillway_conn_close(spillway_hub *hub, spillway_conn *c)
 {
-    spillway_wheel_remove(hub, c);
     if (c->flags & SW_CF_JOINING) {
         c->flags &= ~SW_CF_JOINING;
         STAT_SUB(hub, st_joining, 1);
-    }
-    for (uint32_t i = c->nmem; i-- > 0;) {
-        spillway_member m = c->mem[i];
-        if (m.ch != NULL) spillway_channel_remove_sub(hub, m.ch, m.idx);
     }
     free(c->mem);
     c->mem = NULL;
@@ -643,7 +573,6 @@ void spillway_conn_close(spillway_hub *hub, spillway_conn *c)
     free(c->pend_reset);
     c->held = NULL;
     c->held_len = c->held_cap = 0;
-    c->held_bytes = 0;
     /* The caller removed the fd from the epoll set (a copy of it may live
      * elsewhere, e.g. in a fork child that has not closed it yet). */
     close(c->h.fd);
@@ -654,124 +583,14 @@ void spillway_conn_close(spillway_hub *hub, spillway_conn *c)
     spillway_conn_release(hub, c);
 }
 
-/* ---- the heartbeat wheel ----------------------------------------------- */
-/*
- * A wheel of SLOTS lists that turns once per heartbeat period. A stream sits
- * in one slot for its whole life, so every stream gets a heartbeat exactly
- * once per period, spread evenly over the period, with O(1) insert and
- * remove and no per-stream timer.
- */
+/* ---- judging the waiting ---------------------------------------------- */
 
-void spillway_wheel_insert(spillway_hub *hub, spillway_conn *c)
+/* A stream that gets nothing new is never flushed, yet its lag grows and
+ * others' releases may leave it alone with frames: the wheel's tick has the
+ * queued list judged (so a stream is judged at most one slot, heartbeat /
+ * 100, after it went over a limit). */
+void spillway_conn_judge_queued(spillway_hub *hub)
 {
-    /* The slot processed last in this turn: the first heartbeat comes one
-     * period after the stream opened. */
-    uint32_t slot = (hub->wheel_pos + hub->wheel_slots - 1) % hub->wheel_slots;
-    c->wslot = slot;
-    c->wprev = NULL;
-    c->wnext = hub->wheel[slot];
-    if (c->wnext != NULL) c->wnext->wprev = c;
-    hub->wheel[slot] = c;
-}
-
-void spillway_wheel_remove(spillway_hub *hub, spillway_conn *c)
-{
-    if (c->wprev != NULL) c->wprev->wnext = c->wnext;
-    else if (hub->wheel[c->wslot] == c) hub->wheel[c->wslot] = c->wnext;
-    else return;
-    if (c->wnext != NULL) c->wnext->wprev = c->wprev;
-    c->wprev = c->wnext = NULL;
-}
-
-/* How long slot pos lasts. The slots of one turn add up to heartbeat_ms
- * exactly; heartbeat_ms / slots for every slot would drop the remainder (a
- * 150 ms heartbeat became 100 ms, a 50 ms one 100 ms). */
-static uint64_t slot_len(const spillway_hub *hub, uint32_t pos)
-{
-    uint64_t hb = hub->cfg.heartbeat_ms, n = hub->wheel_slots;
-    return (pos + 1) * hb / n - pos * hb / n;
-}
-
-/* Processes the slots that are due, then sweeps the queued list: a stream
- * that gets nothing new is never flushed, yet its lag grows and others'
- * releases may leave it alone with frames. So a stream is judged at most
- * one slot (heartbeat / 100) after it went over a limit. */
-void spillway_wheel_tick(spillway_hub *hub)
-{
-    uint32_t budget = hub->wheel_slots;
-
-    while (hub->now >= hub->wheel_next_ms && budget-- > 0) {
-        for (spillway_conn *c = hub->wheel[hub->wheel_pos]; c != NULL; c = c->wnext) {
-            /* Frames waiting are traffic enough; a heartbeat behind them
-             * would only take another entry. */
-            if (c->out_len == 0) spillway_conn_push(hub, c, hub->f_heartbeat);
-        }
-        hub->wheel_pos = (hub->wheel_pos + 1) % hub->wheel_slots;
-        hub->wheel_next_ms += slot_len(hub, hub->wheel_pos);
-    }
-    if (hub->now >= hub->wheel_next_ms)
-        hub->wheel_next_ms = hub->now + SW_MAX(1u, slot_len(hub, hub->wheel_pos));
     for (spillway_conn *c = hub->queued; c != NULL; c = c->qnext)
         if (!(c->flags & SW_CF_DOOMED) && too_slow(hub, c)) spillway_conn_doom(hub, c, true);
-}
-
-/* ---- the memory budget ------------------------------------------------- */
-
-typedef struct candidate {
-    uint32_t lag, stalled;
-    uint64_t excl;
-    spillway_conn *c;
-} candidate;
-
-/* Laggiest first. Of equal lag (frames queued in the same iteration, or a
- * loop so busy that the lag clock stood still), the one that took nothing
- * for longest, then the one that alone keeps the most alive. */
-static int cmp_laggiest(const void *a, const void *b)
-{
-    const candidate *x = a, *y = b;
-    if (x->lag != y->lag) return x->lag > y->lag ? -1 : 1;
-    if (x->stalled != y->stalled) return x->stalled > y->stalled ? -1 : 1;
-    if (x->excl != y->excl) return x->excl > y->excl ? -1 : 1;
-    return 0;
-}
-
-/* Dooms and closes c at once, so that what it held is released before the
- * budget is weighed again. Runs where the doomed list is closed (the end of
- * the iteration), so nothing later in the iteration sees c. */
-static void close_now(spillway_hub *hub, spillway_conn *c)
-{
-    if (c->flags & SW_CF_DOOMED) return; /* never here: the doomed were closed before */
-    spillway_conn_doom(hub, c, true);
-    hub->doomed = c->dnext; /* doom put it first */
-    c->dnext = NULL;
-    epoll_ctl(hub->epfd, EPOLL_CTL_DEL, c->h.fd, NULL);
-    spillway_conn_close(hub, c);
-}
-
-void spillway_conn_budget(spillway_hub *hub)
-{
-    size_t n = 0, k = 0;
-    candidate *v;
-
-    if (!hub->stopping && hub->out_mem > hub->cfg.memory_limit) {
-        for (spillway_conn *c = hub->queued; c != NULL; c = c->qnext) n++;
-        v = malloc((n ? n : 1) * sizeof(*v));
-        if (v == NULL) {
-            /* No room to sort: close in list order; still bounded. */
-            while (hub->queued != NULL && hub->out_mem > hub->cfg.memory_limit) close_now(hub, hub->queued);
-        } else {
-            for (spillway_conn *c = hub->queued; c != NULL; c = c->qnext) {
-                uint32_t held_lag = c->held_len > 0 ? lag_clock(hub) - c->held_t : 0;
-                v[k].lag = SW_MAX(out_lag(hub, c), held_lag);
-                v[k].stalled = (uint32_t)hub->now - c->progress_ms;
-                v[k].excl = exclusive_bytes(c);
-                v[k].c = c;
-                k++;
-            }
-            qsort(v, k, sizeof(*v), cmp_laggiest);
-            for (size_t i = 0; i < k && hub->out_mem > hub->cfg.memory_limit; i++) close_now(hub, v[i].c);
-            free(v);
-        }
-    }
-    atomic_store_explicit(&hub->st_outbox_bytes, hub->out_mem, memory_order_relaxed);
 }

@@ -1,6 +1,8 @@
 /*
- * The hub: its thread, its epoll loop, the commands from Ruby, timers,
- * statistics, stop, and fork safety.
+ * The hub's public API (hub.h): creation and checks, the calls Ruby's
+ * threads make (attach, publish, cursor, stats), stop and free. The thread
+ * itself is reactor.c; fork safety fork.c; the log log.c; async-publish
+ * tickets and flush tickets.c.
  */
 /* pthread_timedjoin_np needs _GNU_SOURCE, set by extconf.rb. */
 #include <errno.h>
@@ -14,166 +16,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "commands.h"
+#include "fork.h"
+#include "frames.h"
 #include "hub_internal.h"
 #include "idem.h"
+#include "reactor.h"
 #include "sse.h"
+#include "tickets.h"
 
-#define STAT_ADD(hub, field, n) atomic_fetch_add_explicit(&(hub)->field, (n), memory_order_relaxed)
-#define STAT_GET(hub, field) atomic_load_explicit(&(hub)->field, memory_order_relaxed)
-
-#define EVENTS_PER_WAIT 512
-#define SWEEP_INTERVAL_MS 1000u
 #define WHEEL_SLOTS 100u
-
-/* ---- errors and the log ------------------------------------------------ */
-
-/* Every kind of spillway_log_kind, in its order: the name the log line
- * shows; whether it is an error (counted in stats errors and kept as
- * last_error); and its level. A Redis link that drops or cannot connect is
- * an error but only a warning in the log: the hub retries it on its own. */
-static const struct {
-    const char *name;
-    bool error;
-    bool warning;
-} log_kinds[SW_LOG_KINDS] = {
-    [SW_LOG_ERROR] = {"error", true, false},
-    [SW_LOG_REDIS_LINK] = {"redis_link", true, true},
-    [SW_LOG_REDIS_CONNECT] = {"redis_connect", true, true},
-    [SW_LOG_PROTOCOL] = {"protocol", true, false},
-    [SW_LOG_SUBSCRIBE] = {"subscribe", true, false},
-    [SW_LOG_RESUME] = {"resume", true, false},
-    [SW_LOG_REPAIR] = {"repair", true, false},
-    [SW_LOG_ASYNC_PUBLISH] = {"async_publish", true, false},
-    [SW_LOG_MEMORY] = {"memory", true, false},
-    [SW_LOG_RESET] = {"reset", false, true},
-    [SW_LOG_SLOW_CLIENT] = {"slow_client", false, true},
-};
-
-static void vlog(spillway_hub *hub, spillway_log_kind kind, const char *fmt, va_list ap)
-{
-    char msg[sizeof(hub->log[0].message)];
-    spillway_log_slot *slot;
-    uint64_t now;
-    bool error;
-
-    if ((unsigned)kind >= SW_LOG_KINDS) kind = SW_LOG_ERROR;
-    error = log_kinds[kind].error;
-    /* Formatted before the lock: the Ruby thread that takes entries holds
-     * it as briefly as the reactor does. */
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    now = spillway_mono_ms();
-    slot = &hub->log[kind];
-    pthread_mutex_lock(&hub->err_lock);
-    if (error) memcpy(hub->last_error, msg, sizeof(hub->last_error));
-    /* The first occurrence after a quiet interval starts what the entry
-     * covers; one inside the interval adds to the summary, which covers the
-     * time since the previous entry. */
-    if (slot->count == 0 && now >= slot->quiet_until_ms) slot->since_ms = now;
-    slot->count++;
-    memcpy(slot->message, msg, sizeof(slot->message));
-    /* The Ruby thread wakes for an occurrence that is due now, and for the
-     * first one inside a quiet interval (its timed wait must now end when
-     * the summary falls due). The rest of a flood costs it nothing. */
-    if (now >= slot->quiet_until_ms || slot->count == 1) pthread_cond_signal(&hub->log_cond);
-    pthread_mutex_unlock(&hub->err_lock);
-    if (error) STAT_ADD(hub, st_errors, 1);
-    sw_debug("%s: %s", log_kinds[kind].name, msg);
-}
-
-void spillway_hub_log(spillway_hub *hub, spillway_log_kind kind, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vlog(hub, kind, fmt, ap);
-    va_end(ap);
-}
-
-void spillway_hub_error(spillway_hub *hub, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vlog(hub, SW_LOG_ERROR, fmt, ap);
-    va_end(ap);
-}
-
-/* Under err_lock: moves the due entries (all pending ones when all) into
- * out; *next gets the earliest time a pending one falls due. */
-static size_t log_take(spillway_hub *hub, spillway_log_entry *out, size_t max, uint64_t now, bool all,
-                       uint64_t *next)
-{
-    size_t n = 0;
-    *next = UINT64_MAX;
-    for (int k = 0; k < SW_LOG_KINDS; k++) {
-        spillway_log_slot *slot = &hub->log[k];
-        if (slot->count == 0) continue;
-        if (n == max || (!all && now < slot->quiet_until_ms)) {
-            *next = SW_MIN(*next, n == max ? now : slot->quiet_until_ms);
-            continue;
-        }
-        out[n].kind = log_kinds[k].name;
-        out[n].warning = log_kinds[k].warning;
-        out[n].count = slot->count;
-        out[n].span_ms = now - slot->since_ms;
-        memcpy(out[n].message, slot->message, sizeof(out[n].message));
-        n++;
-        slot->count = 0;
-        slot->since_ms = now;
-        slot->quiet_until_ms = now + hub->cfg.log_interval_ms;
-    }
-    return n;
-}
-
-static struct timespec mono_timespec(uint64_t ms)
-{
-    struct timespec t;
-    t.tv_sec = (time_t)(ms / 1000);
-    t.tv_nsec = (long)(ms % 1000) * 1000000L;
-    return t;
-}
-
-int spillway_hub_log_wait(spillway_hub *hub, spillway_log_entry *out, size_t max, uint32_t timeout_ms,
-                          spillway_waiter *w)
-{
-    uint64_t deadline = spillway_mono_ms() + timeout_ms;
-    int rc;
-
-    pthread_mutex_lock(&hub->err_lock);
-    for (;;) {
-        uint64_t now = spillway_mono_ms(), next;
-        /* Read before the take: what the reactor logged before it stopped
-         * is then in this take. */
-        bool stopped = !atomic_load(&hub->running);
-        size_t n = log_take(hub, out, max, now, stopped, &next);
-        if (n > 0) {
-            rc = (int)n;
-            break;
-        }
-        if (stopped) {
-            rc = -EPIPE;
-            break;
-        }
-        if (w != NULL && w->interrupted) {
-            rc = -EINTR;
-            break;
-        }
-        if (now >= deadline) {
-            rc = 0;
-            break;
-        }
-        struct timespec until = mono_timespec(SW_MIN(deadline, next));
-        pthread_cond_timedwait(&hub->log_cond, &hub->err_lock, &until);
-    }
-    pthread_mutex_unlock(&hub->err_lock);
-    return rc;
-}
-
-void spillway_hub_log_interrupt(spillway_hub *hub, spillway_waiter *w)
-{
-    pthread_mutex_lock(&hub->err_lock);
-    w->interrupted = true;
-    pthread_cond_broadcast(&hub->log_cond);
-    pthread_mutex_unlock(&hub->err_lock);
-}
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -184,458 +36,6 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
-}
-
-/* ---- fork safety ------------------------------------------------------- */
-/*
- * Every live hub is on a registry. Around fork() the forking thread waits
- * until each reactor is parked in epoll_wait (it holds loop_lock otherwise),
- * so the child inherits consistent structures. The child then closes every
- * descriptor it inherited from the hub (so the parent's clients still see
- * EOF when the parent closes them) and marks the hub abandoned; it frees no
- * memory (copy-on-write pages stay shared) and never writes to a socket.
- */
-static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static spillway_hub *registry;
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-
-static void atfork_prepare(void)
-{
-    pthread_mutex_lock(&registry_lock);
-    /* Same order as the reactor (loop_lock, then the queue's lock): the
-     * queue, with streams not yet attached, is consistent too. */
-    for (spillway_hub *h = registry; h != NULL; h = h->reg_next) {
-        pthread_mutex_lock(&h->loop_lock);
-        pthread_mutex_lock(&h->q.lock);
-    }
-}
-
-static void atfork_parent(void)
-{
-    for (spillway_hub *h = registry; h != NULL; h = h->reg_next) {
-        pthread_mutex_unlock(&h->q.lock);
-        pthread_mutex_unlock(&h->loop_lock);
-    }
-    pthread_mutex_unlock(&registry_lock);
-}
-
-static void abandon(spillway_hub *hub)
-{
-    atomic_store(&hub->abandoned, true);
-    atomic_store(&hub->running, false);
-    for (uint32_t s = 0; hub->wheel != NULL && s < hub->wheel_slots; s++)
-        for (spillway_conn *c = hub->wheel[s]; c != NULL; c = c->wnext)
-            if (c->h.fd >= 0) close(c->h.fd);
-    /* Streams handed over but not attached yet. */
-    for (spillway_qnode *n = hub->q.head; n != NULL; n = n->next)
-        if (((spillway_cmd *)n)->kind == SW_CMD_ATTACH) close(((spillway_cmd_attach *)n)->fd);
-    if (hub->redis != NULL) spillway_redis_abandon(hub);
-    spillway_queue_abandon(&hub->q);
-    if (hub->epfd >= 0) close(hub->epfd);
-    hub->epfd = -1;
-}
-
-static void atfork_child(void)
-{
-    spillway_hub *h = registry;
-    registry = NULL;
-    while (h != NULL) {
-        spillway_hub *next = h->reg_next;
-        abandon(h);
-        /* atfork_prepare locked these in the thread that forked, which is the
-         * child's only thread: release them, or the first call in the child
-         * that takes one (spillway_hub_flush takes the queue lock) blocks
-         * forever. */
-        pthread_mutex_unlock(&h->q.lock);
-        pthread_mutex_unlock(&h->loop_lock);
-        h->reg_next = NULL;
-        h = next;
-    }
-    pthread_mutex_unlock(&registry_lock);
-}
-
-static void install_atfork(void)
-{
-    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
-}
-
-static void registry_add(spillway_hub *hub)
-{
-    pthread_once(&atfork_once, install_atfork);
-    pthread_mutex_lock(&registry_lock);
-    hub->reg_next = registry;
-    registry = hub;
-    pthread_mutex_unlock(&registry_lock);
-}
-
-static void registry_remove(spillway_hub *hub)
-{
-    pthread_mutex_lock(&registry_lock);
-    for (spillway_hub **pp = &registry; *pp != NULL; pp = &(*pp)->reg_next) {
-        if (*pp == hub) {
-            *pp = hub->reg_next;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&registry_lock);
-}
-
-/* ---- fixed frames ------------------------------------------------------ */
-
-static spillway_frame *text_frame(const char *s)
-{
-    return spillway_frame_copy(s, strlen(s));
-}
-
-static int build_frames(spillway_hub *hub)
-{
-    static const char head[] = "HTTP/1.1 200 OK\r\n"
-                               "Content-Type: text/event-stream; charset=utf-8\r\n"
-                               "Cache-Control: no-cache, no-transform\r\n"
-                               "X-Accel-Buffering: no\r\n"
-                               "Connection: close\r\n";
-    const char *extra = hub->cfg.extra_headers ? hub->cfg.extra_headers : "";
-    char retry[64];
-    size_t hlen = strlen(head), elen = strlen(extra);
-
-    hub->f_head = spillway_frame_new(hlen + elen + 2);
-    if (hub->f_head == NULL) return -1;
-    memcpy(hub->f_head->data, head, hlen);
-    memcpy(hub->f_head->data + hlen, extra, elen);
-    memcpy(hub->f_head->data + hlen + elen, "\r\n", 2);
-
-    /* An opening comment (some proxies wait for the first body byte before
-     * they pass the head on) and the reconnection delay. */
-    snprintf(retry, sizeof(retry), ": spillway\n\nretry: %u\n\n", hub->cfg.retry_ms);
-    hub->f_open = text_frame(retry);
-    snprintf(retry, sizeof(retry), "retry: %u\n\n", hub->cfg.retry_ms);
-    hub->f_retry = text_frame(retry);
-    hub->f_heartbeat = text_frame(":\n\n");
-    if (hub->f_open == NULL || hub->f_retry == NULL || hub->f_heartbeat == NULL) return -1;
-    return 0;
-}
-
-/* ---- commands ---------------------------------------------------------- */
-
-static void free_cmd(spillway_cmd *cmd)
-{
-    if (cmd->kind == SW_CMD_PUBLISH || cmd->kind == SW_CMD_PUBLISH_ASYNC)
-        spillway_frame_unref(((spillway_cmd_publish *)cmd)->frame);
-    free(cmd);
-}
-
-/* Why memory_join resets a stream, for the log (the same tests, in order). */
-static const char *memory_reset_reason(const spillway_hub *hub, const spillway_conn *c, spillway_id known)
-{
-    if (!c->cursor_ok) return "the Last-Event-ID is not an event id";
-    if (spillway_id_cmp(c->cursor, known) > 0) return "the Last-Event-ID is newer than any id issued here";
-    if (spillway_id_cmp(c->cursor, hub->origin) < 0)
-        return "the Last-Event-ID is from before this process started";
-    return "the backlog no longer reaches back to the Last-Event-ID";
-}
-
-/* The memory backend's resume: everything is in this process. */
-static void memory_join(spillway_hub *hub, spillway_conn *c)
-{
-    spillway_id now = hub->last, issued;
-    bool all_reset;
-    bool *reset;
-    spillway_frame **frames;
-    size_t total = 0, n = 0;
-
-    if (!c->has_cursor) {
-        c->last = now;
-        return;
-    }
-    /* Not an id, an id this hub never issued (from the future: another
-     * process or a restart), or from before this process started: nothing
-     * here can tell what was missed. */
-    /* Issued but not yet processed here counts as known (Spillway.cursor
-     * may hand out an id whose publish is still in the queue). */
-    pthread_mutex_lock(&hub->q.lock);
-    issued = hub->gen_last;
-    pthread_mutex_unlock(&hub->q.lock);
-    all_reset = !c->cursor_ok || spillway_id_cmp(c->cursor, spillway_id_max(now, issued)) > 0 ||
-                spillway_id_cmp(c->cursor, hub->origin) < 0;
-    for (uint32_t i = 0; i < c->nmem; i++) total += c->mem[i].ch->ring_len;
-    reset = calloc(c->nmem ? c->nmem : 1, sizeof(*reset));
-    frames = malloc((total ? total : 1) * sizeof(*frames));
-    if (reset == NULL || frames == NULL) {
-        free(reset);
-        free(frames);
-        spillway_hub_log(hub, SW_LOG_MEMORY, "memory_join: out of memory");
-        spillway_conn_doom(hub, c, false);
-        return;
-    }
-    for (uint32_t i = 0; i < c->nmem; i++) {
-        spillway_channel *ch = c->mem[i].ch;
-        reset[i] = all_reset || spillway_id_cmp(ch->trimmed, c->cursor) > 0;
-        if (!reset[i]) n += spillway_backlog_collect(ch, c->cursor, frames + n);
-    }
-    qsort(frames, n, sizeof(*frames), spillway_frame_cmp_id);
-    c->last = all_reset ? now : c->cursor;
-    spillway_conn_replay(hub, c, frames, n, reset, now,
-                         memory_reset_reason(hub, c, spillway_id_max(now, issued)));
-    free(reset);
-    free(frames);
-}
-
-static void do_attach(spillway_hub *hub, spillway_cmd_attach *cmd)
-{
-    spillway_conn *c = spillway_conn_new(hub, cmd->fd, cmd->flags);
-    const char *p = cmd->names;
-
-    if (c == NULL) {
-        close(cmd->fd);
-        atomic_fetch_sub_explicit(&hub->reserved, 1, memory_order_relaxed);
-        return;
-    }
-    cmd->fd = -1;
-    STAT_ADD(hub, st_accepted, 1);
-    if (c->flags & SW_CF_FALLBACK) {
-        STAT_ADD(hub, st_fallback, 1);
-        STAT_ADD(hub, st_fallback_total, 1);
-    }
-    spillway_wheel_insert(hub, c);
-    if (cmd->flags & SPILLWAY_ATTACH_HEAD) spillway_conn_push(hub, c, hub->f_head);
-    spillway_conn_push(hub, c, hub->f_open);
-
-    c->has_cursor = cmd->has_cursor;
-    c->cursor_ok = cmd->cursor_ok;
-    c->cursor = cmd->cursor;
-    if (c->has_cursor) STAT_ADD(hub, st_resumes, 1);
-    if (hub->redis != NULL) {
-        c->flags |= SW_CF_JOINING;
-        STAT_ADD(hub, st_joining, 1);
-    }
-
-    c->mem = calloc(cmd->nch ? cmd->nch : 1, sizeof(*c->mem));
-    if (c->mem == NULL) {
-        spillway_hub_log(hub, SW_LOG_MEMORY, "do_attach: out of memory");
-        spillway_conn_doom(hub, c, false);
-        return;
-    }
-    for (uint32_t i = 0; i < cmd->nch; i++) {
-        size_t len = cmd->lens[i];
-        spillway_channel *ch = spillway_chtab_get(hub, p, len);
-        bool dup = false;
-        p += len;
-        if (ch == NULL) {
-            spillway_hub_log(hub, SW_LOG_MEMORY, "do_attach: cannot create channel (out of memory)");
-            spillway_conn_doom(hub, c, false);
-            return;
-        }
-        for (uint32_t j = 0; j < c->nmem; j++) dup |= c->mem[j].ch == ch;
-        if (dup) continue;
-        if (spillway_channel_add_sub(ch, c, c->nmem) != 0) {
-            spillway_hub_log(hub, SW_LOG_MEMORY, "do_attach: out of memory");
-            spillway_channel_maybe_release(hub, ch);
-            spillway_conn_doom(hub, c, false);
-            return;
-        }
-        c->nmem++;
-        if (hub->redis != NULL) spillway_redis_channel_wanted(hub, ch);
-    }
-    if (hub->redis == NULL) memory_join(hub, c);
-    else spillway_redis_conn_joined_channels(hub, c);
-}
-
-static void do_publish(spillway_hub *hub, spillway_cmd_publish *cmd)
-{
-    spillway_frame *f = cmd->frame;
-    spillway_channel *ch = spillway_chtab_get(hub, cmd->channel, cmd->chlen);
-
-    hub->last = spillway_id_max(hub->last, f->id);
-    STAT_ADD(hub, st_published, 1);
-    if (ch == NULL) {
-        spillway_hub_log(hub, SW_LOG_MEMORY, "do_publish: cannot create channel (out of memory)");
-        return;
-    }
-    if (hub->cfg.backlog_size > 0) spillway_lru_touch(hub, ch);
-    if (spillway_backlog_push(hub, ch, f) != 0)
-        spillway_hub_log(hub, SW_LOG_MEMORY, "do_publish: backlog out of memory, message not kept");
-    spillway_channel_fanout(hub, ch, f);
-    spillway_channel_maybe_release(hub, ch);
-}
-
-static void run_commands(spillway_hub *hub)
-{
-    spillway_qnode *n = spillway_queue_take(&hub->q);
-    while (n != NULL) {
-        spillway_cmd *cmd = (spillway_cmd *)n;
-        n = n->next;
-        switch (cmd->kind) {
-        case SW_CMD_ATTACH:
-            if (hub->stopping) {
-                close(((spillway_cmd_attach *)cmd)->fd);
-                atomic_fetch_sub_explicit(&hub->reserved, 1, memory_order_relaxed);
-            } else {
-                do_attach(hub, (spillway_cmd_attach *)cmd);
-            }
-            break;
-        case SW_CMD_PUBLISH:
-            if (!hub->stopping) do_publish(hub, (spillway_cmd_publish *)cmd);
-            break;
-        case SW_CMD_PUBLISH_ASYNC:
-            if (hub->redis != NULL && !hub->stopping) {
-                /* redis.c takes the command over. */
-                spillway_redis_publish_async(hub, (spillway_cmd_publish *)cmd);
-                cmd = NULL;
-            } else {
-                spillway_hub_async_done(hub, ((spillway_cmd_publish *)cmd)->seq, false);
-            }
-            break;
-        case SW_CMD_STOP:
-            hub->stopping = true;
-            cmd = NULL; /* hub->stop_cmd, not allocated */
-            break;
-        }
-        if (cmd != NULL) free_cmd(cmd);
-    }
-}
-
-/* ---- the loop ---------------------------------------------------------- */
-
-void spillway_hub_flush_and_close(spillway_hub *hub)
-{
-    spillway_conn *c;
-    while ((c = hub->dirty) != NULL) {
-        hub->dirty = c->lnext;
-        c->lnext = NULL;
-        c->flags &= ~SW_CF_DIRTY;
-        if (!(c->flags & SW_CF_DOOMED)) spillway_conn_flush(hub, c);
-    }
-    while ((c = hub->doomed) != NULL) {
-        hub->doomed = c->dnext;
-        c->dnext = NULL;
-        epoll_ctl(hub->epfd, EPOLL_CTL_DEL, c->h.fd, NULL);
-        spillway_conn_close(hub, c);
-    }
-    spillway_conn_budget(hub);
-}
-
-static void end_iteration(spillway_hub *hub)
-{
-    spillway_hub_flush_and_close(hub);
-    if (hub->redis != NULL) {
-        spillway_redis_flush_writes(hub);
-        /* A repair that finished there (resets, held frames released)
-         * queued frames: out with them now, not at the next wake-up. */
-        if (hub->dirty != NULL || hub->doomed != NULL) spillway_hub_flush_and_close(hub);
-    }
-}
-
-static int next_timeout(spillway_hub *hub)
-{
-    uint64_t next = hub->wheel_next_ms;
-    if (hub->redis == NULL) next = SW_MIN(next, hub->next_sweep_ms);
-    else next = SW_MIN(next, spillway_redis_next_timer(hub));
-    if (next <= hub->now) return 0;
-    return (int)SW_MIN(next - hub->now, 60000u);
-}
-
-static void run_timers(spillway_hub *hub)
-{
-    if (hub->now >= hub->wheel_next_ms) spillway_wheel_tick(hub);
-    if (hub->redis == NULL && hub->now >= hub->next_sweep_ms) {
-        spillway_backlog_sweep(hub);
-        hub->next_sweep_ms = hub->now + SWEEP_INTERVAL_MS;
-    }
-    if (hub->redis != NULL) spillway_redis_timers(hub);
-}
-
-/* Stop: a last retry hint to every stream (best effort, never blocking),
- * then everything closes. */
-static void shutdown_streams(spillway_hub *hub)
-{
-    for (uint32_t s = 0; s < hub->wheel_slots; s++) {
-        for (spillway_conn *c = hub->wheel[s]; c != NULL; c = c->wnext) {
-            if (c->flags & SW_CF_DOOMED) continue;
-            if (c->flags & SW_CF_JOINING) atomic_fetch_sub_explicit(&hub->st_joining, 1, memory_order_relaxed);
-            c->flags &= ~SW_CF_JOINING;
-            spillway_conn_push(hub, c, hub->f_retry);
-            spillway_conn_flush(hub, c);
-            spillway_conn_doom(hub, c, false);
-        }
-    }
-    end_iteration(hub);
-    /* Streams handed over but not yet attached. */
-    for (spillway_qnode *n = spillway_queue_close(&hub->q); n != NULL;) {
-        spillway_cmd *cmd = (spillway_cmd *)n;
-        n = n->next;
-        if (cmd->kind == SW_CMD_ATTACH) {
-            close(((spillway_cmd_attach *)cmd)->fd);
-            atomic_fetch_sub_explicit(&hub->reserved, 1, memory_order_relaxed);
-        } else if (cmd->kind == SW_CMD_PUBLISH_ASYNC) {
-            spillway_hub_async_done(hub, ((spillway_cmd_publish *)cmd)->seq, false);
-        }
-        if (cmd->kind != SW_CMD_STOP) free_cmd(cmd);
-    }
-    if (hub->redis != NULL) spillway_redis_stop(hub);
-}
-
-static void *reactor_main(void *arg)
-{
-    spillway_hub *hub = arg;
-    struct epoll_event events[EVENTS_PER_WAIT];
-    sigset_t all;
-
-    /* Signals are for Ruby's threads, never this one. */
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);
-
-    pthread_mutex_lock(&hub->loop_lock);
-    hub->now = spillway_mono_ms();
-    while (!hub->stopping) {
-        int timeout = next_timeout(hub);
-        int n, e;
-
-        /* The lag of streams counts only time spent waiting here: while
-         * the loop works, it is the bottleneck, not the clients (conn.c). */
-        hub->busy_ms += spillway_mono_ms() - hub->now;
-        pthread_mutex_unlock(&hub->loop_lock);
-        n = epoll_wait(hub->epfd, events, EVENTS_PER_WAIT, timeout);
-        e = errno;
-        pthread_mutex_lock(&hub->loop_lock);
-        hub->now = spillway_mono_ms();
-        STAT_ADD(hub, st_iterations, 1);
-        if (n < 0) {
-            if (e == EINTR) continue;
-            spillway_hub_error(hub, "reactor: epoll_wait: %s", strerror(e));
-            /* Not recoverable by retrying fast; do not spin. */
-            struct timespec ts = {0, 10 * 1000 * 1000};
-            nanosleep(&ts, NULL);
-            continue;
-        }
-        for (int i = 0; i < n; i++) {
-            spillway_handle *h = events[i].data.ptr;
-            switch (h->kind) {
-            case SW_KIND_CONN:
-                spillway_conn_on_event(hub, (spillway_conn *)h, events[i].events);
-                break;
-            case SW_KIND_WAKE:
-                run_commands(hub);
-                break;
-            default:
-                spillway_redis_on_event(hub, h, events[i].events);
-                break;
-            }
-        }
-        run_timers(hub);
-        end_iteration(hub);
-    }
-    shutdown_streams(hub);
-    atomic_store(&hub->running, false);
-    /* A flush waiting for Redis will not get its answer any more. */
-    pthread_mutex_lock(&hub->flush_lock);
-    pthread_cond_broadcast(&hub->flush_cond);
-    pthread_mutex_unlock(&hub->flush_lock);
-    /* The log's reader takes what is left and ends. */
-    pthread_mutex_lock(&hub->err_lock);
-    pthread_cond_broadcast(&hub->log_cond);
-    pthread_mutex_unlock(&hub->err_lock);
-    pthread_mutex_unlock(&hub->loop_lock);
-    return NULL;
 }
 
 /* ---- creation ---------------------------------------------------------- */
@@ -667,7 +67,7 @@ static int check_config(const spillway_config *cfg, char *err, size_t errlen)
     NEED(cfg->heartbeat_ms >= 10, "heartbeat must be at least 10 ms");
     NEED(cfg->max_connections >= 1, "max_connections must be at least 1");
     NEED(cfg->max_channels_per_conn >= 1 && cfg->max_channels_per_conn <= SPILLWAY_MAX_CHANNELS_PER_CONN,
-         "max_channels_per_connection out of range (1..1024)");
+         "max_channels_per_connection out of range (1.." SW_STR(SPILLWAY_MAX_CHANNELS_PER_CONN) ")");
     NEED(cfg->outbox_limit >= 1024, "outbox_limit must be at least 1024 bytes");
     NEED(cfg->max_lag_ms >= 10, "max_lag must be at least 10 ms");
     NEED(cfg->memory_limit >= 65536, "memory_limit must be at least 65536 bytes");
@@ -683,10 +83,78 @@ static int check_config(const spillway_config *cfg, char *err, size_t errlen)
     return 0;
 }
 
+/* The hub's copy of the configuration owns its strings. */
+static void copy_config(spillway_config *to, const spillway_config *cfg)
+{
+    *to = *cfg;
+    to->extra_headers = dup_or_null(cfg->extra_headers);
+    to->redis.host = dup_or_null(cfg->redis.host);
+    to->redis.path = dup_or_null(cfg->redis.path);
+    to->redis.username = dup_or_null(cfg->redis.username);
+    to->redis.password = dup_or_null(cfg->redis.password);
+    to->redis.ns = dup_or_null(cfg->redis.ns ? cfg->redis.ns : "spillway");
+}
+
+static void init_locks(spillway_hub *hub)
+{
+    pthread_condattr_t attr;
+    pthread_mutex_init(&hub->loop_lock, NULL);
+    pthread_mutex_init(&hub->err_lock, NULL);
+    pthread_mutex_init(&hub->flush_lock, NULL);
+    pthread_cond_init(&hub->flush_cond, NULL);
+    /* The log's waits are timed in CLOCK_MONOTONIC, like its rate limit. */
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&hub->log_cond, &attr);
+    pthread_condattr_destroy(&attr);
+}
+
+/* The epoll set and the command queue, its eventfd in the set. 0, or
+ * -errno with err set. */
+static int open_loop(spillway_hub *hub, char *err, size_t errlen)
+{
+    struct epoll_event ev;
+    int rc;
+
+    hub->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (hub->epfd < 0) {
+        rc = -errno;
+        set_err(err, errlen, "spillway_hub_new: epoll_create1: %s", strerror(errno));
+        return rc;
+    }
+    rc = spillway_queue_init(&hub->q, hub->cfg.queue_limit);
+    if (rc != 0) {
+        set_err(err, errlen, "spillway_hub_new: eventfd: %s", strerror(-rc));
+        return rc;
+    }
+    hub->wake.kind = SW_KIND_WAKE;
+    hub->wake.fd = spillway_queue_fd(&hub->q);
+    ev.events = EPOLLIN;
+    ev.data.ptr = &hub->wake;
+    if (epoll_ctl(hub->epfd, EPOLL_CTL_ADD, hub->wake.fd, &ev) != 0) {
+        rc = -errno;
+        set_err(err, errlen, "spillway_hub_new: epoll_ctl(ADD, eventfd): %s", strerror(errno));
+        return rc;
+    }
+    return 0;
+}
+
+/* The reactor thread starts with every signal blocked (it unblocks none):
+ * no signal can land on it before spillway_reactor_main runs. */
+static int start_thread(spillway_hub *hub)
+{
+    sigset_t all, old;
+    int rc;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    rc = pthread_create(&hub->thread, NULL, spillway_reactor_main, hub);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}
+
 int spillway_hub_new(const spillway_config *cfg, spillway_hub **out, char *err, size_t errlen)
 {
     spillway_hub *hub;
-    struct epoll_event ev;
     int rc;
 
     rc = check_config(cfg, err, errlen);
@@ -698,26 +166,9 @@ int spillway_hub_new(const spillway_config *cfg, spillway_hub **out, char *err, 
     }
     hub->epfd = -1;
     hub->q.efd = -1;
-    hub->cfg = *cfg;
-    hub->cfg.extra_headers = dup_or_null(cfg->extra_headers);
-    hub->cfg.redis.host = dup_or_null(cfg->redis.host);
-    hub->cfg.redis.path = dup_or_null(cfg->redis.path);
-    hub->cfg.redis.username = dup_or_null(cfg->redis.username);
-    hub->cfg.redis.password = dup_or_null(cfg->redis.password);
-    hub->cfg.redis.ns = dup_or_null(cfg->redis.ns ? cfg->redis.ns : "spillway");
+    copy_config(&hub->cfg, cfg);
     hub->owner = getpid();
-    pthread_mutex_init(&hub->loop_lock, NULL);
-    pthread_mutex_init(&hub->err_lock, NULL);
-    pthread_mutex_init(&hub->flush_lock, NULL);
-    pthread_cond_init(&hub->flush_cond, NULL);
-    {
-        /* The log's waits are timed in CLOCK_MONOTONIC, like its rate limit. */
-        pthread_condattr_t attr;
-        pthread_condattr_init(&attr);
-        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-        pthread_cond_init(&hub->log_cond, &attr);
-        pthread_condattr_destroy(&attr);
-    }
+    init_locks(hub);
 
     hub->now = spillway_mono_ms();
     /* Every id this hub issues is above origin; a cursor below it comes
@@ -727,53 +178,22 @@ int spillway_hub_new(const spillway_config *cfg, spillway_hub **out, char *err, 
     hub->last = hub->origin;
     hub->wheel_slots = WHEEL_SLOTS;
     hub->wheel_next_ms = hub->now + SW_MAX(1u, cfg->heartbeat_ms / WHEEL_SLOTS);
-    hub->next_sweep_ms = hub->now + SWEEP_INTERVAL_MS;
 
     hub->wheel = calloc(hub->wheel_slots, sizeof(*hub->wheel));
-    if (hub->wheel == NULL || build_frames(hub) != 0 || spillway_chtab_init(&hub->chans) != 0) {
+    if (hub->wheel == NULL || spillway_frames_build(hub) != 0 || spillway_chtab_init(&hub->chans) != 0) {
         set_err(err, errlen, "spillway_hub_new: out of memory");
         rc = -ENOMEM;
         goto fail;
     }
-    hub->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (hub->epfd < 0) {
-        rc = -errno;
-        set_err(err, errlen, "spillway_hub_new: epoll_create1: %s", strerror(errno));
-        goto fail;
-    }
-    rc = spillway_queue_init(&hub->q, cfg->queue_limit);
-    if (rc != 0) {
-        set_err(err, errlen, "spillway_hub_new: eventfd: %s", strerror(-rc));
-        goto fail;
-    }
-    hub->wake.kind = SW_KIND_WAKE;
-    hub->wake.fd = spillway_queue_fd(&hub->q);
-    ev.events = EPOLLIN;
-    ev.data.ptr = &hub->wake;
-    if (epoll_ctl(hub->epfd, EPOLL_CTL_ADD, hub->wake.fd, &ev) != 0) {
-        rc = -errno;
-        set_err(err, errlen, "spillway_hub_new: epoll_ctl(ADD, eventfd): %s", strerror(errno));
-        goto fail;
-    }
-    if (hub->cfg.redis.host != NULL || hub->cfg.redis.path != NULL) {
-        rc = spillway_redis_new(hub, err, errlen);
-        if (rc != 0) goto fail;
-        /* Redis issues the ids: no local clock may seed the position (a
-         * clock ahead of Redis's would hold back every live frame). Zero
-         * accepts everything that arrives after a subscription. */
-        hub->last = (spillway_id){0, 0};
-    }
+    rc = open_loop(hub, err, errlen);
+    if (rc != 0) goto fail;
+    /* The only place that chooses: everything else calls hub->backend. */
+    if (hub->cfg.redis.host != NULL || hub->cfg.redis.path != NULL) rc = spillway_redis_backend_new(hub, err, errlen);
+    else rc = spillway_memory_backend_new(hub, err, errlen);
+    if (rc != 0) goto fail;
 
     atomic_store(&hub->running, true);
-    {
-        /* The thread starts with every signal blocked (it unblocks none):
-         * no signal can land on it before reactor_main runs. */
-        sigset_t all, old;
-        sigfillset(&all);
-        pthread_sigmask(SIG_BLOCK, &all, &old);
-        rc = pthread_create(&hub->thread, NULL, reactor_main, hub);
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
-    }
+    rc = start_thread(hub);
     if (rc != 0) {
         atomic_store(&hub->running, false);
         set_err(err, errlen, "spillway_hub_new: pthread_create: %s", strerror(rc));
@@ -781,7 +201,7 @@ int spillway_hub_new(const spillway_config *cfg, spillway_hub **out, char *err, 
         goto fail;
     }
     hub->thread_started = true;
-    registry_add(hub);
+    spillway_fork_register(hub);
     *out = hub;
     return 0;
 
@@ -920,24 +340,6 @@ static void stamp_publish(spillway_qnode *node, void *arg)
     st->frame->id = id;
 }
 
-/* keyspace: bytes after the channel for the async idempotency key. */
-static spillway_cmd_publish *new_publish_cmd(int kind, const char *channel, size_t chlen,
-                                             spillway_frame *frame, size_t keyspace)
-{
-    spillway_cmd_publish *cmd = malloc(sizeof(*cmd) + chlen + keyspace);
-    if (cmd == NULL) return NULL;
-    cmd->base.kind = kind;
-    cmd->frame = frame;
-    cmd->seq = 0;
-    cmd->keylen = 0;
-    cmd->key_ttl_ms = 0;
-    cmd->first_ms = 0;
-    cmd->maybe_ran = false;
-    cmd->chlen = (uint32_t)chlen;
-    memcpy(cmd->channel, channel, chlen);
-    return cmd;
-}
-
 int spillway_hub_publish(spillway_hub *hub, const char *channel, size_t chlen, const char *event,
                          size_t evlen, const char *data, size_t datalen, char *idbuf, char *err,
                          size_t errlen)
@@ -948,8 +350,9 @@ int spillway_hub_publish(spillway_hub *hub, const char *channel, size_t chlen, c
     ssize_t need;
     int rc;
 
-    if (hub->redis != NULL) {
-        set_err(err, errlen, "spillway_hub_publish: this hub uses Redis (publish through Redis)");
+    if (hub->backend.ops->publish == NULL) {
+        set_err(err, errlen, "spillway_hub_publish: this hub uses %s (publish through %s)", hub->backend.ops->name,
+                hub->backend.ops->name);
         return -EINVAL;
     }
     rc = check_publish(hub, "spillway_hub_publish", channel, chlen, err, errlen);
@@ -971,7 +374,7 @@ int spillway_hub_publish(spillway_hub *hub, const char *channel, size_t chlen, c
         set_err(err, errlen, "spillway_hub_publish: out of memory (%zd bytes)", need);
         return -ENOMEM;
     }
-    cmd = new_publish_cmd(SW_CMD_PUBLISH, channel, chlen, st.frame, 0);
+    cmd = spillway_cmd_publish_new(SW_CMD_PUBLISH, channel, chlen, st.frame, 0);
     if (cmd == NULL) {
         spillway_frame_unref(st.frame);
         set_err(err, errlen, "spillway_hub_publish: out of memory");
@@ -986,7 +389,7 @@ int spillway_hub_publish(spillway_hub *hub, const char *channel, size_t chlen, c
     st.idbuf = idbuf;
     rc = spillway_queue_push(&hub->q, &cmd->base.node, 0, stamp_publish, &st);
     if (rc == -EAGAIN || rc == -EPIPE) {
-        free_cmd(&cmd->base);
+        spillway_cmd_free(&cmd->base);
         set_err(err, errlen, rc == -EAGAIN
                                  ? "spillway_hub_publish: the hub's queue is full (queue_limit %u)"
                                  : "spillway_hub_publish: the hub is stopping (queue_limit %u)",
@@ -1017,6 +420,26 @@ static void stamp_async(spillway_qnode *node, void *arg)
     ((spillway_cmd_publish *)node)->seq = st->seq;
 }
 
+/* The command of an async publish of body, with its idempotency key whole
+ * ("NS:k:<key>", scripts.h) after the channel, so the reactor only copies it
+ * into the Redis command; NULL when out of memory. */
+static spillway_cmd_publish *async_cmd(spillway_hub *hub, const char *channel, size_t chlen, spillway_frame *body,
+                                       const char *key, size_t keylen, bool generated)
+{
+    const char *ns = hub->cfg.redis.ns;
+    size_t nslen = strlen(ns);
+    spillway_cmd_publish *cmd =
+        spillway_cmd_publish_new(SW_CMD_PUBLISH_ASYNC, channel, chlen, body, nslen + 3 + keylen);
+    if (cmd == NULL) return NULL;
+    memcpy(cmd->channel + chlen, ns, nslen);
+    memcpy(cmd->channel + chlen + nslen, ":k:", 3);
+    memcpy(cmd->channel + chlen + nslen + 3, key, keylen);
+    cmd->keylen = (uint32_t)(nslen + 3 + keylen);
+    cmd->key_ttl_ms = generated ? spillway_idem_generated_ttl_ms(&hub->cfg.redis)
+                                : SW_MAX(hub->cfg.redis.idempotency_ttl_ms, 1u);
+    return cmd;
+}
+
 int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t chlen,
                                const char *event, size_t evlen, const char *data,
                                size_t datalen, const char *key, size_t keylen, uint64_t *seq,
@@ -1026,13 +449,11 @@ int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t ch
     spillway_cmd_publish *cmd;
     spillway_frame *body;
     char genkey[SPILLWAY_IDEM_GEN_LEN + 1];
-    const char *ns = hub->cfg.redis.ns;
-    size_t nslen;
     ssize_t need;
     int rc;
     uint_fast32_t waiting;
 
-    if (hub->redis == NULL) {
+    if (hub->backend.ops->publish_async == NULL) {
         set_err(err, errlen, "spillway_hub_publish_async: no Redis configured");
         return -EINVAL;
     }
@@ -1049,7 +470,6 @@ int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t ch
         key = genkey;
         keylen = SPILLWAY_IDEM_GEN_LEN;
     }
-    nslen = strlen(ns);
     need = spillway_sse_size(NULL, 0, event, evlen, data, datalen);
     if (need < 0) {
         set_err(err, errlen, "spillway_hub_publish_async: %s", spillway_sse_strerror(need));
@@ -1065,116 +485,23 @@ int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t ch
         return -EAGAIN;
     }
     body = spillway_frame_new((size_t)need);
-    cmd = body ? new_publish_cmd(SW_CMD_PUBLISH_ASYNC, channel, chlen, body, nslen + 3 + keylen) : NULL;
+    cmd = body ? async_cmd(hub, channel, chlen, body, key, keylen, key == genkey) : NULL;
     if (cmd == NULL) {
         spillway_frame_unref(body);
         atomic_fetch_sub(&hub->async_waiting_count, 1);
         set_err(err, errlen, "spillway_hub_publish_async: out of memory");
         return -ENOMEM;
     }
-    /* The whole Redis key "NS:k:<key>" (scripts.h), so the reactor only
-     * copies it into the command. */
-    memcpy(cmd->channel + chlen, ns, nslen);
-    memcpy(cmd->channel + chlen + nslen, ":k:", 3);
-    memcpy(cmd->channel + chlen + nslen + 3, key, keylen);
-    cmd->keylen = (uint32_t)(nslen + 3 + keylen);
-    cmd->key_ttl_ms = key == genkey ? spillway_idem_generated_ttl_ms(&hub->cfg.redis)
-                                    : SW_MAX(hub->cfg.redis.idempotency_ttl_ms, 1u);
     spillway_sse_encode(body->data, (size_t)need, NULL, 0, event, evlen, data, datalen);
     rc = spillway_queue_push(&hub->q, &cmd->base.node, SPILLWAY_QUEUE_FORCE, stamp_async, &st);
     if (rc == -EPIPE) {
-        free_cmd(&cmd->base);
+        spillway_cmd_free(&cmd->base);
         atomic_fetch_sub(&hub->async_waiting_count, 1);
         set_err(err, errlen, "spillway_hub_publish_async: the hub is stopping");
         return rc;
     }
     *seq = st.seq;
     return 0;
-}
-
-/* Reactor: an async publish is finished (acknowledged, or failed for good).
- * Tickets finish in order, so `done` is a high-water mark. */
-/* CLOCK_REALTIME now + ms, for pthread_cond_timedwait and timedjoin. */
-static struct timespec deadline_after(uint32_t ms)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    t.tv_sec += ms / 1000;
-    t.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (t.tv_nsec >= 1000000000L) {
-        t.tv_sec++;
-        t.tv_nsec -= 1000000000L;
-    }
-    return t;
-}
-
-void spillway_hub_async_done(spillway_hub *hub, uint64_t seq, bool ok)
-{
-    atomic_fetch_sub(&hub->async_waiting_count, 1);
-    if (!ok) {
-        STAT_ADD(hub, st_async_failed, 1);
-        pthread_mutex_lock(&hub->flush_lock);
-        hub->failed_ring[hub->failed_count++ % 64] = seq;
-        pthread_mutex_unlock(&hub->flush_lock);
-    }
-    if (seq > atomic_load(&hub->async_done)) atomic_store(&hub->async_done, seq);
-    if (atomic_load(&hub->flush_waiters) > 0) {
-        pthread_mutex_lock(&hub->flush_lock);
-        pthread_cond_broadcast(&hub->flush_cond);
-        pthread_mutex_unlock(&hub->flush_lock);
-    }
-}
-
-/* Each flush waits on its own spillway_waiter: with one flag in the hub, a
- * flush starting in another thread cleared an interrupt not yet seen by
- * the thread it was for (which then waited out its whole timeout), and an
- * interrupt ended every flush at once. The waiter is the caller's; the
- * interrupt reaches it through the unblock function's argument, so the hub
- * keeps no list of waiters. */
-int spillway_hub_flush(spillway_hub *hub, uint32_t timeout_ms, spillway_waiter *w)
-{
-    uint64_t target, since = atomic_load(&hub->async_reported);
-    struct timespec deadline;
-    int rc = 0;
-
-    pthread_mutex_lock(&hub->q.lock);
-    target = hub->async_issued;
-    pthread_mutex_unlock(&hub->q.lock);
-
-    deadline = deadline_after(timeout_ms);
-    atomic_fetch_add(&hub->flush_waiters, 1);
-    pthread_mutex_lock(&hub->flush_lock);
-    while (atomic_load(&hub->async_done) < target && !(w != NULL && w->interrupted) &&
-           atomic_load(&hub->running)) {
-        if (pthread_cond_timedwait(&hub->flush_cond, &hub->flush_lock, &deadline) == ETIMEDOUT) break;
-    }
-    if (atomic_load(&hub->async_done) < target) {
-        rc = w != NULL && w->interrupted ? -EINTR : -ETIMEDOUT;
-    } else {
-        /* Everything is finished: did any publish since the last flush
-         * that reported, and up to this one, fail? When more failed than
-         * the ring keeps, assume so. */
-        uint64_t kept = SW_MIN(hub->failed_count, 64u);
-        bool lost = hub->failed_count > 64;
-        for (uint64_t i = 0; i < kept; i++) {
-            uint64_t t = hub->failed_ring[(hub->failed_count - 1 - i) % 64];
-            if (t > since && t <= target) rc = -EIO;
-            if (lost && t <= since) lost = false; /* the ring reaches back far enough */
-        }
-        if (lost) rc = -EIO;
-        if (target > atomic_load(&hub->async_reported)) atomic_store(&hub->async_reported, target);
-    }
-    pthread_mutex_unlock(&hub->flush_lock);
-    atomic_fetch_sub(&hub->flush_waiters, 1);
-    return rc;
-}
-
-void spillway_hub_flush_interrupt(spillway_hub *hub, spillway_waiter *w)
-{
-    pthread_mutex_lock(&hub->flush_lock);
-    w->interrupted = true;
-    pthread_cond_broadcast(&hub->flush_cond);
-    pthread_mutex_unlock(&hub->flush_lock);
 }
 
 void spillway_hub_stats(spillway_hub *hub, spillway_stats *out)
@@ -1217,7 +544,7 @@ size_t spillway_hub_memsize(const spillway_hub *hub)
     n += (size_t)atomic_load_explicit(&((spillway_hub *)hub)->st_channels, memory_order_relaxed) *
          (sizeof(spillway_channel) + 32);
     n += (size_t)atomic_load_explicit(&((spillway_hub *)hub)->st_backlog_bytes, memory_order_relaxed);
-    if (hub->redis != NULL) n += spillway_redis_memsize(hub);
+    if (hub->backend.ops != NULL) n += hub->backend.ops->memsize(hub->backend.self);
     return n;
 }
 
@@ -1232,11 +559,11 @@ int spillway_hub_stop(spillway_hub *hub, uint32_t timeout_ms)
         hub->stop_cmd.kind = SW_CMD_STOP;
         spillway_queue_push(&hub->q, &hub->stop_cmd.node, SPILLWAY_QUEUE_FORCE, NULL, NULL);
     }
-    deadline = deadline_after(timeout_ms);
+    deadline = spillway_timespec_after(CLOCK_REALTIME, timeout_ms);
     rc = pthread_timedjoin_np(hub->thread, NULL, &deadline);
     if (rc != 0) return -rc;
     hub->thread_started = false;
-    registry_remove(hub);
+    spillway_fork_unregister(hub);
     return 0;
 }
 
@@ -1249,30 +576,19 @@ void spillway_hub_free(spillway_hub *hub)
         return;
     }
     if (hub->thread_started) return; /* still running: never free under it */
-    registry_remove(hub);
-    if (hub->wheel != NULL) {
-        for (uint32_t s = 0; s < hub->wheel_slots; s++) {
-            spillway_conn *c = hub->wheel[s];
-            while (c != NULL) {
-                spillway_conn *next = c->wnext;
-                spillway_conn_close(hub, c);
-                c = next;
-            }
-        }
-    }
-    if (hub->redis != NULL) spillway_redis_free(hub);
+    spillway_fork_unregister(hub);
+    spillway_streams_close_all(hub);
+    if (hub->backend.ops != NULL) hub->backend.ops->free(hub->backend.self);
+    hub->backend.ops = NULL;
     if (hub->chans.buckets != NULL) spillway_chtab_free(&hub->chans);
     free(hub->wheel);
-    spillway_frame_unref(hub->f_head);
-    spillway_frame_unref(hub->f_open);
-    spillway_frame_unref(hub->f_retry);
-    spillway_frame_unref(hub->f_heartbeat);
+    spillway_frames_free(hub);
     if (hub->q.efd >= 0) {
         for (spillway_qnode *n = spillway_queue_close(&hub->q); n != NULL;) {
             spillway_cmd *cmd = (spillway_cmd *)n;
             n = n->next;
             if (cmd->kind == SW_CMD_ATTACH) close(((spillway_cmd_attach *)cmd)->fd);
-            if (cmd->kind != SW_CMD_STOP) free_cmd(cmd);
+            if (cmd->kind != SW_CMD_STOP) spillway_cmd_free(cmd);
         }
         spillway_queue_destroy(&hub->q);
     }

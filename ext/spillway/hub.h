@@ -19,6 +19,11 @@
 
 typedef struct spillway_hub spillway_hub;
 
+/* Hard ceilings of the configurable limits: spillway_hub_new and the
+ * binding check the configured values against them. */
+#define SPILLWAY_MAX_CHANNEL_LEN 1024
+#define SPILLWAY_MAX_CHANNELS_PER_CONN 1024
+
 /* Connection to Redis (all strings are copied by spillway_hub_new). */
 typedef struct spillway_redis_config {
     const char *host;     /* NULL: no Redis, the memory backend */
@@ -114,9 +119,18 @@ int spillway_hub_attach(spillway_hub *hub, int fd, unsigned flags, const char *c
 
 /*
  * Memory backend: publishes one message in this process. The frame is
- * encoded here, on the calling thread; the id is assigned under the queue
- * lock so that ids and queue order agree. Writes the id into idbuf
+ * checked and allocated here, on the calling thread, sized for the longest
+ * id; the id is issued and the frame encoded under the queue lock, so that
+ * ids and queue order agree. Writes the id into idbuf
  * (SPILLWAY_ID_TEXT_MAX). 0 or -errno with err filled.
+ *
+ * Why the encoding stays under the lock: a frame is one buffer that starts
+ * with its id line, whose length depends on the id, so everything after it
+ * could only be written beforehand if the frame had a start offset (or the
+ * bytes were moved under the lock, which costs the same as encoding). The
+ * encoder is one pass over the data; only publishers contend for the lock
+ * (the reactor takes the whole list at once). A frame with a start offset
+ * would let only the id line be written under the lock.
  */
 int spillway_hub_publish(spillway_hub *hub, const char *channel, size_t chlen, const char *event,
                          size_t evlen, const char *data, size_t datalen, char *idbuf, char *err,

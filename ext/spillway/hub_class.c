@@ -63,63 +63,6 @@ static spillway_hub *get_hub(VALUE self)
     return w->hub;
 }
 
-/* ---- options ----------------------------------------------------------- */
-
-static VALUE opt(VALUE opts, const char *key)
-{
-    return rb_hash_aref(opts, ID2SYM(rb_intern(key)));
-}
-
-uint32_t spillway_opt_u32(VALUE opts, const char *key, uint32_t def)
-{
-    VALUE v = opt(opts, key);
-    unsigned long long n;
-    if (NIL_P(v)) return def;
-    n = NUM2ULL(v);
-    if (n > UINT32_MAX) rb_raise(rb_eArgError, "%s is too large (%llu)", key, n);
-    return (uint32_t)n;
-}
-
-static uint64_t opt_u64(VALUE opts, const char *key, uint64_t def)
-{
-    VALUE v = opt(opts, key);
-    return NIL_P(v) ? def : (uint64_t)NUM2ULL(v);
-}
-
-int spillway_opt_int(VALUE opts, const char *key, int def)
-{
-    VALUE v = opt(opts, key);
-    return NIL_P(v) ? def : NUM2INT(v);
-}
-
-const char *spillway_opt_str(VALUE opts, const char *key)
-{
-    VALUE v = opt(opts, key);
-    if (NIL_P(v)) return NULL;
-    StringValue(v);
-    return StringValueCStr(v);
-}
-
-void spillway_fill_redis_config(VALUE opts, spillway_redis_config *r);
-void spillway_fill_redis_config(VALUE opts, spillway_redis_config *r)
-{
-    r->host = spillway_opt_str(opts, "redis_host");
-    r->port = spillway_opt_int(opts, "redis_port", 6379);
-    r->path = spillway_opt_str(opts, "redis_path");
-    r->username = spillway_opt_str(opts, "redis_username");
-    r->password = spillway_opt_str(opts, "redis_password");
-    r->db = spillway_opt_int(opts, "redis_db", 0);
-    r->ns = spillway_opt_str(opts, "namespace");
-    r->connect_timeout_ms = spillway_opt_u32(opts, "connect_timeout_ms", 1000);
-    r->command_timeout_ms = spillway_opt_u32(opts, "command_timeout_ms", 1000);
-    r->health_interval_ms = spillway_opt_u32(opts, "health_interval_ms", 5000);
-    r->backlog_size = spillway_opt_u32(opts, "backlog_size", 1000);
-    r->backlog_ttl_s = spillway_opt_u32(opts, "backlog_ttl", 86400);
-    r->async_limit = spillway_opt_u32(opts, "async_limit", 10000);
-    r->unsubscribe_linger_ms = spillway_opt_u32(opts, "unsubscribe_linger_ms", 1000);
-    r->idempotency_ttl_ms = spillway_opt_u32(opts, "idempotency_ttl_ms", 300000);
-}
-
 /* Hub.new(options) — options are checked and defaulted by
  * Spillway::Configuration; this only converts them. */
 static VALUE hub_initialize(VALUE self, VALUE opts)
@@ -139,7 +82,7 @@ static VALUE hub_initialize(VALUE self, VALUE opts)
     cfg.max_channels_per_conn = spillway_opt_u32(opts, "max_channels_per_connection", 32);
     cfg.outbox_limit = spillway_opt_u32(opts, "outbox_limit", 1u << 20);
     cfg.max_lag_ms = spillway_opt_u32(opts, "max_lag_ms", 10000);
-    cfg.memory_limit = opt_u64(opts, "memory_limit", 256ull << 20);
+    cfg.memory_limit = spillway_opt_u64(opts, "memory_limit", 256ull << 20);
     cfg.backlog_size = spillway_opt_u32(opts, "backlog_size", 1000);
     cfg.backlog_ttl_s = spillway_opt_u32(opts, "backlog_ttl", 86400);
     cfg.max_backlog_channels = spillway_opt_u32(opts, "max_backlog_channels", 100000);
@@ -194,7 +137,8 @@ static VALUE hub_attach(VALUE self, VALUE io, VALUE channels, VALUE cursor, VALU
 
     Check_Type(channels, T_ARRAY);
     n = RARRAY_LEN(channels);
-    if (n <= 0 || n > 1024) rb_raise(rb_eArgError, "between 1 and 1024 channels, got %ld", n);
+    if (n <= 0 || n > SPILLWAY_MAX_CHANNELS_PER_CONN)
+        rb_raise(rb_eArgError, "between 1 and %d channels, got %ld", SPILLWAY_MAX_CHANNELS_PER_CONN, n);
     if (!NIL_P(cursor)) StringValue(cursor);
     names = ALLOCA_N(const char *, n);
     lens = ALLOCA_N(size_t, n);
@@ -316,8 +260,6 @@ static void flush_ubf(void *p)
     spillway_hub_flush_interrupt(a->hub, &a->w);
 }
 
-/* hub.flush(timeout_seconds) -> true when every async publish made before
- * the call is acknowledged, false on timeout. */
 /* Seconds (a Numeric) to milliseconds, clamped to [0, 1 day]. */
 static uint32_t timeout_ms(VALUE seconds)
 {
@@ -327,6 +269,8 @@ static uint32_t timeout_ms(VALUE seconds)
     return (uint32_t)ms;
 }
 
+/* hub.flush(timeout_seconds) -> true when every async publish made before
+ * the call is acknowledged, false on timeout. */
 static VALUE hub_flush(VALUE self, VALUE timeout)
 {
     struct flush_args a;
@@ -484,40 +428,6 @@ static VALUE hub_running_p(VALUE self)
     return w->hub && spillway_hub_owner(w->hub) == getpid() && spillway_hub_running(w->hub)
                ? Qtrue
                : Qfalse;
-}
-
-/* ---- the encoder, for tests and tools ---------------------------------- */
-
-/* Spillway::Native.sse_encode(id, event, data) -> String */
-static VALUE native_sse_encode(VALUE mod, VALUE id, VALUE event, VALUE data)
-{
-    ssize_t need, len;
-    VALUE out;
-    SW_UNUSED(mod);
-    if (!NIL_P(id)) StringValue(id);
-    if (!NIL_P(event)) StringValue(event);
-    StringValue(data);
-    need = spillway_sse_size(NIL_P(id) ? NULL : RSTRING_PTR(id), NIL_P(id) ? 0 : (size_t)RSTRING_LEN(id),
-                             NIL_P(event) ? NULL : RSTRING_PTR(event),
-                             NIL_P(event) ? 0 : (size_t)RSTRING_LEN(event), RSTRING_PTR(data),
-                             (size_t)RSTRING_LEN(data));
-    if (need < 0) rb_raise(rb_eArgError, "%s", spillway_sse_strerror(need));
-    out = rb_str_buf_new(need);
-    len = spillway_sse_encode(RSTRING_PTR(out), (size_t)need, NIL_P(id) ? NULL : RSTRING_PTR(id),
-                              NIL_P(id) ? 0 : (size_t)RSTRING_LEN(id),
-                              NIL_P(event) ? NULL : RSTRING_PTR(event),
-                              NIL_P(event) ? 0 : (size_t)RSTRING_LEN(event), RSTRING_PTR(data),
-                              (size_t)RSTRING_LEN(data));
-    if (len < 0) rb_raise(rb_eArgError, "%s", spillway_sse_strerror(len));
-    rb_str_set_len(out, len);
-    rb_enc_associate(out, rb_utf8_encoding());
-    return out;
-}
-
-void Init_spillway_sse(void)
-{
-    rb_define_module_function(spillway_mNative, "sse_encode", native_sse_encode, 3);
-    rb_define_const(spillway_mNative, "ID_TEXT_MAX", INT2NUM(SPILLWAY_ID_TEXT_MAX - 1));
 }
 
 void Init_spillway_hub(void)

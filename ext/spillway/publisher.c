@@ -27,13 +27,11 @@
 typedef struct pconn {
     redisContext *ctx;
     pid_t pid;
-    uint64_t used_ms;
 } pconn;
 
 struct spillway_publisher {
     spillway_redis_config cfg; /* strings owned */
-    char *idkey, *sincekey, *key_prefix, *chan_prefix, *idem_prefix;
-    size_t key_prefix_len, chan_prefix_len, idem_prefix_len;
+    spillway_keys keys;        /* the namespace's key names (scripts.h) */
     pthread_mutex_t lock;
     pconn pool[POOL_MAX];
     uint32_t npool;
@@ -44,17 +42,6 @@ struct spillway_publisher {
 static char *dup0(const char *s)
 {
     return s ? strdup(s) : NULL;
-}
-
-static char *join(const char *a, const char *b)
-{
-    size_t la = strlen(a), lb = strlen(b);
-    char *s = malloc(la + lb + 1);
-    if (s != NULL) {
-        memcpy(s, a, la);
-        memcpy(s + la, b, lb + 1);
-    }
-    return s;
 }
 
 int spillway_publisher_new(const spillway_redis_config *cfg, spillway_publisher **out, char *err,
@@ -69,19 +56,10 @@ int spillway_publisher_new(const spillway_redis_config *cfg, spillway_publisher 
     p->cfg.username = dup0(cfg->username);
     p->cfg.password = dup0(cfg->password);
     p->cfg.ns = dup0(ns);
-    p->idkey = join(ns, ":id");
-    p->sincekey = join(ns, ":since");
-    p->key_prefix = join(ns, ":s:");
-    p->chan_prefix = join(ns, ":");
-    p->idem_prefix = join(ns, ":k:");
-    if (p->cfg.ns == NULL || p->idkey == NULL || p->sincekey == NULL || p->key_prefix == NULL ||
-        p->chan_prefix == NULL || p->idem_prefix == NULL) {
+    if (p->cfg.ns == NULL || spillway_keys_init(&p->keys, ns) != 0) {
         spillway_publisher_free(p);
         goto oom;
     }
-    p->key_prefix_len = strlen(p->key_prefix);
-    p->chan_prefix_len = strlen(p->chan_prefix);
-    p->idem_prefix_len = strlen(p->idem_prefix);
     pthread_mutex_init(&p->lock, NULL);
     *out = p;
     return 0;
@@ -138,7 +116,6 @@ static void pool_give(spillway_publisher *p, redisContext *ctx)
     if (p->npool < POOL_MAX) {
         p->pool[p->npool].ctx = ctx;
         p->pool[p->npool].pid = getpid();
-        p->pool[p->npool].used_ms = mono_ms();
         p->npool++;
         ctx = NULL;
     }
@@ -237,30 +214,30 @@ static redisReply *eval_publish(spillway_publisher *p, redisContext *ctx, spillw
                                 bool by_text)
 {
     char maxlen[16], ttl[16], kttl[16];
-    char *skey = malloc(p->key_prefix_len + c->chlen + 1);
-    char *chan = malloc(p->chan_prefix_len + c->chlen + 1);
-    char *ikey = malloc(p->idem_prefix_len + c->keylen + 1);
+    char *skey = malloc(p->keys.stream_len + c->chlen + 1);
+    char *chan = malloc(p->keys.chan_len + c->chlen + 1);
+    char *ikey = malloc(p->keys.idem_len + c->keylen + 1);
     const char *argv[12];
     size_t lens[12];
     redisReply *rep = NULL;
 
     if (skey == NULL || chan == NULL || ikey == NULL) goto done;
-    memcpy(skey, p->key_prefix, p->key_prefix_len);
-    memcpy(skey + p->key_prefix_len, c->channel, c->chlen);
-    memcpy(chan, p->chan_prefix, p->chan_prefix_len);
-    memcpy(chan + p->chan_prefix_len, c->channel, c->chlen);
-    memcpy(ikey, p->idem_prefix, p->idem_prefix_len);
-    memcpy(ikey + p->idem_prefix_len, c->key, c->keylen);
+    memcpy(skey, p->keys.stream, p->keys.stream_len);
+    memcpy(skey + p->keys.stream_len, c->channel, c->chlen);
+    memcpy(chan, p->keys.chan, p->keys.chan_len);
+    memcpy(chan + p->keys.chan_len, c->channel, c->chlen);
+    memcpy(ikey, p->keys.idem, p->keys.idem_len);
+    memcpy(ikey + p->keys.idem_len, c->key, c->keylen);
     snprintf(maxlen, sizeof(maxlen), "%u", p->cfg.backlog_size);
     snprintf(ttl, sizeof(ttl), "%u", p->cfg.backlog_ttl_s);
     snprintf(kttl, sizeof(kttl), "%u", key_ttl_ms(p, c));
     argv[0] = by_text ? "EVAL" : "EVALSHA";
     argv[1] = by_text ? spillway_lua_publish : p->sha;
     argv[2] = "4";
-    argv[3] = p->idkey;
+    argv[3] = p->keys.id;
     argv[4] = skey;
     argv[5] = ikey;
-    argv[6] = p->sincekey;
+    argv[6] = p->keys.since;
     argv[7] = chan;
     argv[8] = c->body;
     argv[9] = maxlen;
@@ -268,9 +245,9 @@ static redisReply *eval_publish(spillway_publisher *p, redisContext *ctx, spillw
     argv[11] = kttl;
     for (int i = 0; i < 12; i++) {
         /* skey, ikey, chan and the body are not NUL-terminated. */
-        if (i == 4) lens[i] = p->key_prefix_len + c->chlen;
-        else if (i == 5) lens[i] = p->idem_prefix_len + c->keylen;
-        else if (i == 7) lens[i] = p->chan_prefix_len + c->chlen;
+        if (i == 4) lens[i] = p->keys.stream_len + c->chlen;
+        else if (i == 5) lens[i] = p->keys.idem_len + c->keylen;
+        else if (i == 7) lens[i] = p->keys.chan_len + c->chlen;
         else if (i == 8) lens[i] = c->bodylen;
         else lens[i] = strlen(argv[i]);
     }
@@ -422,15 +399,8 @@ static int attempt(spillway_publish_call *c, bool fresh, uint32_t connect_ms, ui
 /* Waits ms unless the call is interrupted first; true when it was. */
 static bool pause_call(spillway_publish_call *c, uint32_t ms)
 {
-    struct timespec until;
+    struct timespec until = spillway_timespec_after(CLOCK_MONOTONIC, ms);
     bool interrupted;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += ms / 1000;
-    until.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
     pthread_mutex_lock(&c->lock);
     while (!c->interrupted && pthread_cond_timedwait(&c->wake, &c->lock, &until) != ETIMEDOUT) {
     }
@@ -512,7 +482,7 @@ void spillway_publish_cursor(spillway_publish_call *c)
     spillway_publisher *p = c->p;
     redisContext *ctx = pool_take(p);
     redisReply *rep;
-    const char *argv[5] = {"EVAL", spillway_lua_cursor, "2", p->idkey, p->sincekey};
+    const char *argv[5] = {"EVAL", spillway_lua_cursor, "2", p->keys.id, p->keys.since};
 
     c->rc = 0;
     c->id[0] = '\0';
@@ -577,11 +547,7 @@ void spillway_publisher_free(spillway_publisher *p)
     free((char *)p->cfg.username);
     free((char *)p->cfg.password);
     free((char *)p->cfg.ns);
-    free(p->idkey);
-    free(p->sincekey);
-    free(p->key_prefix);
-    free(p->chan_prefix);
-    free(p->idem_prefix);
+    spillway_keys_free(&p->keys);
     pthread_mutex_destroy(&p->lock);
     free(p);
 }

@@ -12,8 +12,6 @@
 #include "publisher.h"
 #include "sse.h"
 
-void spillway_fill_redis_config(VALUE opts, spillway_redis_config *r);
-
 typedef struct pub_wrap {
     spillway_publisher *p;
     pid_t pid;

@@ -10,7 +10,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "scripts.h"
 
 #define BACKOFF_MIN_MS 50u
 #define BACKOFF_MAX_MS 2000u
@@ -18,14 +17,16 @@
 #define PROTO_FORGET_MS 60000u
 #define READ_CHUNK 65536
 
-void spillway_link_init(spillway_rlink *l, int role, uint64_t now)
+void spillway_link_init(spillway_rlink *l, const spillway_link_options *opt, const spillway_link_hooks *hooks,
+                        uint64_t now)
 {
     memset(l, 0, sizeof(*l));
-    l->h.kind = SW_KIND_REDIS;
+    l->opt = *opt;
+    l->hooks = *hooks;
+    l->h.kind = SW_KIND_BACKEND;
     l->h.fd = -1;
-    l->rh.kind = SW_KIND_RESOLVER;
+    l->rh.kind = SW_KIND_BACKEND;
     l->rh.fd = -1;
-    l->role = role;
     l->state = SW_LS_IDLE;
     l->retry_at = now; /* connect on the first iteration */
     l->rng = (uint32_t)spillway_mono_ms() ^ (uint32_t)getpid() ^ (uint32_t)(uintptr_t)l ^ 0x9e3779b9u;
@@ -34,24 +35,31 @@ void spillway_link_init(spillway_rlink *l, int role, uint64_t now)
 
 const char *spillway_link_name(const spillway_rlink *l)
 {
-    return l->role == SW_LINK_SUB ? "subscriber" : "command";
+    return l->opt.name;
 }
 
 /* ---- requests ---------------------------------------------------------- */
 
-spillway_rq *spillway_rq_new(int kind)
+spillway_rq *spillway_rq_new(spillway_rq_fn *fn, size_t privsize)
 {
-    spillway_rq *q = calloc(1, sizeof(*q));
-    if (q != NULL) q->kind = kind;
+    /* One allocation: the privdata follows the request, aligned for any
+     * field (sizeof(spillway_rq) is a multiple of 8). */
+    spillway_rq *q = calloc(1, sizeof(*q) + privsize);
+    if (q == NULL) return NULL;
+    q->fn = fn;
+    q->privdata = privsize > 0 ? (void *)(q + 1) : NULL;
+    q->timeout_scale = 1;
     return q;
 }
 
 void spillway_rq_free(spillway_rq *q)
 {
-    if (q == NULL) return;
-    for (uint32_t i = 0; q->names != NULL && i < q->nch; i++) free(q->names[i]);
-    free(q->names);
     free(q);
+}
+
+bool spillway_link_rq_written(const spillway_rlink *l, const spillway_rq *q)
+{
+    return q->wend <= l->written_total;
 }
 
 void spillway_link_push_rq(spillway_hub *hub, spillway_rlink *l, spillway_rq *q)
@@ -115,7 +123,7 @@ static void close_fds(spillway_hub *hub, spillway_rlink *l)
     }
 }
 
-/* Closes and hands every waiting request to redis.c. */
+/* Closes; every waiting request's callback runs with NULL. */
 static void drop(spillway_hub *hub, spillway_rlink *l)
 {
     spillway_rq *q;
@@ -123,7 +131,7 @@ static void drop(spillway_hub *hub, spillway_rlink *l)
     spillway_resp_reader_free(l->reader);
     l->reader = NULL;
     while ((q = spillway_link_pop(l)) != NULL) {
-        spillway_redis_on_failed_rq(hub, l, q);
+        q->fn(hub, l, q, NULL);
         spillway_rq_free(q);
     }
     spillway_buf_free(&l->out);
@@ -156,7 +164,7 @@ void spillway_link_fail(spillway_hub *hub, spillway_rlink *l, const char *what, 
         l->backoff_ms = SW_MIN(l->backoff_ms * 2, BACKOFF_MAX_MS);
     }
     if (was_ready) atomic_fetch_add_explicit(&hub->st_redis_reconnects, 1, memory_order_relaxed);
-    spillway_redis_on_lost(hub, l, was_ready);
+    l->hooks.on_lost(hub, l, was_ready);
 }
 
 void spillway_link_protocol_error(spillway_hub *hub, spillway_rlink *l, const char *why)
@@ -195,6 +203,18 @@ void spillway_link_write(spillway_hub *hub, spillway_rlink *l)
     }
 }
 
+static spillway_rq_fn on_handshake_reply;
+
+/* One request of the handshake; sha: where a SCRIPT LOAD's SHA1 goes (NULL:
+ * the reply must be +OK). */
+static void handshake_queue(spillway_hub *hub, spillway_rlink *l, char *sha, int argc, const char *const *argv)
+{
+    spillway_rq *q = spillway_rq_new(on_handshake_reply, 0);
+    if (q != NULL) q->privdata = sha;
+    spillway_link_queue(hub, l, q, argc, argv, NULL);
+    l->handshake_left++;
+}
+
 static void handshake(spillway_hub *hub, spillway_rlink *l)
 {
     const spillway_redis_config *rc = &hub->cfg.redis;
@@ -205,29 +225,21 @@ static void handshake(spillway_hub *hub, spillway_rlink *l)
     l->handshake_left = 0;
     if (rc->password != NULL) {
         const char *argv[] = {"AUTH", rc->username ? rc->username : rc->password, rc->password};
-        spillway_link_queue(hub, l, spillway_rq_new(SW_RQ_HANDSHAKE), rc->username ? 3 : 2, argv, NULL);
-        l->handshake_left++;
+        handshake_queue(hub, l, NULL, rc->username ? 3 : 2, argv);
     }
-    snprintf(name, sizeof(name), "spillway-%s-%d", l->role == SW_LINK_SUB ? "sub" : "cmd", (int)getpid());
+    snprintf(name, sizeof(name), "spillway-%s-%d", l->opt.tag, (int)getpid());
     {
         const char *argv[] = {"CLIENT", "SETNAME", name};
-        spillway_link_queue(hub, l, spillway_rq_new(SW_RQ_HANDSHAKE), 3, argv, NULL);
-        l->handshake_left++;
+        handshake_queue(hub, l, NULL, 3, argv);
     }
-    if (l->role == SW_LINK_CMD) {
-        const char *load_p[] = {"SCRIPT", "LOAD", spillway_lua_publish};
-        const char *load_r[] = {"SCRIPT", "LOAD", spillway_lua_resume};
-        const char *load_b[] = {"SCRIPT", "LOAD", spillway_lua_barrier};
-        if (rc->db != 0) {
-            const char *argv[] = {"SELECT", db};
-            snprintf(db, sizeof(db), "%d", rc->db);
-            spillway_link_queue(hub, l, spillway_rq_new(SW_RQ_HANDSHAKE), 2, argv, NULL);
-            l->handshake_left++;
-        }
-        spillway_link_queue(hub, l, spillway_rq_new(SW_RQ_SCRIPT_PUBLISH), 3, load_p, NULL);
-        spillway_link_queue(hub, l, spillway_rq_new(SW_RQ_SCRIPT_RESUME), 3, load_r, NULL);
-        spillway_link_queue(hub, l, spillway_rq_new(SW_RQ_SCRIPT_BARRIER), 3, load_b, NULL);
-        l->handshake_left += 3;
+    if (l->opt.select_db && rc->db != 0) {
+        const char *argv[] = {"SELECT", db};
+        snprintf(db, sizeof(db), "%d", rc->db);
+        handshake_queue(hub, l, NULL, 2, argv);
+    }
+    for (uint32_t i = 0; i < l->opt.nscripts; i++) {
+        const char *argv[] = {"SCRIPT", "LOAD", l->opt.scripts[i]};
+        handshake_queue(hub, l, l->sha[i], 3, argv);
     }
     spillway_link_write(hub, l);
 }
@@ -363,7 +375,7 @@ static void on_resolved(spillway_hub *hub, spillway_rlink *l)
  * handshake on its own): +OK, or a script's SHA1 as 40 hex digits. */
 static bool handshake_reply_ok(const spillway_rq *q, const spillway_rv *v)
 {
-    if (q->kind == SW_RQ_HANDSHAKE) return v->type == SW_RV_STATUS && spillway_rv_is(v, "OK");
+    if (q->privdata == NULL) return v->type == SW_RV_STATUS && spillway_rv_is(v, "OK");
     if (v->type != SW_RV_STRING || v->str == NULL || v->str->len != 40) return false;
     for (int i = 0; i < 40; i++) {
         char c = v->str->data[i];
@@ -378,58 +390,52 @@ static void copy_sha(char *dst, const spillway_rv *v)
     dst[40] = '\0';
 }
 
-static void on_handshake_reply(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
+/* A handshake request's callback (privdata: where its SHA1 goes, or NULL
+ * for +OK). A link that dropped needs nothing from it. */
+static void on_handshake_reply(spillway_hub *hub, spillway_rlink *l, spillway_rq *q, spillway_rv *v)
 {
-    spillway_rq *q = spillway_link_pop(l);
     char msg[200], what[100];
-    if (q == NULL) {
-        spillway_link_protocol_error(hub, l, "a reply nobody asked for during the handshake");
-        return;
-    }
+    if (v == NULL) return;
     if (v->type == SW_RV_ERROR) {
         spillway_rv_text(v, 150, msg, sizeof(msg));
-        spillway_rq_free(q);
         spillway_link_fail(hub, l, "handshake", msg);
         return;
     }
     if (!handshake_reply_ok(q, v)) {
         snprintf(msg, sizeof(msg), "the handshake got %s instead of %s", spillway_rv_describe(v, what, sizeof(what)),
-                 q->kind == SW_RQ_HANDSHAKE ? "+OK" : "a script's SHA1");
-        spillway_rq_free(q);
+                 q->privdata == NULL ? "+OK" : "a script's SHA1");
         spillway_link_protocol_error(hub, l, msg);
         return;
     }
-    if (q->kind == SW_RQ_SCRIPT_PUBLISH) copy_sha(l->publish_sha, v);
-    if (q->kind == SW_RQ_SCRIPT_RESUME) copy_sha(l->resume_sha, v);
-    if (q->kind == SW_RQ_SCRIPT_BARRIER) copy_sha(l->barrier_sha, v);
-    spillway_rq_free(q);
+    if (q->privdata != NULL) copy_sha(q->privdata, v);
     if (--l->handshake_left == 0) {
         l->state = SW_LS_READY;
         l->ever_ready = true;
         l->backoff_ms = 0;
         l->next_ping = hub->now + hub->cfg.redis.health_interval_ms;
-        spillway_redis_on_ready(hub, l);
+        l->hooks.on_ready(hub, l);
     }
 }
 
 static void dispatch(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
 {
-    if (l->state == SW_LS_HANDSHAKE) {
-        on_handshake_reply(hub, l, v);
-    } else if (l->role == SW_LINK_SUB) {
-        spillway_redis_on_sub_reply(hub, l, v);
-    } else {
-        spillway_rq *q = spillway_link_pop(l);
-        if (q == NULL) {
-            spillway_link_protocol_error(hub, l, "a reply nobody asked for");
-            return;
-        }
-        spillway_redis_on_cmd_reply(hub, l, q, v);
-        spillway_rq_free(q);
-        /* Redis answers in order: the next request's clock starts now, not
-         * when it was queued behind a long one. */
-        if (l->head != NULL && l->head->sent_ms < hub->now) l->head->sent_ms = hub->now;
+    bool handshaking = l->state == SW_LS_HANDSHAKE;
+    spillway_rq *q;
+    if (!handshaking && l->hooks.on_push != NULL) {
+        l->hooks.on_push(hub, l, v);
+        return;
     }
+    q = spillway_link_pop(l);
+    if (q == NULL) {
+        spillway_link_protocol_error(hub, l, handshaking ? "a reply nobody asked for during the handshake"
+                                                         : "a reply nobody asked for");
+        return;
+    }
+    q->fn(hub, l, q, v);
+    spillway_rq_free(q);
+    /* Redis answers in order: the next request's clock starts now, not
+     * when it was queued behind a long one. */
+    if (!handshaking && l->head != NULL && l->head->sent_ms < hub->now) l->head->sent_ms = hub->now;
 }
 
 /* Reads until EAGAIN (edge-triggered), handing each whole reply over as it
@@ -498,11 +504,11 @@ void spillway_link_on_event(spillway_hub *hub, spillway_rlink *l, spillway_handl
 
 /* ---- timers ------------------------------------------------------------ */
 
-/* How long Redis may take on the request at the head of the FIFO. A gap
- * repair may read many backlogs: it gets more time. */
+/* How long Redis may take on the request at the head of the FIFO (a
+ * request that reads much, like a gap repair, asks for more time). */
 static uint64_t head_limit(const spillway_hub *hub, const spillway_rq *q)
 {
-    return (uint64_t)hub->cfg.redis.command_timeout_ms * (q->kind == SW_RQ_REPAIR ? 5u : 1u);
+    return (uint64_t)hub->cfg.redis.command_timeout_ms * q->timeout_scale;
 }
 
 void spillway_link_timers(spillway_hub *hub, spillway_rlink *l)
@@ -518,10 +524,10 @@ void spillway_link_timers(spillway_hub *hub, spillway_rlink *l)
         if (hub->now >= l->deadline) spillway_link_fail(hub, l, "connect", "timed out (connect_timeout)");
         break;
     case SW_LS_READY:
-        if (l->role == SW_LINK_CMD && l->head != NULL) {
+        if (!l->opt.health_ping && l->head != NULL) {
             if (hub->now >= l->head->sent_ms + head_limit(hub, l->head))
                 spillway_link_fail(hub, l, "command", "Redis did not answer in time (command_timeout)");
-        } else if (l->role == SW_LINK_SUB) {
+        } else if (l->opt.health_ping) {
             if (l->ping_out && hub->now >= l->ping_deadline) {
                 spillway_link_fail(hub, l, "health check", "no PONG in time");
             } else if (!l->ping_out && hub->now >= l->next_ping) {
@@ -541,7 +547,7 @@ uint64_t spillway_link_next_timer(const spillway_hub *hub, const spillway_rlink 
     switch (l->state) {
     case SW_LS_IDLE: return l->retry_at;
     case SW_LS_READY:
-        if (l->role == SW_LINK_SUB) return l->ping_out ? l->ping_deadline : l->next_ping;
+        if (l->opt.health_ping) return l->ping_out ? l->ping_deadline : l->next_ping;
         return l->head != NULL ? l->head->sent_ms + head_limit(hub, l->head) : UINT64_MAX;
     default: return l->deadline;
     }

@@ -3,8 +3,10 @@
  * resolved off the loop), handshake (AUTH, SELECT, CLIENT SETNAME, SCRIPT
  * LOAD), a FIFO of requests waiting for replies, buffered writes, reads fed
  * to the RESP reader, deadlines, reconnect with exponential backoff and
- * jitter. What the replies mean is redis.c's business: the link calls the
- * spillway_redis_on_* hooks below.
+ * jitter. What the replies mean is its owner's business: each request
+ * carries its own continuation (spillway_rq_fn + privdata, in the style of
+ * hiredis's redisCallback), and the owner's hooks are given at init. The
+ * link knows no request kinds, no scripts of its own and no channels.
  */
 #ifndef SPILLWAY_REDIS_LINK_H
 #define SPILLWAY_REDIS_LINK_H
@@ -13,42 +15,59 @@
 #include "resolve.h"
 #include "resp.h"
 
-enum { SW_LINK_SUB, SW_LINK_CMD };
 enum { SW_LS_IDLE, SW_LS_RESOLVING, SW_LS_CONNECTING, SW_LS_HANDSHAKE, SW_LS_READY };
 
-enum spillway_rq_kind {
-    SW_RQ_HANDSHAKE = 1, /* AUTH, SELECT, CLIENT SETNAME: +OK or the link fails */
-    SW_RQ_SCRIPT_PUBLISH,
-    SW_RQ_SCRIPT_RESUME,
-    SW_RQ_SCRIPT_BARRIER,
-    SW_RQ_BARRIER,
-    SW_RQ_RESUME,
-    SW_RQ_REPAIR,
-    SW_RQ_PUBLISH,
-    SW_RQ_FILL /* a page of one channel's backlog for the resume cache (redis.c) */
-};
+/* Scripts a link loads at most (SCRIPT LOAD at every connect). */
+#define SPILLWAY_LINK_SCRIPTS 4
+
+typedef struct spillway_rlink spillway_rlink;
+typedef struct spillway_rq spillway_rq;
+
+/* A request's continuation (hiredis's redisCallbackFn): called exactly once,
+ * with the reply, or with v == NULL when the link dropped before the reply
+ * came (spillway_link_rq_written then tells whether Redis may have run it).
+ * The link frees q (and its privdata) afterwards. v is anything the peer
+ * sent: the callback checks its shape, and may call
+ * spillway_link_protocol_error on l. */
+typedef void spillway_rq_fn(spillway_hub *hub, spillway_rlink *l, spillway_rq *q, spillway_rv *v);
 
 /* A request waiting for its reply. Owned by the link's FIFO. */
-typedef struct spillway_rq {
-    struct spillway_rq *next;
-    int kind;
+struct spillway_rq {
+    spillway_rq *next;
+    spillway_rq_fn *fn;
+    void *privdata;         /* the caller's: privsize zeroed bytes of this allocation */
+    uint32_t timeout_scale; /* command_timeout times this for its reply (1 unless set) */
     uint64_t sent_ms;
-    uint64_t wend;             /* bytes queued on the link up to and including this one */
-    spillway_conn *conn;       /* RESUME */
-    char mode;                 /* RESUME: 'c' or 'n' */
-    bool eval;                 /* sent as EVAL (after a NOSCRIPT) */
-    spillway_cmd_publish *pub; /* PUBLISH */
-    uint64_t seq;              /* BARRIER: its number; REPAIR: the sub link epoch */
-    uint32_t nch;              /* REPAIR: channels in this batch */
-    uint32_t base;             /* REPAIR: index of its first channel in the repair */
-    char **names;              /* FILL: the channel (nch names, freed with the request) */
-    spillway_id cursor;        /* FILL: where the page starts */
-} spillway_rq;
+    uint64_t wend; /* bytes queued on the link up to and including this one */
+};
 
-typedef struct spillway_rlink {
-    spillway_handle h;  /* kind SW_KIND_REDIS; first */
-    spillway_handle rh; /* kind SW_KIND_RESOLVER, while resolving */
-    int role;
+/* What the link's owner hears, besides each request's own callback. */
+typedef struct spillway_link_hooks {
+    /* The handshake is done. */
+    void (*on_ready)(spillway_hub *hub, spillway_rlink *l);
+    /* A reply no request waits for on a READY link: a pub/sub link's
+     * messages, confirmations and pongs. NULL: such a reply is a protocol
+     * error ("a reply nobody asked for"). */
+    void (*on_push)(spillway_hub *hub, spillway_rlink *l, spillway_rv *v);
+    /* The link dropped (each waiting request's callback already ran). */
+    void (*on_lost)(spillway_hub *hub, spillway_rlink *l, bool was_ready);
+} spillway_link_hooks;
+
+/* What kind of link it is. */
+typedef struct spillway_link_options {
+    const char *name;    /* in log lines: "subscriber" */
+    const char *tag;     /* CLIENT SETNAME spillway-<tag>-<pid> */
+    bool select_db;      /* SELECT the configured db (not for pub/sub: it has none) */
+    bool health_ping;    /* PING every health_interval (a pub/sub link: no request of its own times out) */
+    uint32_t nscripts;   /* SCRIPT LOADed at every connect, SHA1s in sha[] */
+    const char *scripts[SPILLWAY_LINK_SCRIPTS];
+} spillway_link_options;
+
+struct spillway_rlink {
+    spillway_handle h;  /* the socket (kind SW_KIND_BACKEND); first */
+    spillway_handle rh; /* the resolver's eventfd while resolving (kind SW_KIND_BACKEND) */
+    spillway_link_options opt;
+    spillway_link_hooks hooks;
     int state;
     spillway_resp_reader *reader;
     spillway_buf out;
@@ -69,15 +88,22 @@ typedef struct spillway_rlink {
     bool ever_ready;
     uint32_t proto_backoff_ms; /* grows with protocol errors that follow one another */
     uint64_t proto_at;         /* the last protocol error */
-    /* cmd link: the scripts' SHA1s, learnt at every connect */
-    char publish_sha[41], resume_sha[41], barrier_sha[41];
-} spillway_rlink;
+    /* the scripts' SHA1s, learnt at every connect ("" until then, or after
+     * the owner saw NOSCRIPT) */
+    char sha[SPILLWAY_LINK_SCRIPTS][41];
+};
 
-void spillway_link_init(spillway_rlink *l, int role, uint64_t now);
+void spillway_link_init(spillway_rlink *l, const spillway_link_options *opt, const spillway_link_hooks *hooks,
+                        uint64_t now);
 const char *spillway_link_name(const spillway_rlink *l);
 
-spillway_rq *spillway_rq_new(int kind);
+/* A request with fn as its continuation and privsize zeroed bytes for its
+ * privdata (freed with it); NULL when out of memory. */
+spillway_rq *spillway_rq_new(spillway_rq_fn *fn, size_t privsize);
 void spillway_rq_free(spillway_rq *q);
+/* For a callback called with v == NULL: were the request's bytes written
+ * (so Redis may have run it)? */
+bool spillway_link_rq_written(const spillway_rlink *l, const spillway_rq *q);
 /* Appends q to the FIFO; call right after its bytes went into l->out. */
 void spillway_link_push_rq(spillway_hub *hub, spillway_rlink *l, spillway_rq *q);
 spillway_rq *spillway_link_pop(spillway_rlink *l);
@@ -90,9 +116,9 @@ void spillway_link_start(spillway_hub *hub, spillway_rlink *l);
 void spillway_link_fail(spillway_hub *hub, spillway_rlink *l, const char *what, const char *why);
 /* The peer broke the protocol (a reply that does not parse, a shape Redis
  * never sends, a reply that does not fit its request): logged with why, the
- * link dropped like on any failure (waiting requests handed to
- * spillway_redis_on_failed_rq), and reconnected after a backoff that grows
- * while such errors keep coming. Callable from the reply hooks. */
+ * link dropped like on any failure (every waiting request's callback runs
+ * with NULL), and reconnected after a backoff that grows while such errors
+ * keep coming. Callable from the callbacks and hooks. */
 void spillway_link_protocol_error(spillway_hub *hub, spillway_rlink *l, const char *why);
 void spillway_link_write(spillway_hub *hub, spillway_rlink *l);
 void spillway_link_on_event(spillway_hub *hub, spillway_rlink *l, spillway_handle *h, uint32_t events);
@@ -102,18 +128,5 @@ uint64_t spillway_link_next_timer(const spillway_hub *hub, const spillway_rlink 
 void spillway_link_teardown(spillway_hub *hub, spillway_rlink *l);
 /* Fork child: close the descriptors only. */
 void spillway_link_abandon(spillway_rlink *l);
-
-/* ---- implemented by redis.c ---- */
-/* A reply on a READY link (sub: messages and confirmations; cmd: the head
- * of the FIFO, already popped into q; the link frees q afterwards). v is
- * anything the peer sent: the hooks check its shape. */
-void spillway_redis_on_sub_reply(spillway_hub *hub, spillway_rlink *l, spillway_rv *v);
-void spillway_redis_on_cmd_reply(spillway_hub *hub, spillway_rlink *l, spillway_rq *q, spillway_rv *v);
-/* The handshake is done. */
-void spillway_redis_on_ready(spillway_hub *hub, spillway_rlink *l);
-/* The link dropped; each request still in the FIFO is handed over once
- * (spillway_redis_on_failed_rq) before this is called. */
-void spillway_redis_on_failed_rq(spillway_hub *hub, spillway_rlink *l, spillway_rq *q);
-void spillway_redis_on_lost(spillway_hub *hub, spillway_rlink *l, bool was_ready);
 
 #endif

@@ -1,5 +1,45 @@
 #include "scripts.h"
 
+#include <stdlib.h>
+#include <string.h>
+
+static char *concat(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    char *s = malloc(la + lb + 1);
+    if (s == NULL) return NULL;
+    memcpy(s, a, la);
+    memcpy(s + la, b, lb + 1);
+    return s;
+}
+
+int spillway_keys_init(spillway_keys *k, const char *ns)
+{
+    k->id = concat(ns, ":id");
+    k->since = concat(ns, ":since");
+    k->stream = concat(ns, ":s:");
+    k->chan = concat(ns, ":");
+    k->idem = concat(ns, ":k:");
+    if (k->id == NULL || k->since == NULL || k->stream == NULL || k->chan == NULL || k->idem == NULL) {
+        spillway_keys_free(k);
+        return -1;
+    }
+    k->stream_len = strlen(k->stream);
+    k->chan_len = strlen(k->chan);
+    k->idem_len = strlen(k->idem);
+    return 0;
+}
+
+void spillway_keys_free(spillway_keys *k)
+{
+    free(k->id);
+    free(k->since);
+    free(k->stream);
+    free(k->chan);
+    free(k->idem);
+    k->id = k->since = k->stream = k->chan = k->idem = NULL;
+}
+
 /* Helpers are repeated in both scripts: a script is one unit.
  *
  * Every backlog entry records, besides the frame (field f), the id of the

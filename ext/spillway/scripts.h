@@ -21,6 +21,23 @@
 #ifndef SPILLWAY_SCRIPTS_H
 #define SPILLWAY_SCRIPTS_H
 
+#include <stddef.h>
+
+/* The key names of a namespace (the list above), made once by each user
+ * (the hub's Redis backend, the publisher) so both name them alike. */
+typedef struct spillway_keys {
+    char *id;     /* "NS:id" */
+    char *since;  /* "NS:since" */
+    char *stream; /* "NS:s:", followed by the channel: its backlog */
+    char *chan;   /* "NS:", followed by the channel: its pub/sub channel */
+    char *idem;   /* "NS:k:", followed by an idempotency key */
+    size_t stream_len, chan_len, idem_len;
+} spillway_keys;
+
+/* 0, or -1 when out of memory (nothing is left allocated then). */
+int spillway_keys_init(spillway_keys *k, const char *ns);
+void spillway_keys_free(spillway_keys *k);
+
 /* KEYS: id key, stream key, the idempotency key, since key. ARGV:
  * pub/sub channel, frame body (everything after the id line), backlog length
  * (0: no backlog), TTL seconds (0: none), the idempotency key's TTL in ms.

@@ -1,6 +1,7 @@
 /*
  * Init of the extension. The binding files (the only ones that include
- * ruby.h) are this one, hub_class.c and publisher_class.c.
+ * ruby.h) are this one, native.c, options.c, hub_class.c and
+ * publisher_class.c: one per Ruby class or module.
  */
 #include "binding.h"
 

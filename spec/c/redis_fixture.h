@@ -149,7 +149,7 @@ FX_API spillway_hub *fx_hub_new(const char *path)
     if (hub->wheel == NULL || hub->f_open == NULL || hub->f_retry == NULL || hub->f_heartbeat == NULL)
         fx_die("hub memory");
     if (spillway_chtab_init(&hub->chans) != 0) fx_die("spillway_chtab_init");
-    if (spillway_redis_new(hub, err, sizeof(err)) != 0) fx_die(err);
+    if (spillway_redis_backend_new(hub, err, sizeof(err)) != 0) fx_die(err);
     return hub;
 }
 
@@ -483,12 +483,12 @@ FX_API int fx_iteration(fx *x)
     for (int i = 0; i < n; i++) {
         spillway_handle *h = ev[i].data.ptr;
         if (h->kind == SW_KIND_CONN) spillway_conn_on_event(hub, (spillway_conn *)h, ev[i].events);
-        else spillway_redis_on_event(hub, h, ev[i].events);
+        else hub->backend.ops->on_event(hub->backend.self, h, ev[i].events);
     }
     if (hub->now >= hub->wheel_next_ms) spillway_wheel_tick(hub);
-    spillway_redis_timers(hub);
+    hub->backend.ops->timers(hub->backend.self);
     spillway_hub_flush_and_close(hub);
-    spillway_redis_flush_writes(hub);
+    hub->backend.ops->end_iteration(hub->backend.self);
     if (hub->dirty != NULL || hub->doomed != NULL) spillway_hub_flush_and_close(hub);
     return n;
 }
@@ -578,8 +578,6 @@ FX_API int fx_attach(fx *x, const char *const *names, uint32_t n, const char *cu
     c->has_cursor = cursor != NULL;
     c->cursor_ok = cursor != NULL && spillway_id_parse(cursor, strlen(cursor), &c->cursor) == 0;
     if (!c->cursor_ok) c->cursor = (spillway_id){0, 0};
-    c->flags |= SW_CF_JOINING;
-    atomic_fetch_add(&hub->st_joining, 1);
     c->mem = calloc(n ? n : 1, sizeof(*c->mem));
     if (c->mem == NULL) fx_die("calloc");
     for (uint32_t i = 0; i < n; i++) {
@@ -590,9 +588,9 @@ FX_API int fx_attach(fx *x, const char *const *names, uint32_t n, const char *cu
         if (dup) continue;
         if (spillway_channel_add_sub(ch, c, c->nmem) != 0) fx_die("spillway_channel_add_sub");
         c->nmem++;
-        spillway_redis_channel_wanted(hub, ch);
+        hub->backend.ops->channel_wanted(hub->backend.self, ch);
     }
-    spillway_redis_conn_joined_channels(hub, c);
+    hub->backend.ops->join(hub->backend.self, c);
     s = &x->streams[x->nstreams];
     s->peer = sv[1];
     s->eof = false;
@@ -628,7 +626,7 @@ FX_API void fx_publish(fx *x, const char *channel, const char *data)
     memcpy(cmd->channel, channel, chlen);
     cmd->seq = ++hub->async_issued;
     atomic_fetch_add(&hub->async_waiting_count, 1);
-    spillway_redis_publish_async(hub, cmd);
+    hub->backend.ops->publish_async(hub->backend.self, cmd);
     fx_turn(x);
 }
 

@@ -13,12 +13,13 @@
 
 #include "check.h"
 #include "hub_internal.h"
+#include "memory.h"
 #include "sse_ref.h"
 
 #define T0 1000000u /* the fake clock's start, in ms */
 
 /* A hub with what the reactor's data structures need and no thread, no
- * queue, no Redis. spillway_hub_free() tears it down. */
+ * queue, the memory backend. spillway_hub_free() tears it down. */
 static spillway_hub *fake_hub(uint32_t backlog, uint32_t max_channels, uint32_t outbox)
 {
     spillway_hub *hub = calloc(1, sizeof(*hub));
@@ -44,7 +45,25 @@ static spillway_hub *fake_hub(uint32_t backlog, uint32_t max_channels, uint32_t 
     hub->f_heartbeat = spillway_frame_copy(":\n\n", 3);
     REQUIRE(hub->wheel != NULL && hub->f_heartbeat != NULL);
     REQUIRE_INT(spillway_chtab_init(&hub->chans), ==, 0);
+    REQUIRE_INT(spillway_memory_backend_new(hub, NULL, 0), ==, 0);
     return hub;
+}
+
+/* What spillway_hub_free does with a hub fake_hub built. */
+static void fake_hub_free(spillway_hub *hub)
+{
+    spillway_streams_close_all(hub);
+    hub->backend.ops->free(hub->backend.self);
+    spillway_chtab_free(&hub->chans);
+    free(hub->wheel);
+    spillway_frame_unref(hub->f_heartbeat);
+    close(hub->epfd);
+    pthread_mutex_destroy(&hub->loop_lock);
+    pthread_mutex_destroy(&hub->err_lock);
+    pthread_mutex_destroy(&hub->flush_lock);
+    pthread_cond_destroy(&hub->flush_cond);
+    pthread_cond_destroy(&hub->log_cond);
+    free(hub);
 }
 
 /* A message frame with id 1-seq and `pad` bytes of data. The caller owns it. */
@@ -158,7 +177,7 @@ TEST(chtab_thousands_of_names_and_resizes)
             break;
         }
     }
-    spillway_hub_free(hub);
+    fake_hub_free(hub);
 }
 
 TEST(chtab_name_limits_and_binary_names)
@@ -177,7 +196,7 @@ TEST(chtab_name_limits_and_binary_names)
     CHECK(a != NULL && b != NULL && a != b);
     CHECK(spillway_chtab_find(&hub->chans, "a", 1) == NULL);
     CHECK_U64(hub->chans.count, ==, 3);
-    spillway_hub_free(hub);
+    fake_hub_free(hub);
 }
 
 /* ---- subscribers ------------------------------------------------------- */
@@ -253,7 +272,7 @@ TEST(swap_remove_keeps_back_pointers)
         free(conns[i]);
     }
     spillway_frame_unref(f);
-    spillway_hub_free(hub);
+    fake_hub_free(hub);
 }
 
 /* ---- the backlog ------------------------------------------------------- */
@@ -308,7 +327,7 @@ TEST(backlog_ring_trims_and_collects_after_a_cursor)
         CHECK_U64(f[i]->refs, ==, 1);
         spillway_frame_unref(f[i]);
     }
-    spillway_hub_free(hub);
+    fake_hub_free(hub);
 }
 
 TEST(backlog_grows_in_order_up_to_its_limit)
@@ -327,7 +346,7 @@ TEST(backlog_grows_in_order_up_to_its_limit)
     REQUIRE_U64(collect_after(ch, 0, out), ==, 100);
     for (int i = 0; i < 100; i++) CHECK_U64(out[i]->id.seq, ==, 51 + i);
     CHECK_U64(ch->trimmed.seq, ==, 50);
-    spillway_hub_free(hub);
+    fake_hub_free(hub);
 }
 
 TEST(backlog_size_zero_keeps_nothing_but_remembers)
@@ -342,7 +361,7 @@ TEST(backlog_size_zero_keeps_nothing_but_remembers)
     /* A resume from before it must be told it missed something. */
     CHECK(ch->trimmed.ms == 1 && ch->trimmed.seq == 9);
     spillway_frame_unref(f);
-    spillway_hub_free(hub);
+    fake_hub_free(hub);
 }
 
 /* The LRU list is a consistent doubly linked list of lru_count channels,
@@ -351,8 +370,8 @@ static void check_lru(spillway_hub *hub)
 {
     uint32_t n = 0;
     spillway_channel *prev = NULL;
-    for (spillway_channel *ch = hub->lru_head; ch != NULL; ch = ch->lnext) {
-        if (ch->lprev != prev) CHECK(!"LRU back pointer broken");
+    for (spillway_channel *ch = hub->lru_head; ch != NULL; ch = ch->lru_next) {
+        if (ch->lru_prev != prev) CHECK(!"LRU back pointer broken");
         if (ch->ring_len == 0) CHECK(!"a channel without backlog on the LRU");
         prev = ch;
         if (++n > 100000) break;
@@ -362,7 +381,7 @@ static void check_lru(spillway_hub *hub)
     CHECK_U64(n, <=, hub->cfg.max_backlog_channels);
 }
 
-/* What do_publish in hub.c does with a message (memory backend). */
+/* What the memory backend's publish (memory.c) does with a message. */
 static void publish(spillway_hub *hub, const char *name, uint64_t seq)
 {
     spillway_channel *ch = spillway_chtab_get(hub, name, strlen(name));
@@ -422,7 +441,7 @@ TEST(lru_evicts_the_least_recently_published)
     CHECK(find(hub, "c3") == c3);
     CHECK_U64(c3->ring_len, ==, 0);
     CHECK(c3->trimmed.seq == 4);
-    CHECK(c3->lprev == NULL && c3->lnext == NULL && hub->lru_head != c3);
+    CHECK(c3->lru_prev == NULL && c3->lru_next == NULL && hub->lru_head != c3);
     CHECK(hub->evicted.seq == 5); /* c1, last published as 1-5 */
 
     /* A channel new to the table assumes it lost what was evicted anywhere. */
@@ -434,7 +453,7 @@ TEST(lru_evicts_the_least_recently_published)
     spillway_channel_remove_sub(hub, c3, c->mem[0].idx);
     free(c->mem);
     free(c);
-    spillway_hub_free(hub);
+    fake_hub_free(hub);
 }
 
 TEST(sweep_drops_backlogs_older_than_the_ttl)
@@ -470,7 +489,7 @@ TEST(sweep_drops_backlogs_older_than_the_ttl)
     hub->now += 1000000000u;
     spillway_backlog_sweep(hub);
     CHECK(find(hub, "kept") != NULL);
-    spillway_hub_free(hub);
+    fake_hub_free(hub);
 }
 
 /* ---- a connection's outbox --------------------------------------------- */
@@ -497,7 +516,7 @@ TEST(outbox_partial_writes_resume_in_order)
         spillway_frame_unref(f); /* the outbox holds the only reference now */
     }
     CHECK(c->flags & SW_CF_DIRTY);
-    CHECK(hub->dirty == c && c->lnext == NULL);
+    CHECK(hub->dirty == c && c->dirty_next == NULL);
     CHECK_U64(c->out_bytes, ==, total);
     spillway_hub_flush_and_close(hub);
     CHECK(c->flags & SW_CF_BLOCKED);
@@ -530,7 +549,7 @@ TEST(outbox_partial_writes_resume_in_order)
     tbuf_free(&want);
     tbuf_free(&got);
     close(peer);
-    spillway_hub_free(hub);
+    fake_hub_free(hub);
 }
 
 /* More pending frames than one iovec batch: several sendmsg calls in one
@@ -557,7 +576,7 @@ TEST(outbox_flush_spans_iov_batches)
     tbuf_free(&got);
     hub->dirty = NULL;
     close(peer);
-    spillway_hub_free(hub);
+    fake_hub_free(hub);
 }
 
 /* outbox_limit applies after the flush at the end of the iteration, and to
@@ -629,7 +648,7 @@ TEST(outbox_limit_counts_what_a_stream_alone_keeps_alive)
     CHECK_U64(g->refs, ==, 1);
     spillway_conn_doom(hub, slow, true);
     CHECK_U64(atomic_load(&hub->st_dropped_slow), ==, 1);
-    CHECK(slow->dnext == NULL);
+    CHECK(slow->doomed_next == NULL);
     spillway_hub_flush_and_close(hub);
 
     /* Its references went (the frames with them), its fd closed, its place
@@ -660,7 +679,7 @@ TEST(outbox_limit_counts_what_a_stream_alone_keeps_alive)
     close(fast_peer);
     close(slow_peer);
     close(stuck_peer);
-    spillway_hub_free(hub);
+    fake_hub_free(hub);
 }
 
 /* The lag is the age of the oldest unsent frame, kept per run of entries
@@ -700,7 +719,7 @@ TEST(lag_follows_the_oldest_unsent_frame_across_runs)
     CHECK_U64(got.len, >, 300000);
     tbuf_free(&got);
     close(peer);
-    spillway_hub_free(hub);
+    fake_hub_free(hub);
 }
 
 /* The accounts of exclusivity follow every kind of reference: an outbox's,
@@ -750,7 +769,7 @@ TEST(exclusive_bytes_follow_every_reference)
     CHECK_U64(hub->out_mem, ==, 0);
     close(pa);
     close(pb);
-    spillway_hub_free(hub);
+    fake_hub_free(hub);
 }
 
 TEST(deliver_skips_what_the_stream_already_has)
@@ -775,7 +794,7 @@ TEST(deliver_skips_what_the_stream_already_has)
     spillway_frame_unref(f6);
     hub->dirty = NULL;
     close(peer);
-    spillway_hub_free(hub);
+    fake_hub_free(hub);
 }
 
 /* A joining stream holds live frames aside; the replay then sends the missed
@@ -811,7 +830,7 @@ TEST(replay_merges_missed_and_held_frames)
     for (int i = 1; i < 8; i++) spillway_frame_unref(f[i]);
     hub->dirty = NULL;
     close(peer);
-    spillway_hub_free(hub);
+    fake_hub_free(hub);
 }
 
 /* The reset event names the channels whose backlog does not reach back, as
@@ -857,7 +876,7 @@ TEST(reset_frame_names_the_channels)
     CHECK_STR(hub->last_error, "");
     hub->dirty = NULL;
     close(peer);
-    spillway_hub_free(hub); /* closes c: leaves the channels, which go */
+    fake_hub_free(hub); /* closes c: leaves the channels, which go */
 }
 
 /* ---- the heartbeat wheel and the lag ----------------------------------- */
@@ -923,7 +942,7 @@ TEST(wheel_heartbeat_once_per_period_then_lag)
     CHECK_U64(hub->out_mem, ==, 0);
     tbuf_free(&got);
     close(peer);
-    spillway_hub_free(hub);
+    fake_hub_free(hub);
 }
 
 /* Time the loop spends working is not the clients' lag: only time it
@@ -955,7 +974,7 @@ TEST(lag_counts_only_time_the_loop_waited)
     CHECK(c->flags & SW_CF_DOOMED);
     spillway_hub_flush_and_close(hub);
     close(peer);
-    spillway_hub_free(hub);
+    fake_hub_free(hub);
 }
 
 /* A reactor that slept through many periods does a bounded amount of work
@@ -972,7 +991,7 @@ TEST(wheel_catches_up_after_a_long_stall)
     CHECK_U64(hub->wheel_next_ms, >, hub->now);
     hub->dirty = NULL;
     close(peer);
-    spillway_hub_free(hub);
+    fake_hub_free(hub);
 }
 
 /* ---- input from the client --------------------------------------------- */
@@ -1018,7 +1037,7 @@ TEST(client_input_eof_and_abuse_doom_the_stream)
     close(p1);
     close(p2);
     close(p3);
-    spillway_hub_free(hub);
+    fake_hub_free(hub);
 }
 
 CHECK_MAIN

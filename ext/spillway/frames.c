@@ -1,0 +1,86 @@
+/*
+ * Every byte on the wire other than an event's own encoding (sse.c): the
+ * HTTP head, the opening comment with the retry hint, the heartbeat, the
+ * last retry hint at stop, and the `event: reset` frame.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "frames.h"
+#include "id.h"
+
+static spillway_frame *text_frame(const char *s)
+{
+    return spillway_frame_copy(s, strlen(s));
+}
+
+int spillway_frames_build(spillway_hub *hub)
+{
+    static const char head[] = "HTTP/1.1 200 OK\r\n"
+                               "Content-Type: text/event-stream; charset=utf-8\r\n"
+                               "Cache-Control: no-cache, no-transform\r\n"
+                               "X-Accel-Buffering: no\r\n"
+                               "Connection: close\r\n";
+    const char *extra = hub->cfg.extra_headers ? hub->cfg.extra_headers : "";
+    char retry[64];
+    size_t hlen = strlen(head), elen = strlen(extra);
+
+    hub->f_head = spillway_frame_new(hlen + elen + 2);
+    if (hub->f_head == NULL) return -1;
+    memcpy(hub->f_head->data, head, hlen);
+    memcpy(hub->f_head->data + hlen, extra, elen);
+    memcpy(hub->f_head->data + hlen + elen, "\r\n", 2);
+
+    /* An opening comment (some proxies wait for the first body byte before
+     * they pass the head on) and the reconnection delay. */
+    snprintf(retry, sizeof(retry), ": spillway\n\nretry: %u\n\n", hub->cfg.retry_ms);
+    hub->f_open = text_frame(retry);
+    snprintf(retry, sizeof(retry), "retry: %u\n\n", hub->cfg.retry_ms);
+    hub->f_retry = text_frame(retry);
+    hub->f_heartbeat = text_frame(":\n\n");
+    if (hub->f_open == NULL || hub->f_retry == NULL || hub->f_heartbeat == NULL) return -1;
+    return 0;
+}
+
+spillway_frame *spillway_frame_reset(const spillway_conn *c, const bool *reset, spillway_id now)
+{
+    char idtext[SPILLWAY_ID_TEXT_MAX];
+    size_t idlen = spillway_id_format(now, idtext);
+    size_t len = 4 + idlen + 1 + 13 + 22 + 4;
+    spillway_frame *f;
+    char *p;
+
+    for (uint32_t i = 0; i < c->nmem; i++)
+        if (reset[i]) len += c->mem[i].ch->namelen + 3;
+    f = spillway_frame_new(len);
+    if (f == NULL) return NULL;
+    p = f->data;
+    memcpy(p, "id: ", 4), p += 4;
+    memcpy(p, idtext, idlen), p += idlen;
+    memcpy(p, "\nevent: reset\ndata: {\"channels\":[", 33), p += 33;
+    {
+        bool first = true;
+        for (uint32_t i = 0; i < c->nmem; i++) {
+            if (!reset[i]) continue;
+            if (!first) *p++ = ',';
+            first = false;
+            *p++ = '"';
+            memcpy(p, c->mem[i].ch->name, c->mem[i].ch->namelen);
+            p += c->mem[i].ch->namelen;
+            *p++ = '"';
+        }
+    }
+    memcpy(p, "]}\n\n", 4), p += 4;
+    f->len = (uint32_t)(p - f->data);
+    f->id = now;
+    return f;
+}
+
+void spillway_frames_free(spillway_hub *hub)
+{
+    spillway_frame_unref(hub->f_head);
+    spillway_frame_unref(hub->f_open);
+    spillway_frame_unref(hub->f_retry);
+    spillway_frame_unref(hub->f_heartbeat);
+    hub->f_head = hub->f_open = hub->f_retry = hub->f_heartbeat = NULL;
+}

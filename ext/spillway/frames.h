@@ -1,0 +1,21 @@
+/*
+ * The fixed frames and the reset frame (frames.c).
+ */
+#ifndef SPILLWAY_FRAMES_H
+#define SPILLWAY_FRAMES_H
+
+#include "hub_internal.h"
+
+/* Builds hub->f_head (with cfg.extra_headers), f_open, f_retry and
+ * f_heartbeat; 0, or -1 when out of memory (spillway_frames_free frees what
+ * was built). */
+int spillway_frames_build(spillway_hub *hub);
+void spillway_frames_free(spillway_hub *hub);
+/* The `event: reset` frame for c: its cursor is older than what the backlog
+ * still holds for the channels flagged in reset (one flag per membership
+ * slot). Its id moves the client's cursor to `now`, so a reconnect does not
+ * report the same hole again. The caller owns the frame; NULL when out of
+ * memory. */
+spillway_frame *spillway_frame_reset(const spillway_conn *c, const bool *reset, spillway_id now);
+
+#endif

@@ -1,0 +1,52 @@
+/*
+ * The streams' part of the end of an iteration: every stream given frames
+ * in it is flushed once (conn.c), the doomed are closed (deferred so that no
+ * later event of the same epoll batch sees freed memory), and the memory
+ * budget is weighed. Above conn.c and channel.c: closing a stream makes it
+ * leave its channels first.
+ */
+#include <sys/epoll.h>
+
+#include "hub_internal.h"
+
+/* A doomed stream goes: out of the epoll set explicitly (a copy of its
+ * descriptor may live elsewhere, e.g. in a fork child), out of its
+ * channels and off the wheel, closed. */
+static void close_doomed(spillway_hub *hub, spillway_conn *c)
+{
+    epoll_ctl(hub->epfd, EPOLL_CTL_DEL, c->h.fd, NULL);
+    spillway_wheel_remove(hub, c);
+    spillway_channel_leave_all(hub, c);
+    spillway_conn_close(hub, c);
+}
+
+void spillway_hub_flush_and_close(spillway_hub *hub)
+{
+    spillway_conn *c;
+    while ((c = hub->dirty) != NULL) {
+        hub->dirty = c->dirty_next;
+        c->dirty_next = NULL;
+        c->flags &= ~SW_CF_DIRTY;
+        if (!(c->flags & SW_CF_DOOMED)) spillway_conn_flush(hub, c);
+    }
+    while ((c = hub->doomed) != NULL) {
+        hub->doomed = c->doomed_next;
+        c->doomed_next = NULL;
+        close_doomed(hub, c);
+    }
+    spillway_conn_budget(hub, close_doomed);
+}
+
+void spillway_streams_close_all(spillway_hub *hub)
+{
+    for (uint32_t s = 0; hub->wheel != NULL && s < hub->wheel_slots; s++) {
+        spillway_conn *c = hub->wheel[s];
+        while (c != NULL) {
+            spillway_conn *next = c->wnext;
+            spillway_wheel_remove(hub, c);
+            spillway_channel_leave_all(hub, c);
+            spillway_conn_close(hub, c);
+            c = next;
+        }
+    }
+}
