@@ -63,6 +63,7 @@ module SpillwayCTest
     "test_id" => %w[id],
     "test_idem" => %w[idem id],
     "test_queue" => %w[queue],
+    "test_events" => %w[events id],
     "test_resp" => %w[resp],
     "test_channel" => %w[channel conn budget wheel streams frames memory log id sse],
     "test_hub" => HUB_CORE,
@@ -70,7 +71,7 @@ module SpillwayCTest
     "test_log" => HUB_CORE,
     "test_redis" => HUB_CORE
   }.freeze
-  TSAN_TESTS = %w[test_queue test_hub test_flush test_log].freeze
+  TSAN_TESTS = %w[test_queue test_events test_hub test_flush test_log].freeze
   # fuzz target => core files it links
   FUZZ_TARGETS = {
     "fuzz_sse" => %w[sse],
