@@ -40,9 +40,15 @@ typedef struct spillway_channel {
     uint8_t in_plist;  /* on the pending (un)subscribe list */
     uint8_t lingering; /* on the linger list (Redis: subscribed, no subscriber) */
     uint8_t mark;      /* scratch flag for one operation */
+    uint8_t mark_from_set; /* with mark (a repair's reset): mark_from holds */
     uint8_t in_slist;  /* on the syncing list */
     spillway_sub *subs;
     uint32_t nsubs, capsubs;
+    /* With mark and mark_from_set: a stream that has every message up to
+     * this id misses nothing the repair could not give (its reset is
+     * skipped). The oldest message the repair read of the channel, or the
+     * read's point when it found none. */
+    spillway_id mark_from;
     /* the backlog ring, frames in id order: the memory backend's backlog,
      * or the Redis backend's resume cache */
     spillway_frame **ring;

@@ -31,8 +31,18 @@ static void release_held(spillway_hub *hub)
     free(held);
 }
 
+/* Whether stream c must hear of ch's hole: ch is marked and, when the
+ * repair knows from where it could serve ch (mark_from), c does not already
+ * have everything up to there (a stream that joined after the drop, with a
+ * read of its own that reached past it, has no hole). */
+static bool needs_reset(const spillway_conn *c, const spillway_channel *ch)
+{
+    return ch->mark && (!ch->mark_from_set || spillway_id_cmp(c->last, ch->mark_from) < 0);
+}
+
 /* Every live stream on a channel with ch->mark set gets one reset naming
- * its marked channels (reason: why, for the log). Clears the marks. */
+ * its marked channels that it has a hole in (reason: why, for the log).
+ * Clears the marks. */
 static void send_marked_resets(spillway_hub *hub, spillway_id now, const char *reason)
 {
     spillway_chtab *t = &hub->chans;
@@ -52,6 +62,7 @@ static void send_marked_resets(spillway_hub *hub, spillway_id now, const char *r
                  * started), so it starts at or after the channels' barrier
                  * points, and everything after those arrives live, into
                  * what it holds: it saw no hole. */
+                bool any = false;
                 if (c->flags & (SW_CF_JOINING | SW_CF_DOOMED | SW_CF_MARK)) continue;
                 c->flags |= SW_CF_MARK;
                 flags = calloc(c->nmem, sizeof(*flags));
@@ -59,8 +70,8 @@ static void send_marked_resets(spillway_hub *hub, spillway_id now, const char *r
                     spillway_conn_doom(hub, c, false); /* no hole left unsaid */
                     continue;
                 }
-                for (uint32_t m = 0; m < c->nmem; m++) flags[m] = c->mem[m].ch->mark != 0;
-                spillway_conn_send_reset(hub, c, flags, now, reason);
+                for (uint32_t m = 0; m < c->nmem; m++) any |= flags[m] = needs_reset(c, c->mem[m].ch);
+                if (any) spillway_conn_send_reset(hub, c, flags, now, reason);
                 free(flags);
             }
         }
@@ -69,6 +80,7 @@ static void send_marked_resets(spillway_hub *hub, spillway_id now, const char *r
         for (spillway_channel *ch = t->buckets[b]; ch != NULL; ch = ch->hnext) {
             if (!ch->mark) continue;
             ch->mark = 0;
+            ch->mark_from_set = 0;
             for (uint32_t s = 0; s < ch->nsubs; s++) ch->subs[s].conn->flags &= ~SW_CF_MARK;
         }
     }
@@ -225,6 +237,8 @@ static int cmp_acc(const void *a, const void *b, void *arg)
 
 /* Every batch answered: deliver the merged gap in id order, then resets,
  * then what was held. */
+static void mark_resets(spillway_hub *hub, const struct repair_acc *acc);
+
 static void repair_done(spillway_hub *hub)
 {
     spillway_redis *r = R(hub);
@@ -251,16 +265,33 @@ static void repair_done(spillway_hub *hub)
         if (ch != NULL) spillway_channel_fanout(hub, ch, acc->frames[i]);
     }
     free(order);
-    /* Channels whose backlog no longer reaches back: their live streams are
-     * told. */
+    mark_resets(hub, acc);
+    send_marked_resets(hub, acc->seen, "the backlog no longer reaches back to the Redis outage");
+    finish_repair(hub, false);
+}
+
+/* Channels whose backlog no longer reaches back get marked: their live
+ * streams are told, but not a stream that already has everything up to
+ * where the read could serve the channel from (the oldest message it
+ * returned of it, or, with none, the point it saw). */
+static void mark_resets(spillway_hub *hub, const struct repair_acc *acc)
+{
     for (uint32_t i = 0; i < acc->nnames; i++) {
         spillway_channel *ch;
         if (!acc->reset[i]) continue;
         ch = spillway_chtab_find(&hub->chans, acc->names[i], strlen(acc->names[i]));
-        if (ch != NULL) ch->mark = 1;
+        if (ch == NULL) continue;
+        ch->mark = 1;
+        ch->mark_from_set = 1;
+        ch->mark_from = acc->seen;
     }
-    send_marked_resets(hub, acc->seen, "the backlog no longer reaches back to the Redis outage");
-    finish_repair(hub, false);
+    for (size_t k = 0; k < acc->n; k++) {
+        const char *name = acc->names[acc->chan[k]];
+        spillway_channel *ch;
+        if (!acc->reset[acc->chan[k]]) continue;
+        ch = spillway_chtab_find(&hub->chans, name, strlen(name));
+        if (ch != NULL && spillway_id_cmp(acc->frames[k]->id, ch->mark_from) < 0) ch->mark_from = acc->frames[k]->id;
+    }
 }
 
 /* A batch's answer is not the script's (an error, a NOSCRIPT, nonsense):
