@@ -28,6 +28,7 @@ module Spillway
   @config = Configuration.new
   @hub = nil
   @log_thread = nil
+  @events_thread = nil
   @publisher = nil
   @idempotency = nil
   @pid = Process.pid
@@ -228,6 +229,7 @@ module Spillway
       @hub = nil
       @idempotency = nil
       @log_thread = nil # the parent's: no thread of it lives here
+      @events_thread = nil
       @publisher&.abandon
       @publisher = nil
       @pid = Process.pid
@@ -237,6 +239,7 @@ module Spillway
     def start_hub
       h = Native::Hub.new(@config.native_options)
       @log_thread = start_log_thread(h)
+      @events_thread = Instrumentation.start_events(h) if defined?(::ActiveSupport::Notifications)
       install_at_exit
       h
     end
@@ -246,8 +249,10 @@ module Spillway
         unless (stopped = @hub.stop(timeout))
           logger.warn("Spillway: the native hub did not stop within #{timeout}s; left to finish on its own")
         end
-        # A stopped hub hands the thread what is left and ends its wait.
+        # A stopped hub hands the threads what is left and ends their waits.
         stop_log_thread(stopped ? timeout : 0)
+        Instrumentation.stop_events(@events_thread, stopped ? timeout : 0)
+        @events_thread = nil
         @hub = nil
       end
       # The memory backend's keys belong to the hub that published them.

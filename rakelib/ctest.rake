@@ -65,7 +65,7 @@ module SpillwayCTest
     "test_queue" => %w[queue],
     "test_events" => %w[events id],
     "test_resp" => %w[resp],
-    "test_channel" => %w[channel conn budget wheel streams frames memory log id sse],
+    "test_channel" => %w[channel conn budget wheel streams frames memory log events id sse],
     "test_hub" => HUB_CORE,
     "test_flush" => HUB_CORE,
     "test_log" => HUB_CORE,

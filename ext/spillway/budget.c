@@ -34,7 +34,7 @@ static int cmp_laggiest(const void *a, const void *b)
 static void close_now(spillway_hub *hub, spillway_conn *c, spillway_close_fn *close_fn)
 {
     if (c->flags & SW_CF_DOOMED) return; /* never here: the doomed were closed before */
-    spillway_conn_doom(hub, c, true);
+    spillway_conn_doom_why(hub, c, true, "slow (memory_limit)");
     hub->doomed = c->doomed_next; /* doom put it first */
     c->doomed_next = NULL;
     close_fn(hub, c);

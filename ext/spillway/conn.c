@@ -55,6 +55,7 @@ spillway_conn *spillway_conn_new(spillway_hub *hub, int fd, unsigned flags)
     if (c == NULL) return NULL;
     c->h.kind = SW_KIND_CONN;
     c->h.fd = fd;
+    c->serial = ++hub->conn_serial;
     if (flags & SPILLWAY_ATTACH_FALLBACK) c->flags |= SW_CF_FALLBACK;
     set_socket_options(hub, c);
 
@@ -287,7 +288,7 @@ void spillway_conn_deliver(spillway_hub *hub, spillway_conn *c, spillway_frame *
         hub->out_mem += sizeof(*c->held) + spillway_frame_enqueue(f, &c->excl);
         queued_add(hub, c);
         /* Nothing of it can be written yet: no grace for being alone. */
-        if (exclusive_bytes(c) > hub->cfg.outbox_limit) spillway_conn_doom(hub, c, true);
+        if (exclusive_bytes(c) > hub->cfg.outbox_limit) spillway_conn_doom_why(hub, c, true, "slow (outbox_limit)");
         return;
     }
     if (spillway_id_cmp(f->id, c->last) <= 0) return;
@@ -302,7 +303,8 @@ int spillway_frame_cmp_id(const void *a, const void *b)
 }
 
 /* Every reset reaches the log: the channels it names (as many as fit in
- * the line; a first name too long for it is cut) and why. */
+ * the line; a first name too long for it is cut) and why; and, when
+ * enabled, the events. */
 static void log_reset(spillway_hub *hub, const spillway_conn *c, const bool *reset, const char *reason)
 {
     char names[160];
@@ -324,6 +326,11 @@ static void log_reset(spillway_hub *hub, const spillway_conn *c, const bool *res
     if (shown < total) snprintf(names + len, sizeof(names) - len, " and %u more", total - shown);
     spillway_hub_log(hub, SW_LOG_RESET, "stream reset on %s (%s)", names,
                      reason ? reason : "no reason given");
+    if (spillway_events_enabled(&hub->events)) {
+        char all[SPILLWAY_EVENT_DETAIL];
+        spillway_frame_channel_names(c, reset, all, sizeof(all));
+        spillway_events_push(&hub->events, SW_EV_RESET, c->serial, reason ? reason : "no reason given", all);
+    }
 }
 
 /* Everything queued so far may go over outbox_limit by its own size: a
@@ -457,7 +464,7 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
             }
             /* EPIPE, ECONNRESET, ETIMEDOUT (TCP_USER_TIMEOUT): gone. */
             sw_debug("sendmsg(fd %d): %s", c->h.fd, strerror(e));
-            spillway_conn_doom(hub, c, false);
+            spillway_conn_doom_why(hub, c, false, "client gone");
             return;
         }
         STAT_ADD(hub, st_bytes_out, (uint64_t)n);
@@ -479,7 +486,7 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
         return;
     }
     if (!hub->stopping && too_slow(hub, c)) {
-        spillway_conn_doom(hub, c, true);
+        spillway_conn_doom_why(hub, c, true, "slow (max_lag or outbox_limit)");
         return;
     }
     queued_add(hub, c);
@@ -489,7 +496,7 @@ void spillway_conn_on_event(spillway_hub *hub, spillway_conn *c, uint32_t events
 {
     if (c->flags & (SW_CF_DOOMED | SW_CF_ZOMBIE)) return;
     if (events & (EPOLLERR | EPOLLHUP)) {
-        spillway_conn_doom(hub, c, false);
+        spillway_conn_doom_why(hub, c, false, "client gone");
         return;
     }
     if (events & (EPOLLIN | EPOLLRDHUP)) {
@@ -500,24 +507,24 @@ void spillway_conn_on_event(spillway_hub *hub, spillway_conn *c, uint32_t events
                 /* Counted over the stream's life, not per wake-up. */
                 c->inbound += (uint32_t)n;
                 if (c->inbound > INBOUND_LIMIT) {
-                    spillway_conn_doom(hub, c, false);
+                    spillway_conn_doom_why(hub, c, false, "client sent data");
                     return;
                 }
                 continue;
             }
             if (n == 0) {
-                spillway_conn_doom(hub, c, false);
+                spillway_conn_doom_why(hub, c, false, "client gone");
                 return;
             }
             if (errno == EINTR) continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK) {
-                spillway_conn_doom(hub, c, false);
+                spillway_conn_doom_why(hub, c, false, "client gone");
                 return;
             }
             break;
         }
         if (events & EPOLLRDHUP) {
-            spillway_conn_doom(hub, c, false);
+            spillway_conn_doom_why(hub, c, false, "client gone");
             return;
         }
     }
@@ -528,6 +535,12 @@ void spillway_conn_on_event(spillway_hub *hub, spillway_conn *c, uint32_t events
 }
 
 /* ---- closing ----------------------------------------------------------- */
+
+void spillway_conn_doom_why(spillway_hub *hub, spillway_conn *c, bool slow, const char *why)
+{
+    if (c->why == NULL) c->why = why;
+    spillway_conn_doom(hub, c, slow);
+}
 
 void spillway_conn_doom(spillway_hub *hub, spillway_conn *c, bool slow)
 {
@@ -592,5 +605,6 @@ void spillway_conn_close(spillway_hub *hub, spillway_conn *c)
 void spillway_conn_judge_queued(spillway_hub *hub)
 {
     for (spillway_conn *c = hub->queued; c != NULL; c = c->qnext)
-        if (!(c->flags & SW_CF_DOOMED) && too_slow(hub, c)) spillway_conn_doom(hub, c, true);
+        if (!(c->flags & SW_CF_DOOMED) && too_slow(hub, c))
+            spillway_conn_doom_why(hub, c, true, "slow (max_lag or outbox_limit)");
 }

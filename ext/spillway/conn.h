@@ -90,6 +90,8 @@ typedef struct spillway_conn {
      * (resume cache, redis.c): a reset for them when the stream joins. */
     bool *pend_reset;
     const char *pend_reason; /* why, a static string */
+    uint64_t serial;         /* numbers the hub's streams, from 1 (events) */
+    const char *why;         /* why it was doomed, a static string (events) */
 } spillway_conn;
 
 spillway_conn *spillway_conn_new(spillway_hub *hub, int fd, unsigned flags);
@@ -98,7 +100,12 @@ void spillway_conn_deliver(spillway_hub *hub, spillway_conn *c, spillway_frame *
 void spillway_conn_mark_dirty(spillway_hub *hub, spillway_conn *c);
 void spillway_conn_flush(spillway_hub *hub, spillway_conn *c);
 void spillway_conn_doom(spillway_hub *hub, spillway_conn *c, bool slow);
+/* The same, saying why (a static string: "client gone", "max_lag", ...);
+ * the first reason given stays. Without one the close says "slow" or
+ * "error". */
+void spillway_conn_doom_why(spillway_hub *hub, spillway_conn *c, bool slow, const char *why);
 void spillway_conn_close(spillway_hub *hub, spillway_conn *c);
+
 void spillway_conn_release(spillway_hub *hub, spillway_conn *c);
 void spillway_conn_on_event(spillway_hub *hub, spillway_conn *c, uint32_t events);
 /* reason: why the flagged channels get a reset, for the log line (NULL

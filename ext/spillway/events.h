@@ -25,7 +25,7 @@ typedef enum spillway_event_kind {
     SW_EV_KINDS
 } spillway_event_kind;
 
-#define SPILLWAY_EVENT_TEXT 48
+#define SPILLWAY_EVENT_TEXT 96
 #define SPILLWAY_EVENT_DETAIL 200
 
 typedef struct spillway_event {

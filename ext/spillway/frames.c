@@ -84,3 +84,15 @@ void spillway_frames_free(spillway_hub *hub)
     spillway_frame_unref(hub->f_heartbeat);
     hub->f_head = hub->f_open = hub->f_retry = hub->f_heartbeat = NULL;
 }
+
+void spillway_frame_channel_names(const spillway_conn *c, const bool *which, char *out, size_t n)
+{
+    size_t len = 0;
+    out[0] = '\0';
+    for (uint32_t i = 0; i < c->nmem && len + 1 < n; i++) {
+        const spillway_channel *ch = c->mem[i].ch;
+        if (which != NULL && !which[i]) continue;
+        len += (size_t)snprintf(out + len, n - len, "%s%.*s", len ? "\n" : "", (int)ch->namelen, ch->name);
+    }
+    if (len >= n) out[n - 1] = '\0';
+}

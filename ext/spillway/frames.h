@@ -17,5 +17,8 @@ void spillway_frames_free(spillway_hub *hub);
  * report the same hole again. The caller owns the frame; NULL when out of
  * memory. */
 spillway_frame *spillway_frame_reset(const spillway_conn *c, const bool *reset, spillway_id now);
+/* The stream's channel names (only those flagged in which, unless NULL),
+ * one per line, cut to fit n bytes and terminated (an event's detail). */
+void spillway_frame_channel_names(const spillway_conn *c, const bool *which, char *out, size_t n);
 
 #endif

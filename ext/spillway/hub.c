@@ -27,6 +27,9 @@
 
 #define WHEEL_SLOTS 100u
 
+/* Events kept for the notifications thread before the oldest are dropped. */
+#define EVENTS_CAP 4096u
+
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -169,6 +172,12 @@ int spillway_hub_new(const spillway_config *cfg, spillway_hub **out, char *err, 
     copy_config(&hub->cfg, cfg);
     hub->owner = getpid();
     init_locks(hub);
+    if (spillway_events_init(&hub->events, EVENTS_CAP) != 0) {
+        set_err(err, errlen, "spillway_hub_new: out of memory");
+        free_config_strings(&hub->cfg);
+        free(hub);
+        return -ENOMEM;
+    }
 
     hub->now = spillway_mono_ms();
     /* Every id this hub issues is above origin; a cursor below it comes
@@ -544,6 +553,7 @@ size_t spillway_hub_memsize(const spillway_hub *hub)
     n += (size_t)atomic_load_explicit(&((spillway_hub *)hub)->st_channels, memory_order_relaxed) *
          (sizeof(spillway_channel) + 32);
     n += (size_t)atomic_load_explicit(&((spillway_hub *)hub)->st_backlog_bytes, memory_order_relaxed);
+    n += (size_t)hub->events.cap * sizeof(*hub->events.ring); /* untouched pages cost no RSS */
     if (hub->backend.ops != NULL) n += hub->backend.ops->memsize(hub->backend.self);
     return n;
 }
@@ -598,6 +608,7 @@ void spillway_hub_free(spillway_hub *hub)
     pthread_mutex_destroy(&hub->flush_lock);
     pthread_cond_destroy(&hub->flush_cond);
     pthread_cond_destroy(&hub->log_cond);
+    spillway_events_destroy(&hub->events);
     free_config_strings(&hub->cfg);
     free(hub);
 }
@@ -611,4 +622,22 @@ bool spillway_hub_running(const spillway_hub *hub)
 {
     return atomic_load(&((spillway_hub *)hub)->running) &&
            !atomic_load(&((spillway_hub *)hub)->abandoned);
+}
+
+/* ---- events (events.h) -------------------------------------------------- */
+
+void spillway_hub_events_enable(spillway_hub *hub, bool on)
+{
+    spillway_events_enable(&hub->events, on);
+}
+
+int spillway_hub_events_wait(spillway_hub *hub, spillway_event *out, size_t max, uint32_t timeout_ms,
+                             spillway_waiter *w, uint64_t *dropped)
+{
+    return spillway_events_wait(&hub->events, out, max, timeout_ms, w ? &w->interrupted : NULL, dropped);
+}
+
+void spillway_hub_events_interrupt(spillway_hub *hub, spillway_waiter *w)
+{
+    spillway_events_interrupt(&hub->events, &w->interrupted);
 }

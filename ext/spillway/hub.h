@@ -15,6 +15,7 @@
 #include <sys/types.h>
 
 #include "common.h"
+#include "events.h"
 #include "id.h"
 
 typedef struct spillway_hub spillway_hub;
@@ -206,6 +207,20 @@ int spillway_hub_log_wait(spillway_hub *hub, spillway_log_entry *out, size_t max
                           spillway_waiter *w);
 /* Ends the spillway_hub_log_wait that waits with w (any thread). */
 void spillway_hub_log_interrupt(spillway_hub *hub, spillway_waiter *w);
+
+/*
+ * The hub's events (events.h): every stream close, reset and Redis error,
+ * one record each, for ActiveSupport::Notifications. Recorded only while
+ * enabled; at most a few thousand wait, the oldest dropped beyond.
+ */
+void spillway_hub_events_enable(spillway_hub *hub, bool on);
+/* As spillway_events_wait: up to max events, 0 on timeout, -EINTR when w
+ * was interrupted (spillway_hub_events_interrupt), -EPIPE once the hub has
+ * stopped and every event was taken; *dropped: the drops so far. Blocking:
+ * call it without the GVL. */
+int spillway_hub_events_wait(spillway_hub *hub, spillway_event *out, size_t max, uint32_t timeout_ms,
+                             spillway_waiter *w, uint64_t *dropped);
+void spillway_hub_events_interrupt(spillway_hub *hub, spillway_waiter *w);
 
 /* Heap bytes the hub holds (for ObjectSpace.memsize_of); approximate. */
 size_t spillway_hub_memsize(const spillway_hub *hub);

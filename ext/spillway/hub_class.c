@@ -283,6 +283,87 @@ static VALUE hub_flush(VALUE self, VALUE timeout)
     return a.rc == 0 ? Qtrue : Qfalse;
 }
 
+/* ---- events ----------------------------------------------------------- */
+
+#define EVENTS_BATCH 32
+
+struct events_args {
+    spillway_hub *hub;
+    uint32_t timeout_ms;
+    spillway_waiter w; /* this call's own interrupt flag */
+    spillway_event out[EVENTS_BATCH];
+    uint64_t dropped;
+    int rc;
+};
+
+static void *events_nogvl(void *p)
+{
+    struct events_args *a = p;
+    a->rc = spillway_hub_events_wait(a->hub, a->out, EVENTS_BATCH, a->timeout_ms, &a->w, &a->dropped);
+    return NULL;
+}
+
+/* As log_ubf. */
+static void events_ubf(void *p)
+{
+    struct events_args *a = p;
+    spillway_hub_events_interrupt(a->hub, &a->w);
+}
+
+/* hub.events_enable(bool): record stream closes, resets and Redis errors
+ * (or stop recording them). */
+static VALUE hub_events_enable(VALUE self, VALUE on)
+{
+    spillway_hub_events_enable(get_hub(self), RTEST(on));
+    return on;
+}
+
+static VALUE event_kind(spillway_event_kind k)
+{
+    switch (k) {
+    case SW_EV_STREAM_CLOSE: return ID2SYM(rb_intern("stream_close"));
+    case SW_EV_RESET: return ID2SYM(rb_intern("reset"));
+    case SW_EV_REDIS_ERROR: return ID2SYM(rb_intern("redis_error"));
+    case SW_EV_KINDS: break;
+    }
+    return ID2SYM(rb_intern("unknown"));
+}
+
+/*
+ * hub.events_wait(timeout_seconds) -> [events, dropped] or nil.
+ * Waits without the GVL for events (see hub.h); events is
+ * [[kind, stream, wall_ms, reason, detail], ...] ([] on timeout or
+ * interrupt), kind :stream_close, :reset or :redis_error, dropped how many
+ * the hub let go so far. nil once the hub has stopped and everything was
+ * taken.
+ */
+static VALUE hub_events_wait(VALUE self, VALUE timeout)
+{
+    struct events_args a; /* about 8 KB: on this Ruby thread's stack */
+    VALUE list;
+
+    a.hub = get_hub(self);
+    a.timeout_ms = timeout_ms(timeout);
+    a.w = (spillway_waiter)SPILLWAY_WAITER_INIT;
+    a.dropped = 0;
+    a.rc = 0;
+    rb_thread_call_without_gvl(events_nogvl, &a, events_ubf, &a);
+    if (a.rc == -EPIPE) return Qnil;
+    list = rb_ary_new_capa(a.rc > 0 ? a.rc : 0);
+    for (int i = 0; i < a.rc; i++) {
+        const spillway_event *e = &a.out[i];
+        VALUE row = rb_ary_new_capa(5);
+        rb_ary_push(row, event_kind(e->kind));
+        rb_ary_push(row, ULL2NUM(e->id));
+        rb_ary_push(row, ULL2NUM(e->wall_ms));
+        rb_ary_push(row, rb_enc_associate(rb_str_new_cstr(e->reason), rb_utf8_encoding()));
+        rb_ary_push(row, rb_enc_associate(rb_str_new_cstr(e->detail), rb_utf8_encoding()));
+        rb_ary_push(list, row);
+    }
+    rb_thread_check_ints();
+    return rb_assoc_new(list, ULL2NUM(a.dropped));
+}
+
 /* ---- the log ----------------------------------------------------------- */
 
 #define LOG_BATCH 16
@@ -443,6 +524,8 @@ void Init_spillway_hub(void)
     rb_define_method(cHub, "cursor", hub_cursor, 0);
     rb_define_method(cHub, "flush", hub_flush, 1);
     rb_define_method(cHub, "log_wait", hub_log_wait, 1);
+    rb_define_method(cHub, "events_enable", hub_events_enable, 1);
+    rb_define_method(cHub, "events_wait", hub_events_wait, 1);
     rb_define_method(cHub, "stats", hub_stats, 0);
     rb_define_method(cHub, "stop", hub_stop, 1);
     rb_define_method(cHub, "pid", hub_pid, 0);

@@ -17,6 +17,7 @@
 #include "conn.h"
 #include "frame.h"
 #include "handle.h"
+#include "events.h"
 #include "hub.h"
 #include "log.h"
 #include "queue.h"
@@ -99,6 +100,11 @@ struct spillway_hub {
     /* the log, for the Ruby thread that writes it (err_lock) */
     spillway_log_slot log[SW_LOG_KINDS];
     pthread_cond_t log_cond; /* CLOCK_MONOTONIC; signalled when an entry is due, and at the stop */
+
+    /* every stream close, reset and Redis error, for the notifications
+     * thread (events.h; its own lock) */
+    spillway_events events;
+    uint64_t conn_serial; /* numbers the streams (reactor) */
 };
 
 /* streams.c */

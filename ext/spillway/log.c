@@ -18,18 +18,19 @@ static const struct {
     const char *name;
     bool error;
     bool warning;
+    bool redis; /* also an event (events.h): redis_error.spillway */
 } log_kinds[SW_LOG_KINDS] = {
-    [SW_LOG_ERROR] = {"error", true, false},
-    [SW_LOG_REDIS_LINK] = {"redis_link", true, true},
-    [SW_LOG_REDIS_CONNECT] = {"redis_connect", true, true},
-    [SW_LOG_PROTOCOL] = {"protocol", true, false},
-    [SW_LOG_SUBSCRIBE] = {"subscribe", true, false},
-    [SW_LOG_RESUME] = {"resume", true, false},
-    [SW_LOG_REPAIR] = {"repair", true, false},
-    [SW_LOG_ASYNC_PUBLISH] = {"async_publish", true, false},
-    [SW_LOG_MEMORY] = {"memory", true, false},
-    [SW_LOG_RESET] = {"reset", false, true},
-    [SW_LOG_SLOW_CLIENT] = {"slow_client", false, true},
+    [SW_LOG_ERROR] = {"error", true, false, false},
+    [SW_LOG_REDIS_LINK] = {"redis_link", true, true, true},
+    [SW_LOG_REDIS_CONNECT] = {"redis_connect", true, true, true},
+    [SW_LOG_PROTOCOL] = {"protocol", true, false, true},
+    [SW_LOG_SUBSCRIBE] = {"subscribe", true, false, true},
+    [SW_LOG_RESUME] = {"resume", true, false, true},
+    [SW_LOG_REPAIR] = {"repair", true, false, true},
+    [SW_LOG_ASYNC_PUBLISH] = {"async_publish", true, false, true},
+    [SW_LOG_MEMORY] = {"memory", true, false, false},
+    [SW_LOG_RESET] = {"reset", false, true, false},
+    [SW_LOG_SLOW_CLIENT] = {"slow_client", false, true, false},
 };
 
 static void vlog(spillway_hub *hub, spillway_log_kind kind, const char *fmt, va_list ap)
@@ -44,6 +45,8 @@ static void vlog(spillway_hub *hub, spillway_log_kind kind, const char *fmt, va_
     /* Formatted before the lock: the Ruby thread that takes entries holds
      * it as briefly as the reactor does. */
     vsnprintf(msg, sizeof(msg), fmt, ap);
+    /* Every occurrence, not the log's summary (its own lock). */
+    if (log_kinds[kind].redis) spillway_events_push(&hub->events, SW_EV_REDIS_ERROR, 0, log_kinds[kind].name, msg);
     now = spillway_mono_ms();
     slot = &hub->log[kind];
     pthread_mutex_lock(&hub->err_lock);

@@ -160,7 +160,7 @@ static void shutdown_streams(spillway_hub *hub)
             c->flags &= ~SW_CF_JOINING;
             spillway_conn_push(hub, c, hub->f_retry);
             spillway_conn_flush(hub, c);
-            spillway_conn_doom(hub, c, false);
+            spillway_conn_doom_why(hub, c, false, "server stopping");
         }
     }
     end_iteration(hub);
@@ -251,7 +251,8 @@ void *spillway_reactor_main(void *arg)
     pthread_mutex_lock(&hub->flush_lock);
     pthread_cond_broadcast(&hub->flush_cond);
     pthread_mutex_unlock(&hub->flush_lock);
-    /* The log's reader takes what is left and ends. */
+    /* The log's and the events' readers take what is left and end. */
+    spillway_events_close(&hub->events);
     pthread_mutex_lock(&hub->err_lock);
     pthread_cond_broadcast(&hub->log_cond);
     pthread_mutex_unlock(&hub->err_lock);

@@ -7,7 +7,19 @@
  */
 #include <sys/epoll.h>
 
+#include "frames.h"
 #include "hub_internal.h"
+
+/* The stream_close event (events.h), while the memberships still name the
+ * stream's channels. */
+static void report_close(spillway_hub *hub, const spillway_conn *c)
+{
+    char names[SPILLWAY_EVENT_DETAIL];
+    if (!spillway_events_enabled(&hub->events)) return;
+    spillway_frame_channel_names(c, NULL, names, sizeof(names));
+    spillway_events_push(&hub->events, SW_EV_STREAM_CLOSE, c->serial,
+                         c->why ? c->why : (c->flags & SW_CF_SLOW) ? "slow" : "error", names);
+}
 
 /* A doomed stream goes: out of the epoll set explicitly (a copy of its
  * descriptor may live elsewhere, e.g. in a fork child), out of its
@@ -15,6 +27,7 @@
 static void close_doomed(spillway_hub *hub, spillway_conn *c)
 {
     epoll_ctl(hub->epfd, EPOLL_CTL_DEL, c->h.fd, NULL);
+    report_close(hub, c);
     spillway_wheel_remove(hub, c);
     spillway_channel_leave_all(hub, c);
     spillway_conn_close(hub, c);

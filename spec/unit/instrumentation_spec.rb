@@ -5,6 +5,8 @@ require "active_support"
 require "active_support/notifications"
 
 RSpec.describe "ActiveSupport::Notifications events" do
+  include Waiting
+
   def capture(name)
     events = []
     sub = ActiveSupport::Notifications.subscribe(name) do |*args|
@@ -30,6 +32,74 @@ RSpec.describe "ActiveSupport::Notifications events" do
     expect(events.last.payload[:exception].first).to eq("ArgumentError")
     expect(events.map { |e| e.payload[:id] }.compact.size).to eq(1)
     expect(thread).to eq(Thread.current)
+  end
+
+  # Collects the events named until the block returns true (on a deadline):
+  # they come from the spillway-events thread.
+  def collect(name)
+    events = Queue.new
+    sub = ActiveSupport::Notifications.subscribe(name) do |*args|
+      events << [ActiveSupport::Notifications::Event.new(*args), Thread.current.name]
+    end
+    got = []
+    yield(lambda do |timeout: 10, &cond|
+      wait_until(timeout: timeout, message: "#{name} events") do
+        got << events.pop until events.empty?
+        cond.call(got)
+      end
+      got
+    end)
+  ensure
+    ActiveSupport::Notifications.unsubscribe(sub)
+  end
+
+  def attach(query, cursor: nil)
+    mw = Spillway::Middleware.new(->(_) { [404, {}, []] })
+    ours, theirs = UNIXSocket.pair
+    env = { "PATH_INFO" => "/stream", "REQUEST_METHOD" => "GET", "QUERY_STRING" => query,
+            "rack.hijack?" => true, "rack.hijack" => -> { theirs } }
+    env["HTTP_LAST_EVENT_ID"] = cursor if cursor
+    mw.call(env)
+    ours
+  end
+
+  it "instruments stream_close.spillway with the reason, from the hub, on the spillway-events thread" do
+    Spillway.hub # started with ActiveSupport loaded: the hub records its events
+    collect("stream_close.spillway") do |wait|
+      sock = attach("channel=ev:a&channel=ev:b")
+      expect(sock.readpartial(4096)).to start_with("HTTP/1.1 200")
+      sock.close
+      got = wait.call { |g| g.any? { |e, _| e.payload[:channels] == %w[ev:a ev:b] } }
+      event, thread = got.find { |e, _| e.payload[:channels] == %w[ev:a ev:b] }
+      expect(event.payload).to include(reason: "client gone", channels: %w[ev:a ev:b])
+      expect(event.payload[:stream]).to be_a(Integer).and be_positive
+      expect(event.payload[:at]).to be_within(10).of(Time.now)
+      expect(thread).to eq("spillway-events")
+    end
+  end
+
+  it "instruments reset.spillway with the channels reset and why" do
+    Spillway.hub
+    collect("reset.spillway") do |wait|
+      sock = attach("channel=ev:r", cursor: "1000-0")
+      got = wait.call { |g| g.any? { |e, _| e.payload[:channels] == %w[ev:r] } }
+      event, = got.find { |e, _| e.payload[:channels] == %w[ev:r] }
+      expect(event.payload[:reason]).to eq("the Last-Event-ID is from before this process started")
+      sock.close
+    end
+  end
+
+  it "instruments redis_error.spillway for every occurrence (the log sums them up)" do
+    dead = TCPServer.new("127.0.0.1", 0)
+    port = dead.addr[1]
+    dead.close # nothing listens there: every connect is refused
+    Spillway.configure(redis_url: "redis://127.0.0.1:#{port}/0", connect_timeout: 0.2)
+    collect("redis_error.spillway") do |wait|
+      Spillway.hub
+      got = wait.call(timeout: 15) { |g| g.count { |e, _| e.payload[:kind] == "redis_connect" } >= 3 }
+      event, = got.find { |e, _| e.payload[:kind] == "redis_connect" }
+      expect(event.payload[:message]).to include("Connection refused")
+    end
   end
 
   it "instruments stream_open.spillway once the stream is the hub's" do
