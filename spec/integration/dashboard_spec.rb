@@ -1,7 +1,6 @@
 # frozen_string_literal: true
 
 require "spec_helper"
-require "ferrum"
 
 # Spillway::Dashboard mounted at /spillway in the fixture app (real Puma,
 # real Redis), shown in headless Chromium while traffic runs.
@@ -20,8 +19,7 @@ RSpec.describe "Spillway::Dashboard" do
   let(:server) { @server }
 
   def browser
-    @browser ||= Ferrum::Browser.new(browser_path: "/usr/bin/chromium", headless: true, timeout: 20,
-                                     process_timeout: 40, browser_options: { "no-sandbox" => nil })
+    @browser ||= Browser.start
   end
 
   def text(page, css)

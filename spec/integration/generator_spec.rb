@@ -7,8 +7,6 @@ require "tmpdir"
 # bin/rails generate spillway:install in a fresh (minimal) Rails app, run
 # twice, then the app boots with what it wrote.
 RSpec.describe "bin/rails generate spillway:install" do
-  ROOT_DIR = AppServer::ROOT
-
   def write(dir, path, text)
     FileUtils.mkdir_p(File.dirname(File.join(dir, path)))
     File.write(File.join(dir, path), text)
@@ -42,7 +40,7 @@ RSpec.describe "bin/rails generate spillway:install" do
   end
 
   def run_in(dir, *args)
-    env = { "BUNDLE_GEMFILE" => File.join(ROOT_DIR, "Gemfile"), "RUBYLIB" => File.join(ROOT_DIR, "lib") }
+    env = { "BUNDLE_GEMFILE" => File.join(AppServer::ROOT, "Gemfile"), "RUBYLIB" => File.join(AppServer::ROOT, "lib") }
     out, err, status = Open3.capture3(env, RbConfig.ruby, *args, chdir: dir)
     expect(status).to be_success, "#{args.join(' ')}: #{err}#{out}"
     out

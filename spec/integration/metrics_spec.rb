@@ -10,7 +10,7 @@ RSpec.describe "Spillway::Metrics" do
 
   let(:server) { @server }
 
-  NAME = /\A[a-zA-Z_:][a-zA-Z0-9_:]*\z/.freeze
+  METRIC_NAME = /\A[a-zA-Z_:][a-zA-Z0-9_:]*\z/.freeze
 
   # { name => { type:, help:, samples: { labels Hash => value } } }; fails on
   # anything the format does not allow.
@@ -30,7 +30,7 @@ RSpec.describe "Spillway::Metrics" do
       when /\A(\S+)\{([^}]*)\} (-?\d+)\z/
         name, labels, value = Regexp.last_match.captures
         expect(families.keys.last).to eq(name)
-        expect(name).to match(NAME)
+        expect(name).to match(METRIC_NAME)
         pairs = labels.scan(/(\w+)="([^"\\]*)"/).to_h
         expect(pairs.map { |k, v| %(#{k}="#{v}") }.join(",")).to eq(labels)
         families[name][:samples][pairs] = Integer(value)

@@ -6,17 +6,17 @@ require "spec_helper"
 # authorize only allows public: channels; a token opens exactly its own
 # channels without it, and nothing else.
 RSpec.describe "Signed stream tokens" do
-  SECRET = "k" * 48
+  STREAM_TOKEN_SECRET = "k" * 48
 
   before(:all) do
-    @server = AppServer.new(config: { secret: SECRET }, middleware: { mount: "/events", authorize: "public_only" }).start
+    @server = AppServer.new(config: { secret: STREAM_TOKEN_SECRET }, middleware: { mount: "/events", authorize: "public_only" }).start
   end
 
   after(:all) { @server&.stop }
 
   # This process signs with the server's secret (spec_helper resets the
   # settings after every example).
-  before { Spillway.configure(secret: SECRET) }
+  before { Spillway.configure(secret: STREAM_TOKEN_SECRET) }
 
   let(:server) { @server }
 
@@ -67,7 +67,7 @@ RSpec.describe "Signed stream tokens" do
 
   it "answers 403 to a forged, truncated, expired or foreign token, and 400 to two, reaching no hub" do
     token = Spillway.sign(%w[private:a])
-    expired = Spillway::Token.sign(%w[private:a], expires_in: 60, secret: SECRET, config: Spillway.config,
+    expired = Spillway::Token.sign(%w[private:a], expires_in: 60, secret: STREAM_TOKEN_SECRET, config: Spillway.config,
                                                   now: Time.now.to_i - 120)
     foreign = Spillway::Token.sign(%w[private:a], expires_in: 60, secret: "x" * 48, config: Spillway.config)
     v, payload, mac = token.split(".")

@@ -2,24 +2,22 @@
 
 require "spec_helper"
 require "open3"
-require "ferrum"
 
 # Turbo Streams over Spillway: examples/turbo (Rails 7.2, turbo-rails, a
 # model with broadcasts_to, no Action Cable) on a real Puma with a real
 # Redis; records created by other processes (bin/rails runner); headless
 # Chromium as the browser.
 RSpec.describe "Turbo Streams over Spillway" do
-  ROOT_DIR = AppServer::ROOT
-  APP = File.join(ROOT_DIR, "examples", "turbo")
+  let(:app) { File.join(AppServer::ROOT, "examples", "turbo") }
 
   before(:all) do
     @redis = RedisServer.new.start
     @db = File.join(Dir.mktmpdir("spillway-turbo"), "chat.sqlite3")
     @env = {
       "REDIS_URL" => @redis.url, "DATABASE_PATH" => @db, "SPILLWAY_TEST" => "1", "RAILS_ENV" => "production",
-      "SECRET_KEY_BASE" => "t" * 128, "BUNDLE_GEMFILE" => File.join(ROOT_DIR, "Gemfile"), "RAILS_LOG_LEVEL" => "warn"
+      "SECRET_KEY_BASE" => "t" * 128, "BUNDLE_GEMFILE" => File.join(AppServer::ROOT, "Gemfile"), "RAILS_LOG_LEVEL" => "warn"
     }
-    @server = AppServer.new(rackup: File.join(APP, "config.ru"), env: @env, threads: "1:1").start
+    @server = AppServer.new(rackup: File.join(AppServer::ROOT, "examples", "turbo", "config.ru"), env: @env, threads: "1:1").start
   end
 
   after(:all) do
@@ -32,15 +30,14 @@ RSpec.describe "Turbo Streams over Spillway" do
 
   # `bin/rails runner CODE` in a process of its own; returns its stdout.
   def runner(code, expect_ok: true)
-    out, err, status = Open3.capture3(@env.merge("RUBYLIB" => File.join(ROOT_DIR, "lib")), RbConfig.ruby,
-                                      File.join(APP, "bin", "rails"), "runner", code, chdir: APP)
+    out, err, status = Open3.capture3(@env.merge("RUBYLIB" => File.join(AppServer::ROOT, "lib")), RbConfig.ruby,
+                                      File.join(app, "bin", "rails"), "runner", code, chdir: app)
     expect(status.success?).to be(expect_ok), "runner #{code}: #{err.lines.last(5).join}"
     [out, err]
   end
 
   def browser
-    @browser ||= Ferrum::Browser.new(browser_path: "/usr/bin/chromium", headless: true, timeout: 20,
-                                     process_timeout: 40, browser_options: { "no-sandbox" => nil })
+    @browser ||= Browser.start
   end
 
   def page_messages(page)

@@ -8,11 +8,11 @@ require "uri"
 # authorize sees the channels it took from the query; it answers false, so
 # nothing reaches a hub.
 RSpec.describe "Spillway::Middleware reading the query string" do
-  MAX = 4
+  QUERY_SPEC_MAX = 4
   ALPHABET = ["channel", "lastEventId", "=", "&", "%", "+", "a", "b", "%3A", "%3a", ":", "%63hannel", "chan%6Eel",
               "%zz", "%F", "%FF", "%C3%A9", "%2B", "%26", "%3D", "x", "channel=", "channel=a", ";", "=="].freeze
 
-  before { Spillway.configure(max_channels_per_connection: MAX) }
+  before { Spillway.configure(max_channels_per_connection: QUERY_SPEC_MAX) }
 
   def middleware(seen, param: "channel")
     Spillway::Middleware.new(->(_env) { [404, {}, []] }, param: param,
@@ -27,7 +27,7 @@ RSpec.describe "Spillway::Middleware reading the query string" do
   def expected(query, param)
     pairs = URI.decode_www_form(query)
     channels = pairs.filter_map { |k, v| v if k == param }.uniq
-    return 400 if channels.empty? || channels.size > MAX || channels.any? { |c| !Spillway.config.valid_channel?(c) }
+    return 400 if channels.empty? || channels.size > QUERY_SPEC_MAX || channels.any? { |c| !Spillway.config.valid_channel?(c) }
 
     channels
   end
@@ -73,7 +73,7 @@ RSpec.describe "Spillway::Middleware reading the query string" do
     expect(body.join).to include("malformed query string")
     status, _, body = answer(mw, (1..1_000).map { |i| "channel=c#{i}" }.join("&"))
     expect(status).to eq(400)
-    expect(body.join).to include("max_channels_per_connection is #{MAX}")
+    expect(body.join).to include("max_channels_per_connection is #{QUERY_SPEC_MAX}")
     expect(seen).to be_empty
   end
 

@@ -3,15 +3,15 @@
 require "spec_helper"
 
 RSpec.describe Spillway::Token do
-  SECRET = "s" * 64
+  UNIT_TOKEN_SECRET = "s" * 64
 
-  let(:config) { Spillway::Configuration.new(secret: SECRET, max_channels_per_connection: 4) }
+  let(:config) { Spillway::Configuration.new(secret: UNIT_TOKEN_SECRET, max_channels_per_connection: 4) }
 
   def sign(channels, **kw)
-    described_class.sign(channels, expires_in: 60, secret: SECRET, config: config, **kw)
+    described_class.sign(channels, expires_in: 60, secret: UNIT_TOKEN_SECRET, config: config, **kw)
   end
 
-  def verify(token, secret: SECRET, **kw)
+  def verify(token, secret: UNIT_TOKEN_SECRET, **kw)
     described_class.verify(token, secret: secret, config: config, **kw)
   end
 
@@ -59,8 +59,8 @@ RSpec.describe Spillway::Token do
 
   it "is refused when the configuration no longer allows its channels" do
     token = sign(%w[a b c d])
-    fewer = Spillway::Configuration.new(secret: SECRET, max_channels_per_connection: 2)
-    expect { described_class.verify(token, secret: SECRET, config: fewer) }
+    fewer = Spillway::Configuration.new(secret: UNIT_TOKEN_SECRET, max_channels_per_connection: 2)
+    expect { described_class.verify(token, secret: UNIT_TOKEN_SECRET, config: fewer) }
       .to raise_error(described_class::Invalid, /does not allow/)
   end
 
@@ -71,10 +71,10 @@ RSpec.describe Spillway::Token do
       Spillway.configure(secret: nil)
       expect { Spillway.sign("a") }.to raise_error(Spillway::Error, /needs a secret/)
       expect { Spillway.configure(secret: "short") }.to raise_error(ArgumentError, /at least 32 bytes/)
-      Spillway.configure(secret: SECRET)
+      Spillway.configure(secret: UNIT_TOKEN_SECRET)
       token = Spillway.sign("a", expires_in: 10)
       expect(verify(token)).to eq(["a"])
-      expect(Spillway.config.inspect).not_to include(SECRET)
+      expect(Spillway.config.inspect).not_to include(UNIT_TOKEN_SECRET)
       expect(Spillway.config.inspect).to include("secret=[set]")
     end
   end
