@@ -518,7 +518,7 @@ void spillway_hub_stats(spillway_hub *hub, spillway_stats *out)
     memset(out, 0, sizeof(*out));
     out->connections = atomic_load_explicit(&hub->reserved, memory_order_relaxed);
     out->channels = STAT_GET(hub, st_channels);
-    out->published = STAT_GET(hub, st_published);
+    out->messages_in = STAT_GET(hub, st_messages_in);
     out->delivered = STAT_GET(hub, st_delivered);
     out->dropped_slow = STAT_GET(hub, st_dropped_slow);
     out->bytes_out = STAT_GET(hub, st_bytes_out);

@@ -64,7 +64,7 @@ typedef struct spillway_config {
 typedef struct spillway_stats {
     uint64_t connections;      /* open streams (including ones being handed over) */
     uint64_t channels;         /* channels with subscribers or a backlog */
-    uint64_t published;        /* messages that entered this hub (memory or Redis) */
+    uint64_t messages_in;      /* messages that entered this hub (memory or Redis): stats[:messages_in] */
     uint64_t delivered;        /* message frames fully written to sockets */
     uint64_t dropped_slow;     /* streams closed as too slow (lag, outbox_limit, memory_limit) */
     uint64_t bytes_out;        /* bytes written to stream sockets */

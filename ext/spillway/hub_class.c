@@ -435,7 +435,7 @@ static VALUE hub_stats(VALUE self)
     spillway_hub_stats(get_hub(self), &st);
     SET("connections", st.connections);
     SET("channels", st.channels);
-    SET("messages_in", st.published);
+    SET("messages_in", st.messages_in);
     SET("delivered", st.delivered);
     SET("dropped_slow", st.dropped_slow);
     SET("outbox_bytes", st.outbox_bytes);

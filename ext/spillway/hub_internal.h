@@ -78,7 +78,7 @@ struct spillway_hub {
 
     /* ---- shared, atomics ---- */
     atomic_uint_fast32_t reserved; /* open + being handed over */
-    atomic_uint_fast64_t st_channels, st_published, st_delivered, st_dropped_slow,
+    atomic_uint_fast64_t st_channels, st_messages_in, st_delivered, st_dropped_slow,
         st_bytes_out, st_accepted, st_closed, st_fallback, st_fallback_total, st_resumes,
         st_resets, st_joining, st_backlog_messages, st_backlog_bytes, st_redis_connected,
         st_redis_reconnects, st_redis_messages, st_gap_repairs, st_async_failed, st_errors,

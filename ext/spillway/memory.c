@@ -131,7 +131,7 @@ static void memory_publish(void *self, spillway_cmd_publish *cmd)
     spillway_channel *ch = spillway_chtab_get(hub, cmd->channel, cmd->chlen);
 
     hub->last = spillway_id_max(hub->last, f->id);
-    STAT_ADD(hub, st_published, 1);
+    STAT_ADD(hub, st_messages_in, 1);
     if (ch == NULL) {
         spillway_hub_log(hub, SW_LOG_MEMORY, "do_publish: cannot create channel (out of memory)");
         return;

@@ -78,7 +78,7 @@ static void on_message(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
     }
     f = steal(v->element[2]);
     STAT_ADD(hub, st_redis_messages, 1);
-    STAT_ADD(hub, st_published, 1);
+    STAT_ADD(hub, st_messages_in, 1);
     if (frame_set_id(f) != 0) {
         /* A well-formed message that Spillway did not publish (a PUBLISH
          * from redis-cli, say): nothing of ours is lost by dropping it. */

@@ -322,7 +322,7 @@ TEST(head_opening_and_frames_in_order)
     CHECK(WAIT_UNTIL(stats(hub).delivered == 6, DEADLINE_MS));
     {
         spillway_stats st = stats(hub);
-        CHECK_U64(st.published, ==, 3);
+        CHECK_U64(st.messages_in, ==, 3);
         CHECK_U64(st.accepted, ==, 2);
         CHECK_U64(st.connections, ==, 2);
         CHECK_U64(st.channels, ==, 1);
@@ -467,7 +467,7 @@ TEST(concurrent_publishers_keep_id_and_thread_order)
         next[t]++;
     }
     CHECK(ordered);
-    CHECK_U64(stats(hub).published, ==, PUB_THREADS * PUB_EACH);
+    CHECK_U64(stats(hub).messages_in, ==, PUB_THREADS * PUB_EACH);
     client_close(&c);
     finish(hub);
 }
