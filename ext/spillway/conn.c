@@ -57,6 +57,7 @@ spillway_conn *spillway_conn_new(spillway_hub *hub, int fd, unsigned flags)
     c->h.fd = fd;
     c->serial = ++hub->conn_serial;
     if (flags & SPILLWAY_ATTACH_FALLBACK) c->flags |= SW_CF_FALLBACK;
+    if (flags & SPILLWAY_ATTACH_TURBO) c->flags |= SW_CF_TURBO;
     set_socket_options(hub, c);
 
     /* Edge-triggered, registered once: no epoll_ctl on the hot path. */

@@ -31,7 +31,8 @@ enum spillway_conn_flag {
     SW_CF_BLOCKED = 1u << 7,  /* the last write hit EAGAIN: wait for EPOLLOUT */
     SW_CF_RESUME_SENT = 1u << 8, /* its resume read is on the command link */
     SW_CF_MARK = 1u << 10,       /* scratch flag for one operation */
-    SW_CF_QUEUED = 1u << 11      /* on the queued list: frames wait in it (outbox or held) */
+    SW_CF_QUEUED = 1u << 11,     /* on the queued list: frames wait in it (outbox or held) */
+    SW_CF_TURBO = 1u << 12       /* resets go out as a Turbo refresh (SPILLWAY_ATTACH_TURBO) */
 };
 
 typedef struct spillway_member {

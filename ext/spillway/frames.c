@@ -42,6 +42,22 @@ int spillway_frames_build(spillway_hub *hub)
     return 0;
 }
 
+/* A Turbo stream's reset: a message Turbo applies (SPILLWAY_ATTACH_TURBO). */
+static spillway_frame *turbo_refresh(spillway_id now)
+{
+    static const char body[] = "\nevent: message\ndata: <turbo-stream action=\"refresh\"></turbo-stream>\n\n";
+    char idtext[SPILLWAY_ID_TEXT_MAX];
+    size_t idlen = spillway_id_format(now, idtext);
+    spillway_frame *f = spillway_frame_new(4 + idlen + sizeof(body) - 1);
+    if (f == NULL) return NULL;
+    memcpy(f->data, "id: ", 4);
+    memcpy(f->data + 4, idtext, idlen);
+    memcpy(f->data + 4 + idlen, body, sizeof(body) - 1);
+    f->len = (uint32_t)(4 + idlen + sizeof(body) - 1);
+    f->id = now;
+    return f;
+}
+
 spillway_frame *spillway_frame_reset(const spillway_conn *c, const bool *reset, spillway_id now)
 {
     char idtext[SPILLWAY_ID_TEXT_MAX];
@@ -50,6 +66,7 @@ spillway_frame *spillway_frame_reset(const spillway_conn *c, const bool *reset, 
     spillway_frame *f;
     char *p;
 
+    if (c->flags & SW_CF_TURBO) return turbo_refresh(now);
     for (uint32_t i = 0; i < c->nmem; i++)
         if (reset[i]) len += c->mem[i].ch->namelen + 3;
     f = spillway_frame_new(len);

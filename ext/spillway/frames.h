@@ -14,8 +14,9 @@ void spillway_frames_free(spillway_hub *hub);
 /* The `event: reset` frame for c: its cursor is older than what the backlog
  * still holds for the channels flagged in reset (one flag per membership
  * slot). Its id moves the client's cursor to `now`, so a reconnect does not
- * report the same hole again. The caller owns the frame; NULL when out of
- * memory. */
+ * report the same hole again. For a Turbo stream (SW_CF_TURBO) a message
+ * holding <turbo-stream action="refresh"> instead, with the same id. The
+ * caller owns the frame; NULL when out of memory. */
 spillway_frame *spillway_frame_reset(const spillway_conn *c, const bool *reset, spillway_id now);
 /* The stream's channel names (only those flagged in which, unless NULL),
  * one per line, cut to fit n bytes and terminated (an event's detail). */

@@ -92,6 +92,11 @@ typedef struct spillway_stats {
 /* Flags of spillway_hub_attach. */
 #define SPILLWAY_ATTACH_HEAD 1u     /* the hub writes the HTTP head (full hijack) */
 #define SPILLWAY_ATTACH_FALLBACK 2u /* the socket is a pair pumped by a Ruby thread */
+/* A Turbo stream (<turbo-stream-source>): Turbo applies `message` events
+ * only, so a reset goes out as a message whose data is
+ * <turbo-stream action="refresh"></turbo-stream> (the page reloads its
+ * state), with the reset's id. */
+#define SPILLWAY_ATTACH_TURBO 4u
 
 /*
  * Creates the hub and starts its thread. 0 and *out, or -errno with a message

@@ -532,4 +532,5 @@ void Init_spillway_hub(void)
     rb_define_method(cHub, "running?", hub_running_p, 0);
     rb_define_const(cHub, "ATTACH_HEAD", UINT2NUM(SPILLWAY_ATTACH_HEAD));
     rb_define_const(cHub, "ATTACH_FALLBACK", UINT2NUM(SPILLWAY_ATTACH_FALLBACK));
+    rb_define_const(cHub, "ATTACH_TURBO", UINT2NUM(SPILLWAY_ATTACH_TURBO));
 }

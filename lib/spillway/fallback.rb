@@ -45,17 +45,17 @@ module Spillway
     # here when anything fails before that. The native path (1) allocates
     # as little as it can: it runs once per stream, thousands at once after
     # a deploy.
-    def open(env, hub, channels, cursor)
+    def open(env, hub, channels, cursor, flags = 0)
       io = begin
         full_hijack(env)
       rescue Exception # rubocop:disable Lint/RescueException
         hub.unreserve
         raise
       end
-      return open_slow(env, io, hub, channels, cursor) unless io.is_a?(::BasicSocket)
+      return open_slow(env, io, hub, channels, cursor, flags) unless io.is_a?(::BasicSocket)
 
       begin
-        hub.attach(io, channels, cursor, Native::Hub::ATTACH_HEAD)
+        hub.attach(io, channels, cursor, Native::Hub::ATTACH_HEAD | flags)
       rescue Exception # rubocop:disable Lint/RescueException
         give_back(hub, io)
         raise
@@ -76,7 +76,7 @@ module Spillway
     EMPTY_BODY = [].freeze
 
     # Paths 2 to 4 (io: what full hijack gave, nil when nothing).
-    def open_slow(env, io, hub, channels, cursor)
+    def open_slow(env, io, hub, channels, cursor, flags)
       attached = false
       attach = lambda do |sock, flags|
         hub.attach(sock, channels, cursor, flags)
@@ -87,7 +87,7 @@ module Spillway
                            "Spillway: the hijacked connection is a #{io.class}, not a plain socket (TLS terminated " \
                            "by the app server?); streams go through a Ruby thread each. Terminate TLS in a proxy " \
                            "for the native path.")
-        src = attach_pair(attach, Native::Hub::ATTACH_HEAD)
+        src = attach_pair(attach, Native::Hub::ATTACH_HEAD | flags)
         pump(src, io, tune(io))
         return [200, {}, EMPTY_BODY]
       end
@@ -95,7 +95,7 @@ module Spillway
         Spillway.warn_once(:partial_hijack,
                            "Spillway: #{env['SERVER_SOFTWARE'] || 'this server'} has no full hijack; streams go " \
                            "through partial hijack and a Ruby thread each. Use Puma for the native path.")
-        src = attach_pair(attach, 0)
+        src = attach_pair(attach, flags)
         # The server's thread runs the copy: WEBrick closes the connection
         # as soon as the callback returns.
         return [200, headers.merge("rack.hijack" => ->(out) { copy(src, out, tune(out)) }), NO_BODY]
@@ -103,7 +103,7 @@ module Spillway
       Spillway.warn_once(:no_hijack,
                          "Spillway: #{env['SERVER_SOFTWARE'] || 'this server'} supports no hijack; each stream " \
                          "holds a server thread. Use Puma for the native path.")
-      src = attach_pair(attach, 0)
+      src = attach_pair(attach, flags)
       [200, headers, Fiber.scheduler ? StreamingBody.new(src) : Body.new(src)]
     rescue Exception # rubocop:disable Lint/RescueException
       give_back(hub, io) unless attached

@@ -167,27 +167,30 @@ module Spillway
       end
       return text(403, "Turbo stream name refused: bad signature\n") unless name
 
-      narrowed(env, config, [Turbo.channel_for(name)], requested, cursor, "the Turbo stream name")
+      narrowed(env, config, [Turbo.channel_for(name)], requested, cursor, "the Turbo stream name",
+               Native::Hub::ATTACH_TURBO)
     end
 
     # The granted channels, or the requested ones when they are among them.
-    def narrowed(env, config, allowed, requested, cursor, what)
-      return open_stream(env, config, allowed, cursor) if requested.empty?
+    def narrowed(env, config, allowed, requested, cursor, what, flags = 0)
+      return open_stream(env, config, allowed, cursor, flags) if requested.empty?
 
       outside = requested.find { |c| !allowed.include?(c) }
       return text(403, "channel #{outside[0, 64].inspect} is not in #{what}\n") if outside
 
-      open_stream(env, config, requested, cursor)
+      open_stream(env, config, requested, cursor, flags)
     end
 
-    def open_stream(env, config, channels, cursor)
+    # flags: Native::Hub::ATTACH_TURBO for a Turbo stream (its resets go out
+    # as a Turbo refresh, the one thing a <turbo-stream-source> applies).
+    def open_stream(env, config, channels, cursor, flags = 0)
       hub = Spillway.hub
       unless hub.reserve
         retry_after = [config.retry_interval.ceil, 1].max
         return text(503, "too many open streams (max_connections #{config.max_connections_effective})\n",
                     "retry-after" => retry_after.to_s)
       end
-      response = Fallback.open(env, hub, channels, cursor)
+      response = Fallback.open(env, hub, channels, cursor, flags)
       if Instrumentation.listening?("stream_open.spillway")
         Instrumentation.instrument("stream_open.spillway", { channels: channels, cursor: cursor, mount: @mount }) { nil }
       end

@@ -85,6 +85,26 @@ RSpec.describe "Turbo Streams over Spillway" do
     client&.close
   end
 
+  it "turns a reset into a Turbo refresh, the one thing a <turbo-stream-source> applies" do
+    src = CGI.unescapeHTML(server.get("/").body[/<turbo-stream-source src="([^"]+)"/, 1])
+    # A cursor Redis's backlog cannot reach back to (the namespace's history starts later).
+    stale = src.sub(/lastEventId=[^&]+/, "lastEventId=1000-0")
+    client = SSEClient.new(server.port, stale)
+    client.wait_for_events(1)
+    event = client.events.first
+    expect(event.type).to eq("message")
+    expect(event.data).to eq('<turbo-stream action="refresh"></turbo-stream>')
+    expect(event.last_event_id).to match(/\A\d+-\d+\z/)
+    expect(client.events.map(&:type)).not_to include("reset")
+    # A plain stream on the same channel still gets the SSE reset.
+    plain = SSEClient.open(server.port, "turbo:chat", cursor: "1000-0")
+    plain.wait_for_events(1)
+    expect(plain.events.first.type).to eq("reset")
+  ensure
+    client&.close
+    plain&.close
+  end
+
   it "raises ArgumentError naming the limit for a broadcast over max_message_bytes, in the broadcasting process" do
     _, err = runner('Turbo::StreamsChannel.broadcast_append_to("chat", target: "messages", html: "x" * 70_000)',
                     expect_ok: false)
