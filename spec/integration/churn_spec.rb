@@ -14,19 +14,21 @@ require "spec_helper"
 # (CHURN_CYCLES and CHURN_WARMUP set them freely); by default (CI) 10,000,
 # which still fails on a leak per connection:
 # - of a descriptor: 10,000 left open instead of none (the check is exact);
-# - of memory, against the 8 MiB bound: a leak of L bytes in every cycle
-#   grows RSS by at least 10,000 * (L + 16) bytes (16: malloc's smallest
-#   overhead), past 8 MiB from L = 823 bytes; a leak in one kind of cycle
-#   only (a ninth of them, 1,111) from 7.5 KB, in one of the kinds that
-#   make two ninths from 3.7 KB. Full mode: from 68 bytes in every cycle,
-#   739 bytes in a ninth of them.
-# Why 8 MiB: past the warm-up nothing of the server should grow, but RSS
-# moves anyway: malloc arenas fill their holes up to a plateau, Ruby keeps
-# freed heap pages, and with Redis the resume answers in flight come and go
-# (400 KB each). Measured after a 3,000-cycle warm-up (the examples print
-# the numbers): memory +1.0 to +1.6 MiB, Redis -1.7 to +4.1 MiB, over
-# 12,000 cycles. 8 MiB leaves room for that and still catches a leak of
-# under 1 KB in every cycle, or of a few KB in a fraction of them.
+# - of memory, against 4 MiB over the second half of the run (5,000 cycles)
+#   and 16 MiB over all of it: a leak of L bytes in every cycle grows RSS by
+#   at least 5,000 * (L + 16) bytes over the second half (16: malloc's
+#   smallest overhead), past 4 MiB from L = 823 bytes; a leak in one kind of
+#   cycle only (a ninth of them) from 7.5 KB. Full mode: from 68 bytes in
+#   every cycle.
+# Why judge the second half: past the warm-up nothing of the server should
+# grow, but RSS moves anyway: malloc arenas fill their holes up to a
+# plateau, Ruby keeps freed heap pages, and with Redis the resume answers in
+# flight come and go (400 KB each). Measured after a 3,000-cycle warm-up (the
+# examples print the numbers): usually +0.7 to +2 MiB over 10,000 cycles,
+# but one run in about ten climbed +8.2 MiB in its first 5,000 cycles and
+# then stayed flat (+128 KiB over the second half): a plateau, not a leak,
+# which a single bound from the warm-up would call one. A leak grows all the
+# way.
 #
 # Under valgrind (rake spec:valgrind) the run is shorter and RSS is not
 # judged: memcheck keeps freed blocks aside (20 MB by default) and its own
@@ -175,8 +177,14 @@ RSpec.describe "Churn: connect/disconnect cycles" do
         expect(kinds_end.keys.grep(/client conn/)).to be_empty, -> { "Puma still holds #{kinds_end}" }
         expect(fd_end).to be <= fd_base
         unless valgrind
-          expect(rss_end - rss_base).to be < rss_bound_kib,
-                                        -> { "RSS grew #{rss_end - rss_base} KiB over #{cycles} cycles (bound #{rss_bound_kib})" }
+          # Flat: no growth over the second half of the run (a leak grows all
+          # the way; malloc's arenas reach their high-water mark early and
+          # stay), and a bounded rise overall.
+          rss_mid = samples.min_by { |n, _| (n - cycles / 2).abs }&.last || rss_base
+          expect(rss_end - rss_mid).to be < rss_bound_kib / 2,
+                                       -> { "RSS grew #{rss_end - rss_mid} KiB over the second half (bound #{rss_bound_kib / 2})" }
+          expect(rss_end - rss_base).to be < 2 * rss_bound_kib,
+                                        -> { "RSS grew #{rss_end - rss_base} KiB over #{cycles} cycles (bound #{2 * rss_bound_kib})" }
         end
       end
     ensure
