@@ -5,7 +5,8 @@ require "socket"
 module Spillway
   # How a stream reaches the native hub, fastest first:
   #
-  # 1. Full hijack of a plain TCP/Unix socket (Puma, Unicorn, Passenger):
+  # 1. Full hijack of a plain TCP/Unix socket (Puma, Unicorn, Pitchfork,
+  #    Falcon over HTTP/1.1; Passenger hands a wrapper instead: path 2):
   #    the hub gets a duplicate of the descriptor and writes everything,
   #    the HTTP head included. No Ruby thread stays involved.
   # 2. Full hijack of something that is not a plain socket (Puma terminating
