@@ -29,13 +29,6 @@ module Spillway
       defined?(::ActiveSupport::Notifications) && ::ActiveSupport::Notifications.notifier.listening?(name)
     end
 
-    # Yields the payload to fill in; instrumented when someone listens.
-    def instrument(name, payload)
-      return yield(payload) unless listening?(name)
-
-      ::ActiveSupport::Notifications.instrument(name, payload) { yield payload }
-    end
-
     # An event started now and finished by the caller (handle.finish), for
     # code that cannot run inside a block without an extra frame on its hot
     # path. ActiveSupport before 7.1 has no handles: the event is then

@@ -192,7 +192,7 @@ module Spillway
       end
       response = Fallback.open(env, hub, channels, cursor, flags)
       if Instrumentation.listening?("stream_open.spillway")
-        Instrumentation.instrument("stream_open.spillway", { channels: channels, cursor: cursor, mount: @mount }) { nil }
+        ::ActiveSupport::Notifications.instrument("stream_open.spillway", channels: channels, cursor: cursor, mount: @mount)
       end
       response
     end

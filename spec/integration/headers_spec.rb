@@ -89,20 +89,9 @@ RSpec.describe "Configured response headers" do
   end
 
   it "are on the head Puma sends through the TLS pump" do
-    dir = Dir.mktmpdir
-    key = OpenSSL::PKey::RSA.new(2048)
-    cert = OpenSSL::X509::Certificate.new
-    cert.version = 2
-    cert.serial = 1
-    cert.subject = cert.issuer = OpenSSL::X509::Name.parse("/CN=127.0.0.1")
-    cert.public_key = key.public_key
-    cert.not_before = Time.now - 60
-    cert.not_after = Time.now + 3600
-    cert.sign(key, OpenSSL::Digest.new("SHA256"))
-    File.write(File.join(dir, "key.pem"), key.to_pem)
-    File.write(File.join(dir, "cert.pem"), cert.to_pem)
+    tls = SelfSigned.files
     server = AppServer.new(config: { headers: configured },
-                           tls: { key: File.join(dir, "key.pem"), cert: File.join(dir, "cert.pem") }).start
+                           tls: tls).start
     ctx = OpenSSL::SSL::SSLContext.new
     ctx.verify_mode = OpenSSL::SSL::VERIFY_NONE
     ssl = OpenSSL::SSL::SSLSocket.new(Socket.tcp("127.0.0.1", server.port), ctx)

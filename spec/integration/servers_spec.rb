@@ -77,19 +77,8 @@ RSpec.describe "App servers" do
   end
 
   it "streams through the Ruby pump when Puma terminates TLS itself, never plaintext" do
-    dir = Dir.mktmpdir
-    key = OpenSSL::PKey::RSA.new(2048)
-    cert = OpenSSL::X509::Certificate.new
-    cert.version = 2
-    cert.serial = 1
-    cert.subject = cert.issuer = OpenSSL::X509::Name.parse("/CN=127.0.0.1")
-    cert.public_key = key.public_key
-    cert.not_before = Time.now - 60
-    cert.not_after = Time.now + 3600
-    cert.sign(key, OpenSSL::Digest.new("SHA256"))
-    File.write(File.join(dir, "key.pem"), key.to_pem)
-    File.write(File.join(dir, "cert.pem"), cert.to_pem)
-    server = AppServer.new(tls: { key: File.join(dir, "key.pem"), cert: File.join(dir, "cert.pem") }).start
+    tls = SelfSigned.files
+    server = AppServer.new(tls: tls).start
     exercise(server, tls: true)
     stats = server.stats
     expect(stats[:fallback_total]).to eq(1)
