@@ -8,7 +8,8 @@
  * without touching the loop.
  *
  * Every operation runs on the reactor thread with loop_lock held, except
- * abandon (a fork child, after fork) and free (after the thread ended).
+ * issue_id and issued (any thread, under the queue lock), abandon (a fork
+ * child, after fork) and free (after the thread ended).
  * NULL means "nothing to do" for every operation marked optional.
  *
  * Why these and no others (what the hub really needs):
@@ -17,9 +18,11 @@
  *            is live and what it replays, and whether a channel without
  *            subscribers still matters (a backlog, a lingering subscription).
  *   publish, publish_async   the two commands the queue carries for a
- *            backend: a frame whose id the hub stamped (memory), or a body
- *            for the backend to publish elsewhere (Redis). NULL tells the
- *            public API that this backend takes no such publish.
+ *            backend: a frame whose id the backend issued under the queue
+ *            lock (memory: issue_id, issued), or a body for the backend to
+ *            publish elsewhere (Redis). NULL tells the public API that this
+ *            backend takes no such publish.
+ *   channel_new   a channel entered the table (its backlog's starting point).
  *   on_event   every epoll event whose handle is no stream and no wake-up:
  *            the backend's own descriptors.
  *   next_timer, timers   the loop's timeout and its timer phase.
@@ -33,6 +36,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "id.h"
 
 struct spillway_hub;
 struct spillway_conn;
@@ -49,10 +54,17 @@ typedef struct spillway_backend_ops {
     /* A publish whose frame carries an id the hub issued (the caller frees
      * cmd afterwards). Optional: NULL refuses spillway_hub_publish. */
     void (*publish)(void *self, struct spillway_cmd_publish *cmd);
+    /* With publish: under the queue lock, from any thread, the id of the
+     * next publish (wall_ms: the wall clock now), and the last id issued
+     * (spillway_hub_cursor). */
+    spillway_id (*issue_id)(void *self, uint64_t wall_ms);
+    spillway_id (*issued)(void *self);
     /* An async publish: the backend owns cmd from here on and reports its
      * ticket with spillway_hub_async_done. Optional: NULL refuses
      * spillway_hub_publish_async. */
     void (*publish_async)(void *self, struct spillway_cmd_publish *cmd);
+    /* The channel was just created in the table (optional). */
+    void (*channel_new)(void *self, struct spillway_channel *ch);
     /* A stream joins the channel (optional). */
     void (*channel_wanted)(void *self, struct spillway_channel *ch);
     /* The channel's last subscriber left: the backend drops it

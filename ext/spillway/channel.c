@@ -109,15 +109,12 @@ spillway_channel *spillway_chtab_get(spillway_hub *hub, const char *name, size_t
     ch->namelen = (uint16_t)len;
     h = hash_name(t->seed, name, len);
     ch->hash = h;
-    /* A channel that is new to this table may have lived before and lost
-     * its backlog; assume it lost everything up to the newest id evicted
-     * anywhere (conservative: a resume from before that gets a reset). */
-    ch->trimmed = hub->evicted;
     ch->hnext = t->buckets[h & (t->nbuckets - 1)];
     t->buckets[h & (t->nbuckets - 1)] = ch;
     t->count++;
     atomic_store_explicit(&hub->st_channels, t->count, memory_order_relaxed);
     if (t->count > t->nbuckets) grow(t);
+    if (hub->backend.ops->channel_new != NULL) hub->backend.ops->channel_new(hub->backend.self, ch);
     return ch;
 }
 
@@ -132,7 +129,6 @@ void spillway_channel_drop(spillway_hub *hub, spillway_channel *ch)
     if (*pp == ch) *pp = ch->hnext;
     t->count--;
     atomic_store_explicit(&hub->st_channels, t->count, memory_order_relaxed);
-    if (!spillway_id_is_zero(ch->last)) hub->evicted = spillway_id_max(hub->evicted, ch->last);
     spillway_backlog_clear(hub, ch);
     channel_free(ch);
 }

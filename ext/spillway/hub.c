@@ -180,11 +180,8 @@ int spillway_hub_new(const spillway_config *cfg, spillway_hub **out, char *err, 
     }
 
     hub->now = spillway_mono_ms();
-    /* Every id this hub issues is above origin; a cursor below it comes
-     * from before this process and gets a reset. */
-    hub->origin = (spillway_id){spillway_wall_ms(), 0};
-    hub->gen_last = hub->origin;
-    hub->last = hub->origin;
+    hub->start = (spillway_id){spillway_wall_ms(), 0};
+    hub->last = hub->start;
     hub->wheel_slots = WHEEL_SLOTS;
     hub->wheel_next_ms = hub->now + SW_MAX(1u, cfg->heartbeat_ms / WHEEL_SLOTS);
 
@@ -334,12 +331,11 @@ static void stamp_publish(spillway_qnode *node, void *arg)
 {
     struct publish_stamp *st = arg;
     spillway_hub *hub = st->hub;
-    spillway_id id = spillway_id_next(hub->gen_last, spillway_wall_ms());
+    spillway_id id = hub->backend.ops->issue_id(hub->backend.self, spillway_wall_ms());
     size_t idlen;
     ssize_t len;
 
     SW_UNUSED(node);
-    hub->gen_last = id;
     idlen = spillway_id_format(id, st->idbuf);
     len = spillway_sse_encode(st->frame->data, st->cap, st->idbuf, idlen, st->event, st->evlen,
                               st->data, st->datalen);
@@ -412,7 +408,7 @@ void spillway_hub_cursor(spillway_hub *hub, char *idbuf)
 {
     spillway_id id;
     pthread_mutex_lock(&hub->q.lock);
-    id = hub->gen_last;
+    id = hub->backend.ops->issued != NULL ? hub->backend.ops->issued(hub->backend.self) : hub->start;
     pthread_mutex_unlock(&hub->q.lock);
     spillway_id_format(id, idbuf);
 }

@@ -34,6 +34,7 @@
 struct spillway_hub {
     spillway_config cfg; /* strings owned by the hub */
     pid_t owner;
+    spillway_id start; /* the wall clock at creation, as an id (never changes) */
     pthread_t thread;
     bool thread_started;
     atomic_bool running;
@@ -45,9 +46,6 @@ struct spillway_hub {
     struct spillway_hub *reg_next;
     spillway_cmd stop_cmd;
     atomic_bool stop_queued;
-
-    /* memory backend id generator: guarded by the queue lock */
-    spillway_id gen_last;
 
     /* ---- reactor only ---- */
     uint64_t now;
@@ -68,11 +66,7 @@ struct spillway_hub {
     spillway_conn **wheel;
     uint32_t wheel_slots, wheel_pos;
     uint64_t wheel_next_ms;
-    spillway_id last;    /* highest message id this hub has seen */
-    spillway_id origin;  /* memory: no id below this was ever issued here */
-    spillway_id evicted; /* memory: highest id of a backlog that was dropped */
-    spillway_channel *lru_head, *lru_tail;
-    uint32_t lru_count; /* memory: channels that hold a backlog */
+    spillway_id last; /* highest message id this hub has seen (from the start) */
     struct iovec iov[SPILLWAY_IOV_BATCH];
     spillway_backend backend; /* backend.h: the hub calls it through this only */
 

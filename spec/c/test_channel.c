@@ -1,8 +1,9 @@
 /*
  * The reactor's data structures without the reactor: the channel table,
- * subscriber lists, the memory backlog and its LRU, and a connection's outbox
- * (against a real socketpair and a real epoll set), driven through
- * hub_internal.h on a hub built by hand. Single-threaded on purpose: every
+ * subscriber lists, the backlog ring, and a connection's outbox (against a
+ * real socketpair and a real epoll set), driven through hub_internal.h on a
+ * hub built by hand with a stub backend (the memory backend's LRU is in
+ * test_memory.c). Single-threaded on purpose: every
  * step is deterministic, and the end-to-end behaviour is in test_hub.c.
  */
 #include <errno.h>
@@ -12,77 +13,54 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "hub_internal.h"
-#include "memory.h"
-#include "sse_ref.h"
+#include "fake_hub.h"
 
-#define T0 1000000u /* the fake clock's start, in ms */
+/* The channel table's backend: a channel without subscribers and without
+ * a backlog goes at once (what memory.c does, without its LRU). */
+static void stub_join(void *self, spillway_conn *c)
+{
+    SW_UNUSED(self);
+    SW_UNUSED(c);
+}
 
-/* A hub with what the reactor's data structures need and no thread, no
- * queue, the memory backend. spillway_hub_free() tears it down. */
+static void stub_channel_unwanted(void *self, spillway_channel *ch)
+{
+    if (ch->ring_len == 0) spillway_channel_drop(self, ch);
+}
+
+static uint64_t stub_next_timer(void *self)
+{
+    SW_UNUSED(self);
+    return UINT64_MAX;
+}
+
+static void stub_nothing(void *self)
+{
+    SW_UNUSED(self);
+}
+
+static size_t stub_memsize(const void *self)
+{
+    SW_UNUSED(self);
+    return 0;
+}
+
+static const spillway_backend_ops stub_ops = {
+    .name = "stub",
+    .join = stub_join,
+    .channel_unwanted = stub_channel_unwanted,
+    .next_timer = stub_next_timer,
+    .timers = stub_nothing,
+    .free = stub_nothing,
+    .memsize = stub_memsize,
+};
+
 static spillway_hub *fake_hub(uint32_t backlog, uint32_t max_channels, uint32_t outbox)
 {
-    spillway_hub *hub = calloc(1, sizeof(*hub));
-    REQUIRE(hub != NULL);
-    hub->cfg.heartbeat_ms = 1000;
-    hub->cfg.max_lag_ms = 500;
-    hub->cfg.memory_limit = 1ull << 30;
-    hub->cfg.outbox_limit = outbox;
-    hub->cfg.backlog_size = backlog;
-    hub->cfg.max_backlog_channels = max_channels;
-    pthread_mutex_init(&hub->loop_lock, NULL);
-    pthread_mutex_init(&hub->err_lock, NULL);
-    pthread_mutex_init(&hub->flush_lock, NULL);
-    pthread_cond_init(&hub->flush_cond, NULL);
-    pthread_cond_init(&hub->log_cond, NULL);
-    hub->q.efd = -1;
-    hub->epfd = epoll_create1(EPOLL_CLOEXEC);
-    REQUIRE(hub->epfd >= 0);
-    hub->now = T0;
-    hub->wheel_slots = 100;
-    hub->wheel = calloc(hub->wheel_slots, sizeof(*hub->wheel));
-    hub->wheel_next_ms = hub->now + hub->cfg.heartbeat_ms / hub->wheel_slots;
-    hub->f_heartbeat = spillway_frame_copy(":\n\n", 3);
-    REQUIRE(hub->wheel != NULL && hub->f_heartbeat != NULL);
-    REQUIRE_INT(spillway_chtab_init(&hub->chans), ==, 0);
-    REQUIRE_INT(spillway_memory_backend_new(hub, NULL, 0), ==, 0);
+    spillway_hub *hub = fake_hub_bare(backlog, max_channels, outbox);
+    hub->backend.ops = &stub_ops;
+    hub->backend.self = hub;
     return hub;
-}
-
-/* What spillway_hub_free does with a hub fake_hub built. */
-static void fake_hub_free(spillway_hub *hub)
-{
-    spillway_streams_close_all(hub);
-    hub->backend.ops->free(hub->backend.self);
-    spillway_chtab_free(&hub->chans);
-    free(hub->wheel);
-    spillway_frame_unref(hub->f_heartbeat);
-    close(hub->epfd);
-    pthread_mutex_destroy(&hub->loop_lock);
-    pthread_mutex_destroy(&hub->err_lock);
-    pthread_mutex_destroy(&hub->flush_lock);
-    pthread_cond_destroy(&hub->flush_cond);
-    pthread_cond_destroy(&hub->log_cond);
-    free(hub);
-}
-
-/* A message frame with id 1-seq and `pad` bytes of data. The caller owns it. */
-static spillway_frame *msg(uint64_t seq, size_t pad)
-{
-    char id[SPILLWAY_ID_TEXT_MAX], *data = malloc(pad + 1);
-    spillway_id sid = {1, seq};
-    size_t idlen = spillway_id_format(sid, id);
-    ssize_t need;
-    spillway_frame *f;
-    REQUIRE(data != NULL);
-    for (size_t i = 0; i < pad; i++) data[i] = (char)('a' + (seq + i) % 26);
-    need = spillway_sse_size(id, idlen, NULL, 0, data, pad);
-    f = spillway_frame_new((size_t)need);
-    REQUIRE(f != NULL);
-    REQUIRE_INT(spillway_sse_encode(f->data, (size_t)need, id, idlen, NULL, 0, data, pad), ==, need);
-    f->id = sid;
-    free(data);
-    return f;
 }
 
 /* A connection on one end of a socketpair; *peer gets the other end. */
@@ -361,134 +339,6 @@ TEST(backlog_size_zero_keeps_nothing_but_remembers)
     /* A resume from before it must be told it missed something. */
     CHECK(ch->trimmed.ms == 1 && ch->trimmed.seq == 9);
     spillway_frame_unref(f);
-    fake_hub_free(hub);
-}
-
-/* The LRU list is a consistent doubly linked list of lru_count channels,
- * each with a backlog. */
-static void check_lru(spillway_hub *hub)
-{
-    uint32_t n = 0;
-    spillway_channel *prev = NULL;
-    for (spillway_channel *ch = hub->lru_head; ch != NULL; ch = ch->lru_next) {
-        if (ch->lru_prev != prev) CHECK(!"LRU back pointer broken");
-        if (ch->ring_len == 0) CHECK(!"a channel without backlog on the LRU");
-        prev = ch;
-        if (++n > 100000) break;
-    }
-    CHECK(hub->lru_tail == prev);
-    CHECK_U64(n, ==, hub->lru_count);
-    CHECK_U64(n, <=, hub->cfg.max_backlog_channels);
-}
-
-/* What the memory backend's publish (memory.c) does with a message. */
-static void publish(spillway_hub *hub, const char *name, uint64_t seq)
-{
-    spillway_channel *ch = spillway_chtab_get(hub, name, strlen(name));
-    spillway_frame *f = msg(seq, 8);
-    REQUIRE(ch != NULL);
-    if (hub->cfg.backlog_size > 0) spillway_lru_touch(hub, ch);
-    REQUIRE_INT(spillway_backlog_push(hub, ch, f), ==, 0);
-    spillway_channel_fanout(hub, ch, f);
-    spillway_channel_maybe_release(hub, ch);
-    spillway_frame_unref(f);
-}
-
-static spillway_channel *find(spillway_hub *hub, const char *name)
-{
-    return spillway_chtab_find(&hub->chans, name, strlen(name));
-}
-
-TEST(lru_evicts_the_least_recently_published)
-{
-    spillway_hub *hub = fake_hub(4, 3, 1 << 20);
-    spillway_conn *c = calloc(1, sizeof(*c));
-    spillway_channel *c3;
-
-    REQUIRE(c != NULL);
-    publish(hub, "c0", 1);
-    publish(hub, "c1", 2);
-    publish(hub, "c2", 3);
-    check_lru(hub);
-    CHECK_U64(hub->lru_count, ==, 3);
-    /* A fourth channel pushes out the oldest, which had nothing else to live
-     * for: it leaves the table, and the hub remembers what it lost. */
-    publish(hub, "c3", 4);
-    check_lru(hub);
-    CHECK(find(hub, "c0") == NULL);
-    CHECK(hub->evicted.ms == 1 && hub->evicted.seq == 1);
-    CHECK_U64(atomic_load(&hub->st_backlog_messages), ==, 3);
-
-    /* Publishing again makes a channel young: c2 goes before c1. */
-    publish(hub, "c1", 5);
-    publish(hub, "c4", 6);
-    check_lru(hub);
-    CHECK(find(hub, "c1") != NULL);
-    CHECK(find(hub, "c2") == NULL);
-    CHECK(hub->evicted.seq == 3);
-
-    /* A channel with a subscriber loses its backlog but stays. */
-    c->mem = calloc(1, sizeof(spillway_member));
-    REQUIRE(c->mem != NULL);
-    c3 = find(hub, "c3");
-    REQUIRE(c3 != NULL);
-    REQUIRE_INT(spillway_channel_add_sub(c3, c, 0), ==, 0);
-    c->nmem = 1;
-    c->last = (spillway_id){1, 1000}; /* so fanout queues nothing on this fake */
-    publish(hub, "c5", 7);
-    publish(hub, "c6", 8);
-    check_lru(hub);
-    CHECK(find(hub, "c3") == c3);
-    CHECK_U64(c3->ring_len, ==, 0);
-    CHECK(c3->trimmed.seq == 4);
-    CHECK(c3->lru_prev == NULL && c3->lru_next == NULL && hub->lru_head != c3);
-    CHECK(hub->evicted.seq == 5); /* c1, last published as 1-5 */
-
-    /* A channel new to the table assumes it lost what was evicted anywhere. */
-    {
-        spillway_channel *fresh = spillway_chtab_get(hub, "fresh", 5);
-        REQUIRE(fresh != NULL);
-        CHECK_INT(spillway_id_cmp(fresh->trimmed, hub->evicted), ==, 0);
-    }
-    spillway_channel_remove_sub(hub, c3, c->mem[0].idx);
-    free(c->mem);
-    free(c);
-    fake_hub_free(hub);
-}
-
-TEST(sweep_drops_backlogs_older_than_the_ttl)
-{
-    spillway_hub *hub = fake_hub(4, 100, 1 << 20);
-    hub->cfg.backlog_ttl_s = 2;
-    publish(hub, "old", 1);
-    hub->now = T0 + 1000;
-    publish(hub, "mid", 2);
-    hub->now = T0 + 1999;
-    publish(hub, "new", 3);
-
-    spillway_backlog_sweep(hub);
-    CHECK(find(hub, "old") != NULL);
-    hub->now = T0 + 2000; /* exactly the TTL after "old" */
-    spillway_backlog_sweep(hub);
-    CHECK(find(hub, "old") == NULL);
-    CHECK(find(hub, "mid") != NULL);
-    CHECK(hub->evicted.seq == 1);
-    hub->now = T0 + 3500;
-    spillway_backlog_sweep(hub);
-    CHECK(find(hub, "mid") == NULL && find(hub, "new") != NULL);
-    hub->now = T0 + 1000000;
-    spillway_backlog_sweep(hub);
-    CHECK_U64(hub->chans.count, ==, 0);
-    CHECK_U64(hub->lru_count, ==, 0);
-    CHECK(hub->lru_head == NULL && hub->lru_tail == NULL);
-    CHECK_U64(atomic_load(&hub->st_backlog_messages), ==, 0);
-
-    /* TTL 0: kept forever. */
-    hub->cfg.backlog_ttl_s = 0;
-    publish(hub, "kept", 4);
-    hub->now += 1000000000u;
-    spillway_backlog_sweep(hub);
-    CHECK(find(hub, "kept") != NULL);
     fake_hub_free(hub);
 }
 
