@@ -94,6 +94,18 @@ static void grow(spillway_chtab *t)
     t->nbuckets = n;
 }
 
+/* Names go unescaped into the JSON of the reset event (and into Redis keys):
+ * besides CR, LF and NUL, refuse what a JSON string would need escaped. */
+bool spillway_channel_name_ok(const char *s, size_t len)
+{
+    if (len == 0 || len > SPILLWAY_MAX_CHANNEL_LEN) return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f || c == '"' || c == '\\') return false;
+    }
+    return true;
+}
+
 spillway_channel *spillway_chtab_get(spillway_hub *hub, const char *name, size_t len)
 {
     spillway_chtab *t = &hub->chans;

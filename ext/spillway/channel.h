@@ -83,6 +83,10 @@ typedef struct spillway_chtab {
     uint64_t seed;
 } spillway_chtab;
 
+/* A name a channel may have: 1..SPILLWAY_MAX_CHANNEL_LEN bytes, none of
+ * them a control character, '"' or '\\' (names go unescaped into JSON and
+ * into Redis keys). */
+bool spillway_channel_name_ok(const char *s, size_t len);
 int spillway_chtab_init(spillway_chtab *t);
 void spillway_chtab_free(spillway_chtab *t);
 spillway_channel *spillway_chtab_find(spillway_chtab *t, const char *name, size_t len);

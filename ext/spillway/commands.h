@@ -41,8 +41,8 @@ typedef struct spillway_cmd_publish {
     spillway_cmd base;
     spillway_frame *frame; /* the full frame (memory) or the body after the id line (async) */
     uint64_t seq;          /* async ticket */
-    /* Async: its idempotency key, whole ("NS:k:<key>"), stored right after
-     * the channel; how long Redis keeps it; when it was put on the command
+    /* Async: its idempotency key (as given: the backend names it in its
+     * store), stored right after the channel; how long Redis keeps it; when it was put on the command
      * link for the attempt Redis may have run (CLOCK_MONOTONIC ms); and
      * whether Redis may have run it already (written, reply lost): then it
      * is sent again only while its key certainly lives (idem.h). */

@@ -123,7 +123,7 @@ static void queued_add(spillway_hub *hub, spillway_conn *c)
     hub->queued = c;
 }
 
-static void queued_remove(spillway_hub *hub, spillway_conn *c)
+void spillway_conn_queued_remove(spillway_hub *hub, spillway_conn *c)
 {
     if (!(c->flags & SW_CF_QUEUED)) return;
     c->flags &= ~SW_CF_QUEUED;
@@ -296,50 +296,12 @@ void spillway_conn_deliver(spillway_hub *hub, spillway_conn *c, spillway_frame *
     if (spillway_conn_push(hub, c, f) == 0) c->last = f->id;
 }
 
-int spillway_frame_cmp_id(const void *a, const void *b)
-{
-    const spillway_frame *fa = *(spillway_frame *const *)a;
-    const spillway_frame *fb = *(spillway_frame *const *)b;
-    return spillway_id_cmp(fa->id, fb->id);
-}
-
-/* Every reset reaches the log: the channels it names (as many as fit in
- * the line; a first name too long for it is cut) and why; and, when
- * enabled, the events. */
-static void log_reset(spillway_hub *hub, const spillway_conn *c, const bool *reset, const char *reason)
-{
-    char names[160];
-    size_t len = 0;
-    uint32_t total = 0, shown = 0;
-
-    names[0] = '\0';
-    for (uint32_t i = 0; i < c->nmem; i++) {
-        const spillway_channel *ch = c->mem[i].ch;
-        /* Room kept for a separator and " and N more". */
-        size_t room = sizeof(names) - len - 20;
-        if (!reset[i]) continue;
-        total++;
-        if (shown > 0 && 2u + ch->namelen > room) continue;
-        len += (size_t)snprintf(names + len, sizeof(names) - len, "%s%.*s", shown ? ", " : "",
-                                (int)SW_MIN((size_t)ch->namelen, room), ch->name);
-        shown++;
-    }
-    if (shown < total) snprintf(names + len, sizeof(names) - len, " and %u more", total - shown);
-    spillway_hub_log(hub, SW_LOG_RESET, "stream reset on %s (%s)", names,
-                     reason ? reason : "no reason given");
-    if (spillway_events_enabled(&hub->events)) {
-        char all[SPILLWAY_EVENT_DETAIL];
-        spillway_frame_channel_names(c, reset, all, sizeof(all));
-        spillway_events_push(&hub->events, SW_EV_RESET, c->serial, reason ? reason : "no reason given", all);
-    }
-}
-
 /* Everything queued so far may go over outbox_limit by its own size: a
  * resume replay is frames the stream asked for, often shared with the
  * backlog, and a client that reads takes it all; the lag still catches one
  * that stops reading in the middle of it. Replayed frames are shared like
  * any other, so lag and the budget judge them the same way. O(queued). */
-static void exempt_queued(spillway_conn *c)
+void spillway_conn_exempt_queued(spillway_conn *c)
 {
     c->replay_n = c->out_len;
     c->replay_bytes = 0;
@@ -348,62 +310,11 @@ static void exempt_queued(spillway_conn *c)
 }
 
 /* Drops the held list (its frames were delivered, or the stream closes). */
-static void held_free(spillway_hub *hub, spillway_conn *c, spillway_frame **held, uint32_t len)
+void spillway_conn_held_free(spillway_hub *hub, spillway_conn *c, spillway_frame **held, uint32_t len)
 {
     for (uint32_t i = 0; i < len; i++)
         hub->out_mem -= sizeof(*held) + spillway_frame_dequeue(held[i], &c->excl);
     free(held);
-}
-
-/*
- * Completes a join. The caller has set c->last to the stream's starting
- * point (its cursor). frames (sorted by id, newer than the cursor) are what the
- * stream missed; reset[i] is set for each membership slot whose backlog does
- * not reach back to the cursor; now is the newest id at the time of the read.
- * Then whatever arrived live while joining follows, minus duplicates.
- */
-void spillway_conn_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **frames, size_t n,
-                          const bool *reset, spillway_id now, const char *reason)
-{
-    bool any_reset = false;
-    spillway_frame **held = c->held;
-    uint32_t held_len = c->held_len;
-
-    if (c->flags & SW_CF_JOINING) STAT_SUB(hub, st_joining, 1);
-    c->flags &= ~SW_CF_JOINING;
-    c->held = NULL;
-    c->held_len = c->held_cap = 0;
-
-    for (size_t i = 0; i < n; i++) spillway_conn_deliver(hub, c, frames[i]);
-    exempt_queued(c);
-    for (uint32_t i = 0; reset != NULL && i < c->nmem; i++) any_reset |= reset[i];
-    if (any_reset) {
-        spillway_frame *rf = spillway_frame_reset(c, reset, spillway_id_max(now, c->last));
-        STAT_ADD(hub, st_resets, 1);
-        log_reset(hub, c, reset, reason);
-        if (rf != NULL) {
-            if (spillway_conn_push(hub, c, rf) == 0) c->last = rf->id;
-            spillway_frame_unref(rf);
-        }
-    }
-    c->last = spillway_id_max(c->last, now);
-    for (uint32_t i = 0; i < held_len; i++) spillway_conn_deliver(hub, c, held[i]);
-    held_free(hub, c, held, held_len);
-    /* Everything held may have been a duplicate: nothing waits then. */
-    if (c->out_len == 0) queued_remove(hub, c);
-}
-
-/* A reset for a live stream (gap repair could not reach back far enough
- * for the flagged channels). */
-void spillway_conn_send_reset(spillway_hub *hub, spillway_conn *c, const bool *reset,
-                              spillway_id now, const char *reason)
-{
-    spillway_frame *rf = spillway_frame_reset(c, reset, spillway_id_max(now, c->last));
-    STAT_ADD(hub, st_resets, 1);
-    log_reset(hub, c, reset, reason);
-    if (rf == NULL) return;
-    if (spillway_conn_push(hub, c, rf) == 0) c->last = rf->id;
-    spillway_frame_unref(rf);
 }
 
 /* ---- writing ----------------------------------------------------------- */
@@ -483,7 +394,7 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
     if (c->out_len == 0) {
         /* A burst made the ring big; give the memory back while idle. */
         if (c->out_cap > 64) out_free(c);
-        if (c->held_len == 0) queued_remove(hub, c);
+        if (c->held_len == 0) spillway_conn_queued_remove(hub, c);
         return;
     }
     if (!hub->stopping && too_slow(hub, c)) {
@@ -579,11 +490,11 @@ void spillway_conn_close(spillway_hub *hub, spillway_conn *c)
     free(c->mem);
     c->mem = NULL;
     c->nmem = 0;
-    queued_remove(hub, c);
+    spillway_conn_queued_remove(hub, c);
     while (c->out_len > 0) out_pop(hub, c);
     out_free(c);
     c->out_bytes = 0;
-    held_free(hub, c, c->held, c->held_len);
+    spillway_conn_held_free(hub, c, c->held, c->held_len);
     free(c->pend_reset);
     c->held = NULL;
     c->held_len = c->held_cap = 0;

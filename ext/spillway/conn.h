@@ -109,8 +109,15 @@ void spillway_conn_close(spillway_hub *hub, spillway_conn *c);
 
 void spillway_conn_release(spillway_hub *hub, spillway_conn *c);
 void spillway_conn_on_event(spillway_hub *hub, spillway_conn *c, uint32_t events);
-/* reason: why the flagged channels get a reset, for the log line (NULL
- * when reset is NULL or all false). */
+/* The part of the outbox that may pass outbox_limit (a replay), the held
+ * frames dropped, the stream off the list of those with frames waiting
+ * (when nothing waits): for replay.c. */
+void spillway_conn_exempt_queued(spillway_conn *c);
+void spillway_conn_held_free(spillway_hub *hub, spillway_conn *c, spillway_frame **held, uint32_t len);
+void spillway_conn_queued_remove(spillway_hub *hub, spillway_conn *c);
+
+/* replay.c. reason: why the flagged channels get a reset, for the log line
+ * (NULL when reset is NULL or all false). */
 void spillway_conn_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **frames,
                           size_t n, const bool *reset, spillway_id now, const char *reason);
 void spillway_conn_send_reset(spillway_hub *hub, spillway_conn *c, const bool *reset,
@@ -131,6 +138,7 @@ typedef void spillway_close_fn(spillway_hub *hub, spillway_conn *c);
  * waiting in outboxes take more than memory_limit, closes the laggiest
  * streams with close_fn until they do not. */
 void spillway_conn_budget(spillway_hub *hub, spillway_close_fn *close_fn);
+/* replay.c: qsort order of frame pointers by id. */
 int spillway_frame_cmp_id(const void *a, const void *b);
 
 #endif

@@ -1,8 +1,8 @@
 /*
  * The hub's public API (hub.h): creation and checks, the calls Ruby's
- * threads make (attach, publish, cursor, stats), stop and free. The thread
- * itself is reactor.c; fork safety fork.c; the log log.c; async-publish
- * tickets and flush tickets.c.
+ * threads make (attach, stats), stop and free. The publishes and the cursor
+ * are hub_publish.c; the thread itself reactor.c; fork safety fork.c; the
+ * log log.c; async-publish tickets and flush tickets.c.
  */
 /* pthread_timedjoin_np needs _GNU_SOURCE, set by extconf.rb. */
 #include <errno.h>
@@ -30,17 +30,6 @@
 /* Events kept for the notifications thread before the oldest are dropped. */
 #define EVENTS_CAP 4096u
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    if (err == NULL || errlen == 0) return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- creation ---------------------------------------------------------- */
 
 static char *dup_or_null(const char *s)
@@ -63,7 +52,7 @@ static int check_config(const spillway_config *cfg, char *err, size_t errlen)
 #define NEED(cond, msg)                                       \
     do {                                                      \
         if (!(cond)) {                                        \
-            set_err(err, errlen, "spillway_hub_new: %s", msg); \
+            spillway_set_err(err, errlen, "spillway_hub_new: %s", msg); \
             return -EINVAL;                                   \
         }                                                     \
     } while (0)
@@ -122,12 +111,12 @@ static int open_loop(spillway_hub *hub, char *err, size_t errlen)
     hub->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (hub->epfd < 0) {
         rc = -errno;
-        set_err(err, errlen, "spillway_hub_new: epoll_create1: %s", strerror(errno));
+        spillway_set_err(err, errlen, "spillway_hub_new: epoll_create1: %s", strerror(errno));
         return rc;
     }
     rc = spillway_queue_init(&hub->q, hub->cfg.queue_limit);
     if (rc != 0) {
-        set_err(err, errlen, "spillway_hub_new: eventfd: %s", strerror(-rc));
+        spillway_set_err(err, errlen, "spillway_hub_new: eventfd: %s", strerror(-rc));
         return rc;
     }
     hub->wake.kind = SW_KIND_WAKE;
@@ -136,7 +125,7 @@ static int open_loop(spillway_hub *hub, char *err, size_t errlen)
     ev.data.ptr = &hub->wake;
     if (epoll_ctl(hub->epfd, EPOLL_CTL_ADD, hub->wake.fd, &ev) != 0) {
         rc = -errno;
-        set_err(err, errlen, "spillway_hub_new: epoll_ctl(ADD, eventfd): %s", strerror(errno));
+        spillway_set_err(err, errlen, "spillway_hub_new: epoll_ctl(ADD, eventfd): %s", strerror(errno));
         return rc;
     }
     return 0;
@@ -164,7 +153,7 @@ int spillway_hub_new(const spillway_config *cfg, spillway_hub **out, char *err, 
     if (rc != 0) return rc;
     hub = calloc(1, sizeof(*hub));
     if (hub == NULL) {
-        set_err(err, errlen, "spillway_hub_new: out of memory");
+        spillway_set_err(err, errlen, "spillway_hub_new: out of memory");
         return -ENOMEM;
     }
     hub->epfd = -1;
@@ -173,7 +162,7 @@ int spillway_hub_new(const spillway_config *cfg, spillway_hub **out, char *err, 
     hub->owner = getpid();
     init_locks(hub);
     if (spillway_events_init(&hub->events, EVENTS_CAP) != 0) {
-        set_err(err, errlen, "spillway_hub_new: out of memory");
+        spillway_set_err(err, errlen, "spillway_hub_new: out of memory");
         free_config_strings(&hub->cfg);
         free(hub);
         return -ENOMEM;
@@ -187,7 +176,7 @@ int spillway_hub_new(const spillway_config *cfg, spillway_hub **out, char *err, 
 
     hub->wheel = calloc(hub->wheel_slots, sizeof(*hub->wheel));
     if (hub->wheel == NULL || spillway_frames_build(hub) != 0 || spillway_chtab_init(&hub->chans) != 0) {
-        set_err(err, errlen, "spillway_hub_new: out of memory");
+        spillway_set_err(err, errlen, "spillway_hub_new: out of memory");
         rc = -ENOMEM;
         goto fail;
     }
@@ -202,7 +191,7 @@ int spillway_hub_new(const spillway_config *cfg, spillway_hub **out, char *err, 
     rc = start_thread(hub);
     if (rc != 0) {
         atomic_store(&hub->running, false);
-        set_err(err, errlen, "spillway_hub_new: pthread_create: %s", strerror(rc));
+        spillway_set_err(err, errlen, "spillway_hub_new: pthread_create: %s", strerror(rc));
         rc = -rc;
         goto fail;
     }
@@ -233,18 +222,6 @@ void spillway_hub_unreserve(spillway_hub *hub)
     atomic_fetch_sub_explicit(&hub->reserved, 1, memory_order_relaxed);
 }
 
-/* Names go unescaped into the JSON of the reset event (and into Redis keys):
- * besides CR, LF and NUL, refuse what a JSON string would need escaped. */
-static bool channel_name_ok(const char *s, size_t len)
-{
-    if (len == 0 || len > SPILLWAY_MAX_CHANNEL_LEN) return false;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c < 0x20 || c == 0x7f || c == '"' || c == '\\') return false;
-    }
-    return true;
-}
-
 int spillway_hub_attach(spillway_hub *hub, int fd, unsigned flags, const char *const *channels,
                         const size_t *lens, size_t n, const char *cursor, size_t cursorlen,
                         char *err, size_t errlen)
@@ -255,24 +232,24 @@ int spillway_hub_attach(spillway_hub *hub, int fd, unsigned flags, const char *c
     int rc;
 
     if (!atomic_load(&hub->running)) {
-        set_err(err, errlen, "spillway_hub_attach: the hub is not running");
+        spillway_set_err(err, errlen, "spillway_hub_attach: the hub is not running");
         return -EPIPE;
     }
     if (n == 0 || n > hub->cfg.max_channels_per_conn) {
-        set_err(err, errlen, "spillway_hub_attach: %zu channels (allowed: 1..%u)", n,
+        spillway_set_err(err, errlen, "spillway_hub_attach: %zu channels (allowed: 1..%u)", n,
                 hub->cfg.max_channels_per_conn);
         return -EINVAL;
     }
     for (size_t i = 0; i < n; i++) {
-        if (!channel_name_ok(channels[i], lens[i])) {
-            set_err(err, errlen, "spillway_hub_attach: invalid channel name");
+        if (!spillway_channel_name_ok(channels[i], lens[i])) {
+            spillway_set_err(err, errlen, "spillway_hub_attach: invalid channel name");
             return -EINVAL;
         }
         names += lens[i];
     }
     cmd = malloc(sizeof(*cmd) + n * sizeof(uint16_t) + names);
     if (cmd == NULL) {
-        set_err(err, errlen, "spillway_hub_attach: out of memory");
+        spillway_set_err(err, errlen, "spillway_hub_attach: out of memory");
         return -ENOMEM;
     }
     cmd->base.kind = SW_CMD_ATTACH;
@@ -294,218 +271,11 @@ int spillway_hub_attach(spillway_hub *hub, int fd, unsigned flags, const char *c
     rc = spillway_queue_push(&hub->q, &cmd->base.node, SPILLWAY_QUEUE_FORCE, NULL, NULL);
     if (rc == -EPIPE || rc == -EAGAIN) {
         free(cmd);
-        set_err(err, errlen, "spillway_hub_attach: the hub is stopping");
+        spillway_set_err(err, errlen, "spillway_hub_attach: the hub is stopping");
         return rc;
     }
     /* A failed wake-up write leaves the command queued: the next wake-up
      * (or the stop) handles it, and the hub owns the fd either way. */
-    return 0;
-}
-
-/* What both publish paths check first. */
-static int check_publish(spillway_hub *hub, const char *fn, const char *channel, size_t chlen, char *err,
-                         size_t errlen)
-{
-    if (!atomic_load(&hub->running)) {
-        set_err(err, errlen, "%s: the hub is not running", fn);
-        return -EPIPE;
-    }
-    if (!channel_name_ok(channel, chlen)) {
-        set_err(err, errlen, "%s: invalid channel name", fn);
-        return -EINVAL;
-    }
-    return 0;
-}
-
-struct publish_stamp {
-    spillway_hub *hub;
-    spillway_frame *frame;
-    size_t cap;
-    const char *event, *data;
-    size_t evlen, datalen;
-    char *idbuf;
-};
-
-/* Under the queue lock: the id, and the frame around it. */
-static void stamp_publish(spillway_qnode *node, void *arg)
-{
-    struct publish_stamp *st = arg;
-    spillway_hub *hub = st->hub;
-    spillway_id id = hub->backend.ops->issue_id(hub->backend.self, spillway_wall_ms());
-    size_t idlen;
-    ssize_t len;
-
-    SW_UNUSED(node);
-    idlen = spillway_id_format(id, st->idbuf);
-    len = spillway_sse_encode(st->frame->data, st->cap, st->idbuf, idlen, st->event, st->evlen,
-                              st->data, st->datalen);
-    /* The caller sized the frame for the longest id and checked the fields,
-     * so this cannot fail. */
-    st->frame->len = len > 0 ? (uint32_t)len : 0;
-    st->frame->id = id;
-}
-
-int spillway_hub_publish(spillway_hub *hub, const char *channel, size_t chlen, const char *event,
-                         size_t evlen, const char *data, size_t datalen, char *idbuf, char *err,
-                         size_t errlen)
-{
-    char longest[SPILLWAY_ID_TEXT_MAX];
-    struct publish_stamp st;
-    spillway_cmd_publish *cmd;
-    ssize_t need;
-    int rc;
-
-    if (hub->backend.ops->publish == NULL) {
-        set_err(err, errlen, "spillway_hub_publish: this hub uses %s (publish through %s)", hub->backend.ops->name,
-                hub->backend.ops->name);
-        return -EINVAL;
-    }
-    rc = check_publish(hub, "spillway_hub_publish", channel, chlen, err, errlen);
-    if (rc != 0) return rc;
-    memset(longest, '9', SPILLWAY_ID_TEXT_MAX - 1);
-    longest[20] = '-';
-    need = spillway_sse_size(longest, SPILLWAY_ID_TEXT_MAX - 1, event, evlen, data, datalen);
-    if (need < 0) {
-        set_err(err, errlen, "spillway_hub_publish: %s", spillway_sse_strerror(need));
-        return -EINVAL;
-    }
-    if ((size_t)need > SPILLWAY_FRAME_MAX) {
-        set_err(err, errlen, "spillway_hub_publish: a frame of %zd bytes is over SPILLWAY_FRAME_MAX (%u)", need,
-                SPILLWAY_FRAME_MAX);
-        return -EINVAL;
-    }
-    st.frame = spillway_frame_new((size_t)need);
-    if (st.frame == NULL) {
-        set_err(err, errlen, "spillway_hub_publish: out of memory (%zd bytes)", need);
-        return -ENOMEM;
-    }
-    cmd = spillway_cmd_publish_new(SW_CMD_PUBLISH, channel, chlen, st.frame, 0);
-    if (cmd == NULL) {
-        spillway_frame_unref(st.frame);
-        set_err(err, errlen, "spillway_hub_publish: out of memory");
-        return -ENOMEM;
-    }
-    st.hub = hub;
-    st.cap = (size_t)need;
-    st.event = event;
-    st.evlen = evlen;
-    st.data = data;
-    st.datalen = datalen;
-    st.idbuf = idbuf;
-    rc = spillway_queue_push(&hub->q, &cmd->base.node, 0, stamp_publish, &st);
-    if (rc == -EAGAIN || rc == -EPIPE) {
-        spillway_cmd_free(&cmd->base);
-        set_err(err, errlen, rc == -EAGAIN
-                                 ? "spillway_hub_publish: the hub's queue is full (queue_limit %u)"
-                                 : "spillway_hub_publish: the hub is stopping (queue_limit %u)",
-                hub->cfg.queue_limit);
-        return rc;
-    }
-    return 0;
-}
-
-void spillway_hub_cursor(spillway_hub *hub, char *idbuf)
-{
-    spillway_id id;
-    pthread_mutex_lock(&hub->q.lock);
-    id = hub->backend.ops->issued != NULL ? hub->backend.ops->issued(hub->backend.self) : hub->start;
-    pthread_mutex_unlock(&hub->q.lock);
-    spillway_id_format(id, idbuf);
-}
-
-struct async_stamp {
-    spillway_hub *hub;
-    uint64_t seq;
-};
-
-static void stamp_async(spillway_qnode *node, void *arg)
-{
-    struct async_stamp *st = arg;
-    st->seq = ++st->hub->async_issued;
-    ((spillway_cmd_publish *)node)->seq = st->seq;
-}
-
-/* The command of an async publish of body, with its idempotency key whole
- * ("NS:k:<key>", scripts.h) after the channel, so the reactor only copies it
- * into the Redis command; NULL when out of memory. */
-static spillway_cmd_publish *async_cmd(spillway_hub *hub, const char *channel, size_t chlen, spillway_frame *body,
-                                       const char *key, size_t keylen, bool generated)
-{
-    const char *ns = hub->cfg.redis.ns;
-    size_t nslen = strlen(ns);
-    spillway_cmd_publish *cmd =
-        spillway_cmd_publish_new(SW_CMD_PUBLISH_ASYNC, channel, chlen, body, nslen + 3 + keylen);
-    if (cmd == NULL) return NULL;
-    memcpy(cmd->channel + chlen, ns, nslen);
-    memcpy(cmd->channel + chlen + nslen, ":k:", 3);
-    memcpy(cmd->channel + chlen + nslen + 3, key, keylen);
-    cmd->keylen = (uint32_t)(nslen + 3 + keylen);
-    cmd->key_ttl_ms = generated ? spillway_idem_generated_ttl_ms(&hub->cfg.redis)
-                                : SW_MAX(hub->cfg.redis.idempotency_ttl_ms, 1u);
-    return cmd;
-}
-
-int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t chlen,
-                               const char *event, size_t evlen, const char *data,
-                               size_t datalen, const char *key, size_t keylen, uint64_t *seq,
-                               char *err, size_t errlen)
-{
-    struct async_stamp st = {hub, 0};
-    spillway_cmd_publish *cmd;
-    spillway_frame *body;
-    char genkey[SPILLWAY_IDEM_GEN_LEN + 1];
-    ssize_t need;
-    int rc;
-    uint_fast32_t waiting;
-
-    if (hub->backend.ops->publish_async == NULL) {
-        set_err(err, errlen, "spillway_hub_publish_async: no Redis configured");
-        return -EINVAL;
-    }
-    rc = check_publish(hub, "spillway_hub_publish_async", channel, chlen, err, errlen);
-    if (rc != 0) return rc;
-    if (key != NULL && !spillway_idem_key_ok(key, keylen)) {
-        set_err(err, errlen, "spillway_hub_publish_async: invalid idempotency key (1 to %d bytes, no CR, LF or NUL)",
-                SPILLWAY_IDEM_KEY_MAX);
-        return -EINVAL;
-    }
-    if (key == NULL) {
-        /* Made up here, on the caller's thread: the reactor's time goes to I/O. */
-        spillway_idem_generate(genkey);
-        key = genkey;
-        keylen = SPILLWAY_IDEM_GEN_LEN;
-    }
-    need = spillway_sse_size(NULL, 0, event, evlen, data, datalen);
-    if (need < 0) {
-        set_err(err, errlen, "spillway_hub_publish_async: %s", spillway_sse_strerror(need));
-        return -EINVAL;
-    }
-    waiting = atomic_fetch_add(&hub->async_waiting_count, 1);
-    if (waiting >= hub->cfg.redis.async_limit) {
-        atomic_fetch_sub(&hub->async_waiting_count, 1);
-        set_err(err, errlen,
-                "spillway_hub_publish_async: %u async publishes are waiting for Redis "
-                "(async_limit)",
-                hub->cfg.redis.async_limit);
-        return -EAGAIN;
-    }
-    body = spillway_frame_new((size_t)need);
-    cmd = body ? async_cmd(hub, channel, chlen, body, key, keylen, key == genkey) : NULL;
-    if (cmd == NULL) {
-        spillway_frame_unref(body);
-        atomic_fetch_sub(&hub->async_waiting_count, 1);
-        set_err(err, errlen, "spillway_hub_publish_async: out of memory");
-        return -ENOMEM;
-    }
-    spillway_sse_encode(body->data, (size_t)need, NULL, 0, event, evlen, data, datalen);
-    rc = spillway_queue_push(&hub->q, &cmd->base.node, SPILLWAY_QUEUE_FORCE, stamp_async, &st);
-    if (rc == -EPIPE) {
-        spillway_cmd_free(&cmd->base);
-        atomic_fetch_sub(&hub->async_waiting_count, 1);
-        set_err(err, errlen, "spillway_hub_publish_async: the hub is stopping");
-        return rc;
-    }
-    *seq = st.seq;
     return 0;
 }
 

@@ -160,3 +160,12 @@ void spillway_hub_log_interrupt(spillway_hub *hub, spillway_waiter *w)
     pthread_cond_broadcast(&hub->log_cond);
     pthread_mutex_unlock(&hub->err_lock);
 }
+
+void spillway_set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    if (err == NULL || errlen == 0) return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}

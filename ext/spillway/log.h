@@ -29,6 +29,9 @@ typedef enum spillway_log_kind {
     SW_LOG_KINDS
 } spillway_log_kind;
 
+/* Formats an error message into the caller's buffer (err may be NULL). */
+void spillway_set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 typedef struct spillway_log_slot {
     uint64_t count;          /* occurrences not taken yet */
     uint64_t since_ms;       /* what count covers starts here */

@@ -153,11 +153,16 @@ void spillway_redis_channel_wanted(spillway_hub *hub, spillway_channel *ch);
 void spillway_redis_refuse_sent(spillway_hub *hub);
 void spillway_redis_try_barrier(spillway_hub *hub);
 
-/* redis_resume.c: joining streams, resume reads and the resume cache */
+/* redis_join.c: joining streams and the resume cache; redis_resume.c: a
+ * stream's own resume read; redis_read.c: the resume script's command and
+ * reply */
 void spillway_redis_cache_drop(spillway_hub *hub, spillway_channel *ch);
 void spillway_redis_cache_drop_all(spillway_hub *hub);
 void spillway_redis_cache_push(spillway_hub *hub, spillway_channel *ch, spillway_frame *f);
 void spillway_redis_cache_sweep(spillway_hub *hub);
+/* The stream's own read of every channel after its cursor (eval: by text,
+ * after NOSCRIPT). */
+void spillway_redis_send_resume(spillway_hub *hub, spillway_conn *c, bool eval);
 long spillway_redis_collect_frames(spillway_rv *flat, spillway_frame ***frames, uint32_t **idx);
 void spillway_redis_join_all_ready(spillway_hub *hub);
 void spillway_redis_join_if_ready(spillway_hub *hub, spillway_conn *c);

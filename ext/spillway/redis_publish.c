@@ -35,7 +35,7 @@ static int queue_publish(spillway_hub *hub, spillway_cmd_publish *cmd, bool eval
     bad |= spillway_buf_arg(b, "4", 1);
     bad |= spillway_buf_arg(b, r->keys.id, strlen(r->keys.id));
     bad |= spillway_buf_arg2(b, r->keys.stream, r->keys.stream_len, cmd->channel, cmd->chlen);
-    bad |= spillway_buf_arg(b, cmd->channel + cmd->chlen, cmd->keylen); /* "NS:k:<key>" */
+    bad |= spillway_buf_arg2(b, r->keys.idem, r->keys.idem_len, cmd->channel + cmd->chlen, cmd->keylen);
     bad |= spillway_buf_arg(b, r->keys.since, strlen(r->keys.since));
     bad |= spillway_buf_arg2(b, r->keys.chan, r->keys.chan_len, cmd->channel, cmd->chlen);
     bad |= spillway_buf_arg(b, cmd->frame->data, cmd->frame->len);
