@@ -82,6 +82,7 @@ typedef struct spillway_conn {
     uint32_t held_len, held_cap;
     struct spillway_conn *qprev, *qnext; /* the queued list (SW_CF_QUEUED) */
     struct spillway_conn *wprev, *wnext; /* heartbeat wheel slot list */
+    struct spillway_conn *aprev, *anext; /* the list of every stream (hub->streams) */
     struct spillway_conn *dirty_next;    /* the dirty list (SW_CF_DIRTY) */
     struct spillway_conn *doomed_next;   /* the doomed list (SW_CF_DOOMED) */
     uint32_t wslot;
@@ -127,7 +128,9 @@ void spillway_conn_send_reset(spillway_hub *hub, spillway_conn *c, const bool *r
 void spillway_conn_judge_queued(spillway_hub *hub);
 
 /* wheel.c: a stream sits in one slot for life and gets one heartbeat per
- * period; the tick runs the slots that are due, then judges the waiting. */
+ * period; the tick runs the slots that are due, then judges the waiting.
+ * Insert and remove also keep hub->streams, the list of every stream
+ * (newest first): what walks all streams walks that, never the wheel. */
 void spillway_wheel_insert(spillway_hub *hub, spillway_conn *c);
 void spillway_wheel_remove(spillway_hub *hub, spillway_conn *c);
 void spillway_wheel_tick(spillway_hub *hub);

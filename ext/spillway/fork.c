@@ -43,9 +43,8 @@ static void abandon(spillway_hub *hub)
 {
     atomic_store(&hub->abandoned, true);
     atomic_store(&hub->running, false);
-    for (uint32_t s = 0; hub->wheel != NULL && s < hub->wheel_slots; s++)
-        for (spillway_conn *c = hub->wheel[s]; c != NULL; c = c->wnext)
-            if (c->h.fd >= 0) close(c->h.fd);
+    for (spillway_conn *c = hub->streams; c != NULL; c = c->anext)
+        if (c->h.fd >= 0) close(c->h.fd);
     /* Streams handed over but not attached yet. */
     for (spillway_qnode *n = hub->q.head; n != NULL; n = n->next)
         if (((spillway_cmd *)n)->kind == SW_CMD_ATTACH) close(((spillway_cmd_attach *)n)->fd);

@@ -63,6 +63,7 @@ struct spillway_hub {
     /* ms the loop spent outside epoll_wait: now - busy_ms is the clock of
      * lags, which stands still while the loop works (conn.c). */
     uint64_t busy_ms;
+    spillway_conn *streams; /* every attached stream, newest first (wheel.c) */
     spillway_conn **wheel;
     uint32_t wheel_slots, wheel_pos;
     uint64_t wheel_next_ms;

@@ -153,15 +153,13 @@ static void run_timers(spillway_hub *hub)
  * then everything closes. */
 static void shutdown_streams(spillway_hub *hub)
 {
-    for (uint32_t s = 0; s < hub->wheel_slots; s++) {
-        for (spillway_conn *c = hub->wheel[s]; c != NULL; c = c->wnext) {
-            if (c->flags & SW_CF_DOOMED) continue;
-            if (c->flags & SW_CF_JOINING) atomic_fetch_sub_explicit(&hub->st_joining, 1, memory_order_relaxed);
-            c->flags &= ~SW_CF_JOINING;
-            spillway_conn_push(hub, c, hub->f_retry);
-            spillway_conn_flush(hub, c);
-            spillway_conn_doom_why(hub, c, false, "server stopping");
-        }
+    for (spillway_conn *c = hub->streams; c != NULL; c = c->anext) {
+        if (c->flags & SW_CF_DOOMED) continue;
+        if (c->flags & SW_CF_JOINING) atomic_fetch_sub_explicit(&hub->st_joining, 1, memory_order_relaxed);
+        c->flags &= ~SW_CF_JOINING;
+        spillway_conn_push(hub, c, hub->f_retry);
+        spillway_conn_flush(hub, c);
+        spillway_conn_doom_why(hub, c, false, "server stopping");
     }
     end_iteration(hub);
     /* Streams handed over but not yet attached. */

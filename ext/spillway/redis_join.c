@@ -434,6 +434,5 @@ void spillway_redis_join(spillway_hub *hub, spillway_conn *c)
 
 void spillway_redis_join_all_ready(spillway_hub *hub)
 {
-    for (uint32_t s = 0; s < hub->wheel_slots; s++)
-        for (spillway_conn *c = hub->wheel[s]; c != NULL; c = c->wnext) spillway_redis_join_if_ready(hub, c);
+    for (spillway_conn *c = hub->streams; c != NULL; c = c->anext) spillway_redis_join_if_ready(hub, c);
 }

@@ -52,14 +52,10 @@ void spillway_hub_flush_and_close(spillway_hub *hub)
 
 void spillway_streams_close_all(spillway_hub *hub)
 {
-    for (uint32_t s = 0; hub->wheel != NULL && s < hub->wheel_slots; s++) {
-        spillway_conn *c = hub->wheel[s];
-        while (c != NULL) {
-            spillway_conn *next = c->wnext;
-            spillway_wheel_remove(hub, c);
-            spillway_channel_leave_all(hub, c);
-            spillway_conn_close(hub, c);
-            c = next;
-        }
+    while (hub->streams != NULL) {
+        spillway_conn *c = hub->streams;
+        spillway_wheel_remove(hub, c);
+        spillway_channel_leave_all(hub, c);
+        spillway_conn_close(hub, c);
     }
 }

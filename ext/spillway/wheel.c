@@ -1,5 +1,5 @@
 /*
- * The heartbeat wheel.
+ * The heartbeat wheel, and the list of every stream.
  *
  * A wheel of SLOTS lists that turns once per heartbeat period. A stream sits
  * in one slot for its whole life, so every stream gets a heartbeat exactly
@@ -18,10 +18,20 @@ void spillway_wheel_insert(spillway_hub *hub, spillway_conn *c)
     c->wnext = hub->wheel[slot];
     if (c->wnext != NULL) c->wnext->wprev = c;
     hub->wheel[slot] = c;
+    c->aprev = NULL;
+    c->anext = hub->streams;
+    if (c->anext != NULL) c->anext->aprev = c;
+    hub->streams = c;
 }
 
 void spillway_wheel_remove(spillway_hub *hub, spillway_conn *c)
 {
+    if (c->aprev != NULL || hub->streams == c) {
+        if (c->aprev != NULL) c->aprev->anext = c->anext;
+        else hub->streams = c->anext;
+        if (c->anext != NULL) c->anext->aprev = c->aprev;
+        c->aprev = c->anext = NULL;
+    }
     if (c->wprev != NULL) c->wprev->wnext = c->wnext;
     else if (hub->wheel[c->wslot] == c) hub->wheel[c->wslot] = c->wnext;
     else return;
