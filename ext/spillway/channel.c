@@ -200,10 +200,83 @@ void spillway_channel_leave_all(spillway_hub *hub, spillway_conn *c)
     }
 }
 
+/* Counts a message in its rate window: the windows are fixed intervals of
+ * the loop's clock, so a count needs no timer. */
+static void count_message(const spillway_hub *hub, spillway_channel *ch)
+{
+    uint64_t w = hub->now / SPILLWAY_RATE_WINDOW_MS;
+    if (w != ch->rate_window) {
+        ch->rate_prev = w == ch->rate_window + 1 ? ch->rate_cur : 0;
+        ch->rate_cur = 0;
+        ch->rate_window = w;
+    }
+    ch->rate_cur++;
+    ch->messages++;
+}
+
 void spillway_channel_fanout(spillway_hub *hub, spillway_channel *ch, spillway_frame *f)
 {
     if (spillway_id_cmp(f->id, ch->last) > 0) ch->last = f->id;
+    count_message(hub, ch);
     for (uint32_t i = 0; i < ch->nsubs; i++) spillway_conn_deliver(hub, ch->subs[i].conn, f);
+}
+
+/* Messages per second over the current window and the one before it (a
+ * quiet channel's old windows count nothing). */
+static double rate_of(const spillway_hub *hub, const spillway_channel *ch)
+{
+    uint64_t w = hub->now / SPILLWAY_RATE_WINDOW_MS, n = 0;
+    double span = (double)(SPILLWAY_RATE_WINDOW_MS + hub->now % SPILLWAY_RATE_WINDOW_MS) / 1000.0;
+    if (ch->rate_window == w) n = (uint64_t)ch->rate_prev + ch->rate_cur;
+    else if (ch->rate_window + 1 == w) n = ch->rate_cur;
+    return (double)n / span;
+}
+
+struct ranked {
+    const spillway_channel *ch;
+    double rate;
+};
+
+/* a before b in the busiest list. */
+static bool busier(const struct ranked *a, const struct ranked *b)
+{
+    double da = a->rate * a->ch->nsubs, db = b->rate * b->ch->nsubs;
+    int byname;
+    if (da != db) return da > db;
+    if (a->rate != b->rate) return a->rate > b->rate;
+    if (a->ch->nsubs != b->ch->nsubs) return a->ch->nsubs > b->ch->nsubs;
+    byname = memcmp(a->ch->name, b->ch->name, SW_MIN(a->ch->namelen, b->ch->namelen));
+    return byname != 0 ? byname < 0 : a->ch->namelen < b->ch->namelen;
+}
+
+/* Keeps top[0..n) sorted, busiest first, by insertion: max is small (a
+ * dashboard's table), the walk over the channels is the cost. */
+size_t spillway_chtab_busiest(spillway_hub *hub, spillway_channel_info *out, size_t max)
+{
+    spillway_chtab *t = &hub->chans;
+    struct ranked *top = malloc((max ? max : 1) * sizeof(*top));
+    size_t n = 0;
+
+    if (top == NULL) return 0;
+    for (uint32_t b = 0; max > 0 && b < t->nbuckets; b++) {
+        for (const spillway_channel *ch = t->buckets[b]; ch != NULL; ch = ch->hnext) {
+            struct ranked cand = {ch, rate_of(hub, ch)};
+            size_t at;
+            if (n == max && !busier(&cand, &top[n - 1])) continue;
+            at = n < max ? n++ : n - 1;
+            for (; at > 0 && busier(&cand, &top[at - 1]); at--) top[at] = top[at - 1];
+            top[at] = cand;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        out[i].subscribers = top[i].ch->nsubs;
+        out[i].messages = top[i].ch->messages;
+        out[i].messages_per_s = top[i].rate;
+        out[i].namelen = top[i].ch->namelen;
+        memcpy(out[i].name, top[i].ch->name, top[i].ch->namelen + 1u);
+    }
+    free(top);
+    return n;
 }
 
 /* ---- the backlog ring (memory backlog, Redis resume cache) ---------- */

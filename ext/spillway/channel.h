@@ -55,6 +55,10 @@ typedef struct spillway_channel {
     uint32_t ring_cap, ring_start, ring_len;
     spillway_id trimmed; /* highest id ever dropped from the ring */
     spillway_id last;    /* highest id seen on this channel */
+    /* Messages fanned out: in all, in the window numbered rate_window
+     * (hub->now / SPILLWAY_RATE_WINDOW_MS), and in the window before it. */
+    uint64_t messages, rate_window;
+    uint32_t rate_cur, rate_prev;
     /* memory: the LRU of backlogs, and the last message (for the TTL) */
     struct spillway_channel *lru_prev, *lru_next;
     uint64_t lru_touched_ms;
@@ -102,6 +106,9 @@ void spillway_channel_remove_sub(spillway_hub *hub, spillway_channel *ch, uint32
 /* The stream leaves every channel it is on (before spillway_conn_close). */
 void spillway_channel_leave_all(spillway_hub *hub, struct spillway_conn *c);
 void spillway_channel_fanout(spillway_hub *hub, spillway_channel *ch, spillway_frame *f);
+/* The busiest channels of the table (spillway_hub_busiest_channels, whose
+ * caller holds loop_lock). */
+size_t spillway_chtab_busiest(spillway_hub *hub, spillway_channel_info *out, size_t max);
 int spillway_backlog_push(spillway_hub *hub, spillway_channel *ch, spillway_frame *f);
 void spillway_backlog_clear(spillway_hub *hub, spillway_channel *ch);
 /* Stores (without new references) the ring's frames newer than `after` in

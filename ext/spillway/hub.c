@@ -392,6 +392,17 @@ bool spillway_hub_running(const spillway_hub *hub)
 
 /* ---- events (events.h) -------------------------------------------------- */
 
+int spillway_hub_busiest_channels(spillway_hub *hub, spillway_channel_info *out, size_t max, uint32_t timeout_ms)
+{
+    struct timespec until = spillway_timespec_after(CLOCK_REALTIME, timeout_ms);
+    size_t n;
+    int rc = pthread_mutex_timedlock(&hub->loop_lock, &until);
+    if (rc != 0) return -rc;
+    n = spillway_chtab_busiest(hub, out, max);
+    pthread_mutex_unlock(&hub->loop_lock);
+    return (int)SW_MIN(n, (size_t)INT32_MAX);
+}
+
 void spillway_hub_events_enable(spillway_hub *hub, bool on)
 {
     spillway_events_enable(&hub->events, on);

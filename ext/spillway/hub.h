@@ -184,6 +184,29 @@ void spillway_hub_flush_interrupt(spillway_hub *hub, spillway_waiter *w);
 
 void spillway_hub_stats(spillway_hub *hub, spillway_stats *out);
 
+/* One channel of spillway_hub_busiest_channels. */
+typedef struct spillway_channel_info {
+    uint32_t subscribers;  /* streams of this process on it now */
+    uint64_t messages;     /* fanned out here since the channel entered the table */
+    double messages_per_s; /* over the last SPILLWAY_RATE_WINDOW_MS to twice that */
+    size_t namelen;
+    char name[SPILLWAY_MAX_CHANNEL_LEN + 1];
+} spillway_channel_info;
+
+#define SPILLWAY_RATE_WINDOW_MS 10000u
+
+/*
+ * The busiest channels of this process, for a dashboard: up to max of them
+ * into out, most deliveries per second first (messages_per_s times
+ * subscribers; ties by messages_per_s, then subscribers, then name).
+ * Returns how many, or -ETIMEDOUT when the loop did not let go of them
+ * within timeout_ms. Any thread but the reactor's; it waits for the loop to
+ * be idle (loop_lock) and walks every channel: O(channels x max), so not for
+ * a hot path.
+ */
+int spillway_hub_busiest_channels(spillway_hub *hub, spillway_channel_info *out, size_t max,
+                                  uint32_t timeout_ms);
+
 /*
  * The hub's log: every error and every reset the reactor records, for a
  * Ruby thread to write to the app's logger (the reactor never calls Ruby).

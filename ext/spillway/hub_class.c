@@ -495,6 +495,53 @@ static VALUE hub_stop(VALUE self, VALUE timeout)
     return a.rc == 0 ? Qtrue : Qfalse;
 }
 
+/* ---- busiest channels -------------------------------------------------- */
+
+#define BUSIEST_MAX 100
+
+struct busiest_args {
+    spillway_hub *hub;
+    spillway_channel_info *out;
+    size_t max;
+    int rc;
+};
+
+static void *busiest_nogvl(void *p)
+{
+    struct busiest_args *a = p;
+    a->rc = spillway_hub_busiest_channels(a->hub, a->out, a->max, 1000);
+    return NULL;
+}
+
+/* hub.busiest_channels(max) -> [{name:, subscribers:, messages:,
+ * messages_per_s:}, ...], busiest first (at most 100); [] when the loop
+ * stayed busy for a second. */
+static VALUE hub_busiest_channels(VALUE self, VALUE vmax)
+{
+    long max = NUM2LONG(vmax);
+    struct busiest_args a;
+    VALUE list;
+
+    if (max < 0 || max > BUSIEST_MAX) rb_raise(rb_eArgError, "busiest_channels: max must be 0..%d", BUSIEST_MAX);
+    a.hub = get_hub(self);
+    a.max = (size_t)max;
+    a.out = malloc((a.max ? a.max : 1) * sizeof(*a.out));
+    if (a.out == NULL) rb_raise(rb_eNoMemError, "busiest_channels: out of memory");
+    a.rc = 0;
+    rb_thread_call_without_gvl(busiest_nogvl, &a, NULL, NULL);
+    list = rb_ary_new_capa(a.rc > 0 ? a.rc : 0);
+    for (int i = 0; i < a.rc; i++) {
+        VALUE h = rb_hash_new();
+        rb_hash_aset(h, ID2SYM(rb_intern("name")), rb_utf8_str_new(a.out[i].name, (long)a.out[i].namelen));
+        rb_hash_aset(h, ID2SYM(rb_intern("subscribers")), UINT2NUM(a.out[i].subscribers));
+        rb_hash_aset(h, ID2SYM(rb_intern("messages")), ULL2NUM(a.out[i].messages));
+        rb_hash_aset(h, ID2SYM(rb_intern("messages_per_s")), DBL2NUM(a.out[i].messages_per_s));
+        rb_ary_push(list, h);
+    }
+    free(a.out);
+    return list;
+}
+
 static VALUE hub_pid(VALUE self)
 {
     hub_wrap *w;
@@ -527,6 +574,7 @@ void Init_spillway_hub(void)
     rb_define_method(cHub, "events_enable", hub_events_enable, 1);
     rb_define_method(cHub, "events_wait", hub_events_wait, 1);
     rb_define_method(cHub, "stats", hub_stats, 0);
+    rb_define_method(cHub, "busiest_channels", hub_busiest_channels, 1);
     rb_define_method(cHub, "stop", hub_stop, 1);
     rb_define_method(cHub, "pid", hub_pid, 0);
     rb_define_method(cHub, "running?", hub_running_p, 0);

@@ -13,13 +13,15 @@ module Spillway
   #
   # The page shows, per process and summed: open streams, channels,
   # deliveries and publishes per second as small live charts, the Redis
-  # links, and the latest errors and resets from the log. It is updated over
+  # links, the busiest channels (each process's BUSIEST, merged by name),
+  # and the latest errors and resets from the log. It is updated over
   # Spillway's own stream: while the page is open (it pings every
   # KEEPALIVE_S), each process it reached publishes a snapshot of its numbers
   # every INTERVAL_S on a channel named after the secret (so no other stream
   # can guess it), and every process's snapshot reaches the page (Redis).
   class Dashboard
     INTERVAL_S = 1.0
+    BUSIEST = 20 # channels per process in a snapshot
     KEEPALIVE_S = 20
     IDLE_S = 120 # a process stops publishing this long after the last ping
 
@@ -68,7 +70,9 @@ module Spillway
         keys = %i[backend pid connections joining channels published delivered dropped_slow resets resumes
                   redis_connected redis_reconnects gap_repairs errors last_error fallback_streams outbox_bytes
                   backlog_messages async_pending]
-        { t: Time.now.to_f, stats: stats.slice(*keys), log: Spillway.recent_log.last(10) }
+        busiest = Spillway.busiest_channels(BUSIEST + 1).reject { |c| c[:name] == channel }.first(BUSIEST)
+        { t: Time.now.to_f, stats: stats.slice(*keys), log: Spillway.recent_log.last(10),
+          channels: busiest.map { |c| c.slice(:name, :subscribers, :messages_per_s, :deliveries_per_s) } }
       end
 
       private
@@ -127,6 +131,9 @@ module Spillway
       <table id="procs"><thead><tr><th>process</th><th>backend</th><th>streams</th><th>joining</th><th>channels</th>
         <th>deliveries/s</th><th>dropped slow</th><th>resets</th><th>Redis</th><th>reconnects</th><th>errors</th></tr></thead>
         <tbody></tbody></table>
+      <h2>Channels, busiest first</h2>
+      <table id="chans"><thead><tr><th>channel</th><th>streams</th><th>messages/s</th><th>deliveries/s</th></tr></thead>
+        <tbody></tbody></table>
       <h2>Latest errors and resets</h2><div id="log" class="log"></div>
       <script>
       (function () {
@@ -154,6 +161,7 @@ module Spillway
             s.log.forEach(function (e) { log.push(e); });
           });
           document.querySelector("#procs tbody").innerHTML = rows.join("");
+          renderChannels();
           Object.keys(tot).forEach(function (k) {
             series[k].push(tot[k]); if (series[k].length > 60) series[k].shift();
             document.getElementById("v-" + k).textContent = tot[k].toFixed(0); draw(k, series[k]);
@@ -164,6 +172,27 @@ module Spillway
             d.textContent = new Date(e.at * 1000).toISOString() + " " + e.kind + ": " + e.message + (e.count > 1 ? " (×" + e.count + ")" : "");
             return d.outerHTML;
           }).join("");
+        }
+        // Every process's busiest channels, merged by name: streams and
+        // deliveries add up; each process sees a channel's messages once.
+        function renderChannels() {
+          var byName = {}, list = [], body = document.querySelector("#chans tbody");
+          Object.keys(procs).forEach(function (pid) {
+            (procs[pid].last.channels || []).forEach(function (c) {
+              var m = byName[c.name] || (byName[c.name] = { name: c.name, subscribers: 0, mps: 0, dps: 0 });
+              m.subscribers += c.subscribers; m.mps = Math.max(m.mps, c.messages_per_s); m.dps += c.deliveries_per_s;
+            });
+          });
+          Object.keys(byName).forEach(function (k) { list.push(byName[k]); });
+          list.sort(function (a, b) { return b.dps - a.dps || b.mps - a.mps || b.subscribers - a.subscribers || (a.name < b.name ? -1 : 1); });
+          body.textContent = "";
+          list.slice(0, 20).forEach(function (c) {
+            var tr = document.createElement("tr");
+            [c.name, c.subscribers, c.mps.toFixed(1), c.dps.toFixed(1)].forEach(function (v) {
+              var td = document.createElement("td"); td.textContent = v; tr.appendChild(td);
+            });
+            body.appendChild(tr);
+          });
         }
         var es = new EventSource(base + "/stream?channel=" + encodeURIComponent(channel));
         es.addEventListener("open", function () { var st = document.getElementById("state"); st.textContent = "live"; st.className = ""; });

@@ -253,6 +253,94 @@ TEST(swap_remove_keeps_back_pointers)
     fake_hub_free(hub);
 }
 
+/* ---- the busiest channels --------------------------------------------- */
+
+/* A channel with `subs` subscribers (fake streams that already have every
+ * message, so fan-out queues nothing) that gets `msgs` messages now. */
+static spillway_channel *busy(spillway_hub *hub, const char *name, uint32_t subs, uint32_t msgs,
+                              spillway_conn **conns, uint32_t *nconns)
+{
+    spillway_channel *ch = spillway_chtab_get(hub, name, strlen(name));
+    REQUIRE(ch != NULL);
+    for (uint32_t i = 0; i < subs; i++) {
+        spillway_conn *c = calloc(1, sizeof(*c));
+        REQUIRE(c != NULL);
+        c->mem = calloc(1, sizeof(spillway_member));
+        REQUIRE(c->mem != NULL);
+        c->last = (spillway_id){UINT64_MAX, 0};
+        REQUIRE_INT(spillway_channel_add_sub(ch, c, 0), ==, 0);
+        c->nmem = 1;
+        conns[(*nconns)++] = c;
+    }
+    for (uint32_t i = 0; i < msgs; i++) {
+        spillway_frame *f = msg(i + 1, 1);
+        spillway_channel_fanout(hub, ch, f);
+        spillway_frame_unref(f);
+    }
+    return ch;
+}
+
+static void check_order(spillway_channel_info *got, size_t n, const char *const *want)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (want[i] == NULL || strcmp(got[i].name, want[i]) != 0) {
+            CHECK(!"busiest channels out of order");
+            fprintf(stderr, "  at %zu: got %s, want %s\n", i, got[i].name, want[i] ? want[i] : "(end)");
+        }
+    }
+    CHECK(want[n] == NULL);
+}
+
+TEST(busiest_channels_rank_by_deliveries_then_rate_then_streams)
+{
+    spillway_hub *hub = fake_hub(0, 100, 1 << 20);
+    spillway_conn *conns[32];
+    uint32_t nconns = 0;
+    spillway_channel_info out[8];
+    size_t n;
+
+    hub->now = 7 * SPILLWAY_RATE_WINDOW_MS + 5000; /* 5 s into a window */
+    busy(hub, "a", 1, 5, conns, &nconns);  /* 5 deliveries */
+    busy(hub, "b", 4, 2, conns, &nconns);  /* 8 deliveries */
+    busy(hub, "c", 10, 0, conns, &nconns); /* quiet, many streams */
+    busy(hub, "d", 2, 0, conns, &nconns);
+    busy(hub, "e", 0, 3, conns, &nconns);  /* messages, nobody listening */
+
+    n = spillway_chtab_busiest(hub, out, 8);
+    REQUIRE_U64(n, ==, 5);
+    check_order(out, n, (const char *const[]){"b", "a", "e", "c", "d", NULL});
+    CHECK_U64(out[0].subscribers, ==, 4);
+    CHECK_U64(out[0].messages, ==, 2);
+    /* 2 messages over the 15 s the current and the last window span. */
+    CHECK(out[0].messages_per_s > 0.13 && out[0].messages_per_s < 0.14);
+    CHECK_U64(out[0].namelen, ==, 1);
+
+    /* Fewer places than channels: the busiest, still in order. */
+    n = spillway_chtab_busiest(hub, out, 2);
+    REQUIRE_U64(n, ==, 2);
+    check_order(out, n, (const char *const[]){"b", "a", NULL});
+    CHECK_U64(spillway_chtab_busiest(hub, out, 0), ==, 0);
+
+    /* The next window still counts the last one; two windows on, the
+     * rates are gone and the streams decide. */
+    hub->now += SPILLWAY_RATE_WINDOW_MS;
+    busy(hub, "d", 0, 1, conns, &nconns);
+    n = spillway_chtab_busiest(hub, out, 8);
+    check_order(out, n, (const char *const[]){"b", "a", "d", "e", "c", NULL});
+    hub->now += 2 * SPILLWAY_RATE_WINDOW_MS;
+    n = spillway_chtab_busiest(hub, out, 8);
+    check_order(out, n, (const char *const[]){"c", "b", "d", "a", "e", NULL});
+    CHECK(out[0].messages_per_s == 0.0);
+    CHECK_U64(out[3].messages, ==, 5);
+
+    for (uint32_t i = 0; i < nconns; i++) {
+        spillway_channel_remove_sub(hub, conns[i]->mem[0].ch, conns[i]->mem[0].idx);
+        free(conns[i]->mem);
+        free(conns[i]);
+    }
+    fake_hub_free(hub);
+}
+
 /* ---- the backlog ------------------------------------------------------- */
 
 static size_t collect_after(spillway_channel *ch, uint64_t seq, spillway_frame **out)

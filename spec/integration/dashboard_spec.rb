@@ -50,6 +50,15 @@ RSpec.describe "Spillway::Dashboard" do
       sleep 0.2
     end
     expect(peak).to be > 0
+    # The channels, busiest first: dash:all (3 streams, the messages) before
+    # the three quiet ones, in name order; the page's own channel is not shown.
+    rows = -> { page.evaluate("Array.from(document.querySelectorAll('#chans tbody tr')).map(r => Array.from(r.cells).map(c => c.textContent))") }
+    wait_until(timeout: 10, message: "the busiest channels listed") do
+      r = rows.call
+      r.size == 4 && r[0][0] == "dash:all" && r[0][1] == "3" && r[0][3].to_f.positive?
+    end
+    expect(rows.call.map(&:first)).to eq(%w[dash:all dash:0 dash:1 dash:2])
+    expect(rows.call.drop(1).map { |r| r[1] }).to eq(%w[1 1 1])
     # The chart has points.
     expect(page.evaluate("document.querySelector('#c-deliveries polyline').getAttribute('points').split(' ').length"))
       .to be > 1

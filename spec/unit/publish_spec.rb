@@ -102,3 +102,40 @@ RSpec.describe "Spillway.cursor" do
     expect(out).to include("Configure redis_url")
   end
 end
+
+RSpec.describe "Spillway.busiest_channels" do
+  def attach(query)
+    mw = Spillway::Middleware.new(->(_) { [404, {}, []] })
+    ours, theirs = UNIXSocket.pair
+    mw.call({ "PATH_INFO" => "/stream", "REQUEST_METHOD" => "GET", "QUERY_STRING" => query,
+              "rack.hijack?" => true, "rack.hijack" => -> { theirs } })
+    expect(ours.readpartial(4096)).to start_with("HTTP/1.1 200")
+    ours
+  end
+
+  it "starts nothing, and lists this process's channels by deliveries per second" do
+    expect(Spillway.busiest_channels).to eq([])
+    expect(Spillway.stats[:running]).to be(false)
+    socks = [attach("channel=bz:hot&channel=bz:cold"), attach("channel=bz:hot"), attach("channel=bz:cold")]
+    3.times { socks << attach("channel=bz:crowd") }
+    wait_until(timeout: 5, message: "6 streams") { Spillway.stats[:connections] == 6 }
+    5.times { Spillway.publish("bz:hot", "x") }
+    Spillway.publish("bz:cold", "x")
+    Spillway.publish("bz:nobody", "x")
+    got = nil
+    wait_until(timeout: 5, message: "the publishes counted") do
+      got = Spillway.busiest_channels(10)
+      got.find { |c| c[:name] == "bz:hot" }&.fetch(:messages) == 5
+    end
+    expect(got.map { |c| c[:name] }).to eq(%w[bz:hot bz:cold bz:nobody bz:crowd])
+    hot = got.first
+    expect(hot).to include(subscribers: 2, messages: 5)
+    expect(hot[:messages_per_s]).to be > 0
+    expect(hot[:deliveries_per_s]).to be_within(1e-9).of(hot[:messages_per_s] * 2)
+    expect(got.last).to include(name: "bz:crowd", subscribers: 3, messages: 0, messages_per_s: 0.0)
+    expect(Spillway.busiest_channels(2).map { |c| c[:name] }).to eq(%w[bz:hot bz:cold])
+    expect { Spillway.busiest_channels(101) }.to raise_error(ArgumentError, /0\.\.100/)
+  ensure
+    socks&.each(&:close)
+  end
+end
