@@ -159,7 +159,8 @@ module Spillway
       end
       base = {
         backend: @config.backend, pid: Process.pid, running: !h.nil?, published: published,
-        connections: 0, channels: 0, delivered: 0, dropped_slow: 0, bytes_out: 0, fallback_streams: 0
+        connections: 0, channels: 0, delivered: 0, dropped_slow: 0, bytes_out: 0, fallback_streams: 0,
+        long_polls: 0, polls_answered: 0
       }
       base.merge!(h.stats) if h
       base[:publisher] = @publisher.stats if @publisher

@@ -58,6 +58,9 @@ spillway_conn *spillway_conn_new(spillway_hub *hub, int fd, unsigned flags)
     c->serial = ++hub->conn_serial;
     if (flags & SPILLWAY_ATTACH_FALLBACK) c->flags |= SW_CF_FALLBACK;
     if (flags & SPILLWAY_ATTACH_TURBO) c->flags |= SW_CF_TURBO;
+    if (flags & SPILLWAY_ATTACH_HEAD) c->flags |= SW_CF_HEAD;
+    if (flags & (SPILLWAY_ATTACH_POLL | SPILLWAY_ATTACH_LONG_POLL)) c->flags |= SW_CF_POLL;
+    if (flags & SPILLWAY_ATTACH_LONG_POLL) c->flags |= SW_CF_LONG_POLL;
     set_socket_options(hub, c);
 
     /* Edge-triggered, registered once: no epoll_ctl on the hot path. */
@@ -220,7 +223,8 @@ int spillway_conn_push(spillway_hub *hub, spillway_conn *c, spillway_frame *f)
 {
     uint32_t i, t;
 
-    if (c->flags & SW_CF_DOOMED) return -1;
+    /* A poll's answer (polls.c) is the last thing it writes. */
+    if (c->flags & (SW_CF_DOOMED | SW_CF_ANSWERED)) return -1;
     if (c->out_len == c->out_cap && out_grow(c) != 0) {
         spillway_hub_error(hub, "spillway_conn_push: out of memory (fd %d)", c->h.fd);
         spillway_conn_doom(hub, c, false);
@@ -317,6 +321,13 @@ void spillway_conn_held_free(spillway_hub *hub, spillway_conn *c, spillway_frame
     free(held);
 }
 
+void spillway_conn_drop_out(spillway_hub *hub, spillway_conn *c, uint32_t n)
+{
+    while (n-- > 0 && c->out_len > 0) out_pop(hub, c);
+    c->out_bytes = 0;
+    for (uint32_t i = 0; i < c->out_len; i++) c->out_bytes += spillway_conn_out(c, i)->len;
+}
+
 /* ---- writing ----------------------------------------------------------- */
 
 /* n bytes of the outbox were written: the frames they complete leave it.
@@ -392,6 +403,10 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
     }
     if (c->flags & SW_CF_DOOMED) return;
     if (c->out_len == 0) {
+        if (c->flags & SW_CF_ANSWERED) {
+            spillway_conn_doom_why(hub, c, false, "answered");
+            return;
+        }
         /* A burst made the ring big; give the memory back while idle. */
         if (c->out_cap > 64) out_free(c);
         if (c->held_len == 0) spillway_conn_queued_remove(hub, c);

@@ -32,7 +32,11 @@ enum spillway_conn_flag {
     SW_CF_RESUME_SENT = 1u << 8, /* its resume read is on the command link */
     SW_CF_MARK = 1u << 10,       /* scratch flag for one operation */
     SW_CF_QUEUED = 1u << 11,     /* on the queued list: frames wait in it (outbox or held) */
-    SW_CF_TURBO = 1u << 12       /* resets go out as a Turbo refresh (SPILLWAY_ATTACH_TURBO) */
+    SW_CF_TURBO = 1u << 12,      /* resets go out as a Turbo refresh (SPILLWAY_ATTACH_TURBO) */
+    SW_CF_POLL = 1u << 13,       /* one answer, then close (SPILLWAY_ATTACH_POLL, polls.c) */
+    SW_CF_LONG_POLL = 1u << 14,  /* the answer waits for a frame or the timeout */
+    SW_CF_ANSWERED = 1u << 15,   /* the answer is in the outbox: close once it is written */
+    SW_CF_HEAD = 1u << 16        /* the hub writes the HTTP head (SPILLWAY_ATTACH_HEAD) */
 };
 
 typedef struct spillway_member {
@@ -83,6 +87,8 @@ typedef struct spillway_conn {
     struct spillway_conn *qprev, *qnext; /* the queued list (SW_CF_QUEUED) */
     struct spillway_conn *wprev, *wnext; /* heartbeat wheel slot list */
     struct spillway_conn *aprev, *anext; /* the list of every stream (hub->streams) */
+    struct spillway_conn *pprev, *pnext; /* the held long-polls, oldest first (polls.c) */
+    uint64_t poll_deadline;              /* a long-poll is answered empty at this hub->now */
     struct spillway_conn *dirty_next;    /* the dirty list (SW_CF_DIRTY) */
     struct spillway_conn *doomed_next;   /* the doomed list (SW_CF_DOOMED) */
     uint32_t wslot;
@@ -116,6 +122,15 @@ void spillway_conn_on_event(spillway_hub *hub, spillway_conn *c, uint32_t events
 void spillway_conn_exempt_queued(spillway_conn *c);
 void spillway_conn_held_free(spillway_hub *hub, spillway_conn *c, spillway_frame **held, uint32_t len);
 void spillway_conn_queued_remove(spillway_hub *hub, spillway_conn *c);
+
+/* The i-th entry of the outbox from its head (i < out_len). */
+static inline spillway_frame *spillway_conn_out(const spillway_conn *c, uint32_t i)
+{
+    return c->out[(c->out_start + i) & (c->out_cap - 1)];
+}
+/* Drops the first n entries of the outbox unsent (polls.c: they went into
+ * its answer). */
+void spillway_conn_drop_out(spillway_hub *hub, spillway_conn *c, uint32_t n);
 
 /* replay.c. reason: why the flagged channels get a reset, for the log line
  * (NULL when reset is NULL or all false). */

@@ -295,6 +295,8 @@ void spillway_hub_stats(spillway_hub *hub, spillway_stats *out)
     out->resumes = STAT_GET(hub, st_resumes);
     out->resets = STAT_GET(hub, st_resets);
     out->joining = STAT_GET(hub, st_joining);
+    out->long_polls = STAT_GET(hub, st_long_polls);
+    out->polls_answered = STAT_GET(hub, st_polls_answered);
     out->backlog_messages = STAT_GET(hub, st_backlog_messages);
     out->backlog_bytes = STAT_GET(hub, st_backlog_bytes);
     out->redis_connected = STAT_GET(hub, st_redis_connected);

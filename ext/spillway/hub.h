@@ -59,6 +59,7 @@ typedef struct spillway_config {
     const char *extra_headers;      /* raw "Name: value\r\n" lines added to the head, or NULL */
     spillway_redis_config redis;
     uint32_t log_interval_ms;       /* the log's rate limit per kind (spillway_hub_log_wait) */
+    uint32_t long_poll_timeout_ms;  /* a long-poll with nothing to say is answered empty after this */
 } spillway_config;
 
 typedef struct spillway_stats {
@@ -86,6 +87,8 @@ typedef struct spillway_stats {
     uint64_t errors;           /* error events recorded (see last_error) */
     uint64_t loop_iterations;
     uint64_t outbox_bytes;     /* heap bytes of the frames waiting for streams (memory_limit) */
+    uint64_t long_polls;       /* long-polls held now (counted in connections too) */
+    uint64_t polls_answered;   /* poll and long-poll answers written since start */
     char last_error[256];
 } spillway_stats;
 
@@ -97,6 +100,18 @@ typedef struct spillway_stats {
  * <turbo-stream action="refresh"></turbo-stream> (the page reloads its
  * state), with the reset's id. */
 #define SPILLWAY_ATTACH_TURBO 4u
+/* One answer, then the connection closes (message_bus's polling): POLL
+ * answers as soon as the stream has joined, with what its cursor missed
+ * (possibly nothing); LONG_POLL (with POLL) holds the request in the loop
+ * until at least one frame (a message after the cursor, or a reset) is
+ * there or long_poll_timeout_ms passed. The answer is a complete response:
+ * with SPILLWAY_ATTACH_HEAD a head with Content-Length, then the same
+ * frames and ids a stream would get, at most SPILLWAY_POLL_BODY_MAX bytes
+ * of them (at least one frame; the client asks again from the last id). No
+ * heartbeats, no opening comment. */
+#define SPILLWAY_ATTACH_POLL 8u
+#define SPILLWAY_ATTACH_LONG_POLL 16u
+#define SPILLWAY_POLL_BODY_MAX (1024u * 1024u)
 
 /*
  * Creates the hub and starts its thread. 0 and *out, or -errno with a message

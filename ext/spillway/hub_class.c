@@ -89,6 +89,7 @@ static VALUE hub_initialize(VALUE self, VALUE opts)
     cfg.queue_limit = spillway_opt_u32(opts, "queue_limit", 65536);
     cfg.extra_headers = spillway_opt_str(opts, "extra_headers");
     cfg.log_interval_ms = spillway_opt_u32(opts, "log_interval_ms", 10000);
+    cfg.long_poll_timeout_ms = spillway_opt_u32(opts, "long_poll_timeout_ms", 25000);
     spillway_fill_redis_config(opts, &cfg.redis);
 
     rc = spillway_hub_new(&cfg, &w->hub, err, sizeof(err));
@@ -447,6 +448,8 @@ static VALUE hub_stats(VALUE self)
     SET("resumes", st.resumes);
     SET("resets", st.resets);
     SET("joining", st.joining);
+    SET("long_polls", st.long_polls);
+    SET("polls_answered", st.polls_answered);
     SET("backlog_messages", st.backlog_messages);
     SET("backlog_bytes", st.backlog_bytes);
     SET("redis_reconnects", st.redis_reconnects);
@@ -581,4 +584,6 @@ void Init_spillway_hub(void)
     rb_define_const(cHub, "ATTACH_HEAD", UINT2NUM(SPILLWAY_ATTACH_HEAD));
     rb_define_const(cHub, "ATTACH_FALLBACK", UINT2NUM(SPILLWAY_ATTACH_FALLBACK));
     rb_define_const(cHub, "ATTACH_TURBO", UINT2NUM(SPILLWAY_ATTACH_TURBO));
+    rb_define_const(cHub, "ATTACH_POLL", UINT2NUM(SPILLWAY_ATTACH_POLL));
+    rb_define_const(cHub, "ATTACH_LONG_POLL", UINT2NUM(SPILLWAY_ATTACH_LONG_POLL));
 }

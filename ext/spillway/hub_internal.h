@@ -64,6 +64,7 @@ struct spillway_hub {
      * lags, which stands still while the loop works (conn.c). */
     uint64_t busy_ms;
     spillway_conn *streams; /* every attached stream, newest first (wheel.c) */
+    spillway_conn *polls, *polls_last; /* held long-polls, by deadline (polls.c) */
     spillway_conn **wheel;
     uint32_t wheel_slots, wheel_pos;
     uint64_t wheel_next_ms;
@@ -77,7 +78,7 @@ struct spillway_hub {
         st_bytes_out, st_accepted, st_closed, st_fallback, st_fallback_total, st_resumes,
         st_resets, st_joining, st_backlog_messages, st_backlog_bytes, st_redis_connected,
         st_redis_reconnects, st_redis_messages, st_gap_repairs, st_async_failed, st_errors,
-        st_iterations, st_outbox_bytes;
+        st_iterations, st_outbox_bytes, st_long_polls, st_polls_answered;
     /* async publish tickets: issued under the queue lock, done by the reactor */
     uint64_t async_issued;
     atomic_uint_fast64_t async_done;

@@ -22,6 +22,7 @@
 
 #include "commands.h"
 #include "hub_internal.h"
+#include "polls.h"
 #include "reactor.h"
 #include "tickets.h"
 
@@ -47,8 +48,13 @@ static void do_attach(spillway_hub *hub, spillway_cmd_attach *cmd)
         STAT_ADD(hub, st_fallback_total, 1);
     }
     spillway_wheel_insert(hub, c);
-    if (cmd->flags & SPILLWAY_ATTACH_HEAD) spillway_conn_push(hub, c, hub->f_head);
-    spillway_conn_push(hub, c, hub->f_open);
+    if (c->flags & SW_CF_POLL) {
+        /* Its head comes with its answer (polls.c). */
+        spillway_poll_attach(hub, c);
+    } else {
+        if (c->flags & SW_CF_HEAD) spillway_conn_push(hub, c, hub->f_head);
+        spillway_conn_push(hub, c, hub->f_open);
+    }
 
     c->has_cursor = cmd->has_cursor;
     c->cursor_ok = cmd->cursor_ok;
@@ -83,6 +89,10 @@ static void do_attach(spillway_hub *hub, spillway_cmd_attach *cmd)
         if (b->ops->channel_wanted != NULL) b->ops->channel_wanted(b->self, ch);
     }
     b->ops->join(b->self, c);
+    /* Joined at once (memory, or a Redis stream without a cursor whose
+     * channels were ACTIVE): a poll may be answered at the end of this
+     * iteration. */
+    if ((c->flags & SW_CF_POLL) && !(c->flags & SW_CF_JOINING)) spillway_conn_mark_dirty(hub, c);
 }
 
 static void run_commands(spillway_hub *hub)
@@ -139,6 +149,7 @@ static void end_iteration(spillway_hub *hub)
 static int next_timeout(spillway_hub *hub)
 {
     uint64_t next = SW_MIN(hub->wheel_next_ms, hub->backend.ops->next_timer(hub->backend.self));
+    next = SW_MIN(next, spillway_poll_next_timer(hub));
     if (next <= hub->now) return 0;
     return (int)SW_MIN(next - hub->now, 60000u);
 }
@@ -146,6 +157,7 @@ static int next_timeout(spillway_hub *hub)
 static void run_timers(spillway_hub *hub)
 {
     if (hub->now >= hub->wheel_next_ms) spillway_wheel_tick(hub);
+    spillway_poll_timers(hub);
     hub->backend.ops->timers(hub->backend.self);
 }
 
@@ -157,7 +169,10 @@ static void shutdown_streams(spillway_hub *hub)
         if (c->flags & SW_CF_DOOMED) continue;
         if (c->flags & SW_CF_JOINING) atomic_fetch_sub_explicit(&hub->st_joining, 1, memory_order_relaxed);
         c->flags &= ~SW_CF_JOINING;
-        spillway_conn_push(hub, c, hub->f_retry);
+        /* A poll still collecting is answered with what it has (a complete
+         * response); a stream gets a last retry hint. */
+        if ((c->flags & (SW_CF_POLL | SW_CF_ANSWERED)) == SW_CF_POLL) spillway_poll_answer(hub, c);
+        else spillway_conn_push(hub, c, hub->f_retry);
         spillway_conn_flush(hub, c);
         spillway_conn_doom_why(hub, c, false, "server stopping");
     }

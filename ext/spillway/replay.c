@@ -84,6 +84,8 @@ void spillway_conn_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **
     spillway_conn_held_free(hub, c, held, held_len);
     /* Everything held may have been a duplicate: nothing waits then. */
     if (c->out_len == 0) spillway_conn_queued_remove(hub, c);
+    /* A poll is answered once joined (polls.c), with or without frames. */
+    if (c->flags & SW_CF_POLL) spillway_conn_mark_dirty(hub, c);
 }
 
 /* A reset for a live stream (gap repair could not reach back far enough

@@ -9,6 +9,7 @@
 
 #include "frames.h"
 #include "hub_internal.h"
+#include "polls.h"
 
 /* The stream_close event (events.h), while the memberships still name the
  * stream's channels. */
@@ -29,6 +30,7 @@ static void close_doomed(spillway_hub *hub, spillway_conn *c)
     epoll_ctl(hub->epfd, EPOLL_CTL_DEL, c->h.fd, NULL);
     report_close(hub, c);
     spillway_wheel_remove(hub, c);
+    spillway_poll_forget(hub, c);
     spillway_channel_leave_all(hub, c);
     spillway_conn_close(hub, c);
 }
@@ -40,7 +42,13 @@ void spillway_hub_flush_and_close(spillway_hub *hub)
         hub->dirty = c->dirty_next;
         c->dirty_next = NULL;
         c->flags &= ~SW_CF_DIRTY;
-        if (!(c->flags & SW_CF_DOOMED)) spillway_conn_flush(hub, c);
+        if (c->flags & SW_CF_DOOMED) continue;
+        if ((c->flags & (SW_CF_POLL | SW_CF_ANSWERED)) == SW_CF_POLL) {
+            /* A poll writes nothing until it is answered (polls.c). */
+            if (!spillway_poll_ready(hub, c)) continue;
+            spillway_poll_answer(hub, c);
+        }
+        spillway_conn_flush(hub, c);
     }
     while ((c = hub->doomed) != NULL) {
         hub->doomed = c->doomed_next;
@@ -55,6 +63,7 @@ void spillway_streams_close_all(spillway_hub *hub)
     while (hub->streams != NULL) {
         spillway_conn *c = hub->streams;
         spillway_wheel_remove(hub, c);
+        spillway_poll_forget(hub, c);
         spillway_channel_leave_all(hub, c);
         spillway_conn_close(hub, c);
     }

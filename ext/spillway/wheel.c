@@ -57,8 +57,9 @@ void spillway_wheel_tick(spillway_hub *hub)
     while (hub->now >= hub->wheel_next_ms && budget-- > 0) {
         for (spillway_conn *c = hub->wheel[hub->wheel_pos]; c != NULL; c = c->wnext) {
             /* Frames waiting are traffic enough; a heartbeat behind them
-             * would only take another entry. */
-            if (c->out_len == 0) spillway_conn_push(hub, c, hub->f_heartbeat);
+             * would only take another entry. A poll gets none (its answer
+             * is one response). */
+            if (c->out_len == 0 && !(c->flags & SW_CF_POLL)) spillway_conn_push(hub, c, hub->f_heartbeat);
         }
         hub->wheel_pos = (hub->wheel_pos + 1) % hub->wheel_slots;
         hub->wheel_next_ms += slot_len(hub, hub->wheel_pos);

@@ -31,6 +31,7 @@ module Spillway
       max_lag: 10,                 # seconds a stream's oldest unsent message may wait before it is dropped
       memory_limit: 256 * 1024 * 1024, # bytes of all waiting frames; beyond, the laggiest streams are dropped
       headers: {},                 # extra response headers (e.g. CORS) on every stream
+      long_poll_timeout: 25,       # seconds a long-poll (transport=long-poll) waits for a message
       secret: nil,                 # signs stream tokens (Spillway.sign); Rails: derived from secret_key_base
       # backlog (both backends)
       backlog_size: 1000,          # messages kept per channel for resume
@@ -128,7 +129,8 @@ module Spillway
     {
       heartbeat: [0.01, 3600], retry_interval: [0, 3600], max_lag: [0.01, 86_400],
       connect_timeout: [0.001, 60], command_timeout: [0.001, 60], health_interval: [0.1, 3600],
-      unsubscribe_linger: [0, 3600], idempotency_ttl: [0.01, 30 * 86_400], log_interval: [0, 86_400]
+      unsubscribe_linger: [0, 3600], idempotency_ttl: [0.01, 30 * 86_400], log_interval: [0, 86_400],
+      long_poll_timeout: [0, 3600]
     }.each do |name, (min, max)|
       define_method(:"#{name}=") do |value|
         value = Float(value)
@@ -200,7 +202,7 @@ module Spillway
         max_lag_ms: ms(max_lag), memory_limit: memory_limit, backlog_size: backlog_size, backlog_ttl: backlog_ttl,
         max_backlog_channels: max_backlog_channels, queue_limit: queue_limit,
         extra_headers: headers.empty? ? nil : headers.map { |k, v| "#{k}: #{v}\r\n" }.join,
-        log_interval_ms: ms(log_interval)
+        log_interval_ms: ms(log_interval), long_poll_timeout_ms: ms(long_poll_timeout)
       }
       opts.merge!(redis_native_options) if redis
       opts

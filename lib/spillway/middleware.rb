@@ -8,6 +8,11 @@ module Spillway
   #
   #   GET /stream?channel=chat:42&channel=user:7   (Last-Event-ID: <id>)
   #
+  # `transport=long-poll` holds the request in the native loop until a
+  # message after the cursor exists (or long_poll_timeout passes), then
+  # answers it with a complete text/event-stream body (Content-Length, the
+  # same frames and ids) and closes; `transport=poll` answers at once.
+  #
   # The request thread validates, authorizes, hijacks the socket and hands a
   # copy of its descriptor to the native hub; it is free again at once.
   # Everything else passes through to the app.
@@ -45,6 +50,11 @@ module Spillway
     MAX_QUERY_BYTES = 16 * 1024
     MAX_CURSOR_BYTES = 64
     TEXT = { "content-type" => "text/plain; charset=utf-8", "cache-control" => "no-store" }.freeze
+    # transport= values and their attach flags: a stream, or one answer
+    # (poll: at once; long-poll: at the first message, or empty after
+    # long_poll_timeout), held in the native loop like a stream.
+    TRANSPORTS = { "stream" => 0, "long-poll" => Native::Hub::ATTACH_LONG_POLL,
+                   "poll" => Native::Hub::ATTACH_POLL }.freeze
 
     def initialize(app, mount: "/stream", authorize: nil, param: "channel", on_error: nil)
       raise ArgumentError, "mount must start with /" unless mount.to_s.start_with?("/")
@@ -58,7 +68,9 @@ module Spillway
       @authorize = authorize
       @param = param.to_s
       raise ArgumentError, "param must be a non-empty name without & = % +" if @param.empty? || @param.match?(/[&=%+]/)
-      raise ArgumentError, "param #{@param.inspect} is taken (lastEventId, token, turbo)" if %w[lastEventId token turbo].include?(@param)
+      if %w[lastEventId token turbo transport].include?(@param)
+        raise ArgumentError, "param #{@param.inspect} is taken (lastEventId, token, turbo, transport)"
+      end
 
       @param = @param.dup.force_encoding(Encoding::UTF_8).freeze
       @param_at = /\G#{Regexp.escape(@param)}/
@@ -83,7 +95,7 @@ module Spillway
       config = Spillway.config
       max = config.max_channels_per_connection
       channels = []
-      cursor = token = turbo = nil
+      cursor = token = turbo = transport = nil
       tokens = turbos = 0
       scan_query(query) do |name, value|
         case name
@@ -95,6 +107,7 @@ module Spillway
           # query is not read.
           break if channels.size > max
         when :cursor then cursor ||= value
+        when :transport then transport ||= value
         when :token
           tokens += 1
           token ||= value
@@ -107,6 +120,9 @@ module Spillway
         return text(400, "more than #{max} channels requested; max_channels_per_connection is #{max}\n")
       end
 
+      flags = TRANSPORTS.fetch(transport || "stream") do
+        return text(400, "unknown transport #{transport[0, 32].inspect}: use one of #{TRANSPORTS.keys.join(', ')}\n")
+      end
       cursor = env["HTTP_LAST_EVENT_ID"] || cursor
       cursor = nil if cursor&.empty?
       return text(400, "Last-Event-ID longer than #{MAX_CURSOR_BYTES} bytes\n") if cursor && cursor.bytesize > MAX_CURSOR_BYTES
@@ -116,8 +132,8 @@ module Spillway
       token = nil unless config.secret
       turbo = nil unless Turbo.enabled?
       return text(400, "a stream token and a Turbo stream name together\n") if token && turbo
-      return serve_token(env, config, token, tokens, channels, cursor) if token
-      return serve_turbo(env, config, turbo, turbos, channels, cursor) if turbo
+      return serve_token(env, config, token, tokens, channels, cursor, flags) if token
+      return serve_turbo(env, config, turbo, turbos, channels, cursor, flags) if turbo
 
       return text(400, "no channel given: use ?#{@param}=NAME (repeat for several)\n") if channels.empty?
 
@@ -137,12 +153,12 @@ module Spillway
         return text(500, "authorization failed: server error\n") unless channels
         return text(403, "not allowed\n") if channels.empty?
       end
-      open_stream(env, config, channels, cursor)
+      open_stream(env, config, channels, cursor, flags)
     end
 
     # A signed token (Spillway.sign) opens exactly its channels, without
     # authorize; `param=` beside it may only narrow them.
-    def serve_token(env, config, token, tokens, requested, cursor)
+    def serve_token(env, config, token, tokens, requested, cursor, flags)
       return text(400, "more than one stream token\n") if tokens > 1
 
       allowed = begin
@@ -152,12 +168,12 @@ module Spillway
       rescue StandardError => e
         return failed(env, e, "the stream token check")
       end
-      narrowed(env, config, allowed, requested, cursor, "the stream token")
+      narrowed(env, config, allowed, requested, cursor, "the stream token", flags)
     end
 
     # A Turbo signed stream name (turbo_stream_from) opens its one channel,
     # without authorize: Turbo's signature is the grant.
-    def serve_turbo(env, config, signed, count, requested, cursor)
+    def serve_turbo(env, config, signed, count, requested, cursor, flags)
       return text(400, "more than one Turbo stream name\n") if count > 1
 
       name = begin
@@ -168,7 +184,7 @@ module Spillway
       return text(403, "Turbo stream name refused: bad signature\n") unless name
 
       narrowed(env, config, [Turbo.channel_for(name)], requested, cursor, "the Turbo stream name",
-               Native::Hub::ATTACH_TURBO)
+               Native::Hub::ATTACH_TURBO | flags)
     end
 
     # The granted channels, or the requested ones when they are among them.
@@ -182,7 +198,8 @@ module Spillway
     end
 
     # flags: Native::Hub::ATTACH_TURBO for a Turbo stream (its resets go out
-    # as a Turbo refresh, the one thing a <turbo-stream-source> applies).
+    # as a Turbo refresh, the one thing a <turbo-stream-source> applies);
+    # ATTACH_POLL / ATTACH_LONG_POLL for one answer instead of a stream.
     def open_stream(env, config, channels, cursor, flags = 0)
       hub = Spillway.hub
       unless hub.reserve
@@ -199,7 +216,8 @@ module Spillway
 
     # Yields (:channel, value) for every `param=` pair of the query string,
     # (:cursor, value) for every `lastEventId=` pair, (:token, value) for
-    # every `token=` and (:turbo, value) for every `turbo=` pair, in order, with
+    # every `token=`, (:turbo, value) for every `turbo=` and (:transport,
+    # value) for every `transport=` pair, in order, with
     # names and values decoded as URI.decode_www_form decodes them (`+` is a
     # space, `%XX` a byte, a `%` without two hex digits stays, the value is
     # UTF-8 with invalid bytes replaced). Only the yielded values are
@@ -230,15 +248,17 @@ module Spillway
     CURSOR_AT = /\GlastEventId/
     TOKEN_AT = /\Gtoken/
     TURBO_AT = /\Gturbo/
-    private_constant :CURSOR_AT, :TOKEN_AT, :TURBO_AT
+    TRANSPORT_AT = /\Gtransport/
+    private_constant :CURSOR_AT, :TOKEN_AT, :TURBO_AT, :TRANSPORT_AT
 
-    # :channel, :cursor, :token, :turbo or nil for the unescaped pair name
+    # :channel, :cursor, :token, :turbo, :transport or nil for the unescaped pair name
     # query[from...eq].
     def literal_name(query, from, eq)
       if eq - from == @param.bytesize && @param_at.match?(query, from) then :channel
       elsif eq - from == 11 && CURSOR_AT.match?(query, from) then :cursor
       elsif eq - from == 5 && TOKEN_AT.match?(query, from) then :token
       elsif eq - from == 5 && TURBO_AT.match?(query, from) then :turbo
+      elsif eq - from == 9 && TRANSPORT_AT.match?(query, from) then :transport
       end
     end
 
@@ -248,6 +268,7 @@ module Spillway
       elsif name == "lastEventId" then :cursor
       elsif name == "token" then :token
       elsif name == "turbo" then :turbo
+      elsif name == "transport" then :transport
       end
     end
 

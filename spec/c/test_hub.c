@@ -1014,6 +1014,128 @@ TEST(stop_sends_a_last_retry_and_closes_everything)
     client_close(&late);
 }
 
+/* ---- poll and long-poll ------------------------------------------------ */
+
+/* The Content-Length of c's head (-1: none). */
+static long content_length(const client *c)
+{
+    const char *p = c->head.p ? strstr(c->head.p, "Content-Length: ") : NULL;
+    return p ? strtol(p + 16, NULL, 10) : -1;
+}
+
+static int open_poll(spillway_hub *hub, client *c, unsigned flags, const char *chan, const char *cursor)
+{
+    const char *chans[] = {chan};
+    return open_stream(hub, c, SPILLWAY_ATTACH_HEAD | flags, chans, 1, cursor, 0);
+}
+
+TEST(poll_answers_once_with_content_length_and_closes)
+{
+    spillway_config cfg = test_hub_config();
+    spillway_hub *hub = start(&cfg);
+    sent s1, s2;
+    client a, b;
+
+    s1 = pub(hub, "p", NULL, "one");
+    s2 = pub(hub, "p", "note", "two");
+    /* From before both: both, then EOF; the head says how long the body is. */
+    REQUIRE_INT(open_poll(hub, &a, SPILLWAY_ATTACH_POLL, "p", s1.id), ==, 0);
+    CHECK(client_until_eof(&a, DEADLINE_MS));
+    CHECK(a.head_done);
+    CHECK(a.head.p != NULL && strstr(a.head.p, "Connection: close\r\n") != NULL);
+    CHECK(a.head.p != NULL && strstr(a.head.p, "X-Accel-Buffering") == NULL);
+    CHECK_INT(content_length(&a), ==, (long)a.body.len);
+    CHECK_DATAS(&a, "two");
+    REQUIRE_U64(EVENTS(&a), ==, 1);
+    CHECK_STR(EV(&a, 0)->id.p, s2.id);
+    CHECK_U64(a.p.comments, ==, 0); /* no opening comment, no heartbeat */
+    /* Nothing after the cursor: empty at once. */
+    REQUIRE_INT(open_poll(hub, &b, SPILLWAY_ATTACH_POLL, "p", s2.id), ==, 0);
+    CHECK(client_until_eof(&b, DEADLINE_MS));
+    CHECK_INT(content_length(&b), ==, 0);
+    CHECK_U64(b.body.len, ==, 0);
+    CHECK(WAIT_UNTIL(stats(hub).connections == 0, DEADLINE_MS));
+    CHECK_U64(stats(hub).polls_answered, ==, 2);
+    client_close(&a);
+    client_close(&b);
+    finish(hub);
+}
+
+TEST(long_poll_waits_for_a_message_or_its_timeout)
+{
+    spillway_config cfg = test_hub_config();
+    spillway_hub *hub;
+    client a, b, c;
+    sent s;
+    uint64_t t0;
+
+    cfg.long_poll_timeout_ms = 300;
+    cfg.heartbeat_ms = 50; /* heartbeats would end a long-poll: it gets none */
+    hub = start(&cfg);
+    t0 = check_now_ms();
+    REQUIRE_INT(open_poll(hub, &a, SPILLWAY_ATTACH_LONG_POLL, "lp", NULL), ==, 0);
+    REQUIRE_INT(open_poll(hub, &b, SPILLWAY_ATTACH_LONG_POLL, "other", NULL), ==, 0);
+    CHECK(WAIT_UNTIL(stats(hub).long_polls == 2, DEADLINE_MS));
+    client_pump(&a, 150);
+    CHECK_U64(a.head.len + a.body.len, ==, 0);
+    s = pub(hub, "lp", NULL, "now");
+    CHECK(client_until_eof(&a, DEADLINE_MS));
+    CHECK_DATAS(&a, "now");
+    CHECK_STR(EV(&a, 0)->id.p, s.id);
+    CHECK_INT(content_length(&a), ==, (long)a.body.len);
+    /* The other one: empty, at its deadline and not before. */
+    CHECK(client_until_eof(&b, DEADLINE_MS));
+    CHECK_INT(content_length(&b), ==, 0);
+    CHECK_U64(check_now_ms() - t0, >=, 290);
+    CHECK(WAIT_UNTIL(stats(hub).long_polls == 0 && stats(hub).connections == 0, DEADLINE_MS));
+    /* A later message reaches nobody's closed answer; a stopping hub
+     * answers a held long-poll (a complete response), never a retry hint. */
+    REQUIRE_INT(open_poll(hub, &c, SPILLWAY_ATTACH_LONG_POLL, "held", NULL), ==, 0);
+    CHECK(WAIT_UNTIL(stats(hub).long_polls == 1, DEADLINE_MS));
+    CHECK_INT(spillway_hub_stop(hub, 5000 * check_slow()), ==, 0);
+    CHECK(client_until_eof(&c, DEADLINE_MS));
+    CHECK_INT(content_length(&c), ==, 0);
+    CHECK_U64(c.body.len, ==, 0);
+    spillway_hub_free(hub);
+    client_close(&a);
+    client_close(&b);
+    client_close(&c);
+}
+
+TEST(poll_body_is_capped_and_the_next_poll_goes_on)
+{
+    spillway_config cfg = test_hub_config();
+    spillway_hub *hub;
+    char *big = malloc(300 * 1024 + 1);
+    sent first, ids[8];
+    client a, b;
+
+    REQUIRE(big != NULL);
+    memset(big, 'x', 300 * 1024);
+    big[300 * 1024] = '\0';
+    cfg.backlog_size = 100;
+    hub = start(&cfg);
+    first = pub(hub, "cap", NULL, "start");
+    for (int i = 0; i < 8; i++) ids[i] = pub(hub, "cap", NULL, big);
+    /* 8 x 300 KiB after the cursor: the first answer stops under 1 MiB
+     * (3 frames), the next poll from its last id gets the rest. */
+    REQUIRE_INT(open_poll(hub, &a, SPILLWAY_ATTACH_POLL, "cap", first.id), ==, 0);
+    CHECK(client_until_eof(&a, DEADLINE_MS));
+    CHECK_U64(EVENTS(&a), ==, 3);
+    CHECK_U64(a.body.len, <=, SPILLWAY_POLL_BODY_MAX);
+    CHECK_INT(content_length(&a), ==, (long)a.body.len);
+    REQUIRE(EVENTS(&a) == 3);
+    CHECK_STR(EV(&a, 2)->id.p, ids[2].id);
+    REQUIRE_INT(open_poll(hub, &b, SPILLWAY_ATTACH_POLL, "cap", EV(&a, 2)->id.p), ==, 0);
+    CHECK(client_until_eof(&b, DEADLINE_MS));
+    CHECK_U64(EVENTS(&b), ==, 3);
+    if (EVENTS(&b) == 3) CHECK_STR(EV(&b, 0)->id.p, ids[3].id);
+    client_close(&a);
+    client_close(&b);
+    free(big);
+    finish(hub);
+}
+
 /*
  * Fork: the child closes every stream descriptor it inherited (so the
  * parent's clients still see EOF when the parent closes them, while the

@@ -8,7 +8,7 @@ require "spec_helper"
 # middle of a reply and delays replies, Redis is paused and restarted (from
 # its AOF, with a LOADING phase). Streams on one, two and three channels, on
 # two Pumas with default settings, reconnect like a browser's EventSource
-# when closed. Every stream must end with every number of each of its
+# when closed; a quarter of them long-poll instead. Every stream must end with every number of each of its
 # channels once and in order; with persistence there is no hole to report,
 # so no reset either.
 #
@@ -46,8 +46,12 @@ RSpec.describe "Compound Redis faults during numbered publishing" do
                                    out: File.join(@redis.dir, "publisher.log"), err: File.join(@redis.dir, "publisher.log"))
   end
 
+  # Every fourth client long-polls (transport=long-poll, asking again from
+  # its last id after each answer): the same resume, through the same faults.
   def open_streams(server)
-    Array.new(streams_per_server) { |i| SequenceClient.new(server.port, CHANNEL_SETS[i % CHANNEL_SETS.size]) }
+    Array.new(streams_per_server) do |i|
+      SequenceClient.new(server.port, CHANNEL_SETS[i % CHANNEL_SETS.size], query: i % 4 == 3 ? "transport=long-poll" : nil)
+    end
   end
 
   # Runs the schedule until the publisher is done. Each entry: [period in

@@ -9,14 +9,17 @@ require "json"
 # server. It checks as it reads: per channel every number once and in order,
 # except that an `event: reset` naming the channel may skip ahead. When the
 # server closes the stream it reconnects with the last id it got, like a
-# browser. Frames are parsed by one regular expression over what arrived.
+# browser (or, with transport=long-poll, like a long-polling client). Frames are parsed by one regular expression over what arrived.
 class SequenceClient
   FRAME = /(?:^|\n)id: ([^\n]*)\n(?:event: ([^\n]*)\n)?data: ([^\n]*)\n\n/.freeze
 
   attr_reader :channels, :last, :problems, :resets, :reconnects, :last_id, :skipped
 
-  def initialize(port, channels)
+  # query: more of the query string, e.g. "transport=long-poll" (a client
+  # that asks again from its last id after every answer).
+  def initialize(port, channels, query: nil)
     @port = port
+    @query = query
     @channels = Array(channels)
     @last = @channels.to_h { |c| [c, 0] }
     @pending_reset = {}
@@ -66,6 +69,7 @@ class SequenceClient
   def connect
     @sock = Socket.tcp("127.0.0.1", @port)
     q = @channels.map { |c| "channel=#{c}" }.join("&")
+    q << "&#{@query}" if @query
     head = +"GET /stream?#{q} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
     head << "Last-Event-ID: #{@last_id}\r\n" if @last_id
     @sock.write(head << "\r\n")
