@@ -7,6 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "frames.h"
 #include "hub_internal.h"
 
 /* ---- the table --------------------------------------------------------- */
@@ -218,7 +219,16 @@ void spillway_channel_fanout(spillway_hub *hub, spillway_channel *ch, spillway_f
 {
     if (spillway_id_cmp(f->id, ch->last) > 0) ch->last = f->id;
     count_message(hub, ch);
-    for (uint32_t i = 0; i < ch->nsubs; i++) spillway_conn_deliver(hub, ch->subs[i].conn, f);
+    for (uint32_t i = 0; i < ch->nsubs; i++) {
+        spillway_conn *c = ch->subs[i].conn;
+        if (!(c->flags & SW_CF_CHANNEL)) {
+            spillway_conn_deliver(hub, c, f);
+            continue;
+        }
+        /* A stream that asked for channel names gets the tagged copy. */
+        spillway_frame *t = spillway_frame_for(hub, c, f, ch);
+        if (t != NULL) spillway_conn_deliver(hub, c, t);
+    }
 }
 
 /* Messages per second over the current window and the one before it (a

@@ -59,6 +59,7 @@ spillway_conn *spillway_conn_new(spillway_hub *hub, int fd, unsigned flags)
     if (flags & SPILLWAY_ATTACH_FALLBACK) c->flags |= SW_CF_FALLBACK;
     if (flags & SPILLWAY_ATTACH_TURBO) c->flags |= SW_CF_TURBO;
     if (flags & SPILLWAY_ATTACH_HEAD) c->flags |= SW_CF_HEAD;
+    if (flags & SPILLWAY_ATTACH_CHANNEL) c->flags |= SW_CF_CHANNEL;
     if (flags & (SPILLWAY_ATTACH_POLL | SPILLWAY_ATTACH_LONG_POLL)) c->flags |= SW_CF_POLL;
     if (flags & SPILLWAY_ATTACH_LONG_POLL) c->flags |= SW_CF_LONG_POLL;
     set_socket_options(hub, c);

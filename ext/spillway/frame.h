@@ -33,6 +33,10 @@ typedef struct spillway_frame {
     spillway_id id;    /* zero for control frames: they never move a cursor */
     uint32_t queued;   /* of refs, the references held by stream outboxes */
     uintptr_t holders; /* XOR of the accounts (uint64_t *) of those outboxes */
+    /* The same message with its channel named (spillway_frame_tagged,
+     * frames.c), built on first need by the reactor and owned by this
+     * frame: one reference, dropped when this frame is freed. */
+    struct spillway_frame *tagged;
     char data[];
 } spillway_frame;
 
@@ -54,7 +58,17 @@ static inline spillway_frame *spillway_frame_new(size_t len)
     f->id.seq = 0;
     f->queued = 0;
     f->holders = 0;
+    f->tagged = NULL;
     return f;
+}
+
+static inline void spillway_frame_unref(spillway_frame *f);
+
+/* The last reference went. */
+static inline void spillway_frame_free_(spillway_frame *f)
+{
+    if (f->tagged != NULL) spillway_frame_unref(f->tagged);
+    free(f);
 }
 
 /* A frame holding a copy of s[0..len). */
@@ -92,7 +106,7 @@ static inline void spillway_frame_unref(spillway_frame *f)
     uint64_t *sole;
     if (f == NULL) return;
     if (--f->refs == 0) {
-        free(f);
+        spillway_frame_free_(f);
         return;
     }
     sole = spillway_frame_sole_holder(f);
@@ -121,7 +135,7 @@ static inline size_t spillway_frame_dequeue(spillway_frame *f, uint64_t *acct)
     if (f->refs == 1) {
         /* Ours alone, and the last reference. */
         *acct -= size;
-        free(f);
+        spillway_frame_free_(f);
         return size;
     }
     f->refs--;

@@ -93,6 +93,49 @@ spillway_frame *spillway_frame_reset(const spillway_conn *c, const bool *reset, 
     return f;
 }
 
+spillway_frame *spillway_frame_tagged(spillway_frame *f, const char *name, size_t namelen)
+{
+    const char *nl;
+    size_t head;
+    spillway_frame *t;
+
+    if (f->tagged != NULL) return f->tagged;
+    if (spillway_id_is_zero(f->id)) return f;
+    nl = memchr(f->data, '\n', f->len);
+    head = nl != NULL ? (size_t)(nl - f->data) + 1 : 0;
+    t = spillway_frame_new(f->len + 9 + namelen + 1);
+    if (t == NULL) return NULL;
+    memcpy(t->data, f->data, head);
+    memcpy(t->data + head, "channel: ", 9);
+    memcpy(t->data + head + 9, name, namelen);
+    t->data[head + 9 + namelen] = '\n';
+    memcpy(t->data + head + 10 + namelen, f->data + head, f->len - head);
+    t->id = f->id;
+    f->tagged = t;
+    return t;
+}
+
+spillway_frame *spillway_frame_for(spillway_hub *hub, spillway_conn *c, spillway_frame *f, const spillway_channel *ch)
+{
+    spillway_frame *t;
+    if (!(c->flags & SW_CF_CHANNEL)) return f;
+    t = spillway_frame_tagged(f, ch->name, ch->namelen);
+    if (t == NULL) {
+        spillway_hub_log(hub, SW_LOG_MEMORY, "a message naming its channel: out of memory");
+        spillway_conn_doom_why(hub, c, false, "out of memory");
+    }
+    return t;
+}
+
+bool spillway_frames_for(spillway_hub *hub, spillway_conn *c, spillway_frame **frames, size_t n,
+                         const spillway_channel *ch)
+{
+    if (!(c->flags & SW_CF_CHANNEL)) return true;
+    for (size_t i = 0; i < n; i++)
+        if ((frames[i] = spillway_frame_for(hub, c, frames[i], ch)) == NULL) return false;
+    return true;
+}
+
 void spillway_frames_free(spillway_hub *hub)
 {
     spillway_frame_unref(hub->f_head);

@@ -112,6 +112,12 @@ typedef struct spillway_stats {
 #define SPILLWAY_ATTACH_POLL 8u
 #define SPILLWAY_ATTACH_LONG_POLL 16u
 #define SPILLWAY_POLL_BODY_MAX (1024u * 1024u)
+/* Every message frame names its channel in a `channel: <name>` line after
+ * its id (EventSource ignores a field it does not know; a client that
+ * parses the stream itself, spillway.js, routes one stream's messages by
+ * it). Resets name their channels already. The tagged copy of a message is
+ * made once, on first need, and shared by every stream that asked. */
+#define SPILLWAY_ATTACH_CHANNEL 32u
 
 /*
  * Creates the hub and starts its thread. 0 and *out, or -errno with a message

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
+#include "frames.h"
 #include "hub_internal.h"
 #include "memory.h"
 
@@ -118,7 +119,11 @@ static void memory_join(void *self, spillway_conn *c)
     for (uint32_t i = 0; i < c->nmem; i++) {
         spillway_channel *ch = c->mem[i].ch;
         reset[i] = all_reset || spillway_id_cmp(ch->trimmed, c->cursor) > 0;
-        if (!reset[i]) n += spillway_backlog_collect(ch, c->cursor, frames + n);
+        if (!reset[i]) {
+            size_t got = spillway_backlog_collect(ch, c->cursor, frames + n);
+            if (!spillway_frames_for(hub, c, frames + n, got, ch)) break; /* doomed */
+            n += got;
+        }
     }
     qsort(frames, n, sizeof(*frames), spillway_frame_cmp_id);
     c->last = all_reset ? now : c->cursor;

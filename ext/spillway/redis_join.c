@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "frames.h"
 #include "redis_internal.h"
 
 static spillway_rq_fn on_fill_rq;
@@ -362,7 +363,9 @@ static bool resume_from_cache(spillway_hub *hub, spillway_conn *c)
     for (uint32_t m = 0; m < c->nmem; m++) {
         spillway_channel *ch = c->mem[m].ch;
         if (c->pend_reset != NULL && c->pend_reset[m]) continue;
-        n += spillway_backlog_collect(ch, c->cursor, frames + n);
+        size_t got = spillway_backlog_collect(ch, c->cursor, frames + n);
+        if (!spillway_frames_for(hub, c, frames + n, got, ch)) break; /* doomed */
+        n += got;
         cache_touch(hub, ch);
     }
     if (c->nmem > 1) qsort(frames, n, sizeof(*frames), spillway_frame_cmp_id);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "frames.h"
 #include "redis_internal.h"
 
 static spillway_rq_fn on_resume_rq;
@@ -42,10 +43,42 @@ void spillway_redis_send_resume(spillway_hub *hub, spillway_conn *c, bool eval)
     free(chans);
 }
 
+/* The frames as c gets them (*out): the tagged copies when it asked for
+ * channel names (idx: each frame's channel, an index into c->mem, as the
+ * read was built), else frames itself. False when out of memory or an
+ * index is out of range (c is doomed then). */
+static bool tag_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **frames, const uint32_t *idx, long n,
+                       spillway_frame ***out)
+{
+    spillway_frame **t;
+    *out = frames;
+    if (!(c->flags & SW_CF_CHANNEL) || n <= 0) return true;
+    t = malloc((size_t)n * sizeof(*t));
+    if (t == NULL) {
+        spillway_conn_doom_why(hub, c, false, "out of memory");
+        return false;
+    }
+    for (long i = 0; i < n; i++) {
+        if (idx[i] >= c->nmem) {
+            spillway_hub_log(hub, SW_LOG_PROTOCOL, "resume read: a frame of channel %u of %u", idx[i], c->nmem);
+            spillway_conn_doom_why(hub, c, false, "protocol error");
+            free(t);
+            return false;
+        }
+        if ((t[i] = spillway_frame_for(hub, c, frames[i], c->mem[idx[i]].ch)) == NULL) {
+            free(t);
+            return false;
+        }
+    }
+    *out = t;
+    return true;
+}
+
 static void on_resume_reply(spillway_hub *hub, const struct resume_req *q, spillway_rv *v)
 {
     spillway_conn *c = q->conn;
-    spillway_frame **frames = NULL;
+    spillway_frame **frames = NULL, **send;
+    uint32_t *idx = NULL;
     bool *reset;
     bool gone = (c->flags & SW_CF_ZOMBIE) != 0;
     spillway_id now;
@@ -74,7 +107,7 @@ static void on_resume_reply(spillway_hub *hub, const struct resume_req *q, spill
         spillway_conn_doom(hub, c, false);
         return;
     }
-    if (!spillway_redis_resume_shape_ok(v, c->nmem) || (n = spillway_redis_collect_frames(v->element[2], &frames, NULL)) < 0) {
+    if (!spillway_redis_resume_shape_ok(v, c->nmem) || (n = spillway_redis_collect_frames(v->element[2], &frames, &idx)) < 0) {
         char msg[160];
         rv_message(v, msg, sizeof(msg));
         spillway_hub_log(hub, SW_LOG_RESUME, "resume read failed: %s", msg);
@@ -99,9 +132,14 @@ static void on_resume_reply(spillway_hub *hub, const struct resume_req *q, spill
     /* A cursor newer than anything Redis issued (from the future) must not
      * hold back live frames: the stream starts from now, with its reset. */
     c->last = q->mode == RESUME_CURSOR && spillway_id_cmp(c->cursor, now) <= 0 ? c->cursor : now;
-    spillway_conn_replay(hub, c, frames, (size_t)n, reset, now, reason);
+    {
+        bool tagged = tag_replay(hub, c, frames, idx, n, &send);
+        spillway_conn_replay(hub, c, send, tagged ? (size_t)n : 0, reset, now, reason);
+    }
+    if (send != frames) free(send);
     for (long i = 0; i < n; i++) spillway_frame_unref(frames[i]);
     free(frames);
+    free(idx);
     free(reset);
 }
 

@@ -12,6 +12,8 @@ module Spillway
   # message after the cursor exists (or long_poll_timeout passes), then
   # answers it with a complete text/event-stream body (Content-Length, the
   # same frames and ids) and closes; `transport=poll` answers at once.
+  # `include=channel` adds a `channel: <name>` line to every message (for a
+  # client that routes one stream's messages by channel, like spillway.js).
   #
   # The request thread validates, authorizes, hijacks the socket and hands a
   # copy of its descriptor to the native hub; it is free again at once.
@@ -68,8 +70,8 @@ module Spillway
       @authorize = authorize
       @param = param.to_s
       raise ArgumentError, "param must be a non-empty name without & = % +" if @param.empty? || @param.match?(/[&=%+]/)
-      if %w[lastEventId token turbo transport].include?(@param)
-        raise ArgumentError, "param #{@param.inspect} is taken (lastEventId, token, turbo, transport)"
+      if %w[lastEventId token turbo transport include].include?(@param)
+        raise ArgumentError, "param #{@param.inspect} is taken (lastEventId, token, turbo, transport, include)"
       end
 
       @param = @param.dup.force_encoding(Encoding::UTF_8).freeze
@@ -95,7 +97,7 @@ module Spillway
       config = Spillway.config
       max = config.max_channels_per_connection
       channels = []
-      cursor = token = turbo = transport = nil
+      cursor = token = turbo = transport = include = nil
       tokens = turbos = 0
       scan_query(query) do |name, value|
         case name
@@ -108,6 +110,7 @@ module Spillway
           break if channels.size > max
         when :cursor then cursor ||= value
         when :transport then transport ||= value
+        when :include then include ||= value
         when :token
           tokens += 1
           token ||= value
@@ -122,6 +125,11 @@ module Spillway
 
       flags = TRANSPORTS.fetch(transport || "stream") do
         return text(400, "unknown transport #{transport[0, 32].inspect}: use one of #{TRANSPORTS.keys.join(', ')}\n")
+      end
+      case include
+      when nil, "" then nil
+      when "channel" then flags |= Native::Hub::ATTACH_CHANNEL
+      else return text(400, "unknown include #{include[0, 32].inspect}: the one allowed value is channel\n")
       end
       cursor = env["HTTP_LAST_EVENT_ID"] || cursor
       cursor = nil if cursor&.empty?
@@ -216,8 +224,9 @@ module Spillway
 
     # Yields (:channel, value) for every `param=` pair of the query string,
     # (:cursor, value) for every `lastEventId=` pair, (:token, value) for
-    # every `token=`, (:turbo, value) for every `turbo=` and (:transport,
-    # value) for every `transport=` pair, in order, with
+    # every `token=`, (:turbo, value) for every `turbo=`, (:transport,
+    # value) for every `transport=` and (:include, value) for every
+    # `include=` pair, in order, with
     # names and values decoded as URI.decode_www_form decodes them (`+` is a
     # space, `%XX` a byte, a `%` without two hex digits stays, the value is
     # UTF-8 with invalid bytes replaced). Only the yielded values are
@@ -249,7 +258,8 @@ module Spillway
     TOKEN_AT = /\Gtoken/
     TURBO_AT = /\Gturbo/
     TRANSPORT_AT = /\Gtransport/
-    private_constant :CURSOR_AT, :TOKEN_AT, :TURBO_AT, :TRANSPORT_AT
+    INCLUDE_AT = /\Ginclude/
+    private_constant :CURSOR_AT, :TOKEN_AT, :TURBO_AT, :TRANSPORT_AT, :INCLUDE_AT
 
     # :channel, :cursor, :token, :turbo, :transport or nil for the unescaped pair name
     # query[from...eq].
@@ -259,6 +269,7 @@ module Spillway
       elsif eq - from == 5 && TOKEN_AT.match?(query, from) then :token
       elsif eq - from == 5 && TURBO_AT.match?(query, from) then :turbo
       elsif eq - from == 9 && TRANSPORT_AT.match?(query, from) then :transport
+      elsif eq - from == 7 && INCLUDE_AT.match?(query, from) then :include
       end
     end
 
@@ -269,6 +280,7 @@ module Spillway
       elsif name == "token" then :token
       elsif name == "turbo" then :turbo
       elsif name == "transport" then :transport
+      elsif name == "include" then :include
       end
     end
 

@@ -1136,6 +1136,49 @@ TEST(poll_body_is_capped_and_the_next_poll_goes_on)
     finish(hub);
 }
 
+TEST(include_channel_names_each_message_shared_and_replayed)
+{
+    spillway_config cfg = test_hub_config();
+    spillway_hub *hub = start(&cfg);
+    const char *chans[] = {"ca", "cb"};
+    client tagged, plain, resumed;
+    sent s1, s2;
+
+    REQUIRE_INT(open_stream(hub, &tagged, SPILLWAY_ATTACH_CHANNEL, chans, 2, NULL, 0), ==, 0);
+    REQUIRE_INT(open_stream(hub, &plain, 0, chans, 2, NULL, 0), ==, 0);
+    REQUIRE(CLIENT_UNTIL(&tagged, tagged.p.retries >= 1, DEADLINE_MS));
+    REQUIRE(CLIENT_UNTIL(&plain, plain.p.retries >= 1, DEADLINE_MS));
+    s1 = pub(hub, "ca", NULL, "to a");
+    s2 = pub(hub, "cb", "note", "to b");
+    CHECK(CLIENT_UNTIL(&tagged, EVENTS(&tagged) >= 2, DEADLINE_MS));
+    CHECK(CLIENT_UNTIL(&plain, EVENTS(&plain) >= 2, DEADLINE_MS));
+    /* The field line comes right after the id; the rest is the frame as is. */
+    {
+        char want[128];
+        snprintf(want, sizeof(want), "id: %s\nchannel: ca\ndata: to a\n\n", s1.id);
+        CHECK(memmem(tagged.body.p, tagged.body.len, want, strlen(want)) != NULL);
+        snprintf(want, sizeof(want), "id: %s\nchannel: cb\nevent: note\ndata: to b\n\n", s2.id);
+        CHECK(memmem(tagged.body.p, tagged.body.len, want, strlen(want)) != NULL);
+    }
+    CHECK_DATAS(&tagged, "to a|to b");
+    /* Everyone else gets the frame untouched. */
+    CHECK(memmem(plain.body.p, plain.body.len, "channel:", 8) == NULL);
+    CHECK_DATAS(&plain, "to a|to b");
+    /* A replay from the backlog names its channels too, in id order. */
+    REQUIRE_INT(open_stream(hub, &resumed, SPILLWAY_ATTACH_CHANNEL | SPILLWAY_ATTACH_POLL, chans, 2, s1.id, 0), ==, 0);
+    CHECK(client_until_eof(&resumed, DEADLINE_MS));
+    {
+        char want[128];
+        snprintf(want, sizeof(want), "id: %s\nchannel: cb\nevent: note\ndata: to b\n\n", s2.id);
+        CHECK_U64(resumed.body.len, ==, strlen(want));
+        CHECK(resumed.body.p != NULL && memcmp(resumed.body.p, want, strlen(want)) == 0);
+    }
+    client_close(&tagged);
+    client_close(&plain);
+    client_close(&resumed);
+    finish(hub);
+}
+
 /*
  * Fork: the child closes every stream descriptor it inherited (so the
  * parent's clients still see EOF when the parent closes them, while the
