@@ -8,6 +8,13 @@ require "openssl"
 # Unicorn; Pitchfork; Falcon; Passenger Standalone; Puma terminating TLS
 # itself, WEBrick without full hijack. Each names the path its streams take
 # (native or fallback).
+# Passenger options for streams: its core may send a process any number of
+# requests (it counts each open stream as one in flight; what a Ruby app
+# advertises is 1), to the least busy process (Passenger 6's routing sends
+# each request to the oldest process below its limit: with none, always the
+# same process).
+PASSENGER_STREAMING = %w[--force-max-concurrent-requests-per-process 0 --old-routing].freeze
+
 RSpec.describe "App servers" do
   def exercise(server, tls: false)
     client = tls ? TLSClient.open(server.port, "srv:one") : SSEClient.open(server.port, "srv:one")
@@ -85,7 +92,7 @@ RSpec.describe "App servers" do
       # --force-max-concurrent-requests-per-process 0: the core sends the
       # process requests while its streams are open (exercise publishes and
       # pings with one open).
-      server = AppServer.new(server: :passenger, passenger_concurrency: 0).start
+      server = AppServer.new(server: :passenger, passenger_args: PASSENGER_STREAMING).start
       expect(File.read(server.log)).to include("Passenger core online")
       exercise(server)
       # Two streams at once on the one process; the head came through
@@ -369,6 +376,17 @@ RSpec.describe "Preforking app servers" do
   ensure
     back&.close
     swarm&.close_all
+    server&.stop
+  end
+
+  it "Passenger Standalone, two app processes forked from its preloader, unlimited concurrency (native path)" do
+    # Smart spawning: the preloader loads the app (and with BOOT_PUBLISH
+    # opens its Redis connection) before it forks the app processes. The
+    # core sends each process any number of requests
+    # (--force-max-concurrent-requests-per-process 0), the least busy first.
+    server = start(server: :passenger, preload: true, passenger_args: PASSENGER_STREAMING)
+    check(server, "passenger")
+  ensure
     server&.stop
   end
 

@@ -39,16 +39,15 @@ class AppServer
   # workers: 0 is a single process (Puma, WEBrick) or one worker (Unicorn,
   # Pitchfork, Falcon, Passenger). preload: Puma's --preload, Unicorn's
   # preload_app, Passenger's smart spawning.
-  # passenger_concurrency: Passenger's
-  # --force-max-concurrent-requests-per-process (0: unlimited; nil: what the
-  # app advertises, 1 request per process).
+  # passenger_args: more options for `passenger start` (e.g.
+  # --force-max-concurrent-requests-per-process 0).
   # refork_after: Pitchfork's [requests, ...] (off by default).
   # after_fork: true makes the server's worker hook call
   # Spillway.after_fork explicitly (Puma's on_worker_boot, Unicorn's
   # after_fork, Pitchfork's after_worker_fork, Falcon has none).
   def initialize(config: {}, middleware: {}, threads: "1:1", workers: 0, preload: false, puma: :gem,
                  server: nil, after_fork: false, refork_after: nil, env: {}, tls: nil, rackup: FIXTURE,
-                 passenger_concurrency: nil)
+                 passenger_args: [])
     @config = config
     @middleware = middleware
     @threads = threads
@@ -63,7 +62,7 @@ class AppServer
     @extra_env = env
     @tls = tls
     @rackup = rackup
-    @passenger_concurrency = passenger_concurrency
+    @passenger_args = passenger_args
     @port = free_port
     @dir = Dir.mktmpdir("spillway-#{@server}")
     @log = File.join(@dir, "server.log")
@@ -126,8 +125,7 @@ class AppServer
             "--log-file", @log, "--pid-file", passenger_pid_file,
             "--max-pool-size", n, "--min-instances", n, "--spawn-method", @preload ? "smart" : "direct",
             "--disable-security-update-check", "--disable-anonymous-telemetry"]
-    args += ["--force-max-concurrent-requests-per-process", @passenger_concurrency.to_s] if @passenger_concurrency
-    [RbConfig.ruby, "-S", "passenger", *args]
+    [RbConfig.ruby, "-S", "passenger", *args, *@passenger_args]
   end
 
   def passenger_pid_file
@@ -208,10 +206,15 @@ class AppServer
   # so each lands on a different worker of a server whose workers serve
   # one request at a time. Tried again until they did (a worker that
   # serves several at once, Falcon's, may take two), on a deadline.
+  # Passenger's core (unlimited concurrency, least busy first) counts a
+  # process's open streams as requests in flight: a process holding streams
+  # gets one of the requests only once the others are as busy, so more are
+  # sent at once there.
   def worker_stats(count, timeout: 20, hold: 0.2)
     last = nil
+    fanout = @server == :passenger ? count * 4 : count
     wait_until(timeout: timeout, interval: 0, message: "#{count} workers answering at once") do
-      answers = Array.new(count) do
+      answers = Array.new(fanout) do
         Thread.new do
           JSON.parse(get("/stats?hold=#{hold}").body, symbolize_names: true)
         rescue SystemCallError, IOError, Net::ReadTimeout, JSON::ParserError
