@@ -116,6 +116,29 @@ RSpec.describe "App servers" do
       server&.stop
     end
 
+    it "leaves a client that stops reading to Passenger's core, which buffers for it (never dropped as slow)" do
+      # The hub writes to Passenger's core, not to the client: the core
+      # reads whatever comes and buffers it for the client (up to 128 MiB
+      # per connection by default, its response_buffer_high_watermark). Here
+      # 8 MB for a client that reads nothing, with a 64 KiB outbox_limit:
+      # on Puma the same stream is dropped as slow.
+      server = AppServer.new(server: :passenger, passenger_args: PASSENGER_STREAMING,
+                             config: { outbox_limit: 64 * 1024, max_lag: 1 }).start
+      client = SSEClient.open(server.port, "srv:slow", rcvbuf: 4096)
+      client.wait_for_head
+      wait_until(message: "stream attached") { server.stats[:connections] == 1 }
+      ids = Array.new(4) do |i|
+        JSON.parse(server.post("/publish_seq?channel=srv:slow&from=#{i * 200}&count=200&size=10000").body)
+      end.flatten
+      wait_until(message: "the hub done with all 800 messages") { server.stats[:delivered] >= 800 }
+      expect(server.stats.slice(:connections, :dropped_slow)).to eq(connections: 1, dropped_slow: 0)
+      # All of it reaches the client once it reads, in order.
+      expect(client.wait_for_events(800, timeout: 30).map(&:last_event_id)).to eq(ids)
+    ensure
+      client&.close
+      server&.stop
+    end
+
     it "with its default concurrency holds the process while a stream is open (the core counts it as a request)" do
       # What the app advertises, 1 request per process: Passenger's core
       # queues the next request until the stream ends. The app process
