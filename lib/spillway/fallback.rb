@@ -6,9 +6,10 @@ module Spillway
   # How a stream reaches the native hub, fastest first:
   #
   # 1. Full hijack of a plain TCP/Unix socket (Puma, Unicorn, Pitchfork,
-  #    Falcon over HTTP/1.1; Passenger hands a wrapper instead: path 2):
-  #    the hub gets a duplicate of the descriptor and writes everything,
-  #    the HTTP head included. No Ruby thread stays involved.
+  #    Falcon over HTTP/1.1; Passenger's wrapper around its plain Unix
+  #    socket, unwrapped: see unwrap): the hub gets a duplicate of the
+  #    descriptor and writes everything, the HTTP head included. No Ruby
+  #    thread stays involved.
   # 2. Full hijack of something that is not a plain socket (Puma terminating
   #    TLS itself hands out a Puma::MiniSSL::Socket): the hub writes into one
   #    end of a socket pair and a Ruby thread pumps the bytes through the
@@ -138,10 +139,36 @@ module Spillway
 
       io = env["rack.hijack"].call
       io = env["rack.hijack_io"] unless io.respond_to?(:write)
-      io
+      unwrap(io)
     rescue NotImplementedError
       # WEBrick under Rack 2: "only partial hijack is supported".
       nil
+    end
+
+    # The plain socket inside a server's wrapper when handing that socket
+    # to the hub loses nothing; otherwise io itself (paths 2-4 decide).
+    #
+    # Only Passenger's wrapper (PhusionPassenger::Utils::UnseekableSocket)
+    # qualifies. It wraps the Unix socket from Passenger's core, which
+    # proxies the client (TLS, if any, ends there): what the app writes into
+    # it is plain HTTP, the head included. The wrapper buffers nothing (it
+    # only fakes EOF for reads past the request), the socket is sync, and
+    # after a full hijack Passenger's request thread drops the connection
+    # without touching it again. Not any wrapper whose to_io is a socket:
+    # Puma's MiniSSL::Socket is one too, over TLS. Nothing the server wrote
+    # can be pending (the socket is sync); what could be is input, a request
+    # body nobody read, which the hub drains and ignores as it does a
+    # client's on any server.
+    def unwrap(io)
+      return io unless defined?(::PhusionPassenger::Utils::UnseekableSocket) &&
+                       io.instance_of?(::PhusionPassenger::Utils::UnseekableSocket)
+
+      sock = io.to_io
+      return io unless (sock.is_a?(::UNIXSocket) || sock.is_a?(::TCPSocket)) && !sock.closed? && sock.sync
+
+      sock
+    rescue StandardError
+      io
     end
 
     # The hub's end of a socket pair is attached; ours is returned.

@@ -5,8 +5,16 @@ require "openssl"
 
 # The same streams on every common app server and socket type: the
 # Gemfile's Puma and Debian's Puma 5.6 with Rack 2, single and clustered;
-# Unicorn; Pitchfork; Falcon; Puma terminating TLS itself, WEBrick without
-# full hijack. Each names the path its streams take (native or fallback).
+# Unicorn; Pitchfork; Falcon; Passenger Standalone; Puma terminating TLS
+# itself, WEBrick without full hijack. Each names the path its streams take
+# (native or fallback).
+# Passenger options for streams: its core may send a process any number of
+# requests (it counts each open stream as one in flight; what a Ruby app
+# advertises is 1), to the least busy process (Passenger 6's routing sends
+# each request to the oldest process below its limit: with none, always the
+# same process).
+PASSENGER_STREAMING = %w[--force-max-concurrent-requests-per-process 0 --old-routing].freeze
+
 RSpec.describe "App servers" do
   def exercise(server, tls: false)
     client = tls ? TLSClient.open(server.port, "srv:one") : SSEClient.open(server.port, "srv:one")
@@ -64,6 +72,96 @@ RSpec.describe "App servers" do
   ensure
     client&.close
     server&.stop
+  end
+
+  # Passenger Standalone, builtin engine, one app process (max pool size 1).
+  # Passenger's core proxies every request to the app over a Unix socket and
+  # hands the app, on full hijack, a PhusionPassenger::Utils::UnseekableSocket
+  # around it: Spillway gives the hub the socket inside (native path).
+  describe "Passenger" do
+    before(:all) do
+      # Asked in a child: this process stays without PhusionPassenger.
+      found = system(RbConfig.ruby, "-e", <<~RUBY)
+        require "phusion_passenger"
+        PhusionPassenger.locate_directories
+        PhusionPassenger.require_passenger_lib "constants"
+        exit(PhusionPassenger.find_support_binary(PhusionPassenger::AGENT_EXE) ? 0 : 1)
+      RUBY
+      # Not a skip: rows of the README's server table stand on these.
+      raise "Passenger's agent is not built; bin/setup builds it (passenger-config compile-agent --auto)" unless found
+    end
+
+    it "works with unlimited concurrency (the wrapper unwrapped, native path; the process serves other requests meanwhile)" do
+      # --force-max-concurrent-requests-per-process 0: the core sends the
+      # process requests while its streams are open (exercise publishes and
+      # pings with one open).
+      server = AppServer.new(server: :passenger, passenger_args: PASSENGER_STREAMING).start
+      expect(File.read(server.log)).to include("Passenger core online")
+      exercise(server)
+      # Two streams at once on the one process; the head came through
+      # Passenger's core.
+      two = Array.new(2) { SSEClient.open(server.port, "srv:two") }
+      two.each(&:wait_for_head)
+      expect(two.map(&:status)).to eq([200, 200])
+      expect(two.first.headers["x-powered-by"]).to start_with("Phusion Passenger(R) 6.")
+      wait_until(message: "two streams attached") { server.stats[:connections] == 2 }
+      id = server.publish("srv:two", "both")
+      two.each { |c| expect(c.wait_for_events(1).map { |e| [e.data, e.last_event_id] }).to eq([["both", id]]) }
+      expect(server.get("/ping").body).to eq("pong")
+      stats = server.stats
+      expect(stats.slice(:connections, :fallback_total, :fallback_streams)).to eq(connections: 2, fallback_total: 0,
+                                                                                  fallback_streams: 0)
+      two.each(&:close)
+      wait_until(message: "streams released") { server.stats[:connections].zero? }
+      expect(File.read(server.log)).not_to include("Spillway: ")
+    ensure
+      two&.each(&:close)
+      server&.stop
+    end
+
+    it "leaves a client that stops reading to Passenger's core, which buffers for it (never dropped as slow)" do
+      # The hub writes to Passenger's core, not to the client: the core
+      # reads whatever comes and buffers it for the client (up to 128 MiB
+      # per connection by default, its response_buffer_high_watermark). Here
+      # 8 MB for a client that reads nothing, with a 64 KiB outbox_limit:
+      # on Puma the same stream is dropped as slow.
+      server = AppServer.new(server: :passenger, passenger_args: PASSENGER_STREAMING,
+                             config: { outbox_limit: 64 * 1024, max_lag: 1 }).start
+      client = SSEClient.open(server.port, "srv:slow", rcvbuf: 4096)
+      client.wait_for_head
+      wait_until(message: "stream attached") { server.stats[:connections] == 1 }
+      ids = Array.new(4) do |i|
+        JSON.parse(server.post("/publish_seq?channel=srv:slow&from=#{i * 200}&count=200&size=10000").body)
+      end.flatten
+      wait_until(message: "the hub done with all 800 messages") { server.stats[:delivered] >= 800 }
+      expect(server.stats.slice(:connections, :dropped_slow)).to eq(connections: 1, dropped_slow: 0)
+      # All of it reaches the client once it reads, in order.
+      expect(client.wait_for_events(800, timeout: 30).map(&:last_event_id)).to eq(ids)
+    ensure
+      client&.close
+      server&.stop
+    end
+
+    it "with its default concurrency holds the process while a stream is open (the core counts it as a request)" do
+      # What the app advertises, 1 request per process: Passenger's core
+      # queues the next request until the stream ends. The app process
+      # itself is free (the stream is on the native path).
+      server = AppServer.new(server: :passenger).start
+      client = SSEClient.open(server.port, "srv:one")
+      client.wait_for_head
+      expect(client.status).to eq(200)
+      ping = Thread.new { server.get("/ping").body }
+      # A negative, so a bounded wait: the ping must not come back while the
+      # stream is open.
+      expect(ping.join(1.5)).to be_nil
+      client.close
+      expect(ping.join(10)&.value).to eq("pong")
+      stats = server.stats
+      expect(stats.slice(:connections, :fallback_total)).to eq(connections: 0, fallback_total: 0)
+    ensure
+      client&.close
+      server&.stop
+    end
   end
 
   it "works on Debian's Puma 5.6 with Rack 2 (full hijack, native path)" do
@@ -304,6 +402,17 @@ RSpec.describe "Preforking app servers" do
   ensure
     back&.close
     swarm&.close_all
+    server&.stop
+  end
+
+  it "Passenger Standalone, two app processes forked from its preloader, unlimited concurrency (native path)" do
+    # Smart spawning: the preloader loads the app (and with BOOT_PUBLISH
+    # opens its Redis connection) before it forks the app processes. The
+    # core sends each process any number of requests
+    # (--force-max-concurrent-requests-per-process 0), the least busy first.
+    server = start(server: :passenger, preload: true, passenger_args: PASSENGER_STREAMING)
+    check(server, "passenger")
+  ensure
     server&.stop
   end
 

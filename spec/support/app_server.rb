@@ -26,23 +26,28 @@ class AppServer
   }.freeze
   # puma: (the older keyword) names a server too.
   PUMA_KEYWORD = { gem: :puma, debian: :debian_puma, webrick: :webrick }.freeze
-  SERVERS = %i[puma debian_puma webrick unicorn pitchfork falcon].freeze
+  SERVERS = %i[puma debian_puma webrick unicorn pitchfork falcon passenger].freeze
 
   attr_reader :port, :pid, :log, :server
 
   # server: :puma (the Gemfile's Puma), :debian_puma (Debian's Puma 5.6 and
   # Rack 2), :webrick (rackup's WEBrick: no full hijack), :unicorn,
-  # :pitchfork or :falcon (forked container). puma: :gem, :debian or
-  # :webrick is the older spelling of the first three.
+  # :pitchfork, :falcon (forked container) or :passenger (Passenger
+  # Standalone, builtin engine). puma: :gem, :debian or :webrick is the
+  # older spelling of the first three.
   #
   # workers: 0 is a single process (Puma, WEBrick) or one worker (Unicorn,
-  # Pitchfork, Falcon). preload: Puma's --preload, Unicorn's preload_app.
+  # Pitchfork, Falcon, Passenger). preload: Puma's --preload, Unicorn's
+  # preload_app, Passenger's smart spawning.
+  # passenger_args: more options for `passenger start` (e.g.
+  # --force-max-concurrent-requests-per-process 0).
   # refork_after: Pitchfork's [requests, ...] (off by default).
   # after_fork: true makes the server's worker hook call
   # Spillway.after_fork explicitly (Puma's on_worker_boot, Unicorn's
   # after_fork, Pitchfork's after_worker_fork, Falcon has none).
   def initialize(config: {}, middleware: {}, threads: "1:1", workers: 0, preload: false, puma: :gem,
-                 server: nil, after_fork: false, refork_after: nil, env: {}, tls: nil, rackup: FIXTURE)
+                 server: nil, after_fork: false, refork_after: nil, env: {}, tls: nil, rackup: FIXTURE,
+                 passenger_args: [])
     @config = config
     @middleware = middleware
     @threads = threads
@@ -57,6 +62,7 @@ class AppServer
     @extra_env = env
     @tls = tls
     @rackup = rackup
+    @passenger_args = passenger_args
     @port = free_port
     @dir = Dir.mktmpdir("spillway-#{@server}")
     @log = File.join(@dir, "server.log")
@@ -69,15 +75,22 @@ class AppServer
       "RUBYLIB" => File.join(ROOT, "lib")
     }.merge(@extra_env)
     cmd = command
-    cmd = valgrind_prefix + cmd if ENV["SPILLWAY_VALGRIND"] && @server != :debian_puma
+    cmd = valgrind_prefix + cmd if ENV["SPILLWAY_VALGRIND"] && !%i[debian_puma passenger].include?(@server)
     spawn_env = @server == :debian_puma ? env.merge(DEBIAN_ONLY_GEMS) : env
     runner = @server == :debian_puma && defined?(Bundler) ? Bundler.method(:with_unbundled_env) : ->(&b) { b.call }
     runner.call do
       # Its own process group: stop signals the server and all its workers.
-      @pid = Process.spawn(spawn_env, *cmd, out: @log, err: @log, pgroup: true)
+      # Passenger writes its own log (and its apps' output) to @log.
+      out = @server == :passenger ? File.join(@dir, "start.log") : @log
+      @pid = Process.spawn(spawn_env, *cmd, out: out, err: out, pgroup: true)
     end
-    wait_until(timeout: ENV["SPILLWAY_VALGRIND"] ? 12 : 30, interval: 0.05,
-               message: "#{@server} on #{port} (log: #{log_tail})") { ready? }
+    wait_until(timeout: ENV["SPILLWAY_VALGRIND"] || @server == :passenger ? 60 : 30, interval: 0.05,
+               message: "#{@server} on #{port} (log: #{log_tail})") do
+      # A server that could not start says why at once, not at the deadline.
+      raise "#{@server} exited at start:\n#{log_tail}" if exited?
+
+      ready?
+    end
     self
   end
 
@@ -93,7 +106,39 @@ class AppServer
       # the master itself serving).
       [RbConfig.ruby, "-S", "falcon", "serve", "--forked", "-n", [@workers, 1].max.to_s,
        "-b", "http://127.0.0.1:#{port}", "-c", @rackup]
+    when :passenger then passenger_command
     end
+  end
+
+  # Passenger Standalone with its builtin engine (no Nginx to download):
+  # `passenger start` stays in the foreground and, on TERM, stops the
+  # watchdog it started (which daemonizes, leaving the process group), the
+  # core (which proxies every request to an app process over a Unix
+  # socket) and the app processes. Its agent must be built already
+  # (bin/setup): --no-install-runtime makes a missing one an error, not a
+  # build. Smart spawning (preload) forks app processes from a preloader.
+  def passenger_command
+    n = [@workers, 1].max.to_s
+    args = ["start", File.dirname(@rackup), "--engine", "builtin", "--no-install-runtime", "--no-compile-runtime",
+            "--address", "127.0.0.1", "--port", port.to_s, "--environment", "production",
+            "--app-type", "rack", "--startup-file", @rackup,
+            "--log-file", @log, "--pid-file", passenger_pid_file,
+            "--max-pool-size", n, "--min-instances", n, "--spawn-method", @preload ? "smart" : "direct",
+            "--disable-security-update-check", "--disable-anonymous-telemetry"]
+    [RbConfig.ruby, "-S", "passenger", *args, *@passenger_args]
+  end
+
+  def passenger_pid_file
+    File.join(@dir, "passenger.pid")
+  end
+
+  # The watchdog's pid, nil when it is not running.
+  def passenger_watchdog
+    pid = Integer(File.read(passenger_pid_file).strip)
+    Process.kill(0, pid)
+    pid
+  rescue Errno::ENOENT, Errno::ESRCH, ArgumentError
+    nil
   end
 
   def puma_command
@@ -161,10 +206,15 @@ class AppServer
   # so each lands on a different worker of a server whose workers serve
   # one request at a time. Tried again until they did (a worker that
   # serves several at once, Falcon's, may take two), on a deadline.
+  # Passenger's core (unlimited concurrency, least busy first) counts a
+  # process's open streams as requests in flight: a process holding streams
+  # gets one of the requests only once the others are as busy, so more are
+  # sent at once there.
   def worker_stats(count, timeout: 20, hold: 0.2)
     last = nil
+    fanout = @server == :passenger ? count * 4 : count
     wait_until(timeout: timeout, interval: 0, message: "#{count} workers answering at once") do
-      answers = Array.new(count) do
+      answers = Array.new(fanout) do
         Thread.new do
           JSON.parse(get("/stats?hold=#{hold}").body, symbolize_names: true)
         rescue SystemCallError, IOError, Net::ReadTimeout, JSON::ParserError
@@ -196,6 +246,25 @@ class AppServer
      "--log-file=#{@valgrind_log}"]
   end
 
+  # A Passenger watchdog still running once `passenger start` is gone (it
+  # was killed) is stopped by its pid; its core and apps follow it.
+  def stop_watchdog(pid, timeout)
+    alive = lambda do
+      Process.kill(0, pid)
+      true
+    rescue Errno::ESRCH
+      false
+    end
+    return unless alive.call
+
+    Process.kill("TERM", pid)
+    wait_until(timeout: timeout, interval: 0.05, message: "Passenger's watchdog #{pid} to exit") { !alive.call }
+  rescue Waiting::Timeout
+    Process.kill("KILL", pid)
+  rescue Errno::ESRCH
+    nil
+  end
+
   def check_valgrind!
     return unless @valgrind_log
 
@@ -223,6 +292,7 @@ class AppServer
   def stop(timeout: 15)
     return unless @pid
 
+    watchdog = passenger_watchdog if @server == :passenger
     begin
       Process.kill("TERM", -@pid)
       wait_until(timeout: timeout, interval: 0.02, message: "#{@server} to exit") { Process.waitpid(@pid, Process::WNOHANG) }
@@ -233,6 +303,7 @@ class AppServer
       nil
     end
     @pid = nil
+    stop_watchdog(watchdog, timeout) if watchdog
     check_valgrind!
   end
 
@@ -270,6 +341,7 @@ class AppServer
   end
 
   def log_tail
-    File.exist?(@log) ? File.read(@log).lines.last(20).join : "(no log)"
+    logs = [@log, File.join(@dir, "start.log")].select { |f| File.exist?(f) }
+    logs.empty? ? "(no log)" : logs.map { |f| File.read(f).lines.last(20).join }.join("\n")
   end
 end
