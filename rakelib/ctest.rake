@@ -85,10 +85,13 @@ module SpillwayCTest
     ENV.fetch("CTEST_CC", "gcc")
   end
 
+  # hiredis and OpenSSL (tls.c): pkg-config's flags, or the plain names.
   def hiredis_flags
-    @hiredis_flags ||= begin
-      out = `pkg-config --cflags --libs hiredis 2>/dev/null`
-      $?.success? ? Shellwords.split(out) : %w[-lhiredis]
+    @hiredis_flags ||= %w[hiredis openssl].flat_map do |lib|
+      out = `pkg-config --cflags --libs #{lib} 2>/dev/null`
+      next Shellwords.split(out) if $?.success?
+
+      lib == "openssl" ? %w[-lssl -lcrypto] : %w[-lhiredis]
     end
   end
 
