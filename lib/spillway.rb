@@ -236,7 +236,19 @@ module Spillway
       @published = 0
     end
 
+    # verify: false is for a Redis whose certificate cannot be checked
+    # (some managed services): said once per process, at the first use.
+    # Called with @lock held (warn_once takes it).
+    def warn_insecure_tls
+      return if !@config.redis_tls_insecure? || @warned[:redis_tls_verify]
+
+      @warned[:redis_tls_verify] = true
+      logger.warn("Spillway: redis_tls verify: false: the Redis server's certificate and name are not checked " \
+                  "(the connection is encrypted, but anyone on the path can pose as Redis)")
+    end
+
     def start_hub
+      warn_insecure_tls
       h = Native::Hub.new(@config.native_options)
       @log_thread = start_log_thread(h)
       @events_thread = Instrumentation.start_events(h) if defined?(::ActiveSupport::Notifications)
@@ -325,7 +337,10 @@ module Spillway
     def publisher_call
       p = @lock.synchronize do
         check_pid!
-        @publisher ||= Native::Publisher.new(@config.native_options)
+        @publisher ||= begin
+          warn_insecure_tls
+          Native::Publisher.new(@config.native_options)
+        end
       end
       yield p
     end
