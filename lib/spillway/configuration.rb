@@ -195,11 +195,20 @@ module Spillway
     def redis
       url = effective_redis_url
       return nil unless url
-      return @redis_parsed if @redis_parsed_for == url
+      return check_tls_scheme(@redis_parsed) if @redis_parsed_for == url
 
       @redis_parsed = parse_redis_url(url)
       @redis_parsed_for = url
-      @redis_parsed
+      check_tls_scheme(@redis_parsed)
+    end
+
+    # Settings for TLS and a URL without it: never plaintext by mistake.
+    def check_tls_scheme(parsed)
+      if redis_tls && !parsed[:tls]
+        raise ArgumentError, "redis_tls is set but the Redis URL #{parsed[:shown]} is not rediss://: use rediss:// " \
+                             "for TLS, or redis_tls: nil for plaintext"
+      end
+      parsed
     end
 
     def max_connections_effective
@@ -269,11 +278,7 @@ module Spillway
           raise ArgumentError, "unsupported Redis URL #{url.inspect}: use redis://[user:password@]host[:port][/db], " \
                                "rediss://... (TLS) or unix://[user:password@]/path/to/redis.sock[?db=N]"
         end
-      if redis_tls && !parsed[:tls]
-        # Settings for TLS and a URL without it: never plaintext by mistake.
-        raise ArgumentError, "redis_tls is set but the Redis URL #{redact(uri)} is not rediss://: use rediss:// " \
-                             "for TLS, or redis_tls: nil for plaintext"
-      end
+      parsed[:shown] = redact(uri)
       parsed
     rescue URI::InvalidURIError => e
       raise ArgumentError, "invalid Redis URL #{url.inspect}: #{e.message}"
