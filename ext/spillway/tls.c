@@ -231,6 +231,23 @@ spillway_tls_rc spillway_tls_handshake(spillway_tls *t)
     return outcome(t, ret, "handshake");
 }
 
+/* After a failed write: whether the peer's alert explains it (t->err then
+ * says so). */
+static bool pending_alert(spillway_tls *t)
+{
+    char scratch[512];
+    size_t n = 0;
+    int ret;
+    ERR_clear_error();
+    ret = SSL_read_ex(t->ssl, scratch, sizeof(scratch), &n);
+    if (ret == 1 || SSL_get_error(t->ssl, ret) != SSL_ERROR_SSL) {
+        ERR_clear_error();
+        return false;
+    }
+    outcome(t, ret, "read");
+    return true;
+}
+
 spillway_tls_rc spillway_tls_read(spillway_tls *t, void *buf, size_t len, size_t *n)
 {
     int ret;
@@ -250,6 +267,18 @@ spillway_tls_rc spillway_tls_write(spillway_tls *t, const void *buf, size_t len,
     errno = 0;
     ret = SSL_write_ex(t->ssl, buf, len, n);
     if (ret == 1) return SW_TLS_OK;
+    if (SSL_get_error(t->ssl, ret) == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
+        /* The peer reset the connection: most likely after an alert that
+         * says why (a TLS 1.3 server refuses a client certificate only
+         * after the handshake), still unread in the socket. */
+        char why[sizeof(t->err)];
+        int saved = errno;
+        snprintf(why, sizeof(why), "TLS write: %s", strerror(saved));
+        if (pending_alert(t)) return SW_TLS_ERROR;
+        memcpy(t->err, why, sizeof(why));
+        t->fatal = true;
+        return SW_TLS_ERROR;
+    }
     return outcome(t, ret, "write");
 }
 
