@@ -1,7 +1,12 @@
 #include "tls.h"
 
+#include "common.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/socket.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -146,9 +151,73 @@ static int set_name(spillway_tls *t, const char *name)
     return 0;
 }
 
+/* ---- the socket BIO ------------------------------------------------------
+ * OpenSSL's own socket BIO writes with write(2): on a connection the peer
+ * closed that raises SIGPIPE, which would kill a process that does not
+ * ignore it. This one sends with MSG_NOSIGNAL, and otherwise does what
+ * the stock one does for a non-blocking socket. */
+
+static BIO_METHOD *bio_method;
+static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
+
+static int bio_fd(BIO *b)
+{
+    return (int)(intptr_t)BIO_get_data(b);
+}
+
+static int bio_write(BIO *b, const char *buf, int len)
+{
+    ssize_t n;
+    BIO_clear_retry_flags(b);
+    do n = send(bio_fd(b), buf, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) BIO_set_retry_write(b);
+    return (int)n;
+}
+
+static int bio_read(BIO *b, char *buf, int len)
+{
+    ssize_t n;
+    BIO_clear_retry_flags(b);
+    do n = recv(bio_fd(b), buf, (size_t)len, MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) BIO_set_retry_read(b);
+    return (int)n;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    SW_UNUSED(b);
+    SW_UNUSED(num);
+    SW_UNUSED(ptr);
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static void bio_method_init(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "spillway socket");
+    if (m == NULL) return;
+    BIO_meth_set_write(m, bio_write);
+    BIO_meth_set_read(m, bio_read);
+    BIO_meth_set_ctrl(m, bio_ctrl);
+    bio_method = m; /* for the process's lifetime */
+}
+
+/* A BIO on fd that leaves it open when freed. */
+static BIO *bio_new(int fd)
+{
+    BIO *b;
+    pthread_once(&bio_once, bio_method_init);
+    if (bio_method == NULL || (b = BIO_new(bio_method)) == NULL) return NULL;
+    BIO_set_data(b, (void *)(intptr_t)fd);
+    BIO_set_init(b, 1);
+    return b;
+}
+
 spillway_tls *spillway_tls_new(spillway_tls_ctx *c, int fd, const char *host, char *err, size_t errlen)
 {
     spillway_tls *t = calloc(1, sizeof(*t));
+    BIO *bio;
     ERR_clear_error();
     if (t == NULL || (t->ssl = SSL_new(c->ssl)) == NULL) {
         snprintf(err, errlen, "TLS: cannot create a session: %s", queue_reason("out of memory", NULL));
@@ -156,7 +225,9 @@ spillway_tls *spillway_tls_new(spillway_tls_ctx *c, int fd, const char *host, ch
         return NULL;
     }
     t->verify = c->verify;
-    if (SSL_set_fd(t->ssl, fd) != 1 || set_name(t, c->server_name ? c->server_name : host) != 0) {
+    bio = bio_new(fd);
+    if (bio != NULL) SSL_set_bio(t->ssl, bio, bio); /* the session owns it */
+    if (bio == NULL || set_name(t, c->server_name ? c->server_name : host) != 0) {
         snprintf(err, errlen, "TLS: cannot set up the session: %s", queue_reason("unknown error", NULL));
         spillway_tls_free(t);
         return NULL;
