@@ -65,6 +65,7 @@ module SpillwayCTest
     "test_queue" => %w[queue],
     "test_events" => %w[events id],
     "test_resp" => %w[resp],
+    "test_tls" => %w[tls sconn resp resolve id],
     "test_channel" => %w[channel conn replay budget wheel streams frames log events id sse],
     "test_memory" => %w[memory channel conn replay budget wheel streams frames log events id sse],
     "test_hub" => HUB_CORE,
