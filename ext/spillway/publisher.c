@@ -205,7 +205,6 @@ static int eval_publish(spillway_publisher *p, spillway_sconn *conn, spillway_pu
         .chlen = c->chlen,
         .key = c->key,
         .keylen = c->keylen,
-        .key_prefixed = false,
         .body = c->body,
         .bodylen = c->bodylen,
         .backlog_size = p->cfg.backlog_size,

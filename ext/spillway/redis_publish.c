@@ -23,7 +23,6 @@ static int queue_publish(spillway_hub *hub, spillway_cmd_publish *cmd, bool eval
         .chlen = cmd->chlen,
         .key = cmd->channel + cmd->chlen, /* the key follows the channel */
         .keylen = cmd->keylen,
-        .key_prefixed = false,
         .body = cmd->frame->data,
         .bodylen = cmd->frame->len,
         .backlog_size = rc->backlog_size,

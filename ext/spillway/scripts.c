@@ -61,8 +61,7 @@ int spillway_buf_publish(spillway_buf *b, const spillway_keys *k, const spillway
     bad |= spillway_buf_arg(b, "4", 1);
     bad |= spillway_buf_arg(b, k->id, strlen(k->id));
     bad |= spillway_buf_arg2(b, k->stream, k->stream_len, a->channel, a->chlen);
-    if (a->key_prefixed) bad |= spillway_buf_arg(b, a->key, a->keylen);
-    else bad |= spillway_buf_arg2(b, k->idem, k->idem_len, a->key, a->keylen);
+    bad |= spillway_buf_arg2(b, k->idem, k->idem_len, a->key, a->keylen);
     bad |= spillway_buf_arg(b, k->since, strlen(k->since));
     bad |= spillway_buf_arg2(b, k->chan, k->chan_len, a->channel, a->chlen);
     bad |= spillway_buf_arg(b, a->body, a->bodylen);

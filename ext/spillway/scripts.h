@@ -46,9 +46,8 @@ void spillway_keys_free(spillway_keys *k);
 typedef struct spillway_publish_args {
     const char *channel; /* the channel's name (not NUL-terminated) */
     size_t chlen;
-    const char *key;     /* the idempotency key (idem.h) */
+    const char *key;     /* the idempotency key (idem.h), without its NS:k: prefix */
     size_t keylen;
-    bool key_prefixed;   /* key is already "NS:k:<key>" (the hub's commands carry it so) */
     const char *body;    /* the frame after its id line */
     size_t bodylen;
     uint32_t backlog_size, backlog_ttl_s, key_ttl_ms;
