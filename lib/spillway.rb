@@ -47,8 +47,9 @@ module Spillway
     def configure(**options)
       @lock.synchronize do
         check_pid!
-        config = Configuration.new(**current_settings)
-        config.update(**options)
+        # The new values replace the current ones before any is checked: a
+        # redis_tls file that is gone fails only while it is still wanted.
+        config = Configuration.new(**current_settings.merge(options))
         yield config if block_given?
         restart_needed = @hub || @publisher
         stop_native(2.0) if restart_needed

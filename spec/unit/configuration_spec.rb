@@ -68,6 +68,13 @@ RSpec.describe Spillway::Configuration do
       expect { described_class.new(redis_tls: { cafile: pki[:ca] }) }.to raise_error(ArgumentError, /unknown redis_tls setting :cafile/)
     end
 
+    it "leaves Spillway's configuration as it was when a redis_tls file is missing" do
+      Spillway.configure(redis_url: "rediss://127.0.0.1:1", redis_tls: { ca_file: pki[:ca] })
+      expect { Spillway.configure(redis_tls: { ca_file: "/nonexistent/ca.pem" }) }
+        .to raise_error(ArgumentError, %r{redis_tls ca_file: "/nonexistent/ca.pem" does not exist})
+      expect(Spillway.config.redis_tls).to eq(ca_file: pki[:ca])
+    end
+
     it "refuses redis_tls with a plaintext redis:// URL (never plaintext by mistake)" do
       expect { described_class.new(redis_url: "redis://:pw@h:1", redis_tls: { ca_file: pki[:ca] }) }
         .to raise_error(ArgumentError, %r{redis_tls is set but the Redis URL redis://:\[password\]@h:1 is not rediss://})
