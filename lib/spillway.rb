@@ -47,8 +47,9 @@ module Spillway
     def configure(**options)
       @lock.synchronize do
         check_pid!
-        config = Configuration.new(**current_settings)
-        config.update(**options)
+        # The new values replace the current ones before any is checked: a
+        # redis_tls file that is gone fails only while it is still wanted.
+        config = Configuration.new(**current_settings.merge(options))
         yield config if block_given?
         restart_needed = @hub || @publisher
         stop_native(2.0) if restart_needed
@@ -252,7 +253,19 @@ module Spillway
       @published = 0
     end
 
+    # verify: false is for a Redis whose certificate cannot be checked
+    # (some managed services): said once per process, at the first use.
+    # Called with @lock held (warn_once takes it).
+    def warn_insecure_tls
+      return if !@config.redis_tls_insecure? || @warned[:redis_tls_verify]
+
+      @warned[:redis_tls_verify] = true
+      logger.warn("Spillway: redis_tls verify: false: the Redis server's certificate and name are not checked " \
+                  "(the connection is encrypted, but anyone on the path can pose as Redis)")
+    end
+
     def start_hub
+      warn_insecure_tls
       h = Native::Hub.new(@config.native_options)
       @log_thread = start_log_thread(h)
       @events_thread = Instrumentation.start_events(h) if defined?(::ActiveSupport::Notifications)
@@ -341,7 +354,10 @@ module Spillway
     def publisher_call
       p = @lock.synchronize do
         check_pid!
-        @publisher ||= Native::Publisher.new(@config.native_options)
+        @publisher ||= begin
+          warn_insecure_tls
+          Native::Publisher.new(@config.native_options)
+        end
       end
       yield p
     end

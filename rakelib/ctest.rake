@@ -65,6 +65,7 @@ module SpillwayCTest
     "test_queue" => %w[queue],
     "test_events" => %w[events id],
     "test_resp" => %w[resp],
+    "test_tls" => %w[tls sconn resp resolve id],
     "test_channel" => %w[channel conn replay budget wheel streams polls frames log events id sse],
     "test_memory" => %w[memory channel conn replay budget wheel streams polls frames log events id sse],
     "test_hub" => HUB_CORE,
@@ -85,10 +86,13 @@ module SpillwayCTest
     ENV.fetch("CTEST_CC", "gcc")
   end
 
+  # hiredis and OpenSSL (tls.c): pkg-config's flags, or the plain names.
   def hiredis_flags
-    @hiredis_flags ||= begin
-      out = `pkg-config --cflags --libs hiredis 2>/dev/null`
-      $?.success? ? Shellwords.split(out) : %w[-lhiredis]
+    @hiredis_flags ||= %w[hiredis openssl].flat_map do |lib|
+      out = `pkg-config --cflags --libs #{lib} 2>/dev/null`
+      next Shellwords.split(out) if $?.success?
+
+      lib == "openssl" ? %w[-lssl -lcrypto] : %w[-lhiredis]
     end
   end
 

@@ -27,7 +27,13 @@ uint64_t spillway_opt_u64(VALUE opts, const char *key, uint64_t def);
 int spillway_opt_int(VALUE opts, const char *key, int def);
 /* A C string owned by the Hash's String (valid while opts lives), or NULL. */
 const char *spillway_opt_str(VALUE opts, const char *key);
-/* The redis_* options, namespace and the Redis timeouts and limits. */
+/* The redis_tls option (a Hash: ca_file, ca_path, cert_file, key_file,
+ * server_name, verify) as a new TLS context (the caller's reference), or
+ * NULL without one. ArgumentError when a file cannot be used. */
+struct spillway_tls_ctx *spillway_opt_tls(VALUE opts);
+/* The redis_* options, namespace and the Redis timeouts and limits. r->tls
+ * is a reference of the caller's: spillway_tls_ctx_unref it once the hub
+ * or publisher made (or failed to make) its own. */
 void spillway_fill_redis_config(VALUE opts, spillway_redis_config *r);
 
 #endif

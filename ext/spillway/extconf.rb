@@ -7,6 +7,7 @@ require "mkmf"
 #   SPILLWAY_SANITIZE=... build with -fsanitize=... (e.g. address,undefined)
 #   SPILLWAY_DEBUG=1      debug output from the C core, -O0 -g3
 #   --with-hiredis-dir=/opt/hiredis   a hiredis outside the system paths
+#   --with-openssl-dir=/opt/openssl   an OpenSSL outside the system paths (rediss://)
 
 _, hiredis_lib = dir_config("hiredis")
 if hiredis_lib
@@ -27,6 +28,17 @@ INSTALL_HINT = <<~MSG
 
 MSG
 
+OPENSSL_HINT = <<~MSG
+
+  Spillway needs the OpenSSL library and its headers (1.1.1 or 3.x) for TLS to Redis (rediss://).
+    Debian/Ubuntu:  sudo apt-get install libssl-dev
+    Fedora/RHEL:    sudo dnf install openssl-devel
+    Alpine:         apk add openssl-dev
+    macOS:          brew install openssl@3
+  or point at your own build:  gem install spillway -- --with-openssl-dir=/path/to/openssl
+
+MSG
+
 unless RUBY_PLATFORM.include?("linux")
   abort "\nSpillway's native hub uses epoll and eventfd and builds on Linux only (this is #{RUBY_PLATFORM}).\n"
 end
@@ -42,6 +54,18 @@ unless have_func("redisReaderCreateWithFunctions", ["hiredis/hiredis.h"]) ||
   abort INSTALL_HINT
 end
 have_header("hiredis/hiredis.h") || have_header("hiredis.h") || abort(INSTALL_HINT)
+
+_, openssl_lib = dir_config("openssl")
+if openssl_lib
+  openssl_lib.split(File::PATH_SEPARATOR).reverse_each { |dir| $DEFLIBPATH.unshift(dir) }
+  openssl_lib.split(File::PATH_SEPARATOR).each { |dir| $LDFLAGS << " -Wl,-rpath,#{dir}" }
+end
+# pkg-config first (it knows Homebrew's keg-only prefix and the multiarch
+# paths), then the libraries by name; a real link check of both either way.
+pkg_config("openssl")
+have_library("crypto", "ERR_get_error", ["openssl/err.h"]) || abort(OPENSSL_HINT)
+have_library("ssl", "SSL_CTX_new", ["openssl/ssl.h"]) || abort(OPENSSL_HINT)
+have_func("SSL_read_ex", ["openssl/ssl.h"]) || abort(OPENSSL_HINT + "  (OpenSSL 1.1.1 or later is needed)\n")
 
 have_header("sys/epoll.h") || abort("sys/epoll.h is missing")
 have_header("sys/eventfd.h") || abort("sys/eventfd.h is missing")

@@ -24,6 +24,7 @@
 #include "reactor.h"
 #include "sse.h"
 #include "tickets.h"
+#include "tls.h"
 
 #define WHEEL_SLOTS 100u
 
@@ -45,6 +46,7 @@ static void free_config_strings(spillway_config *cfg)
     free((char *)cfg->redis.username);
     free((char *)cfg->redis.password);
     free((char *)cfg->redis.ns);
+    spillway_tls_ctx_unref(cfg->redis.tls);
 }
 
 static int check_config(const spillway_config *cfg, char *err, size_t errlen)
@@ -85,6 +87,7 @@ static void copy_config(spillway_config *to, const spillway_config *cfg)
     to->redis.username = dup_or_null(cfg->redis.username);
     to->redis.password = dup_or_null(cfg->redis.password);
     to->redis.ns = dup_or_null(cfg->redis.ns ? cfg->redis.ns : "spillway");
+    to->redis.tls = spillway_tls_ctx_ref(cfg->redis.tls);
 }
 
 static void init_locks(spillway_hub *hub)

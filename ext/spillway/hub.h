@@ -42,6 +42,10 @@ typedef struct spillway_redis_config {
     uint32_t async_limit;        /* async publishes waiting for Redis at most */
     uint32_t unsubscribe_linger_ms;
     uint32_t idempotency_ttl_ms; /* how long Redis keeps an app-given idempotency key */
+    /* rediss://: TLS on every connection (tls.h), NULL: plaintext. A
+     * reference: whoever copies the configuration takes one of its own
+     * (spillway_tls_ctx_ref) and drops it with its copy. */
+    struct spillway_tls_ctx *tls;
 } spillway_redis_config;
 
 typedef struct spillway_config {

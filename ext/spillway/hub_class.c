@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "binding.h"
+#include "tls.h"
 #include "hub.h"
 #include "sse.h"
 
@@ -93,6 +94,7 @@ static VALUE hub_initialize(VALUE self, VALUE opts)
     spillway_fill_redis_config(opts, &cfg.redis);
 
     rc = spillway_hub_new(&cfg, &w->hub, err, sizeof(err));
+    spillway_tls_ctx_unref(cfg.redis.tls); /* the hub holds its own */
     RB_GC_GUARD(opts);
     if (rc != 0) {
         w->hub = NULL;

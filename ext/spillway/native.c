@@ -5,6 +5,7 @@
 #include "binding.h"
 #include "id.h"
 #include "sse.h"
+#include "tls.h"
 
 /* Spillway::Native.sse_encode(id, event, data) -> String */
 static VALUE native_sse_encode(VALUE mod, VALUE id, VALUE event, VALUE data)
@@ -32,8 +33,20 @@ static VALUE native_sse_encode(VALUE mod, VALUE id, VALUE event, VALUE data)
     return out;
 }
 
+/* Native.check_tls(options): builds the TLS context of options[:redis_tls]
+ * and drops it, so that a CA, certificate or key file that cannot be used
+ * fails at configure time (ArgumentError), not at the first connect. */
+static VALUE native_check_tls(VALUE self, VALUE opts)
+{
+    SW_UNUSED(self);
+    Check_Type(opts, T_HASH);
+    spillway_tls_ctx_unref(spillway_opt_tls(opts));
+    return Qnil;
+}
+
 void Init_spillway_sse(void)
 {
+    rb_define_module_function(spillway_mNative, "check_tls", native_check_tls, 1);
     rb_define_module_function(spillway_mNative, "sse_encode", native_sse_encode, 3);
     rb_define_const(spillway_mNative, "ID_TEXT_MAX", INT2NUM(SPILLWAY_ID_TEXT_MAX - 1));
 }

@@ -4,6 +4,7 @@
  */
 #include "binding.h"
 #include "hub.h"
+#include "tls.h"
 
 static VALUE opt(VALUE opts, const char *key)
 {
@@ -40,6 +41,28 @@ const char *spillway_opt_str(VALUE opts, const char *key)
     return StringValueCStr(v);
 }
 
+struct spillway_tls_ctx *spillway_opt_tls(VALUE opts)
+{
+    VALUE tls = opt(opts, "redis_tls");
+    spillway_tls_options o;
+    spillway_tls_ctx *ctx;
+    VALUE verify;
+    char err[512];
+
+    if (NIL_P(tls)) return NULL;
+    Check_Type(tls, T_HASH);
+    o.ca_file = spillway_opt_str(tls, "ca_file");
+    o.ca_path = spillway_opt_str(tls, "ca_path");
+    o.cert_file = spillway_opt_str(tls, "cert_file");
+    o.key_file = spillway_opt_str(tls, "key_file");
+    o.server_name = spillway_opt_str(tls, "server_name");
+    verify = opt(tls, "verify");
+    o.verify = NIL_P(verify) || RTEST(verify);
+    if (spillway_tls_ctx_new(&o, &ctx, err, sizeof(err)) != 0) rb_raise(rb_eArgError, "%s", err);
+    RB_GC_GUARD(tls);
+    return ctx;
+}
+
 void spillway_fill_redis_config(VALUE opts, spillway_redis_config *r)
 {
     r->host = spillway_opt_str(opts, "redis_host");
@@ -57,4 +80,6 @@ void spillway_fill_redis_config(VALUE opts, spillway_redis_config *r)
     r->async_limit = spillway_opt_u32(opts, "async_limit", 10000);
     r->unsubscribe_linger_ms = spillway_opt_u32(opts, "unsubscribe_linger_ms", 1000);
     r->idempotency_ttl_ms = spillway_opt_u32(opts, "idempotency_ttl_ms", 300000);
+    /* Last: nothing may raise once the caller holds a reference. */
+    r->tls = spillway_opt_tls(opts);
 }

@@ -11,29 +11,20 @@
 #include <time.h>
 #include <unistd.h>
 
-#if __has_include(<hiredis/hiredis.h>)
-#include <hiredis/hiredis.h>
-#else
-#include <hiredis.h>
-#endif
-
 #include "scripts.h"
+#include "sconn.h"
+#include "tls.h"
 
 #define POOL_MAX 16
 /* Pauses between retries while Redis refuses connections or is loading. */
 #define RETRY_PAUSE_MIN_MS 20u
 #define RETRY_PAUSE_MAX_MS 250u
 
-typedef struct pconn {
-    redisContext *ctx;
-    pid_t pid;
-} pconn;
-
 struct spillway_publisher {
-    spillway_redis_config cfg; /* strings owned */
+    spillway_redis_config cfg; /* strings owned, a reference of cfg.tls */
     spillway_keys keys;        /* the namespace's key names (scripts.h) */
     pthread_mutex_t lock;
-    pconn pool[POOL_MAX];
+    spillway_sconn *pool[POOL_MAX];
     uint32_t npool;
     char sha[41];
     atomic_uint_fast64_t published, failed, connects, retried;
@@ -56,11 +47,12 @@ int spillway_publisher_new(const spillway_redis_config *cfg, spillway_publisher 
     p->cfg.username = dup0(cfg->username);
     p->cfg.password = dup0(cfg->password);
     p->cfg.ns = dup0(ns);
+    p->cfg.tls = spillway_tls_ctx_ref(cfg->tls);
+    pthread_mutex_init(&p->lock, NULL);
     if (p->cfg.ns == NULL || spillway_keys_init(&p->keys, ns) != 0) {
         spillway_publisher_free(p);
         goto oom;
     }
-    pthread_mutex_init(&p->lock, NULL);
     *out = p;
     return 0;
 oom:
@@ -73,54 +65,41 @@ static uint64_t mono_ms(void)
     return spillway_mono_ms();
 }
 
-static struct timeval tv_ms(uint32_t ms)
-{
-    struct timeval tv;
-    tv.tv_sec = ms / 1000;
-    tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
-    return tv;
-}
-
 /* A connection from the pool, or NULL: the caller connects. Connections of
  * another process, or that Redis closed while they sat idle, are dropped. */
-static redisContext *pool_take(spillway_publisher *p)
+static spillway_sconn *pool_take(spillway_publisher *p)
 {
-    redisContext *ctx = NULL;
+    spillway_sconn *conn = NULL;
     pid_t me = getpid();
     pthread_mutex_lock(&p->lock);
-    while (ctx == NULL && p->npool > 0) {
-        pconn pc = p->pool[--p->npool];
-        if (pc.pid != me) {
+    while (conn == NULL && p->npool > 0) {
+        spillway_sconn *pc = p->pool[--p->npool];
+        if (pc->pid != me) {
             /* Inherited over fork: close our copy, never speak on it. */
-            close(pc.ctx->fd);
+            spillway_sconn_abandon(pc);
             continue;
         }
-        {
-            struct pollfd pfd = {pc.ctx->fd, POLLIN | POLLRDHUP, 0};
-            /* Idle connections never have data to read: readable means
-             * Redis closed it (restart, timeout, CLIENT KILL). */
-            if (poll(&pfd, 1, 0) != 0) {
-                redisFree(pc.ctx);
-                continue;
-            }
+        /* Idle connections never have data to read: readable means Redis
+         * closed it (restart, timeout, CLIENT KILL). */
+        if (!spillway_sconn_idle_ok(pc)) {
+            spillway_sconn_close(pc);
+            continue;
         }
-        ctx = pc.ctx;
+        conn = pc;
     }
     pthread_mutex_unlock(&p->lock);
-    return ctx;
+    return conn;
 }
 
-static void pool_give(spillway_publisher *p, redisContext *ctx)
+static void pool_give(spillway_publisher *p, spillway_sconn *conn)
 {
     pthread_mutex_lock(&p->lock);
     if (p->npool < POOL_MAX) {
-        p->pool[p->npool].ctx = ctx;
-        p->pool[p->npool].pid = getpid();
-        p->npool++;
-        ctx = NULL;
+        p->pool[p->npool++] = conn;
+        conn = NULL;
     }
     pthread_mutex_unlock(&p->lock);
-    if (ctx != NULL) redisFree(ctx);
+    if (conn != NULL) spillway_sconn_close(conn);
 }
 
 static void set_err(spillway_publish_call *c, int rc, const char *fmt, ...)
@@ -137,69 +116,76 @@ static void set_err(spillway_publish_call *c, int rc, const char *fmt, ...)
 static void describe_target(const spillway_publisher *p, char *buf, size_t n)
 {
     if (p->cfg.path) snprintf(buf, n, "unix://%s", p->cfg.path);
-    else snprintf(buf, n, "redis://%s:%d", p->cfg.host ? p->cfg.host : "127.0.0.1", p->cfg.port);
+    else snprintf(buf, n, "%s://%s:%d", p->cfg.tls ? "rediss" : "redis", p->cfg.host ? p->cfg.host : "127.0.0.1",
+                  p->cfg.port);
 }
 
-/* Runs one command; the reply (or NULL with the context's error). */
-static redisReply *run(redisContext *ctx, int argc, const char **argv, const size_t *lens)
+/* One command of the connection setup: 0, or -1 with c->rc and c->err. */
+static int setup_command(spillway_sconn *conn, spillway_publish_call *c, uint32_t command_ms, int argc,
+                         const char **argv)
 {
-    return redisCommandArgv(ctx, argc, argv, lens);
+    char why[200], text[160];
+    spillway_rv *v = NULL;
+    int r = spillway_sconn_command(conn, argc, argv, NULL, command_ms, &v, why, sizeof(why));
+    if (r != 0) {
+        set_err(c, -EIO, "Redis connection setup failed: %.180s", why);
+        return -1;
+    }
+    if (v->type == SW_RV_ERROR) {
+        set_err(c, -EPROTO, "Redis refused the connection setup: %.150s", spillway_rv_text(v, 150, text, sizeof(text)));
+        spillway_rv_free(v);
+        return -1;
+    }
+    spillway_rv_free(v);
+    return 0;
 }
 
-static int handshake(spillway_publisher *p, redisContext *ctx, spillway_publish_call *c)
+/* AUTH and SELECT as configured. Over TLS at least one round trip: Redis
+ * refuses a missing client certificate only after the handshake (TLS
+ * 1.3), and that must fail the connect, not look like a lost publish. */
+static int handshake(spillway_publisher *p, spillway_sconn *conn, spillway_publish_call *c, uint32_t command_ms)
 {
-    redisReply *rep;
     char db[16];
+    bool said = false;
     if (p->cfg.password != NULL) {
         const char *argv[3] = {"AUTH", p->cfg.username ? p->cfg.username : p->cfg.password, p->cfg.password};
-        rep = run(ctx, p->cfg.username ? 3 : 2, argv, NULL);
-        if (rep == NULL || rep->type == REDIS_REPLY_ERROR) goto fail;
-        freeReplyObject(rep);
+        if (setup_command(conn, c, command_ms, p->cfg.username ? 3 : 2, argv) != 0) return -1;
+        said = true;
     }
     if (p->cfg.db != 0) {
         const char *argv[2] = {"SELECT", db};
         snprintf(db, sizeof(db), "%d", p->cfg.db);
-        rep = run(ctx, 2, argv, NULL);
-        if (rep == NULL || rep->type == REDIS_REPLY_ERROR) goto fail;
-        freeReplyObject(rep);
+        if (setup_command(conn, c, command_ms, 2, argv) != 0) return -1;
+        said = true;
+    }
+    if (p->cfg.tls != NULL && !said) {
+        const char *argv[1] = {"PING"};
+        if (setup_command(conn, c, command_ms, 1, argv) != 0) return -1;
     }
     return 0;
-fail:
-    if (rep != NULL) {
-        set_err(c, -EPROTO, "Redis refused the connection setup: %.150s", rep->str);
-        freeReplyObject(rep);
-    } else {
-        set_err(c, -EIO, "Redis connection setup failed: %.120s", ctx->errstr);
-    }
-    return -1;
 }
 
 /* A new connection with these timeouts (a retry cuts them to what is left
  * of its budget), or NULL with c->rc and c->err set. */
-static redisContext *connect_new(spillway_publisher *p, spillway_publish_call *c, uint32_t connect_ms,
-                                 uint32_t command_ms)
+static spillway_sconn *connect_new(spillway_publisher *p, spillway_publish_call *c, uint32_t connect_ms,
+                                   uint32_t command_ms)
 {
-    struct timeval ctv = tv_ms(connect_ms);
-    struct timeval ttv = tv_ms(command_ms);
-    char target[160];
-    redisContext *ctx;
+    char target[160], why[300];
+    int rc;
+    spillway_sconn *conn;
 
     atomic_fetch_add(&p->connects, 1);
-    if (p->cfg.path != NULL) ctx = redisConnectUnixWithTimeout(p->cfg.path, ctv);
-    else ctx = redisConnectWithTimeout(p->cfg.host ? p->cfg.host : "127.0.0.1", p->cfg.port, ctv);
-    describe_target(p, target, sizeof(target));
-    if (ctx == NULL || ctx->err) {
-        set_err(c, -ECONNREFUSED, "cannot connect to Redis at %.100s: %.100s", target,
-                ctx ? ctx->errstr : "out of memory");
-        if (ctx != NULL) redisFree(ctx);
+    conn = spillway_sconn_open(&p->cfg, connect_ms, &rc, why, sizeof(why));
+    if (conn == NULL) {
+        describe_target(p, target, sizeof(target));
+        set_err(c, rc == -ENOMEM ? -ENOMEM : -ECONNREFUSED, "cannot connect to Redis at %.100s: %.250s", target, why);
         return NULL;
     }
-    redisSetTimeout(ctx, ttv);
-    if (handshake(p, ctx, c) != 0) {
-        redisFree(ctx);
+    if (handshake(p, conn, c, command_ms) != 0) {
+        spillway_sconn_close(conn);
         return NULL;
     }
-    return ctx;
+    return conn;
 }
 
 /* The key's TTL: the app's keys live idempotency_ttl, generated ones only
@@ -210,53 +196,31 @@ static uint32_t key_ttl_ms(const spillway_publisher *p, const spillway_publish_c
     return spillway_idem_generated_ttl_ms(&p->cfg);
 }
 
-static redisReply *eval_publish(spillway_publisher *p, redisContext *ctx, spillway_publish_call *c,
-                                bool by_text)
+/* Runs the publish script once: 0 and *out, or -errno with why filled. */
+static int eval_publish(spillway_publisher *p, spillway_sconn *conn, spillway_publish_call *c, bool by_text,
+                        uint32_t command_ms, spillway_rv **out, char *why, size_t whylen)
 {
-    char maxlen[16], ttl[16], kttl[16];
-    char *skey = malloc(p->keys.stream_len + c->chlen + 1);
-    char *chan = malloc(p->keys.chan_len + c->chlen + 1);
-    char *ikey = malloc(p->keys.idem_len + c->keylen + 1);
-    const char *argv[12];
-    size_t lens[12];
-    redisReply *rep = NULL;
-
-    if (skey == NULL || chan == NULL || ikey == NULL) goto done;
-    memcpy(skey, p->keys.stream, p->keys.stream_len);
-    memcpy(skey + p->keys.stream_len, c->channel, c->chlen);
-    memcpy(chan, p->keys.chan, p->keys.chan_len);
-    memcpy(chan + p->keys.chan_len, c->channel, c->chlen);
-    memcpy(ikey, p->keys.idem, p->keys.idem_len);
-    memcpy(ikey + p->keys.idem_len, c->key, c->keylen);
-    snprintf(maxlen, sizeof(maxlen), "%u", p->cfg.backlog_size);
-    snprintf(ttl, sizeof(ttl), "%u", p->cfg.backlog_ttl_s);
-    snprintf(kttl, sizeof(kttl), "%u", key_ttl_ms(p, c));
-    argv[0] = by_text ? "EVAL" : "EVALSHA";
-    argv[1] = by_text ? spillway_lua_publish : p->sha;
-    argv[2] = "4";
-    argv[3] = p->keys.id;
-    argv[4] = skey;
-    argv[5] = ikey;
-    argv[6] = p->keys.since;
-    argv[7] = chan;
-    argv[8] = c->body;
-    argv[9] = maxlen;
-    argv[10] = ttl;
-    argv[11] = kttl;
-    for (int i = 0; i < 12; i++) {
-        /* skey, ikey, chan and the body are not NUL-terminated. */
-        if (i == 4) lens[i] = p->keys.stream_len + c->chlen;
-        else if (i == 5) lens[i] = p->keys.idem_len + c->keylen;
-        else if (i == 7) lens[i] = p->keys.chan_len + c->chlen;
-        else if (i == 8) lens[i] = c->bodylen;
-        else lens[i] = strlen(argv[i]);
+    spillway_publish_args a = {
+        .channel = c->channel,
+        .chlen = c->chlen,
+        .key = c->key,
+        .keylen = c->keylen,
+        .body = c->body,
+        .bodylen = c->bodylen,
+        .backlog_size = p->cfg.backlog_size,
+        .backlog_ttl_s = p->cfg.backlog_ttl_s,
+        .key_ttl_ms = key_ttl_ms(p, c),
+    };
+    char sha[41];
+    *out = NULL;
+    pthread_mutex_lock(&p->lock);
+    memcpy(sha, p->sha, sizeof(sha));
+    pthread_mutex_unlock(&p->lock);
+    if (spillway_buf_publish(&conn->out, &p->keys, &a, by_text, sha) != 0) {
+        snprintf(why, whylen, "out of memory");
+        return -ENOMEM;
     }
-    rep = run(ctx, 12, argv, lens);
-done:
-    free(skey);
-    free(chan);
-    free(ikey);
-    return rep;
+    return spillway_sconn_roundtrip(conn, command_ms, out, why, whylen);
 }
 
 void spillway_publish_call_init(spillway_publish_call *call, spillway_publisher *p)
@@ -308,92 +272,120 @@ enum attempt_result {
     A_NOT_RUN  /* certainly not run: no connection, or Redis is loading */
 };
 
-static bool not_ready(const redisReply *rep)
+static bool not_ready(const spillway_rv *v)
 {
     /* Redis refuses a script while it loads its data set (a restart) or
      * runs another script too long: nothing ran, later it will. */
-    return rep->type == REDIS_REPLY_ERROR &&
-           (strncmp(rep->str, "LOADING", 7) == 0 || strncmp(rep->str, "BUSY", 4) == 0);
+    return v->type == SW_RV_ERROR && (spillway_rv_starts(v, "LOADING") || spillway_rv_starts(v, "BUSY"));
 }
 
-/* One attempt: a pooled connection (the first attempt) or a fresh one with
- * these timeouts (the retries: a pooled one would most likely be as dead as
- * the one that lost the reply). */
+/* The connection of an attempt, registered for the interrupt: a pooled one
+ * (the first attempt) or a fresh one with these timeouts (the retries: a
+ * pooled one would most likely be as dead as the one that lost the reply).
+ * NULL with *result when there is none. */
+static spillway_sconn *attempt_conn(spillway_publish_call *c, bool fresh, uint32_t connect_ms, uint32_t command_ms,
+                                    int *result)
+{
+    spillway_sconn *conn = fresh ? NULL : pool_take(c->p);
+    if (conn == NULL) conn = connect_new(c->p, c, connect_ms, command_ms);
+    if (conn == NULL) {
+        *result = c->rc == -EPROTO ? A_FAILED : A_NOT_RUN;
+        return NULL;
+    }
+    if (set_call_fd(c, conn->fd)) {
+        set_call_fd(c, -1);
+        set_err(c, -EINTR, "interrupted");
+        spillway_sconn_close(conn);
+        *result = A_FAILED;
+        return NULL;
+    }
+    return conn;
+}
+
+/* The publish got no reply (r, why: what went wrong): the command may have
+ * reached Redis. */
+static int reply_lost(spillway_publish_call *c, spillway_sconn *conn, int r, const char *why)
+{
+    char target[160];
+    describe_target(c->p, target, sizeof(target));
+    spillway_sconn_close(conn);
+    if (call_interrupted(c)) {
+        set_err(c, -EINTR, "interrupted");
+        return A_FAILED;
+    }
+    if (r == -ETIMEDOUT) set_err(c, -ETIMEDOUT, "Redis at %.100s did not answer within command_timeout", target);
+    else set_err(c, -EIO, "Redis connection failed during publish (%.100s: %.150s)", target, why);
+    return A_LOST;
+}
+
+/* EVAL cached the script: learn its SHA1 for next time. false when the
+ * connection broke meanwhile. */
+static bool learn_sha(spillway_publisher *p, spillway_sconn *conn, uint32_t command_ms)
+{
+    const char *argv[3] = {"SCRIPT", "LOAD", spillway_lua_publish};
+    char why[200];
+    spillway_rv *v = NULL;
+    if (spillway_sconn_command(conn, 3, argv, NULL, command_ms, &v, why, sizeof(why)) != 0) return false;
+    if (v->type == SW_RV_STRING && v->str != NULL && v->str->len == 40) {
+        pthread_mutex_lock(&p->lock);
+        memcpy(p->sha, v->str->data, 40);
+        p->sha[40] = '\0';
+        pthread_mutex_unlock(&p->lock);
+    }
+    spillway_rv_free(v);
+    return true;
+}
+
+/* What the publish script's reply v says; the connection goes back to the
+ * pool unless it broke. */
+static int publish_reply(spillway_publish_call *c, spillway_sconn *conn, spillway_rv *v, bool by_text,
+                         uint32_t command_ms)
+{
+    char text[200];
+    spillway_rv_text(v, 180, text, sizeof(text));
+    if (not_ready(v)) {
+        set_err(c, -EAGAIN, "Redis is not ready: %.180s", text);
+        spillway_rv_free(v);
+        pool_give(c->p, conn);
+        return A_NOT_RUN;
+    }
+    if (v->type != SW_RV_STRING || v->str == NULL || v->str->len >= SPILLWAY_ID_TEXT_MAX) {
+        set_err(c, -EPROTO, "Redis refused the publish: %.180s", v->type == SW_RV_ERROR ? text : "unexpected reply");
+        spillway_rv_free(v);
+        pool_give(c->p, conn);
+        return A_FAILED;
+    }
+    memcpy(c->id, v->str->data, v->str->len);
+    c->id[v->str->len] = '\0';
+    spillway_rv_free(v);
+    if (by_text && !learn_sha(c->p, conn, command_ms)) spillway_sconn_close(conn);
+    else pool_give(c->p, conn);
+    return A_DONE;
+}
+
+/* One attempt: EVALSHA (EVAL until the SHA1 is known, or after NOSCRIPT). */
 static int attempt(spillway_publish_call *c, bool fresh, uint32_t connect_ms, uint32_t command_ms)
 {
     spillway_publisher *p = c->p;
-    redisContext *ctx = fresh ? NULL : pool_take(p);
-    redisReply *rep;
+    spillway_rv *v = NULL;
+    char why[200];
     bool by_text;
+    int result, r;
+    spillway_sconn *conn = attempt_conn(c, fresh, connect_ms, command_ms, &result);
 
-    if (ctx == NULL) ctx = connect_new(p, c, connect_ms, command_ms);
-    if (ctx == NULL) return c->rc == -EPROTO ? A_FAILED : A_NOT_RUN;
-    if (set_call_fd(c, ctx->fd)) {
-        set_call_fd(c, -1);
-        set_err(c, -EINTR, "interrupted");
-        redisFree(ctx);
-        return A_FAILED;
-    }
+    if (conn == NULL) return result;
     pthread_mutex_lock(&p->lock);
     by_text = p->sha[0] == '\0';
     pthread_mutex_unlock(&p->lock);
-    rep = eval_publish(p, ctx, c, by_text);
-    if (rep != NULL && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
-        freeReplyObject(rep);
-        rep = eval_publish(p, ctx, c, true);
+    r = eval_publish(p, conn, c, by_text, command_ms, &v, why, sizeof(why));
+    if (r == 0 && v->type == SW_RV_ERROR && spillway_rv_starts(v, "NOSCRIPT")) {
+        spillway_rv_free(v);
+        r = eval_publish(p, conn, c, true, command_ms, &v, why, sizeof(why));
         by_text = true;
     }
     set_call_fd(c, -1);
-    if (rep == NULL) {
-        char target[160];
-        describe_target(p, target, sizeof(target));
-        if (call_interrupted(c)) {
-            set_err(c, -EINTR, "interrupted");
-            redisFree(ctx);
-            return A_FAILED;
-        }
-        if (ctx->err == REDIS_ERR_IO && strcmp(ctx->errstr, strerror(EAGAIN)) == 0)
-            set_err(c, -ETIMEDOUT, "Redis at %.100s did not answer within command_timeout", target);
-        else
-            set_err(c, -EIO, "Redis connection failed during publish (%.100s: %.100s)", target,
-                    ctx->errstr[0] ? ctx->errstr : "connection lost");
-        redisFree(ctx);
-        return A_LOST;
-    }
-    if (not_ready(rep)) {
-        set_err(c, -EAGAIN, "Redis is not ready: %.180s", rep->str);
-        freeReplyObject(rep);
-        pool_give(p, ctx);
-        return A_NOT_RUN;
-    }
-    if (rep->type != REDIS_REPLY_STRING || rep->len >= SPILLWAY_ID_TEXT_MAX) {
-        set_err(c, -EPROTO, "Redis refused the publish: %.180s",
-                rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
-        freeReplyObject(rep);
-        pool_give(p, ctx);
-        return A_FAILED;
-    }
-    memcpy(c->id, rep->str, rep->len);
-    c->id[rep->len] = '\0';
-    freeReplyObject(rep);
-    if (by_text) {
-        /* EVAL cached the script: learn its sha for next time. */
-        const char *argv[3] = {"SCRIPT", "LOAD", spillway_lua_publish};
-        redisReply *sha = run(ctx, 3, argv, NULL);
-        if (sha != NULL && sha->type == REDIS_REPLY_STRING && sha->len == 40) {
-            pthread_mutex_lock(&p->lock);
-            memcpy(p->sha, sha->str, 40);
-            p->sha[40] = '\0';
-            pthread_mutex_unlock(&p->lock);
-        }
-        if (sha != NULL) freeReplyObject(sha);
-        else {
-            redisFree(ctx);
-            ctx = NULL;
-        }
-    }
-    if (ctx != NULL) pool_give(p, ctx);
-    return A_DONE;
+    if (r != 0) return reply_lost(c, conn, r, why);
+    return publish_reply(c, conn, v, by_text, command_ms);
 }
 
 /* Waits ms unless the call is interrupted first; true when it was. */
@@ -409,13 +401,46 @@ static bool pause_call(spillway_publish_call *c, uint32_t ms)
     return interrupted;
 }
 
+/* After a lost reply: the attempts again on fresh connections, under the
+ * same key, while the budget (limit) lasts. The last attempt's result. */
+static int retry_lost(spillway_publish_call *c, uint64_t limit)
+{
+    spillway_publisher *p = c->p;
+    const spillway_redis_config *rc = &p->cfg;
+    uint32_t pause = RETRY_PAUSE_MIN_MS;
+    int r = A_LOST;
+
+    while (r == A_LOST || r == A_NOT_RUN) {
+        uint64_t now = mono_ms();
+        uint32_t left;
+        if (c->retries >= SPILLWAY_PUBLISH_RETRIES || now >= limit) break;
+        if (r == A_NOT_RUN) {
+            /* Refused or loading: a restart, most likely. Give it a moment. */
+            if (pause_call(c, (uint32_t)SW_MIN((uint64_t)pause, limit - now))) {
+                set_err(c, -EINTR, "interrupted");
+                return A_FAILED;
+            }
+            pause = SW_MIN(pause * 2, RETRY_PAUSE_MAX_MS);
+            now = mono_ms();
+            if (now >= limit) break;
+        } else if (call_interrupted(c)) {
+            set_err(c, -EINTR, "interrupted");
+            return A_FAILED;
+        }
+        left = (uint32_t)(limit - now);
+        c->retries++;
+        atomic_fetch_add(&p->retried, 1);
+        r = attempt(c, true, SW_MIN(rc->connect_timeout_ms, left), SW_MIN(rc->command_timeout_ms, left));
+    }
+    return r;
+}
+
 void spillway_publish_run(spillway_publish_call *c)
 {
     spillway_publisher *p = c->p;
     const spillway_redis_config *rc = &p->cfg;
     uint64_t start = mono_ms(), limit;
-    uint32_t pause = RETRY_PAUSE_MIN_MS;
-    bool lost = false;
+    bool lost;
     int r;
 
     c->rc = 0;
@@ -433,31 +458,8 @@ void spillway_publish_run(spillway_publish_call *c)
     limit = start + rc->connect_timeout_ms + 2u * (uint64_t)rc->command_timeout_ms;
     limit = SW_MIN(limit, start + key_ttl_ms(p, c));
     r = attempt(c, false, rc->connect_timeout_ms, rc->command_timeout_ms);
-    while (r == A_LOST || (r == A_NOT_RUN && lost)) {
-        uint64_t now = mono_ms();
-        uint32_t left;
-        lost = true;
-        if (c->retries >= SPILLWAY_PUBLISH_RETRIES || now >= limit) break;
-        if (r == A_NOT_RUN) {
-            /* Refused or loading: a restart, most likely. Give it a moment. */
-            if (pause_call(c, (uint32_t)SW_MIN((uint64_t)pause, limit - now))) {
-                set_err(c, -EINTR, "interrupted");
-                r = A_FAILED;
-                break;
-            }
-            pause = SW_MIN(pause * 2, RETRY_PAUSE_MAX_MS);
-            now = mono_ms();
-            if (now >= limit) break;
-        } else if (call_interrupted(c)) {
-            set_err(c, -EINTR, "interrupted");
-            r = A_FAILED;
-            break;
-        }
-        left = (uint32_t)(limit - now);
-        c->retries++;
-        atomic_fetch_add(&p->retried, 1);
-        r = attempt(c, true, SW_MIN(rc->connect_timeout_ms, left), SW_MIN(rc->command_timeout_ms, left));
-    }
+    lost = r == A_LOST;
+    if (lost) r = retry_lost(c, limit);
     if (r == A_DONE) {
         /* What a lost attempt left there is no error of this call. */
         c->rc = 0;
@@ -480,31 +482,35 @@ void spillway_publish_run(spillway_publish_call *c)
 void spillway_publish_cursor(spillway_publish_call *c)
 {
     spillway_publisher *p = c->p;
-    redisContext *ctx = pool_take(p);
-    redisReply *rep;
+    spillway_sconn *conn = pool_take(p);
     const char *argv[5] = {"EVAL", spillway_lua_cursor, "2", p->keys.id, p->keys.since};
+    char why[200], text[200];
+    spillway_rv *v = NULL;
+    int r = -EINTR;
 
     c->rc = 0;
     c->id[0] = '\0';
-    if (ctx == NULL) ctx = connect_new(p, c, p->cfg.connect_timeout_ms, p->cfg.command_timeout_ms);
-    if (ctx == NULL) return;
-    rep = set_call_fd(c, ctx->fd) ? NULL : run(ctx, 5, argv, NULL);
+    if (conn == NULL) conn = connect_new(p, c, p->cfg.connect_timeout_ms, p->cfg.command_timeout_ms);
+    if (conn == NULL) return;
+    snprintf(why, sizeof(why), "interrupted");
+    if (!set_call_fd(c, conn->fd))
+        r = spillway_sconn_command(conn, 5, argv, NULL, p->cfg.command_timeout_ms, &v, why, sizeof(why));
     set_call_fd(c, -1);
-    if (rep == NULL) {
-        set_err(c, call_interrupted(c) ? -EINTR : -EIO,
-                "Redis connection failed while reading the cursor (%.100s)", ctx->errstr);
-        redisFree(ctx);
+    if (r != 0) {
+        set_err(c, call_interrupted(c) ? -EINTR : -EIO, "Redis connection failed while reading the cursor (%.150s)",
+                why);
+        spillway_sconn_close(conn);
         return;
     }
-    if (rep->type != REDIS_REPLY_STRING || rep->len >= SPILLWAY_ID_TEXT_MAX) {
+    if (v->type != SW_RV_STRING || v->str == NULL || v->str->len >= SPILLWAY_ID_TEXT_MAX) {
         set_err(c, -EPROTO, "Redis refused the cursor read: %.180s",
-                rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+                v->type == SW_RV_ERROR ? spillway_rv_text(v, 180, text, sizeof(text)) : "unexpected reply");
     } else {
-        memcpy(c->id, rep->str, rep->len);
-        c->id[rep->len] = '\0';
+        memcpy(c->id, v->str->data, v->str->len);
+        c->id[v->str->len] = '\0';
     }
-    freeReplyObject(rep);
-    pool_give(p, ctx);
+    spillway_rv_free(v);
+    pool_give(p, conn);
 }
 
 void spillway_publish_interrupt(spillway_publish_call *c)
@@ -523,9 +529,9 @@ void spillway_publisher_close(spillway_publisher *p)
     pid_t me = getpid();
     pthread_mutex_lock(&p->lock);
     while (p->npool > 0) {
-        pconn pc = p->pool[--p->npool];
-        if (pc.pid == me) redisFree(pc.ctx);
-        else close(pc.ctx->fd); /* the parent's connection: only our copy */
+        spillway_sconn *pc = p->pool[--p->npool];
+        if (pc->pid == me) spillway_sconn_close(pc);
+        else spillway_sconn_abandon(pc); /* the parent's connection: only our copy */
     }
     pthread_mutex_unlock(&p->lock);
 }
@@ -534,7 +540,7 @@ void spillway_publisher_abandon(spillway_publisher *p)
 {
     /* Fork child, single-threaded: no lock (another parent thread may have
      * held it at fork time), close our copies, keep the memory. */
-    for (uint32_t i = 0; i < p->npool; i++) close(p->pool[i].ctx->fd);
+    for (uint32_t i = 0; i < p->npool; i++) spillway_sconn_abandon(p->pool[i]);
     p->npool = 0;
 }
 
@@ -547,6 +553,7 @@ void spillway_publisher_free(spillway_publisher *p)
     free((char *)p->cfg.username);
     free((char *)p->cfg.password);
     free((char *)p->cfg.ns);
+    spillway_tls_ctx_unref(p->cfg.tls);
     spillway_keys_free(&p->keys);
     pthread_mutex_destroy(&p->lock);
     free(p);

@@ -1,7 +1,7 @@
 /*
  * The synchronous publisher: what Spillway.publish uses with the Redis
- * backend. Blocking (hiredis's synchronous API) and meant to be called
- * without the GVL. Thread-safe: a small pool of connections, one per
+ * backend. Blocking (sconn.h: plaintext or TLS, poll-based deadlines) and
+ * meant to be called without the GVL. Thread-safe: a small pool of connections, one per
  * concurrent caller, so an interrupted call only breaks its own connection.
  *
  * Fork: every connection records the pid that opened it; in another process

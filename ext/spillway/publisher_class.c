@@ -11,6 +11,7 @@
 #include "idem.h"
 #include "publisher.h"
 #include "sse.h"
+#include "tls.h"
 
 typedef struct pub_wrap {
     spillway_publisher *p;
@@ -63,12 +64,18 @@ static VALUE pub_initialize(VALUE self, VALUE opts)
     pub_wrap *w;
     spillway_redis_config cfg;
     char err[256] = "";
+    int rc;
     Check_Type(opts, T_HASH);
     TypedData_Get_Struct(self, pub_wrap, &pub_type, w);
     memset(&cfg, 0, sizeof(cfg));
     spillway_fill_redis_config(opts, &cfg);
-    if (cfg.host == NULL && cfg.path == NULL) rb_raise(rb_eArgError, "no Redis configured");
-    if (spillway_publisher_new(&cfg, &w->p, err, sizeof(err)) != 0) rb_raise(spillway_eError, "%s", err);
+    if (cfg.host == NULL && cfg.path == NULL) {
+        spillway_tls_ctx_unref(cfg.tls);
+        rb_raise(rb_eArgError, "no Redis configured");
+    }
+    rc = spillway_publisher_new(&cfg, &w->p, err, sizeof(err));
+    spillway_tls_ctx_unref(cfg.tls); /* the publisher holds its own */
+    if (rc != 0) rb_raise(spillway_eError, "%s", err);
     RB_GC_GUARD(opts);
     w->pid = getpid();
     return self;

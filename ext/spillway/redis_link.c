@@ -10,6 +10,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "tls.h"
 
 #define BACKOFF_MIN_MS 50u
 #define BACKOFF_MAX_MS 2000u
@@ -108,13 +109,22 @@ static uint32_t jitter(spillway_rlink *l, uint32_t ms)
     return ms * 3 / 4 + (ms > 1 ? l->rng % (ms / 2 + 1) : 0);
 }
 
-static void close_fds(spillway_hub *hub, spillway_rlink *l)
+/* The TLS session goes first (with a close_notify when it is healthy),
+ * then its socket. */
+static void close_socket(spillway_hub *hub, spillway_rlink *l)
 {
+    spillway_tls_close(l->tls);
+    l->tls = NULL;
     if (l->h.fd >= 0) {
         epoll_ctl(hub->epfd, EPOLL_CTL_DEL, l->h.fd, NULL);
         close(l->h.fd);
         l->h.fd = -1;
     }
+}
+
+static void close_fds(spillway_hub *hub, spillway_rlink *l)
+{
+    close_socket(hub, l);
     if (l->resolving != NULL) {
         epoll_ctl(hub->epfd, EPOLL_CTL_DEL, l->rh.fd, NULL);
         spillway_resolve_release(l->resolving);
@@ -180,20 +190,65 @@ void spillway_link_protocol_error(spillway_hub *hub, spillway_rlink *l, const ch
     spillway_link_fail(hub, l, "protocol", why);
 }
 
+/* ---- transport: the socket itself, or a TLS session on it ------------- */
+
+/* What the link asks of its connection, with the answers of tls.h for
+ * both: OK (*n bytes moved), WANT_* (wait for the socket), CLOSED (read:
+ * the peer closed), ERROR (*why). */
+static spillway_tls_rc transport_send(spillway_rlink *l, const char *p, size_t len, size_t *n, const char **why)
+{
+    ssize_t r;
+    if (l->tls != NULL) {
+        spillway_tls_rc rc = spillway_tls_write(l->tls, p, len, n);
+        if (rc == SW_TLS_CLOSED) rc = SW_TLS_ERROR;
+        if (rc == SW_TLS_ERROR) *why = spillway_tls_error(l->tls);
+        return rc;
+    }
+    do r = send(l->h.fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (r < 0 && errno == EINTR);
+    *n = r > 0 ? (size_t)r : 0;
+    if (r > 0) return SW_TLS_OK;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return SW_TLS_WANT_WRITE;
+    *why = r < 0 ? strerror(errno) : "closed";
+    return SW_TLS_ERROR;
+}
+
+static spillway_tls_rc transport_recv(spillway_rlink *l, char *p, size_t len, size_t *n, const char **why)
+{
+    ssize_t r;
+    if (l->tls != NULL) {
+        spillway_tls_rc rc = spillway_tls_read(l->tls, p, len, n);
+        if (rc == SW_TLS_ERROR) *why = spillway_tls_error(l->tls);
+        return rc;
+    }
+    do r = recv(l->h.fd, p, len, MSG_DONTWAIT);
+    while (r < 0 && errno == EINTR);
+    *n = r > 0 ? (size_t)r : 0;
+    if (r > 0) return SW_TLS_OK;
+    if (r == 0) return SW_TLS_CLOSED;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return SW_TLS_WANT_READ;
+    *why = strerror(errno);
+    return SW_TLS_ERROR;
+}
+
+/* Writes until the socket is full. With TLS a write may also wait for a
+ * read (WANT_READ): every event of a TLS link drives both directions, so
+ * the next edge of either kind retries it, with the same bytes (out only
+ * grows until it is all written). */
 void spillway_link_write(spillway_hub *hub, spillway_rlink *l)
 {
     while (l->h.fd >= 0 && l->out.off < l->out.len &&
            (l->state == SW_LS_READY || l->state == SW_LS_HANDSHAKE)) {
-        ssize_t n = send(l->h.fd, l->out.data + l->out.off, l->out.len - l->out.off,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n > 0) {
-            l->out.off += (size_t)n;
+        const char *why = NULL;
+        size_t n = 0;
+        spillway_tls_rc rc = transport_send(l, l->out.data + l->out.off, l->out.len - l->out.off, &n, &why);
+        if (rc == SW_TLS_OK) {
+            l->out.off += n;
             l->written_total += (uint64_t)n;
             continue;
         }
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return; /* EPOLLOUT follows */
-        spillway_link_fail(hub, l, "send", n < 0 ? strerror(errno) : "closed");
+        if (rc == SW_TLS_WANT_READ || rc == SW_TLS_WANT_WRITE) return; /* the next edge */
+        spillway_link_fail(hub, l, "send", why);
         return;
     }
     if (l->out.len > 0 && l->out.off == l->out.len) {
@@ -250,11 +305,7 @@ static void connect_next(spillway_hub *hub, spillway_rlink *l);
 static void try_next_address(spillway_hub *hub, spillway_rlink *l, const char *why)
 {
     if (l->addr_i + 1 < l->naddr) {
-        if (l->h.fd >= 0) {
-            epoll_ctl(hub->epfd, EPOLL_CTL_DEL, l->h.fd, NULL);
-            close(l->h.fd);
-            l->h.fd = -1;
-        }
+        close_socket(hub, l);
         spillway_resp_reader_free(l->reader);
         l->reader = NULL;
         l->addr_i++;
@@ -417,6 +468,33 @@ static void on_handshake_reply(spillway_hub *hub, spillway_rlink *l, spillway_rq
     }
 }
 
+/* rediss://: the TLS handshake, step by step as the socket allows; the
+ * Redis handshake once it is done. A failure (the certificate, the name,
+ * a refused protocol) fails the attempt like any connect: a log line
+ * naming the cause and a reconnect after the backoff. Never plaintext. */
+static void tls_step(spillway_hub *hub, spillway_rlink *l)
+{
+    spillway_tls_rc rc = spillway_tls_handshake(l->tls);
+    if (rc == SW_TLS_WANT_READ || rc == SW_TLS_WANT_WRITE) return; /* the next edge */
+    if (rc != SW_TLS_OK) {
+        spillway_link_fail(hub, l, "TLS handshake", spillway_tls_error(l->tls));
+        return;
+    }
+    handshake(hub, l);
+}
+
+static void tls_start(spillway_hub *hub, spillway_rlink *l)
+{
+    char err[200];
+    l->tls = spillway_tls_new(hub->cfg.redis.tls, l->h.fd, hub->cfg.redis.host, err, sizeof(err));
+    if (l->tls == NULL) {
+        spillway_link_fail(hub, l, "TLS", err);
+        return;
+    }
+    l->state = SW_LS_TLS;
+    tls_step(hub, l);
+}
+
 static void dispatch(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
 {
     bool handshaking = l->state == SW_LS_HANDSHAKE;
@@ -445,19 +523,21 @@ static void link_read(spillway_hub *hub, spillway_rlink *l)
 {
     char buf[READ_CHUNK];
     for (;;) {
-        ssize_t n = recv(l->h.fd, buf, sizeof(buf), MSG_DONTWAIT);
+        size_t n = 0;
         const char *err = NULL;
-        if (n == 0) {
+        spillway_tls_rc rc = transport_recv(l, buf, sizeof(buf), &n, &err);
+        if (rc == SW_TLS_CLOSED) {
             spillway_link_fail(hub, l, "recv", "connection closed by Redis");
             return;
         }
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-            spillway_link_fail(hub, l, "recv", strerror(errno));
+        /* Until the socket is drained: with TLS, until OpenSSL holds no
+         * decrypted bytes either (SSL_pending), since no edge tells. */
+        if (rc == SW_TLS_WANT_READ || rc == SW_TLS_WANT_WRITE) return;
+        if (rc == SW_TLS_ERROR) {
+            spillway_link_fail(hub, l, "recv", err);
             return;
         }
-        if (spillway_resp_feed(l->reader, buf, (size_t)n, &err) != 0) {
+        if (spillway_resp_feed(l->reader, buf, n, &err) != 0) {
             spillway_link_protocol_error(hub, l, err);
             return;
         }
@@ -492,9 +572,19 @@ void spillway_link_on_event(spillway_hub *hub, spillway_rlink *l, spillway_handl
             try_next_address(hub, l, strerror(err));
             return;
         }
+        if (hub->cfg.redis.tls != NULL) {
+            tls_start(hub, l);
+            return; /* the handshake wrote and read what there was */
+        }
         handshake(hub, l);
         if (l->state == SW_LS_IDLE) return;
+    } else if (l->state == SW_LS_TLS) {
+        tls_step(hub, l);
+        return;
     }
+    /* A TLS session may want to read for a write, or write for a read:
+     * every edge drives both. */
+    if (l->tls != NULL) events |= EPOLLIN | EPOLLOUT;
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
         link_read(hub, l);
         if (l->state == SW_LS_IDLE) return;
@@ -520,6 +610,7 @@ void spillway_link_timers(spillway_hub *hub, spillway_rlink *l)
         break;
     case SW_LS_RESOLVING:
     case SW_LS_CONNECTING:
+    case SW_LS_TLS:
     case SW_LS_HANDSHAKE:
         if (hub->now >= l->deadline) spillway_link_fail(hub, l, "connect", "timed out (connect_timeout)");
         break;
@@ -562,6 +653,7 @@ void spillway_link_teardown(spillway_hub *hub, spillway_rlink *l)
 
 void spillway_link_abandon(spillway_rlink *l)
 {
+    l->tls = NULL; /* the parent's session: not freed, not spoken on (redis_link.h) */
     if (l->h.fd >= 0) close(l->h.fd);
     l->h.fd = -1;
     if (l->resolving != NULL) spillway_resolve_abandon(l->resolving);

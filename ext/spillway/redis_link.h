@@ -1,6 +1,7 @@
 /*
  * One non-blocking connection to Redis, owned by the reactor: connect (names
- * resolved off the loop), handshake (AUTH, SELECT, CLIENT SETNAME, SCRIPT
+ * resolved off the loop), TLS when the configuration has it (tls.h: the
+ * session's WANT_READ/WANT_WRITE wait for the socket's next edge), handshake (AUTH, SELECT, CLIENT SETNAME, SCRIPT
  * LOAD), a FIFO of requests waiting for replies, buffered writes, reads fed
  * to the RESP reader, deadlines, reconnect with exponential backoff and
  * jitter. What the replies mean is its owner's business: each request
@@ -15,7 +16,8 @@
 #include "resolve.h"
 #include "resp.h"
 
-enum { SW_LS_IDLE, SW_LS_RESOLVING, SW_LS_CONNECTING, SW_LS_HANDSHAKE, SW_LS_READY };
+/* SW_LS_TLS: connected, the TLS handshake under way (rediss:// only). */
+enum { SW_LS_IDLE, SW_LS_RESOLVING, SW_LS_CONNECTING, SW_LS_TLS, SW_LS_HANDSHAKE, SW_LS_READY };
 
 /* Scripts a link loads at most (SCRIPT LOAD at every connect). */
 #define SPILLWAY_LINK_SCRIPTS 4
@@ -66,6 +68,7 @@ typedef struct spillway_link_options {
 struct spillway_rlink {
     spillway_handle h;  /* the socket (kind SW_KIND_BACKEND); first */
     spillway_handle rh; /* the resolver's eventfd while resolving (kind SW_KIND_BACKEND) */
+    struct spillway_tls *tls; /* the session on h.fd (rediss://), or NULL */
     spillway_link_options opt;
     spillway_link_hooks hooks;
     int state;
@@ -126,7 +129,10 @@ void spillway_link_timers(spillway_hub *hub, spillway_rlink *l);
 uint64_t spillway_link_next_timer(const spillway_hub *hub, const spillway_rlink *l);
 /* Closes the connection for good (hub stop): requests fail, no reconnect. */
 void spillway_link_teardown(spillway_hub *hub, spillway_rlink *l);
-/* Fork child: close the descriptors only. */
+/* Fork child: close the descriptors only. A TLS session is left as it is
+ * (its memory is the parent's, copy-on-write; freeing it would free
+ * nothing that matters and close_notify would speak on the parent's
+ * connection): the child's copy of the socket is closed, nothing else. */
 void spillway_link_abandon(spillway_rlink *l);
 
 #endif

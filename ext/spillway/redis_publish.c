@@ -17,34 +17,27 @@ static int queue_publish(spillway_hub *hub, spillway_cmd_publish *cmd, bool eval
     spillway_redis *r = R(hub);
     spillway_rlink *l = &r->cmd;
     const spillway_redis_config *rc = &hub->cfg.redis;
-    char maxlen[16], ttl[16], kttl[16];
     spillway_rq *q = spillway_rq_new(on_publish_rq, sizeof(struct publish_req));
+    spillway_publish_args a = {
+        .channel = cmd->channel,
+        .chlen = cmd->chlen,
+        .key = cmd->channel + cmd->chlen, /* the key follows the channel */
+        .keylen = cmd->keylen,
+        .body = cmd->frame->data,
+        .bodylen = cmd->frame->len,
+        .backlog_size = rc->backlog_size,
+        .backlog_ttl_s = rc->backlog_ttl_s,
+        .key_ttl_ms = cmd->key_ttl_ms,
+    };
     struct publish_req *pr;
-    spillway_buf *b = &l->out;
-    int bad;
 
     if (q == NULL) return -1;
     pr = q->privdata;
     pr->cmd = cmd;
     pr->eval = eval;
-    size_t mark = b->len;
-    snprintf(maxlen, sizeof(maxlen), "%u", rc->backlog_size);
-    snprintf(ttl, sizeof(ttl), "%u", rc->backlog_ttl_s);
-    snprintf(kttl, sizeof(kttl), "%u", cmd->key_ttl_ms);
-    bad = script_head(b, 12, eval, l->sha[SCRIPT_PUBLISH], spillway_lua_publish);
-    bad |= spillway_buf_arg(b, "4", 1);
-    bad |= spillway_buf_arg(b, r->keys.id, strlen(r->keys.id));
-    bad |= spillway_buf_arg2(b, r->keys.stream, r->keys.stream_len, cmd->channel, cmd->chlen);
-    bad |= spillway_buf_arg2(b, r->keys.idem, r->keys.idem_len, cmd->channel + cmd->chlen, cmd->keylen);
-    bad |= spillway_buf_arg(b, r->keys.since, strlen(r->keys.since));
-    bad |= spillway_buf_arg2(b, r->keys.chan, r->keys.chan_len, cmd->channel, cmd->chlen);
-    bad |= spillway_buf_arg(b, cmd->frame->data, cmd->frame->len);
-    bad |= spillway_buf_arg(b, maxlen, strlen(maxlen));
-    bad |= spillway_buf_arg(b, ttl, strlen(ttl));
-    bad |= spillway_buf_arg(b, kttl, strlen(kttl));
-    if (bad) {
-        /* No half command may stay: it would shift every later reply. */
-        b->len = mark;
+    if (spillway_buf_publish(&l->out, &r->keys, &a, eval, l->sha[SCRIPT_PUBLISH]) != 0) {
+        /* Nothing of it stays in the buffer: a half command would shift
+         * every later reply. */
         spillway_hub_error(hub, "Redis command link: out of memory");
         spillway_rq_free(q);
         return -1;

@@ -1,5 +1,6 @@
 #include "scripts.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,6 +39,40 @@ void spillway_keys_free(spillway_keys *k)
     free(k->chan);
     free(k->idem);
     k->id = k->since = k->stream = k->chan = k->idem = NULL;
+}
+
+int spillway_buf_publish(spillway_buf *b, const spillway_keys *k, const spillway_publish_args *a, bool eval,
+                         const char *sha)
+{
+    char maxlen[16], ttl[16], kttl[16];
+    size_t mark = b->len;
+    int bad = spillway_buf_begin(b, 12);
+
+    snprintf(maxlen, sizeof(maxlen), "%u", a->backlog_size);
+    snprintf(ttl, sizeof(ttl), "%u", a->backlog_ttl_s);
+    snprintf(kttl, sizeof(kttl), "%u", a->key_ttl_ms);
+    if (eval || sha == NULL || sha[0] == '\0') {
+        bad |= spillway_buf_arg(b, "EVAL", 4);
+        bad |= spillway_buf_arg(b, spillway_lua_publish, strlen(spillway_lua_publish));
+    } else {
+        bad |= spillway_buf_arg(b, "EVALSHA", 7);
+        bad |= spillway_buf_arg(b, sha, 40);
+    }
+    bad |= spillway_buf_arg(b, "4", 1);
+    bad |= spillway_buf_arg(b, k->id, strlen(k->id));
+    bad |= spillway_buf_arg2(b, k->stream, k->stream_len, a->channel, a->chlen);
+    bad |= spillway_buf_arg2(b, k->idem, k->idem_len, a->key, a->keylen);
+    bad |= spillway_buf_arg(b, k->since, strlen(k->since));
+    bad |= spillway_buf_arg2(b, k->chan, k->chan_len, a->channel, a->chlen);
+    bad |= spillway_buf_arg(b, a->body, a->bodylen);
+    bad |= spillway_buf_arg(b, maxlen, strlen(maxlen));
+    bad |= spillway_buf_arg(b, ttl, strlen(ttl));
+    bad |= spillway_buf_arg(b, kttl, strlen(kttl));
+    if (bad) {
+        b->len = mark;
+        return -1;
+    }
+    return 0;
 }
 
 /* Helpers are repeated in both scripts: a script is one unit.

@@ -21,7 +21,11 @@
 #ifndef SPILLWAY_SCRIPTS_H
 #define SPILLWAY_SCRIPTS_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+
+#include "resp.h"
 
 /* The key names of a namespace (the list above), made once by each user
  * (the hub's Redis backend, the publisher) so both name them alike. */
@@ -37,6 +41,26 @@ typedef struct spillway_keys {
 /* 0, or -1 when out of memory (nothing is left allocated then). */
 int spillway_keys_init(spillway_keys *k, const char *ns);
 void spillway_keys_free(spillway_keys *k);
+
+/* One publish, as the publish script takes it. */
+typedef struct spillway_publish_args {
+    const char *channel; /* the channel's name (not NUL-terminated) */
+    size_t chlen;
+    const char *key;     /* the idempotency key (idem.h), without its NS:k: prefix */
+    size_t keylen;
+    const char *body;    /* the frame after its id line */
+    size_t bodylen;
+    uint32_t backlog_size, backlog_ttl_s, key_ttl_ms;
+} spillway_publish_args;
+
+/* Appends the publish script's run for a to b: EVALSHA sha, or EVAL with
+ * the script's text when eval is set or sha is "" (not loaded yet, or
+ * NOSCRIPT), with its 4 keys and 5 arguments. The one place they are
+ * built, for the hub's async publishes and the publisher's. 0, or -1 when
+ * out of memory, b then as it was (a half command would shift every later
+ * reply). */
+int spillway_buf_publish(spillway_buf *b, const spillway_keys *k, const spillway_publish_args *a, bool eval,
+                         const char *sha);
 
 /* KEYS: id key, stream key, the idempotency key, since key. ARGV:
  * pub/sub channel, frame body (everything after the id line), backlog length

@@ -19,6 +19,7 @@ module Spillway
     SETTINGS = {
       # backend
       redis_url: nil,              # nil: ENV["REDIS_URL"]; still nil: the memory backend
+      redis_tls: nil,              # rediss://: { ca_file:, ca_path:, cert_file:, key_file:, verify: true, server_name: }
       namespace: "spillway",       # prefix of Redis keys and pub/sub channels
       # streams
       heartbeat: 15,               # seconds between heartbeat comments
@@ -86,6 +87,32 @@ module Spillway
     def redis_url=(url)
       @redis_url = url.nil? || url.to_s.empty? ? nil : url.to_s
       redis if @redis_url # parse now: a bad URL fails at configure time
+    end
+
+    # The TLS settings of a rediss:// URL (nil: the defaults, the system's
+    # CA store and full verification). Files are checked here, and loaded
+    # once by OpenSSL, so that a missing or unreadable CA, certificate or
+    # key fails at configure time.
+    TLS_KEYS = %i[ca_file ca_path cert_file key_file verify server_name].freeze
+
+    def redis_tls=(tls)
+      if tls.nil?
+        @redis_tls = nil
+        return
+      end
+      raise ArgumentError, "redis_tls must be a Hash (#{TLS_KEYS.join(', ')}), got #{tls.class}" unless tls.is_a?(Hash)
+
+      tls = tls.transform_keys(&:to_sym)
+      unknown = tls.keys - TLS_KEYS
+      raise ArgumentError, "unknown redis_tls setting #{unknown.first.inspect} (known: #{TLS_KEYS.join(', ')})" unless unknown.empty?
+
+      @redis_tls = check_tls(tls).freeze
+      redis if @redis_url # a plain redis:// with redis_tls fails now
+    end
+
+    # Whether the Redis connections skip certificate verification.
+    def redis_tls_insecure?
+      redis&.fetch(:tls, false) && redis_tls && redis_tls[:verify] == false ? true : false
     end
 
     def namespace=(ns)
@@ -170,11 +197,20 @@ module Spillway
     def redis
       url = effective_redis_url
       return nil unless url
-      return @redis_parsed if @redis_parsed_for == url
+      return check_tls_scheme(@redis_parsed) if @redis_parsed_for == url
 
       @redis_parsed = parse_redis_url(url)
       @redis_parsed_for = url
-      @redis_parsed
+      check_tls_scheme(@redis_parsed)
+    end
+
+    # Settings for TLS and a URL without it: never plaintext by mistake.
+    def check_tls_scheme(parsed)
+      if redis_tls && !parsed[:tls]
+        raise ArgumentError, "redis_tls is set but the Redis URL #{parsed[:shown]} is not rediss://: use rediss:// " \
+                             "for TLS, or redis_tls: nil for plaintext"
+      end
+      parsed
     end
 
     def max_connections_effective
@@ -211,6 +247,7 @@ module Spillway
     def redis_native_options
       r = redis
       {
+        redis_tls: r[:tls] ? (redis_tls || {}) : nil,
         redis_host: r[:path] ? nil : r[:host], redis_port: r[:port], redis_path: r[:path],
         redis_username: r[:username], redis_password: r[:password], redis_db: r[:db],
         namespace: namespace, connect_timeout_ms: ms(connect_timeout), command_timeout_ms: ms(command_timeout),
@@ -228,25 +265,52 @@ module Spillway
 
     def parse_redis_url(url)
       uri = URI.parse(url)
-      case uri.scheme
-      when "redis"
-        host = uri.host.to_s.empty? ? "127.0.0.1" : uri.host.delete_prefix("[").delete_suffix("]")
-        path_db = uri.path.to_s.delete_prefix("/")
-        db = path_db.empty? ? query_db(uri) : Integer(path_db, 10)
-        { host: host, port: uri.port || 6379, path: nil, db: db }.merge(credentials(uri))
-      when "unix"
-        raise ArgumentError, "unix:// Redis URL without a socket path: #{url}" if uri.path.to_s.empty?
+      parsed =
+        case uri.scheme
+        when "redis", "rediss"
+          host = uri.host.to_s.empty? ? "127.0.0.1" : uri.host.delete_prefix("[").delete_suffix("]")
+          path_db = uri.path.to_s.delete_prefix("/")
+          db = path_db.empty? ? query_db(uri) : Integer(path_db, 10)
+          { host: host, port: uri.port || 6379, path: nil, db: db, tls: uri.scheme == "rediss" }.merge(credentials(uri))
+        when "unix"
+          raise ArgumentError, "unix:// Redis URL without a socket path: #{url}" if uri.path.to_s.empty?
 
-        { host: nil, port: 0, path: uri.path, db: query_db(uri) }.merge(credentials(uri))
-      when "rediss"
-        raise ArgumentError, "rediss:// (TLS to Redis) is not supported yet: reach Redis over a private " \
-                             "network or a local TLS tunnel (stunnel, spiped) and use redis:// or unix://"
-      else
-        raise ArgumentError, "unsupported Redis URL #{url.inspect}: use redis://[user:password@]host[:port][/db] " \
-                             "or unix://[user:password@]/path/to/redis.sock[?db=N]"
-      end
+          { host: nil, port: 0, path: uri.path, db: query_db(uri), tls: false }.merge(credentials(uri))
+        else
+          raise ArgumentError, "unsupported Redis URL #{url.inspect}: use redis://[user:password@]host[:port][/db], " \
+                               "rediss://... (TLS) or unix://[user:password@]/path/to/redis.sock[?db=N]"
+        end
+      parsed[:shown] = redact(uri)
+      parsed
     rescue URI::InvalidURIError => e
       raise ArgumentError, "invalid Redis URL #{url.inspect}: #{e.message}"
+    end
+
+    def redact(uri)
+      uri.password ? uri.to_s.sub(":#{uri.password}@", ":[password]@") : uri.to_s
+    end
+
+    def check_tls(tls)
+      { ca_file: :file?, cert_file: :file?, key_file: :file?, ca_path: :directory? }.each do |key, test|
+        next if tls[key].nil?
+
+        path = tls[key] = tls[key].to_s
+        raise ArgumentError, "redis_tls #{key}: #{path.inspect} does not exist" unless File.exist?(path)
+        raise ArgumentError, "redis_tls #{key}: #{path.inspect} is not a #{test == :file? ? 'file' : 'directory'}" unless File.public_send(test, path)
+        raise ArgumentError, "redis_tls #{key}: #{path.inspect} is not readable" unless File.readable?(path)
+      end
+      raise ArgumentError, "redis_tls key_file needs cert_file" if tls[:key_file] && !tls[:cert_file]
+      unless [nil, true, false].include?(tls[:verify])
+        raise ArgumentError, "redis_tls verify must be true or false, got #{tls[:verify].inspect}"
+      end
+      if tls.key?(:server_name) && !tls[:server_name].nil?
+        tls[:server_name] = tls[:server_name].to_s
+        raise ArgumentError, "redis_tls server_name must not be empty" if tls[:server_name].empty?
+      end
+      # OpenSSL reads them now: a file that is no PEM, a key that does not
+      # match its certificate.
+      Native.check_tls(redis_tls: tls)
+      tls
     end
 
     def query_db(uri)

@@ -9,17 +9,21 @@ class RedisServer
 
   attr_reader :port, :dir
 
-  def initialize(persistence: false, password: nil, unixsocket: false, args: [])
+  # tls: { pki: SelfSigned.pki, auth_clients: false, cert: :server } runs a
+  # TLS-only server (plaintext port off) with pki's "#{cert}_cert" and key;
+  # the suite's own commands connect with the client certificate.
+  def initialize(persistence: false, password: nil, unixsocket: false, args: [], tls: nil, port: nil)
     @args = args
+    @tls = tls
     @persistence = persistence
     @password = password
     @dir = Dir.mktmpdir("spillway-redis")
-    @port = free_port
+    @port = port || free_port
     @unixsocket = unixsocket ? File.join(@dir, "redis.sock") : nil
   end
 
   def start
-    args = ["redis-server", "--port", port.to_s, "--bind", "127.0.0.1", "--dir", dir,
+    args = ["redis-server", *listen_args, "--bind", "127.0.0.1", "--dir", dir,
             "--logfile", File.join(dir, "redis.log"), "--daemonize", "no", "--protected-mode", "no"]
     args += @persistence ? ["--appendonly", "yes", "--appendfsync", "always", "--save", ""] : ["--save", "", "--appendonly", "no"]
     args += ["--requirepass", @password] if @password
@@ -31,9 +35,25 @@ class RedisServer
     self
   end
 
-  def url(db: 0)
+  def url(db: 0, host: "127.0.0.1")
     auth = @password ? ":#{@password}@" : ""
-    "redis://#{auth}127.0.0.1:#{port}/#{db}"
+    "#{@tls ? 'rediss' : 'redis'}://#{auth}#{host}:#{port}/#{db}"
+  end
+
+  def tls?
+    !@tls.nil?
+  end
+
+  # For the suite's own clients: the client certificate, no verification.
+  def client_tls_context
+    return nil unless @tls
+
+    require "openssl"
+    ctx = OpenSSL::SSL::SSLContext.new
+    ctx.verify_mode = OpenSSL::SSL::VERIFY_NONE
+    ctx.cert = OpenSSL::X509::Certificate.new(File.read(@tls[:pki][:client_cert]))
+    ctx.key = OpenSSL::PKey.read(File.read(@tls[:pki][:client_key]))
+    ctx
   end
 
   def unix_url
@@ -41,21 +61,31 @@ class RedisServer
   end
 
   def ping
-    client = RespClient.new(port: port, timeout: 1)
+    client = RespClient.new(port: port, timeout: 1, tls: client_tls_context)
     client.call("AUTH", @password) if @password
     client.call("PING") == "PONG"
-  rescue SystemCallError, RespClient::Error, IOError
+  rescue SystemCallError, RespClient::Error, IOError, OpenSSL::SSL::SSLError
     false
   ensure
     client&.close
   end
 
   def call(*args)
-    client = RespClient.new(port: port)
+    client = RespClient.new(port: port, tls: client_tls_context)
     client.call("AUTH", @password) if @password
     client.call(*args)
   ensure
     client&.close
+  end
+
+  def listen_args
+    return ["--port", port.to_s] unless @tls
+
+    pki = @tls[:pki]
+    cert = @tls.fetch(:cert, :server)
+    ["--port", "0", "--tls-port", port.to_s, "--tls-cert-file", pki[:"#{cert}_cert"],
+     "--tls-key-file", pki[:"#{cert}_key"], "--tls-ca-cert-file", pki[:ca],
+     "--tls-auth-clients", @tls[:auth_clients] ? "yes" : "no"]
   end
 
   def stop(signal = "TERM")

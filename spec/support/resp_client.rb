@@ -7,10 +7,12 @@ require "socket"
 class RespClient
   class Error < StandardError; end
 
-  def initialize(port: nil, path: nil, timeout: 5)
-    @sock = path ? UNIXSocket.new(path) : Socket.tcp("127.0.0.1", port, connect_timeout: timeout)
+  # tls: an OpenSSL::SSL::SSLContext for a redis-server with --tls-port.
+  def initialize(port: nil, path: nil, timeout: 5, tls: nil)
+    @io = @sock = path ? UNIXSocket.new(path) : Socket.tcp("127.0.0.1", port, connect_timeout: timeout)
     @timeout = timeout
     @buf = +""
+    start_tls(tls) if tls
   end
 
   def call(*args)
@@ -20,9 +22,27 @@ class RespClient
 
   def close
     @sock.close
+    @io.close unless @io.closed?
   end
 
   private
+
+  def start_tls(context)
+    require "openssl"
+    @sock = OpenSSL::SSL::SSLSocket.new(@io, context)
+    @sock.sync_close = true
+    loop do
+      case @sock.connect_nonblock(exception: false)
+      when :wait_readable then raise Error, "TLS handshake timed out" unless @io.wait_readable(@timeout)
+      when :wait_writable then raise Error, "TLS handshake timed out" unless @io.wait_writable(@timeout)
+      else break
+      end
+    end
+  end
+
+  def ready?
+    (@sock.respond_to?(:pending) && @sock.pending.positive?) || @io.wait_readable(@timeout)
+  end
 
   def read_line
     until (i = @buf.index("\r\n"))
@@ -32,7 +52,7 @@ class RespClient
   end
 
   def fill
-    raise Error, "Redis did not answer within #{@timeout}s" unless @sock.wait_readable(@timeout)
+    raise Error, "Redis did not answer within #{@timeout}s" unless ready?
 
     @buf << @sock.readpartial(65_536)
   end

@@ -18,7 +18,8 @@ RSpec.describe Spillway::Configuration do
   end
 
   it "parses redis:// URLs with user, password and database" do
-    expect(parse("redis://127.0.0.1")).to eq(host: "127.0.0.1", port: 6379, path: nil, db: 0, username: nil, password: nil)
+    expect(parse("redis://127.0.0.1")).to eq(host: "127.0.0.1", port: 6379, path: nil, db: 0, username: nil, password: nil,
+                                             tls: false, shown: "redis://127.0.0.1")
     expect(parse("redis://:p%40ss@h:1/5")).to include(host: "h", port: 1, db: 5, username: nil, password: "p@ss")
     expect(parse("redis://alice:secret@h/0")).to include(username: "alice", password: "secret")
     expect(parse("redis://[::1]:6380")).to include(host: "::1", port: 6380)
@@ -29,8 +30,60 @@ RSpec.describe Spillway::Configuration do
     expect(parse("unix://:pw@/run/redis.sock")).to include(path: "/run/redis.sock", password: "pw")
   end
 
-  it "refuses TLS and unknown schemes with a message that says what to do" do
-    expect { parse("rediss://h") }.to raise_error(ArgumentError, /not supported yet.*stunnel/)
+  it "parses rediss:// URLs (TLS) like redis:// ones" do
+    expect(parse("rediss://alice:s%40cret@redis.example.com:6380/3"))
+      .to include(host: "redis.example.com", port: 6380, path: nil, db: 3, username: "alice", password: "s@cret", tls: true)
+    expect(described_class.new(redis_url: "rediss://h:1").native_options).to include(redis_tls: {}, redis_host: "h")
+    expect(described_class.new(redis_url: "redis://h:1").native_options).to include(redis_tls: nil)
+  end
+
+  describe "redis_tls" do
+    let(:pki) { SelfSigned.pki }
+
+    after { FileUtils.rm_rf(pki[:dir]) }
+
+    it "passes the files, server_name and verify to the native options" do
+      tls = { ca_file: pki[:ca], cert_file: pki[:client_cert], key_file: pki[:client_key], server_name: "redis.internal" }
+      config = described_class.new(redis_url: "rediss://10.0.0.1:6380", redis_tls: tls)
+      expect(config.native_options[:redis_tls]).to eq(tls)
+      expect(config.redis_tls_insecure?).to be(false)
+      expect(described_class.new(redis_url: "rediss://h", redis_tls: { verify: false }).redis_tls_insecure?).to be(true)
+    end
+
+    it "fails at configure time on a file that does not exist, is no PEM, or a key that does not match" do
+      missing = File.join(pki[:dir], "nope.pem")
+      expect { described_class.new(redis_tls: { ca_file: missing }) }
+        .to raise_error(ArgumentError, /redis_tls ca_file: ".*nope\.pem" does not exist/)
+      expect { described_class.new(redis_tls: { cert_file: pki[:client_cert], key_file: missing }) }
+        .to raise_error(ArgumentError, /key_file.*does not exist/)
+      expect { described_class.new(redis_tls: { ca_path: pki[:ca] }) }.to raise_error(ArgumentError, /ca_path.*not a directory/)
+      junk = File.join(pki[:dir], "junk.pem")
+      File.write(junk, "not a certificate\n")
+      expect { described_class.new(redis_tls: { ca_file: junk }) }
+        .to raise_error(ArgumentError, /redis_tls: cannot load the CA certificates .*junk\.pem/)
+      expect { described_class.new(redis_tls: { cert_file: pki[:client_cert], key_file: pki[:server_key] }) }
+        .to raise_error(ArgumentError, /cannot load the client key .*server\.key: key values mismatch/)
+      expect { described_class.new(redis_tls: { key_file: pki[:client_key] }) }.to raise_error(ArgumentError, /needs cert_file/)
+      expect { described_class.new(redis_tls: { verify: "no" }) }.to raise_error(ArgumentError, /verify must be true or false/)
+      expect { described_class.new(redis_tls: { cafile: pki[:ca] }) }.to raise_error(ArgumentError, /unknown redis_tls setting :cafile/)
+    end
+
+    it "leaves Spillway's configuration as it was when a redis_tls file is missing" do
+      Spillway.configure(redis_url: "rediss://127.0.0.1:1", redis_tls: { ca_file: pki[:ca] })
+      expect { Spillway.configure(redis_tls: { ca_file: "/nonexistent/ca.pem" }) }
+        .to raise_error(ArgumentError, %r{redis_tls ca_file: "/nonexistent/ca.pem" does not exist})
+      expect(Spillway.config.redis_tls).to eq(ca_file: pki[:ca])
+    end
+
+    it "refuses redis_tls with a plaintext redis:// URL (never plaintext by mistake)" do
+      expect { described_class.new(redis_url: "redis://:pw@h:1", redis_tls: { ca_file: pki[:ca] }) }
+        .to raise_error(ArgumentError, %r{redis_tls is set but the Redis URL redis://:\[password\]@h:1 is not rediss://})
+      expect { described_class.new(redis_tls: { ca_file: pki[:ca] }, redis_url: "unix:///tmp/r.sock") }
+        .to raise_error(ArgumentError, /not rediss/)
+    end
+  end
+
+  it "refuses unknown schemes with a message that says what to do" do
     expect { parse("http://h") }.to raise_error(ArgumentError, /unsupported Redis URL/)
     expect { parse("redis://h/notanumber") }.to raise_error(ArgumentError)
     expect { parse("unix://") }.to raise_error(ArgumentError, /without a socket path/)
