@@ -298,6 +298,12 @@ void spillway_conn_deliver(spillway_hub *hub, spillway_conn *c, spillway_frame *
         return;
     }
     if (spillway_id_cmp(f->id, c->last) <= 0) return;
+    /* Not for this stream: skipped, but its id still moves the cursor (a
+     * resume from there must not be told it missed anything). */
+    if (f->targets != NULL && !spillway_targets_match(f->targets, c->ident)) {
+        c->last = f->id;
+        return;
+    }
     if (spillway_conn_push(hub, c, f) == 0) c->last = f->id;
 }
 
@@ -506,6 +512,8 @@ void spillway_conn_close(spillway_hub *hub, spillway_conn *c)
     free(c->mem);
     c->mem = NULL;
     c->nmem = 0;
+    spillway_targets_unref(c->ident);
+    c->ident = NULL;
     spillway_conn_queued_remove(hub, c);
     while (c->out_len > 0) out_pop(hub, c);
     out_free(c);

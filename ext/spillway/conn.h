@@ -90,6 +90,7 @@ typedef struct spillway_conn {
     struct spillway_conn *aprev, *anext; /* the list of every stream (hub->streams) */
     struct spillway_conn *pprev, *pnext; /* the held long-polls, oldest first (polls.c) */
     uint64_t poll_deadline;              /* a long-poll is answered empty at this hub->now */
+    struct spillway_targets *ident;      /* who the stream is (targets.h), or NULL; one reference */
     struct spillway_conn *dirty_next;    /* the dirty list (SW_CF_DIRTY) */
     struct spillway_conn *doomed_next;   /* the doomed list (SW_CF_DOOMED) */
     uint32_t wslot;
