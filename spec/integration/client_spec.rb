@@ -118,6 +118,20 @@ RSpec.describe "spillway.js, the browser client" do
     expect(data_of(page, "cl:a")).to eq(%w[a1 a2 a3])
     expect(diag(page)).to include("resubscribes" => 1, "reconnects" => 0)
     expect(server.stats[:connections]).to eq(1)
+
+    # A resume from an older cursor (as a new leader whose last id lags a
+    # broadcast still in flight) replays what was delivered: dropped by id,
+    # per channel; what is new on a channel still arrives.
+    page.evaluate("(bus.lastId = #{a1.to_json}, bus.subscribe('cl:d', window.record), 1)")
+    wait_live(page, channels: %w[cl:a cl:c cl:d])
+    d1 = server.publish("cl:d", "d1")
+    wait_until(timeout: 10, message: "d1") { data_of(page, "cl:d") == ["d1"] }
+    expect(got(page).drop(5)).to eq([["cl:d", "d1", d1, "message"]])
+    expect(page.evaluate("window.second")).to eq(%w[a3 a4])
+
+    # Nothing subscribed: no stream.
+    page.evaluate("(['cl:a', 'cl:c', 'cl:d'].forEach(c => bus.unsubscribe(c)), 1)")
+    wait_until(timeout: 10, message: "idle, no stream") { page.evaluate("bus.status()") == "idle" && server.stats[:connections].zero? }
   end
 
   it "serves every tab of a browser from one connection, and a follower takes over without a loss or a double" do
@@ -199,8 +213,8 @@ RSpec.describe "spillway.js, the browser client" do
     before(:all) { @nginx = Nginx.new(@server.port, buffered: true).start }
     after(:all) { @nginx&.stop }
 
-    it "switches to long-poll when the stream stalls and gets every message, in order" do
-      page = open_page(%w[ng:a ng:b], port: @nginx.port)
+    it "switches to long-poll when the stream stalls, tries the stream again later, and gets every message, in order" do
+      page = open_page(%w[ng:a ng:b], port: @nginx.port, extra: "&stream_retry=1")
       wait_until(timeout: 20, message: "the switch to long-poll (#{diag(page).inspect})") do
         d = diag(page)
         d["transport"] == "long-poll" && d["stalls"] >= 1
@@ -216,6 +230,12 @@ RSpec.describe "spillway.js, the browser client" do
       ids = got(page).map { |m| m[2] }
       expect(ids).to eq(ids.sort_by { |id| id.split("-").map(&:to_i) })
       expect(ids.uniq).to eq(ids)
+      # After stream_retry (1 s) of long-polls the stream is tried again,
+      # and stalls again behind this proxy.
+      wait_until(timeout: 15, message: "a second stall (#{diag(page).inspect})") { diag(page)["stalls"] >= 2 }
+      last = server.publish("ng:b", "last")
+      wait_until(timeout: 15, message: "the last one") { got(page).last&.at(2) == last }
+      expect(got(page).size).to eq(111)
     end
   end
 end
