@@ -191,6 +191,7 @@
       case "hello": // a new tab, or a new leader: it wants everyone's channels
         if (m.leader) this.leaderTab = m.tab;
         this._post({ t: "subs", tab: this.tab, channels: Array.from(this.subs.keys()) });
+        if (this.leader) this._post({ t: "state", tab: this.tab, status: this.state, transport: this.transport });
         break;
       case "subs":
         if (m.channels.length) this.remote.set(m.tab, m.channels);

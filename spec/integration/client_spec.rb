@@ -143,6 +143,10 @@ RSpec.describe "spillway.js, the browser client" do
     followers = tabs - [leader]
     wait_live(leader, channels: %w[mt:0 mt:1 mt:2 mt:all])
     followers.each { |t| expect(t.evaluate("bus.status()")).to eq("follower") }
+    leader_tab = diag(leader)["tab"]
+    wait_until(timeout: 10, message: "the followers know the leader") do
+      followers.all? { |t| diag(t)["leaderTab"] == leader_tab && diag(t)["transport"] == "stream" }
+    end
 
     server.post("/publish_seq?channel=mt:all&count=20&from=1")
     3.times { |i| server.publish("mt:#{i}", "own #{i}") }
