@@ -88,6 +88,29 @@ RSpec.describe "spillway.js, the browser client" do
     end
   end
 
+  it "parses text/event-stream as a browser does: any line end, split anywhere, multi-line data, comments" do
+    page = browser.create_page
+    page.go_to("http://127.0.0.1:#{server.port}/client_page")
+    frames = page.evaluate(<<~'JS')
+      (() => {
+        const out = [], retries = [];
+        const p = new SpillwayClient.Parser(f => out.push(f), ms => retries.push(ms));
+        const text = ": spillway\n\nretry: 1500\n\nid: 1-0\nchannel: a\ndata: x\ndata:y\n\n:\n\n" +
+                     "id: 2-1\r\nevent: note\r\nchannel: b\r\ndata:  two\r\n\r\nid: 3-0\rdata\r\r" +
+                     "id: 4-0\nno data\n\nid: 5-0\nevent: reset\ndata: {\"channels\":[\"a\"]}\n\n";
+        for (let i = 0; i < text.length; i += 3) p.feed(text.slice(i, i + 3));
+        return { out, retries };
+      })()
+    JS
+    expect(frames["retries"]).to eq([1500])
+    expect(frames["out"]).to eq([
+      { "id" => "1-0", "event" => "message", "data" => "x\ny", "channel" => "a" },
+      { "id" => "2-1", "event" => "note", "data" => " two", "channel" => "b" },
+      { "id" => "3-0", "event" => "message", "data" => "", "channel" => nil },
+      { "id" => "5-0", "event" => "reset", "data" => '{"channels":["a"]}', "channel" => nil }
+    ])
+  end
+
   it "shares one stream between a page's subscriptions, routes by channel, and follows subscribe/unsubscribe" do
     page = open_page(%w[cl:a cl:b])
     wait_live(page, channels: %w[cl:a cl:b])
