@@ -338,8 +338,8 @@ module Spillway
 
       def wake
         @wake_w&.write_nonblock("x", exception: false)
-      rescue IOError
-        nil
+      rescue IOError, SystemCallError
+        nil # the thread ended (its end of the pipe is closed)
       end
 
       def run(state)
