@@ -114,10 +114,9 @@ module Spillway
     end
 
     # The id of the last message (or reset) delivered: where the
-    # subscription resumes when its stream is opened again.
-    def last_id
-      @lock.synchronize { @last_id }
-    end
+    # subscription resumes when its stream is opened again. No lock: the
+    # block may ask too.
+    attr_reader :last_id
 
     def active?
       @active && @pid == Process.pid

@@ -171,6 +171,39 @@ RSpec.describe "Spillway.subscribe, backlog and last_id (memory backend)" do
     expect(Spillway::Subscriber.count).to eq(0)
   end
 
+  it "belongs to the process that made it: a fork child has none and keeps no copy of its socket" do
+    got, lock, push = collector
+    seen_inside = nil
+    sub = Spillway.subscribe("orders") do |m|
+      seen_inside = sub.last_id
+      push.call(m)
+    end
+    live!(1)
+    r, w = IO.pipe
+    done_r, done_w = IO.pipe
+    pid = fork do
+      r.close
+      done_w.close
+      w.puts([Spillway::Subscriber.count, sub.active?, sub.unsubscribe.inspect].join(","))
+      w.close
+      done_r.read # stays alive until the parent is done
+      exit!(0)
+    end
+    w.close
+    done_r.close
+    expect(r.read.chomp).to eq("0,false,nil")
+    id = Spillway.publish("orders", "after fork")
+    wait_until { lock.synchronize { got.size == 1 } }
+    expect(got.first.id).to eq(id)
+    expect(seen_inside).to eq(id)
+    # The child still lives: the hub sees the end close all the same.
+    sub.unsubscribe
+    live!(0)
+  ensure
+    done_w&.close
+    Process.wait(pid) if pid
+  end
+
   it "is counted in stats[:connections] and against max_connections" do
     Spillway.configure(max_connections: 2)
     subs = Array.new(3) { Spillway.subscribe("orders") { nil } }
