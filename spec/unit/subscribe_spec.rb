@@ -171,6 +171,23 @@ RSpec.describe "Spillway.subscribe, backlog and last_id (memory backend)" do
     expect(Spillway::Subscriber.count).to eq(0)
   end
 
+  it "survives a block too slow for the hub: the stream is dropped, opened again from the last id, nothing lost" do
+    Spillway.configure(max_lag: 1, backlog_size: 2000)
+    gate = Queue.new
+    got, lock, push = collector
+    Spillway.subscribe("orders") do |m|
+      gate.pop if m.data.start_with?("0:") # stuck on the first message
+      push.call(m)
+    end
+    live!(1)
+    ids = Array.new(400) { |i| Spillway.publish("orders", "#{i}:" + ("x" * 4000)) }
+    wait_until(message: "the hub drops the stalled stream") { Spillway.stats[:dropped_slow] >= 1 }
+    gate << :go
+    wait_until(timeout: 20, message: "400 messages") { lock.synchronize { got.size >= 400 } }
+    expect(got.map(&:id)).to eq(ids)
+    live!(1)
+  end
+
   it "belongs to the process that made it: a fork child has none and keeps no copy of its socket" do
     got, lock, push = collector
     seen_inside = nil
