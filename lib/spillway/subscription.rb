@@ -185,7 +185,7 @@ module Spillway
       @reader.feed(chunk) { |frame| deliver(frame) }
       true
     rescue SSEReader::ProtocolError => e
-      Spillway.logger.error("Spillway.subscribe: #{@channel}: unexpected stream (#{e.message}); opening it again")
+      log(:error, "Spillway.subscribe: #{@channel}: unexpected stream (#{e.message}); opening it again")
       false
     rescue IOError, SystemCallError
       false
@@ -232,16 +232,22 @@ module Spillway
 
       @last_id = event.id if event.id && !event.id.empty?
       if handler.nil?
-        Spillway.logger.warn("Spillway.subscribe: #{@channel}: reset: the backlog no longer reaches back to the " \
-                             "last id; going on from #{event.id} (pass on_reset: to be told)")
+        log(:warn, "Spillway.subscribe: #{@channel}: reset: the backlog no longer reaches back to the last id; " \
+                   "going on from #{event.id} (pass on_reset: to be told)")
         return
       end
       handler.call(event)
     rescue StandardError => e
       where = e.backtrace&.first
-      Spillway.logger.error("Spillway.subscribe: the #{event.reset? ? 'on_reset callback' : 'block'} for " \
-                            "#{@channel} raised #{e.class}: #{e.message}#{where ? " (#{where})" : ''}; " \
-                            "the subscription goes on")
+      log(:error, "Spillway.subscribe: the #{event.reset? ? 'on_reset callback' : 'block'} for #{@channel} " \
+                  "raised #{e.class}: #{e.message}#{where ? " (#{where})" : ''}; the subscription goes on")
+    end
+
+    # A logger that fails must not end the subscriber thread.
+    def log(level, line)
+      Spillway.logger.public_send(level, line)
+    rescue StandardError => e
+      $stderr.puts("#{line} [Spillway.logger failed: #{e.class}: #{e.message}]")
     end
   end
 
