@@ -2,6 +2,19 @@
 
 require "socket"
 
+# Server-side subscribe (Spillway.subscribe, Spillway.backlog,
+# Spillway.last_id). A subscription is a stream of the native hub like a
+# browser's, attached to one end of a socket pair without an HTTP head and
+# with ATTACH_CHANNEL (each frame names its channel; a reset frame names
+# none, so a published event called "reset" is never taken for one). The
+# hub does the join, the backlog replay from the cursor, gap repair after a
+# lost Redis link, resets, heartbeats and the slow-stream policy, exactly as
+# for a browser; the native thread only writes bytes. One Ruby thread per
+# process (Subscriber) waits in IO.select on the other ends, parses the
+# frames and runs the blocks. When the hub closes a stream (a restart by
+# Spillway.configure, a stream dropped for lagging past max_lag) the
+# subscription opens it again from its last id, as EventSource would.
+# Spillway.backlog is a poll (ATTACH_POLL) on a socket pair, read to EOF.
 module Spillway
   # A message as a server-side subscriber gets it (Spillway.subscribe,
   # Spillway.backlog): channel, data (a UTF-8 String, as published), id (the

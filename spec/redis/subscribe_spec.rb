@@ -93,6 +93,19 @@ RSpec.describe "Spillway.subscribe, backlog and last_id (Redis backend)" do
     probe&.close
   end
 
+  it "subscribes in a forked Puma worker (preloaded app): the worker's subscription is its own" do
+    @redis = RedisServer.new.start
+    @server = AppServer.new(config: { redis_url: @redis.url }, workers: 1, preload: true).start
+    configure
+    expect(@server.post("/subscribe?channel=jobs").code).to eq("200")
+    wait_until { s = @server.stats; s[:connections] == 1 && s[:joining].zero? }
+    ids = Array.new(10) { |i| Spillway.publish("jobs", "j#{i}") }
+    wait_until(message: "10 messages in the worker") { subscribed(@server, "jobs").size == 10 }
+    expect(subscribed(@server, "jobs").map(&:first)).to eq(ids)
+    expect(@server.post("/unsubscribe?channel=jobs").body).to eq("ok")
+    wait_until(message: "the connection freed") { @server.stats[:connections].zero? }
+  end
+
   it "logs a raising block and goes on" do
     @redis = RedisServer.new.start
     configure
