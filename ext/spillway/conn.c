@@ -362,6 +362,11 @@ static uint64_t out_sent(spillway_hub *hub, spillway_conn *c, size_t n)
  * up to SPILLWAY_IOV_BATCH frames. Errors doom the stream. */
 void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
 {
+    /* A poll still collecting writes nothing: its head comes with its
+     * answer (polls.c). Checked here, not only at the end of the iteration:
+     * a socket's first EPOLLOUT may come in the same batch of events as the
+     * read that filled its outbox. */
+    if ((c->flags & (SW_CF_POLL | SW_CF_ANSWERED)) == SW_CF_POLL) return;
     while (c->out_len > 0 && !(c->flags & (SW_CF_DOOMED | SW_CF_BLOCKED))) {
         uint32_t cnt = SW_MIN(c->out_len, (uint32_t)SPILLWAY_IOV_BATCH);
         size_t want = 0;

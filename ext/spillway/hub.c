@@ -432,6 +432,24 @@ int spillway_hub_busiest_channels(spillway_hub *hub, spillway_channel_info *out,
     return (int)SW_MIN(n, (size_t)INT32_MAX);
 }
 
+/* Server-side subscribe (Spillway.last_id): the newest id this process's
+ * table knows for the channel. Any thread but the reactor's. */
+int spillway_hub_channel_last(spillway_hub *hub, const char *name, size_t len, char *out, uint32_t timeout_ms)
+{
+    struct timespec until = spillway_timespec_after(CLOCK_REALTIME, timeout_ms);
+    const spillway_channel *ch;
+    int found = 0;
+    int rc = pthread_mutex_timedlock(&hub->loop_lock, &until);
+    if (rc != 0) return -rc;
+    ch = spillway_chtab_find(&hub->chans, name, len);
+    if (ch != NULL && !spillway_id_is_zero(ch->last)) {
+        spillway_id_format(ch->last, out);
+        found = 1;
+    }
+    pthread_mutex_unlock(&hub->loop_lock);
+    return found;
+}
+
 void spillway_hub_events_enable(spillway_hub *hub, bool on)
 {
     spillway_events_enable(&hub->events, on);

@@ -250,6 +250,15 @@ int spillway_hub_busiest_channels(spillway_hub *hub, spillway_channel_info *out,
                                   uint32_t timeout_ms);
 
 /*
+ * The newest id of channel name in this process's table (memory backend: the
+ * last message published on it while it has lived here) into out
+ * (SPILLWAY_ID_TEXT_MAX bytes). 1 when found, 0 when the table has no such
+ * channel (or it never had a message), -ETIMEDOUT when the loop did not let
+ * go within timeout_ms. Any thread but the reactor's (loop_lock).
+ */
+int spillway_hub_channel_last(spillway_hub *hub, const char *name, size_t len, char *out, uint32_t timeout_ms);
+
+/*
  * The hub's log: every error and every reset the reactor records, for a
  * Ruby thread to write to the app's logger (the reactor never calls Ruby).
  * The hub keeps one slot per kind ("redis_link", "reset", ...), so it holds

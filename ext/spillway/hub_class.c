@@ -562,6 +562,37 @@ static VALUE hub_busiest_channels(VALUE self, VALUE vmax)
     return list;
 }
 
+/* hub.last_id(channel) -> the newest id the loop has seen on it, or nil
+ * (Spillway.last_id, memory backend). Waits up to a second for the loop. */
+struct last_args {
+    spillway_hub *hub;
+    const char *name;
+    size_t len;
+    char id[SPILLWAY_ID_TEXT_MAX];
+    int rc;
+};
+
+static void *last_nogvl(void *p)
+{
+    struct last_args *a = p;
+    a->rc = spillway_hub_channel_last(a->hub, a->name, a->len, a->id, 1000);
+    return NULL;
+}
+
+static VALUE hub_last_id(VALUE self, VALUE channel)
+{
+    struct last_args a;
+    StringValue(channel);
+    a.hub = get_hub(self);
+    a.name = RSTRING_PTR(channel);
+    a.len = (size_t)RSTRING_LEN(channel);
+    a.rc = 0;
+    rb_thread_call_without_gvl(last_nogvl, &a, NULL, NULL);
+    RB_GC_GUARD(channel);
+    if (a.rc < 0) rb_raise(spillway_eError, "Spillway.last_id: the native loop stayed busy for a second");
+    return a.rc == 1 ? rb_str_new_cstr(a.id) : Qnil;
+}
+
 static VALUE hub_pid(VALUE self)
 {
     hub_wrap *w;
@@ -595,6 +626,7 @@ void Init_spillway_hub(void)
     rb_define_method(cHub, "events_wait", hub_events_wait, 1);
     rb_define_method(cHub, "stats", hub_stats, 0);
     rb_define_method(cHub, "busiest_channels", hub_busiest_channels, 1);
+    rb_define_method(cHub, "last_id", hub_last_id, 1);
     rb_define_method(cHub, "stop", hub_stop, 1);
     rb_define_method(cHub, "pid", hub_pid, 0);
     rb_define_method(cHub, "running?", hub_running_p, 0);
@@ -604,4 +636,5 @@ void Init_spillway_hub(void)
     rb_define_const(cHub, "ATTACH_POLL", UINT2NUM(SPILLWAY_ATTACH_POLL));
     rb_define_const(cHub, "ATTACH_LONG_POLL", UINT2NUM(SPILLWAY_ATTACH_LONG_POLL));
     rb_define_const(cHub, "ATTACH_CHANNEL", UINT2NUM(SPILLWAY_ATTACH_CHANNEL));
+    rb_define_const(cHub, "POLL_BODY_MAX", UINT2NUM(SPILLWAY_POLL_BODY_MAX));
 }

@@ -513,6 +513,66 @@ void spillway_publish_cursor(spillway_publish_call *c)
     pool_give(p, conn);
 }
 
+void spillway_publish_last_id(spillway_publish_call *c)
+{
+    spillway_publisher *p = c->p;
+    spillway_sconn *conn;
+    char *key;
+    const char *argv[6];
+    char why[200], text[200];
+    spillway_rv *v = NULL;
+    int r = -EINTR;
+
+    c->rc = 0;
+    c->id[0] = '\0';
+    key = malloc(p->keys.stream_len + c->chlen + 1);
+    if (key == NULL) {
+        set_err(c, -ENOMEM, "out of memory");
+        return;
+    }
+    memcpy(key, p->keys.stream, p->keys.stream_len);
+    memcpy(key + p->keys.stream_len, c->channel, c->chlen);
+    key[p->keys.stream_len + c->chlen] = '\0';
+    argv[0] = "XREVRANGE";
+    argv[1] = key;
+    argv[2] = "+";
+    argv[3] = "-";
+    argv[4] = "COUNT";
+    argv[5] = "1";
+    conn = pool_take(p);
+    if (conn == NULL) conn = connect_new(p, c, p->cfg.connect_timeout_ms, p->cfg.command_timeout_ms);
+    if (conn == NULL) {
+        free(key);
+        return;
+    }
+    snprintf(why, sizeof(why), "interrupted");
+    if (!set_call_fd(c, conn->fd))
+        r = spillway_sconn_command(conn, 6, argv, NULL, p->cfg.command_timeout_ms, &v, why, sizeof(why));
+    set_call_fd(c, -1);
+    free(key);
+    if (r != 0) {
+        set_err(c, call_interrupted(c) ? -EINTR : -EIO, "Redis connection failed while reading the last id (%.150s)",
+                why);
+        spillway_sconn_close(conn);
+        return;
+    }
+    if (v->type != SW_RV_ARRAY) {
+        set_err(c, -EPROTO, "Redis refused the last id read: %.180s",
+                v->type == SW_RV_ERROR ? spillway_rv_text(v, 180, text, sizeof(text)) : "unexpected reply");
+    } else if (v->elements > 0) {
+        const spillway_rv *e = v->element[0];
+        const spillway_rv *id = e->type == SW_RV_ARRAY && e->elements > 0 ? e->element[0] : NULL;
+        if (id == NULL || id->type != SW_RV_STRING || id->str == NULL || id->str->len >= SPILLWAY_ID_TEXT_MAX) {
+            set_err(c, -EPROTO, "Redis answered the last id read with an unexpected reply");
+        } else {
+            memcpy(c->id, id->str->data, id->str->len);
+            c->id[id->str->len] = '\0';
+        }
+    }
+    spillway_rv_free(v);
+    pool_give(p, conn);
+}
+
 void spillway_publish_interrupt(spillway_publish_call *c)
 {
     pthread_mutex_lock(&c->lock);

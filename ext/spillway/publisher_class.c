@@ -198,6 +198,34 @@ static VALUE pub_cursor(VALUE self)
     return rb_str_new_cstr(call.id);
 }
 
+static void *last_id_nogvl(void *ptr)
+{
+    spillway_publish_last_id(ptr);
+    return NULL;
+}
+
+/* publisher.last_id(channel) -> the newest id in the channel's backlog, or nil */
+static VALUE pub_last_id(VALUE self, VALUE channel)
+{
+    pub_wrap *w = get(self);
+    spillway_publish_call call;
+    char *copy;
+    if (w->pid != getpid()) rb_raise(spillway_eError, "publisher of process %d used in %d", (int)w->pid, (int)getpid());
+    StringValue(channel);
+    spillway_publish_call_init(&call, w->p);
+    call.chlen = (size_t)RSTRING_LEN(channel);
+    copy = ruby_xmalloc(call.chlen + 1);
+    memcpy(copy, RSTRING_PTR(channel), call.chlen);
+    copy[call.chlen] = '\0';
+    call.channel = copy;
+    rb_thread_call_without_gvl(last_id_nogvl, &call, publish_ubf, &call);
+    spillway_publish_call_done(&call);
+    xfree(copy);
+    if (call.rc == -EINTR) rb_thread_check_ints();
+    if (call.rc != 0) rb_raise(spillway_eRedisError, "Spillway.last_id: %s", call.err);
+    return call.id[0] ? rb_str_new_cstr(call.id) : Qnil;
+}
+
 static VALUE pub_close(VALUE self)
 {
     pub_wrap *w;
@@ -239,6 +267,7 @@ void Init_spillway_publisher(void)
     rb_define_method(c, "initialize", pub_initialize, 1);
     rb_define_method(c, "publish", pub_publish, -1);
     rb_define_method(c, "cursor", pub_cursor, 0);
+    rb_define_method(c, "last_id", pub_last_id, 1);
     rb_define_method(c, "close", pub_close, 0);
     rb_define_method(c, "abandon", pub_abandon, 0);
     rb_define_method(c, "stats", pub_stats, 0);

@@ -2,6 +2,7 @@
 
 require "socket"
 require "cgi/util"
+require "digest"
 
 module Spillway
   # Rack middleware that serves Server-Sent Events streams:
@@ -88,12 +89,33 @@ module Spillway
     end
 
     def call(env)
-      return @app.call(env) unless env["PATH_INFO"] == @mount
+      path = env["PATH_INFO"]
+      return serve(env) if path == @mount
+      return client_js(env) if path.end_with?("/client.js") && path == "#{@mount}/client.js"
 
-      serve(env)
+      @app.call(env)
     end
 
+    # spillway.js (lib/spillway/client.js), read once: <mount>/client.js.
+    CLIENT_JS = File.binread(File.expand_path("client.js", __dir__)).freeze
+    CLIENT_ETAG = %("#{Digest::SHA256.hexdigest(CLIENT_JS)[0, 32]}").freeze
+    CLIENT_HEADERS = { "content-type" => "text/javascript; charset=utf-8", "etag" => CLIENT_ETAG,
+                       "cache-control" => "public, max-age=3600" }.freeze
+
     private
+
+    # GET or HEAD <mount>/client.js: the browser client, 304 when the
+    # browser's copy (If-None-Match) is this one.
+    def client_js(env)
+      method = env["REQUEST_METHOD"]
+      return text(405, "#{method} is not allowed here\n", "allow" => "GET, HEAD") unless %w[GET HEAD].include?(method)
+
+      tags = env["HTTP_IF_NONE_MATCH"].to_s.split(",").map { |t| t.strip.delete_prefix("W/") }
+      return [304, CLIENT_HEADERS.dup, []] if tags.include?(CLIENT_ETAG) || tags.include?("*")
+
+      headers = CLIENT_HEADERS.merge("content-length" => CLIENT_JS.bytesize.to_s)
+      [200, headers, method == "HEAD" ? [] : [CLIENT_JS]]
+    end
 
     def serve(env)
       method = env["REQUEST_METHOD"]
