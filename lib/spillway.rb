@@ -471,7 +471,7 @@ module Spillway
 
       ours, theirs = UNIXSocket.pair
       begin
-        h.attach(theirs, [channel], cursor, Native::Hub::ATTACH_POLL | Native::Hub::ATTACH_CHANNEL)
+        h.attach(theirs, [channel], cursor, Native::Hub::ATTACH_POLL | Native::Hub::ATTACH_CHANNEL | Native::Hub::ATTACH_ALL)
       rescue StandardError
         h.unreserve
         raise

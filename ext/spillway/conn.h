@@ -37,7 +37,8 @@ enum spillway_conn_flag {
     SW_CF_LONG_POLL = 1u << 14,  /* the answer waits for a frame or the timeout */
     SW_CF_ANSWERED = 1u << 15,   /* the answer is in the outbox: close once it is written */
     SW_CF_HEAD = 1u << 16,       /* the hub writes the HTTP head (SPILLWAY_ATTACH_HEAD) */
-    SW_CF_CHANNEL = 1u << 17     /* message frames name their channel (SPILLWAY_ATTACH_CHANNEL) */
+    SW_CF_CHANNEL = 1u << 17,    /* message frames name their channel (SPILLWAY_ATTACH_CHANNEL) */
+    SW_CF_ALL = 1u << 18         /* every targeted message too (SPILLWAY_ATTACH_ALL) */
 };
 
 typedef struct spillway_member {

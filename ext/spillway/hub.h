@@ -122,6 +122,9 @@ typedef struct spillway_stats {
  * it). Resets name their channels already. The tagged copy of a message is
  * made once, on first need, and shared by every stream that asked. */
 #define SPILLWAY_ATTACH_CHANNEL 32u
+/* Targeted messages reach this stream whoever they are for (a server-side
+ * subscription, Spillway.subscribe and backlog; never an HTTP client). */
+#define SPILLWAY_ATTACH_ALL 64u
 
 /*
  * Creates the hub and starts its thread. 0 and *out, or -errno with a message

@@ -636,5 +636,6 @@ void Init_spillway_hub(void)
     rb_define_const(cHub, "ATTACH_POLL", UINT2NUM(SPILLWAY_ATTACH_POLL));
     rb_define_const(cHub, "ATTACH_LONG_POLL", UINT2NUM(SPILLWAY_ATTACH_LONG_POLL));
     rb_define_const(cHub, "ATTACH_CHANNEL", UINT2NUM(SPILLWAY_ATTACH_CHANNEL));
+    rb_define_const(cHub, "ATTACH_ALL", UINT2NUM(SPILLWAY_ATTACH_ALL));
     rb_define_const(cHub, "POLL_BODY_MAX", UINT2NUM(SPILLWAY_POLL_BODY_MAX));
 }
