@@ -8,6 +8,7 @@ require "spillway/fallback"
 require "spillway/subscription"
 require "spillway/idempotency_cache"
 require "spillway/instrumentation"
+require "spillway/targets"
 require "spillway/token"
 require "spillway/turbo"
 require "spillway/middleware"
@@ -77,7 +78,10 @@ module Spillway
     # (Redis: in every process of the namespace; memory: in this process).
     # Without one, Spillway still makes one up per call, so a publish it
     # sends again after a lost reply is never doubled.
-    def publish(channel, data, event: nil, async: false, idempotency_key: nil)
+    # user_ids:, group_ids:, client_ids: (Arrays of ids) reach only the
+    # streams whose identity matches (Targets; the middleware's identify).
+    def publish(channel, data, event: nil, async: false, idempotency_key: nil, user_ids: nil, group_ids: nil,
+                client_ids: nil)
       # One method, no extra frame: without a subscriber (or without
       # ActiveSupport) the instrumentation costs the defined? and nothing else.
       if defined?(::ActiveSupport::Notifications) && Instrumentation.listening?("publish.spillway")
@@ -89,19 +93,20 @@ module Spillway
       event = check_event!(event)
       key = check_idempotency_key!(idempotency_key)
       check_size!(data, event)
+      targets = Targets.spec(user_ids: user_ids, group_ids: group_ids, client_ids: client_ids) if user_ids || group_ids || client_ids
       id =
         if @config.backend == :memory
           warn_forked_memory if @forked
           if key
-            idempotency_cache.fetch(key) { hub.publish(channel, data, event) }
+            idempotency_cache.fetch(key) { hub.publish(channel, data, event, targets) }
           else
-            hub.publish(channel, data, event)
+            hub.publish(channel, data, event, targets)
           end
         elsif async
-          hub.publish_async(channel, data, event, key)
+          hub.publish_async(channel, data, event, key, targets)
           nil
         else
-          publisher_call { |p| p.publish(channel, data, event, key) }
+          publisher_call { |p| p.publish(channel, data, event, key, targets) }
         end
       @lock.synchronize { @published += 1 }
       if handle
@@ -209,8 +214,8 @@ module Spillway
       end
     end
 
-    def publish_async(channel, data, event: nil, idempotency_key: nil)
-      publish(channel, data, event: event, async: true, idempotency_key: idempotency_key)
+    def publish_async(channel, data, event: nil, idempotency_key: nil, **targets)
+      publish(channel, data, event: event, async: true, idempotency_key: idempotency_key, **targets)
     end
 
     # Waits until every async publish made before the call is finished.
@@ -466,7 +471,7 @@ module Spillway
 
       ours, theirs = UNIXSocket.pair
       begin
-        h.attach(theirs, [channel], cursor, Native::Hub::ATTACH_POLL | Native::Hub::ATTACH_CHANNEL)
+        h.attach(theirs, [channel], cursor, Native::Hub::ATTACH_POLL | Native::Hub::ATTACH_CHANNEL | Native::Hub::ATTACH_ALL)
       rescue StandardError
         h.unreserve
         raise

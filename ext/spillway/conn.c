@@ -60,6 +60,7 @@ spillway_conn *spillway_conn_new(spillway_hub *hub, int fd, unsigned flags)
     if (flags & SPILLWAY_ATTACH_TURBO) c->flags |= SW_CF_TURBO;
     if (flags & SPILLWAY_ATTACH_HEAD) c->flags |= SW_CF_HEAD;
     if (flags & SPILLWAY_ATTACH_CHANNEL) c->flags |= SW_CF_CHANNEL;
+    if (flags & SPILLWAY_ATTACH_ALL) c->flags |= SW_CF_ALL;
     if (flags & (SPILLWAY_ATTACH_POLL | SPILLWAY_ATTACH_LONG_POLL)) c->flags |= SW_CF_POLL;
     if (flags & SPILLWAY_ATTACH_LONG_POLL) c->flags |= SW_CF_LONG_POLL;
     set_socket_options(hub, c);
@@ -298,6 +299,12 @@ void spillway_conn_deliver(spillway_hub *hub, spillway_conn *c, spillway_frame *
         return;
     }
     if (spillway_id_cmp(f->id, c->last) <= 0) return;
+    /* Not for this stream: skipped, but its id still moves the cursor (a
+     * resume from there must not be told it missed anything). */
+    if (f->targets != NULL && !(c->flags & SW_CF_ALL) && !spillway_targets_match(f->targets, c->ident)) {
+        c->last = f->id;
+        return;
+    }
     if (spillway_conn_push(hub, c, f) == 0) c->last = f->id;
 }
 
@@ -511,6 +518,8 @@ void spillway_conn_close(spillway_hub *hub, spillway_conn *c)
     free(c->mem);
     c->mem = NULL;
     c->nmem = 0;
+    spillway_targets_unref(c->ident);
+    c->ident = NULL;
     spillway_conn_queued_remove(hub, c);
     while (c->out_len > 0) out_pop(hub, c);
     out_free(c);

@@ -42,6 +42,8 @@ static void do_attach(spillway_hub *hub, spillway_cmd_attach *cmd)
         return;
     }
     cmd->fd = -1;
+    c->ident = cmd->ident; /* the stream takes the command's reference */
+    cmd->ident = NULL;
     STAT_ADD(hub, st_accepted, 1);
     if (c->flags & SW_CF_FALLBACK) {
         STAT_ADD(hub, st_fallback, 1);

@@ -167,7 +167,7 @@ module Spillway
       raise Error, "max_connections reached" unless hub.reserve
 
       begin
-        hub.attach(theirs, [@channel], @last_id, Native::Hub::ATTACH_CHANNEL)
+        hub.attach(theirs, [@channel], @last_id, Native::Hub::ATTACH_CHANNEL | Native::Hub::ATTACH_ALL)
       rescue StandardError
         hub.unreserve
         raise
