@@ -359,6 +359,29 @@ static uint64_t out_sent(spillway_hub *hub, spillway_conn *c, size_t n)
     return messages;
 }
 
+/* What a flush leaves: an answered poll closes, an idle stream gives its
+ * ring back, a stream with frames waiting is judged and kept on the
+ * queued list. */
+static void after_flush(spillway_hub *hub, spillway_conn *c)
+{
+    if (c->flags & SW_CF_DOOMED) return;
+    if (c->out_len == 0) {
+        if (c->flags & SW_CF_ANSWERED) {
+            spillway_conn_doom_why(hub, c, false, "answered");
+            return;
+        }
+        /* A burst made the ring big; give the memory back while idle. */
+        if (c->out_cap > 64) out_free(c);
+        if (c->held_len == 0) spillway_conn_queued_remove(hub, c);
+        return;
+    }
+    if (!hub->stopping && too_slow(hub, c)) {
+        spillway_conn_doom_why(hub, c, true, "slow (max_lag or outbox_limit)");
+        return;
+    }
+    queued_add(hub, c);
+}
+
 /* Writes as much of the outbox as the socket takes: one sendmsg per batch of
  * up to SPILLWAY_IOV_BATCH frames. Errors doom the stream. */
 void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
@@ -414,22 +437,7 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
             break;
         }
     }
-    if (c->flags & SW_CF_DOOMED) return;
-    if (c->out_len == 0) {
-        if (c->flags & SW_CF_ANSWERED) {
-            spillway_conn_doom_why(hub, c, false, "answered");
-            return;
-        }
-        /* A burst made the ring big; give the memory back while idle. */
-        if (c->out_cap > 64) out_free(c);
-        if (c->held_len == 0) spillway_conn_queued_remove(hub, c);
-        return;
-    }
-    if (!hub->stopping && too_slow(hub, c)) {
-        spillway_conn_doom_why(hub, c, true, "slow (max_lag or outbox_limit)");
-        return;
-    }
-    queued_add(hub, c);
+    after_flush(hub, c);
 }
 
 void spillway_conn_on_event(spillway_hub *hub, spillway_conn *c, uint32_t events)
