@@ -96,15 +96,24 @@ static void grow(spillway_chtab *t)
 }
 
 /* Names go unescaped into the JSON of the reset event (and into Redis keys):
- * besides CR, LF and NUL, refuse what a JSON string would need escaped. */
+ * besides CR, LF and NUL, refuse what a JSON string would need escaped. A
+ * site's name ("<site>|<channel>", hub.h) has one separator, a site of 1 to
+ * SPILLWAY_MAX_SITE_LEN bytes before it and a public name after it. */
 bool spillway_channel_name_ok(const char *s, size_t len)
 {
+    const char *sep;
+    size_t publen;
+
     if (len == 0 || len > SPILLWAY_MAX_CHANNEL_LEN) return false;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c < 0x20 || c == 0x7f || c == '"' || c == '\\') return false;
     }
-    return true;
+    sep = memchr(s, SPILLWAY_SITE_SEP, len);
+    if (sep == NULL) return true;
+    publen = len - (size_t)(sep + 1 - s);
+    return sep > s && (size_t)(sep - s) <= SPILLWAY_MAX_SITE_LEN && publen > 0 &&
+           memchr(sep + 1, SPILLWAY_SITE_SEP, publen) == NULL;
 }
 
 spillway_channel *spillway_chtab_get(spillway_hub *hub, const char *name, size_t len)

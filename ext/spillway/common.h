@@ -29,7 +29,7 @@
 #define SW_UNUSED(x) ((void)(x))
 #define SW_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define SW_MAX(a, b) ((a) > (b) ? (a) : (b))
-/* The text of a macro's value: SW_STR(SPILLWAY_MAX_CHANNEL_LEN) is "1024". */
+/* The text of a macro's value: SW_STR(SPILLWAY_MAX_CHANNELS_PER_CONN) is "1024". */
 #define SW_STR_(x) #x
 #define SW_STR(x) SW_STR_(x)
 

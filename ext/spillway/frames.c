@@ -67,6 +67,8 @@ spillway_frame *spillway_frame_reset(const spillway_conn *c, const bool *reset, 
     char *p;
 
     if (c->flags & SW_CF_TURBO) return turbo_refresh(now);
+    /* The public names (a site's prefix stays inside the core): at most
+     * namelen each. */
     for (uint32_t i = 0; i < c->nmem; i++)
         if (reset[i]) len += c->mem[i].ch->namelen + 3;
     f = spillway_frame_new(len);
@@ -78,12 +80,15 @@ spillway_frame *spillway_frame_reset(const spillway_conn *c, const bool *reset, 
     {
         bool first = true;
         for (uint32_t i = 0; i < c->nmem; i++) {
+            size_t publen;
+            const char *pub;
             if (!reset[i]) continue;
             if (!first) *p++ = ',';
             first = false;
+            pub = spillway_channel_public(c->mem[i].ch->name, c->mem[i].ch->namelen, &publen);
             *p++ = '"';
-            memcpy(p, c->mem[i].ch->name, c->mem[i].ch->namelen);
-            p += c->mem[i].ch->namelen;
+            memcpy(p, pub, publen);
+            p += publen;
             *p++ = '"';
         }
     }
@@ -119,8 +124,12 @@ spillway_frame *spillway_frame_tagged(spillway_frame *f, const char *name, size_
 spillway_frame *spillway_frame_for(spillway_hub *hub, spillway_conn *c, spillway_frame *f, const spillway_channel *ch)
 {
     spillway_frame *t;
+    const char *pub;
+    size_t publen;
     if (!(c->flags & SW_CF_CHANNEL)) return f;
-    t = spillway_frame_tagged(f, ch->name, ch->namelen);
+    /* The name the client asked for: a site's prefix stays inside the core. */
+    pub = spillway_channel_public(ch->name, ch->namelen, &publen);
+    t = spillway_frame_tagged(f, pub, publen);
     if (t == NULL) {
         spillway_hub_log(hub, SW_LOG_MEMORY, "a message naming its channel: out of memory");
         spillway_conn_doom_why(hub, c, false, "out of memory");

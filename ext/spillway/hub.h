@@ -12,6 +12,7 @@
 #ifndef SPILLWAY_HUB_H
 #define SPILLWAY_HUB_H
 
+#include <string.h>
 #include <sys/types.h>
 
 #include "common.h"
@@ -22,8 +23,36 @@ typedef struct spillway_hub spillway_hub;
 
 /* Hard ceilings of the configurable limits: spillway_hub_new and the
  * binding check the configured values against them. */
-#define SPILLWAY_MAX_CHANNEL_LEN 1024
 #define SPILLWAY_MAX_CHANNELS_PER_CONN 1024
+
+/*
+ * Multisite: inside the core a site's channel is named "<site>|<channel>"
+ * (the Ruby side builds the names; neither a public channel name nor a site
+ * id may hold a '|'), so two sites never share a channel, a backlog, a
+ * resume or a Redis key. A channel without a site (no site configured, or a
+ * "/global/" channel) keeps its public name. Names leave the core towards a
+ * client (the `channel:` line, a reset's list) as their public part:
+ * spillway_channel_public. Logs, events and busiest_channels keep the whole
+ * name (the binding's Ruby side splits it).
+ */
+#define SPILLWAY_SITE_SEP '|'
+#define SPILLWAY_MAX_SITE_LEN 64
+#define SPILLWAY_MAX_PUBLIC_CHANNEL_LEN 1024
+/* 1089: the longest public name under the longest site. */
+#define SPILLWAY_MAX_CHANNEL_LEN (SPILLWAY_MAX_PUBLIC_CHANNEL_LEN + 1 + SPILLWAY_MAX_SITE_LEN)
+
+/* The public part of a channel name (after the site's separator, if any)
+ * and its length (*publen); points into name. */
+static inline const char *spillway_channel_public(const char *name, size_t len, size_t *publen)
+{
+    const char *sep = memchr(name, SPILLWAY_SITE_SEP, len);
+    if (sep == NULL) {
+        *publen = len;
+        return name;
+    }
+    *publen = len - (size_t)(sep + 1 - name);
+    return sep + 1;
+}
 
 /* Connection to Redis (all strings are copied by spillway_hub_new). */
 typedef struct spillway_redis_config {

@@ -191,6 +191,34 @@ static void check_subs(spillway_channel *ch)
     }
 }
 
+/* Multisite names ("<site>|<channel>", hub.h): one separator, a site of 1
+ * to SPILLWAY_MAX_SITE_LEN bytes, a public name after it; the public part
+ * is what leaves the core. */
+TEST(site_names_one_separator_and_their_public_part)
+{
+    char site[SPILLWAY_MAX_SITE_LEN + 2];
+    char name[SPILLWAY_MAX_SITE_LEN + 8];
+    size_t publen;
+    const char *pub;
+
+    CHECK(spillway_channel_name_ok("a|chat:1", 8));
+    CHECK(spillway_channel_name_ok("/global/news", 12));
+    CHECK(!spillway_channel_name_ok("|chat", 5));
+    CHECK(!spillway_channel_name_ok("a|", 2));
+    CHECK(!spillway_channel_name_ok("a|b|c", 5));
+    memset(site, 's', sizeof(site));
+    memcpy(name, site, SPILLWAY_MAX_SITE_LEN);
+    memcpy(name + SPILLWAY_MAX_SITE_LEN, "|c", 2);
+    CHECK(spillway_channel_name_ok(name, SPILLWAY_MAX_SITE_LEN + 2));
+    memcpy(name, site, SPILLWAY_MAX_SITE_LEN + 1);
+    memcpy(name + SPILLWAY_MAX_SITE_LEN + 1, "|c", 2);
+    CHECK(!spillway_channel_name_ok(name, SPILLWAY_MAX_SITE_LEN + 3));
+    pub = spillway_channel_public("a|chat:1", 8, &publen);
+    CHECK(publen == 6 && memcmp(pub, "chat:1", 6) == 0);
+    pub = spillway_channel_public("chat:1", 6, &publen);
+    CHECK(publen == 6 && memcmp(pub, "chat:1", 6) == 0);
+}
+
 TEST(swap_remove_keeps_back_pointers)
 {
     enum { N = 40 };
@@ -778,7 +806,7 @@ TEST(reset_frame_names_the_channels)
     spillway_hub *hub = fake_hub(10, 100, 1 << 20);
     int peer;
     spillway_conn *c = socket_conn(hub, &peer, 0);
-    const char *names[] = {"alpha", "beta", "chat:42"};
+    const char *names[] = {"alpha", "beta", "site-a|chat:42"};
     bool reset[] = {true, false, true};
     sse_parser p;
     spillway_frame *rf;
@@ -804,12 +832,14 @@ TEST(reset_frame_names_the_channels)
     CHECK(sse_parser_idle(&p));
     CHECK_STR(p.events[0].type.p, "reset");
     CHECK_STR(p.events[0].id.p, "1700000000000-12");
+    /* A site's channel goes out under its public name. */
     CHECK_STR(p.events[0].data.p, "{\"channels\":[\"alpha\",\"chat:42\"]}");
     sse_parser_free(&p);
     /* The log has it, with the same channels and the reason; a reset is a
      * warning, not an error. */
     CHECK_U64(hub->log[SW_LOG_RESET].count, ==, 1);
-    CHECK_STR(hub->log[SW_LOG_RESET].message, "stream reset on alpha, chat:42 (a test)");
+    /* The log names the site: it is the operator's view. */
+    CHECK_STR(hub->log[SW_LOG_RESET].message, "stream reset on alpha, site-a|chat:42 (a test)");
     CHECK_U64(atomic_load(&hub->st_errors), ==, 0);
     CHECK_STR(hub->last_error, "");
     hub->dirty = NULL;

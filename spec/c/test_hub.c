@@ -1179,6 +1179,40 @@ TEST(include_channel_names_each_message_shared_and_replayed)
     finish(hub);
 }
 
+/* Two sites on one public name are two channels; a tagged message names
+ * the public one; a "/global/" channel (no site) reaches both. */
+TEST(sites_keep_apart_and_tag_the_public_name)
+{
+    spillway_config cfg = test_hub_config();
+    spillway_hub *hub = start(&cfg);
+    const char *ca[] = {"a|chat", "/global/news"}, *cb[] = {"b|chat", "/global/news"};
+    client a, b;
+    sent s1, s2, s3;
+    char want[128];
+
+    REQUIRE_INT(open_stream(hub, &a, SPILLWAY_ATTACH_CHANNEL, ca, 2, NULL, 0), ==, 0);
+    REQUIRE_INT(open_stream(hub, &b, SPILLWAY_ATTACH_CHANNEL, cb, 2, NULL, 0), ==, 0);
+    REQUIRE(CLIENT_UNTIL(&a, a.p.retries >= 1, DEADLINE_MS));
+    REQUIRE(CLIENT_UNTIL(&b, b.p.retries >= 1, DEADLINE_MS));
+    s1 = pub(hub, "a|chat", NULL, "for a");
+    s2 = pub(hub, "b|chat", NULL, "for b");
+    s3 = pub(hub, "/global/news", NULL, "for all");
+    CHECK(CLIENT_UNTIL(&a, EVENTS(&a) >= 2, DEADLINE_MS));
+    CHECK(CLIENT_UNTIL(&b, EVENTS(&b) >= 2, DEADLINE_MS));
+    CHECK_DATAS(&a, "for a|for all");
+    CHECK_DATAS(&b, "for b|for all");
+    snprintf(want, sizeof(want), "id: %s\nchannel: chat\ndata: for a\n\n", s1.id);
+    CHECK(memmem(a.body.p, a.body.len, want, strlen(want)) != NULL);
+    snprintf(want, sizeof(want), "id: %s\nchannel: chat\ndata: for b\n\n", s2.id);
+    CHECK(memmem(b.body.p, b.body.len, want, strlen(want)) != NULL);
+    snprintf(want, sizeof(want), "id: %s\nchannel: /global/news\ndata: for all\n\n", s3.id);
+    CHECK(memmem(b.body.p, b.body.len, want, strlen(want)) != NULL);
+    CHECK(memmem(a.body.p, a.body.len, "|", 1) == NULL);
+    client_close(&a);
+    client_close(&b);
+    finish(hub);
+}
+
 /*
  * Fork: the child closes every stream descriptor it inherited (so the
  * parent's clients still see EOF when the parent closes them, while the
