@@ -8,6 +8,7 @@ require "spillway/fallback"
 require "spillway/subscription"
 require "spillway/idempotency_cache"
 require "spillway/instrumentation"
+require "spillway/site"
 require "spillway/targets"
 require "spillway/token"
 require "spillway/turbo"
@@ -80,8 +81,11 @@ module Spillway
     # sends again after a lost reply is never doubled.
     # user_ids:, group_ids:, client_ids: (Arrays of ids) reach only the
     # streams whose identity matches (Targets; the middleware's identify).
+    # site_id: the site (multisite, Spillway::Site) whose streams get it;
+    # by default the configured site_id proc's answer; nil: no site. A
+    # "/global/..." channel reaches every site.
     def publish(channel, data, event: nil, async: false, idempotency_key: nil, user_ids: nil, group_ids: nil,
-                client_ids: nil)
+                client_ids: nil, site_id: Site::CURRENT)
       # One method, no extra frame: without a subscriber (or without
       # ActiveSupport) the instrumentation costs the defined? and nothing else.
       if defined?(::ActiveSupport::Notifications) && Instrumentation.listening?("publish.spillway")
@@ -94,6 +98,12 @@ module Spillway
       key = check_idempotency_key!(idempotency_key)
       check_size!(data, event)
       targets = Targets.spec(user_ids: user_ids, group_ids: group_ids, client_ids: client_ids) if user_ids || group_ids || client_ids
+      if (site = Site.resolve(site_id, @config))
+        payload[:site_id] = site if handle
+        channel = Site.internal(channel, site)
+        # Two sites never share a key: one's publish must not swallow the other's.
+        key = "#{site}#{Site::SEPARATOR}#{key}" if key
+      end
       id =
         if @config.backend == :memory
           warn_forked_memory if @forked
@@ -125,10 +135,14 @@ module Spillway
     # GET <mount>?token=TOKEN. Needs Spillway.configure(secret:) (in Rails:
     # derived from secret_key_base). Every process with the same secret
     # accepts it; changing the secret revokes every token.
-    def sign(channels, expires_in: 3600)
+    # site_id: the site whose streams the token opens (multisite; by default
+    # the configured site_id proc's answer): a middleware whose site_id
+    # answers otherwise refuses it.
+    def sign(channels, expires_in: 3600, site_id: Site::CURRENT)
       secret = @config.secret or raise Error, "Spillway.sign needs a secret: Spillway.configure(secret: ...) " \
                                              "(at least 32 bytes; Rails derives one from secret_key_base)"
-      Token.sign(channels, expires_in: expires_in, secret: secret, config: @config)
+      Token.sign(channels, expires_in: expires_in, secret: secret, config: @config,
+                           site: Site.resolve(site_id, @config))
     end
 
     # The id of the newest message published so far in the namespace (Redis)
@@ -152,9 +166,11 @@ module Spillway
     # reaches back to the last id, on_reset gets a Spillway::Reset
     # (channel, id: where it goes on from); without on_reset it is logged.
     # Each subscription is one stream of the hub: it counts in
-    # stats[:connections] and against max_connections.
-    def subscribe(channel, last_id: nil, on_reset: nil, &block)
+    # stats[:connections] and against max_connections. site_id: as for
+    # publish (the site is taken now, not per message).
+    def subscribe(channel, last_id: nil, on_reset: nil, site_id: Site::CURRENT, &block)
       channel = check_channel!(channel)
+      site = Site.resolve(site_id, @config)
       raise ArgumentError, "Spillway.subscribe needs a block" unless block
       raise ArgumentError, "on_reset must respond to call" unless on_reset.nil? || on_reset.respond_to?(:call)
 
@@ -168,7 +184,7 @@ module Spillway
                                      "whatever the hub sees first")
         nil
       end
-      sub = Subscription.new(channel, cursor, block, on_reset)
+      sub = Subscription.new(channel, cursor, block, on_reset, Site.internal(channel, site))
       Subscriber.add(sub)
       sub
     end
@@ -176,9 +192,11 @@ module Spillway
     # The messages of channel after since (an id: a message's, a reset's or
     # Spillway.cursor's), oldest first, as Spillway::Message, up to now.
     # Raises Spillway::ResetError when the backlog no longer reaches back to
-    # since. One answer of the hub (a poll) per 1 MiB of frames.
-    def backlog(channel, since:)
+    # since. One answer of the hub (a poll) per 1 MiB of frames. site_id:
+    # as for publish.
+    def backlog(channel, since:, site_id: Site::CURRENT)
       channel = check_channel!(channel)
+      name = Site.internal(channel, Site.resolve(site_id, @config))
       cursor = check_cursor!(since, "since")
       raise ArgumentError, "since: must be an id (Spillway.cursor is \"now\")" if cursor.nil?
 
@@ -188,7 +206,7 @@ module Spillway
       room = Native::Hub::POLL_BODY_MAX - (7 * @config.max_message_bytes + 1024)
       loop do
         before = out.size
-        bytes = poll_answer(channel, cursor) do |frame|
+        bytes = poll_answer(name, cursor) do |frame|
           raise ResetError.new(channel, frame.id) if frame.channel.nil? && frame.event == "reset"
 
           out << Message.new(frame.channel, frame.data.force_encoding(Encoding::UTF_8), frame.id, frame.event)
@@ -202,8 +220,9 @@ module Spillway
 
     # The id of the newest message of channel its backlog holds (Redis: in
     # the namespace; memory: in this process), or nil when there is none.
-    def last_id(channel)
-      channel = check_channel!(channel)
+    # site_id: as for publish.
+    def last_id(channel, site_id: Site::CURRENT)
+      channel = Site.internal(check_channel!(channel), Site.resolve(site_id, @config))
       if @config.backend == :memory
         # A publish returns before the loop took it: an answer of the loop
         # comes after every publish made before it.
@@ -214,8 +233,8 @@ module Spillway
       end
     end
 
-    def publish_async(channel, data, event: nil, idempotency_key: nil, **targets)
-      publish(channel, data, event: event, async: true, idempotency_key: idempotency_key, **targets)
+    def publish_async(channel, data, event: nil, idempotency_key: nil, **targets_and_site)
+      publish(channel, data, event: event, async: true, idempotency_key: idempotency_key, **targets_and_site)
     end
 
     # Waits until every async publish made before the call is finished.
@@ -247,7 +266,8 @@ module Spillway
 
     # The busiest channels of this process, for a dashboard: up to limit
     # (at most 100) hashes { name:, subscribers:, messages:, messages_per_s:,
-    # deliveries_per_s: }, most deliveries per second first (messages per
+    # deliveries_per_s: } (and site_id: for a site's channel, whose name: is
+    # the public one), most deliveries per second first (messages per
     # second over the last 10 to 20 s, times the streams of this process on
     # the channel). Starts nothing: [] when the hub is not running. Walks
     # every channel while the native loop waits: not for a hot path.
@@ -257,6 +277,8 @@ module Spillway
 
       h.busiest_channels(Integer(limit)).each do |c|
         c[:deliveries_per_s] = c[:messages_per_s] * c[:subscribers]
+        name, site = Site.split(c[:name])
+        c.merge!(name: name, site_id: site) if site
       end
     end
 

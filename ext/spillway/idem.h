@@ -14,8 +14,10 @@
 #include "hub.h"
 
 /* A key given by the app: 1 to this many bytes, no CR, LF or NUL (the
- * Ruby layer checks first and names the limit; Spillway::MAX_IDEMPOTENCY_KEY_LENGTH). */
-#define SPILLWAY_IDEM_KEY_MAX 256
+ * Ruby layer checks first and names the limit; Spillway::MAX_IDEMPOTENCY_KEY_LENGTH,
+ * 256). A site's key is "<site>|<key>" (hub.h, multisite), so that two sites
+ * never share one: room for the longest site. */
+#define SPILLWAY_IDEM_KEY_MAX (256 + 1 + SPILLWAY_MAX_SITE_LEN)
 /* A generated key: 128 random bits as lowercase hex. */
 #define SPILLWAY_IDEM_GEN_LEN 32
 

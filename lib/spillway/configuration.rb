@@ -34,6 +34,7 @@ module Spillway
       headers: {},                 # extra response headers (e.g. CORS) on every stream
       long_poll_timeout: 25,       # seconds a long-poll (transport=long-poll) waits for a message
       secret: nil,                 # signs stream tokens (Spillway.sign); Rails: derived from secret_key_base
+      site_id: nil,                # multisite: -> { current site id } for publishes, subscribes, tokens (Site)
       # backlog (both backends)
       backlog_size: 1000,          # messages kept per channel for resume
       backlog_ttl: 86_400,         # seconds a channel's backlog outlives its last message (0: forever)
@@ -82,6 +83,17 @@ module Spillway
 
     def write_timeout=(seconds)
       self.max_lag = seconds
+    end
+
+    # Multisite (Spillway::Site): a callable without arguments that returns
+    # the current site's id (or nil: no site) for publish, subscribe,
+    # backlog, last_id and sign. Streams take theirs from the middleware's
+    # site_id: ->(env) { ... }.
+    def site_id=(callable)
+      raise ArgumentError, "site_id must respond to #call (a proc returning the current site id), got #{callable.class}" \
+        unless callable.nil? || callable.respond_to?(:call)
+
+      @site_id = callable
     end
 
     def redis_url=(url)

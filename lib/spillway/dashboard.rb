@@ -70,12 +70,17 @@ module Spillway
         keys = %i[backend pid connections joining channels published delivered dropped_slow resets resumes
                   redis_connected redis_reconnects gap_repairs errors last_error fallback_streams outbox_bytes
                   backlog_messages async_pending]
-        busiest = Spillway.busiest_channels(BUSIEST + 1).reject { |c| c[:name] == channel }.first(BUSIEST)
+        busiest = Spillway.busiest_channels(BUSIEST + 1).reject { |c| c[:name] == channel && !c[:site_id] }.first(BUSIEST)
         { t: Time.now.to_f, stats: stats.slice(*keys), log: Spillway.recent_log.last(10),
-          channels: busiest.map { |c| c.slice(:name, :subscribers, :messages_per_s, :deliveries_per_s) } }
+          channels: busiest.map { |c| shown(c).slice(:name, :subscribers, :messages_per_s, :deliveries_per_s) } }
       end
 
       private
+
+      # Two sites' channels of one name are two rows (multisite).
+      def shown(c)
+        c[:site_id] ? c.merge(name: "#{c[:name]} (site #{c[:site_id]})") : c
+      end
 
       def now
         Process.clock_gettime(Process::CLOCK_MONOTONIC)
@@ -86,7 +91,8 @@ module Spillway
           break if now - @last_ping > IDLE_S
 
           begin
-            Spillway.publish(channel, JSON.generate(snapshot), event: "snapshot")
+            # No site: the dashboard's own stream has none (multisite).
+            Spillway.publish(channel, JSON.generate(snapshot), event: "snapshot", site_id: nil)
           rescue StandardError => e
             Spillway.logger.warn("Spillway: dashboard snapshot not published: #{e.class}: #{e.message}")
           end

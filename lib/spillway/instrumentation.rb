@@ -16,6 +16,9 @@ module Spillway
   #   redis_error.spillway  { kind:, message:, at: } every occurrence (the log
   #                         sums them up; kind as in the log: redis_link, ...)
   #
+  # Multisite (Spillway::Site): the events of a site's publish or stream
+  # also carry site_id:, and name its channels by their public names.
+  #
   # The last three come from the hub: it records them (only when
   # ActiveSupport is loaded when the hub starts) and the spillway-events
   # thread instruments them; stream is the hub's number for the stream.
@@ -80,6 +83,7 @@ module Spillway
       case kind
       when :stream_close, :reset
         payload = { stream: stream, channels: detail.split("\n"), reason: reason, at: at }
+        site_payload!(payload)
         ::ActiveSupport::Notifications.instrument("#{kind}.spillway", payload)
       when :redis_error
         ::ActiveSupport::Notifications.instrument("redis_error.spillway", kind: reason, message: detail, at: at)
@@ -87,6 +91,18 @@ module Spillway
     rescue StandardError => e
       # A subscriber that raises must not end the thread.
       Spillway.logger.error("Spillway: a #{kind}.spillway subscriber raised #{e.class}: #{e.message}")
+    end
+
+    # A site's stream (multisite): its channels by their public names, and
+    # its site_id (a stream belongs to one site; "/global/" channels to none).
+    def site_payload!(payload)
+      return unless payload[:channels].any? { |c| c.include?(Site::SEPARATOR) }
+
+      payload[:channels] = payload[:channels].map do |c|
+        name, site = Site.split(c)
+        payload[:site_id] ||= site
+        name
+      end
     end
 
     Finished = Struct.new(:name, :payload) do

@@ -22,6 +22,14 @@ module Spillway
   # `client_id=` parameter is the client id when identify gives none. An
   # exception in identify goes to on_error (or a 500), like authorize's.
   #
+  # site_id: ->(env) { ... } (multisite, Spillway::Site) names the request's
+  # site (or nil: none): its streams get that site's messages on the
+  # channels they name (publishes take theirs from Spillway.configure's
+  # site_id), "/global/..." channels every site's. authorize and the client
+  # see the public names only. An exception in site_id, or an answer that
+  # is not a site id, goes to on_error (or a 500), like authorize's; the
+  # site is in env["spillway.site_id"] for authorize and identify.
+  #
   # The request thread validates, authorizes, hijacks the socket and hands a
   # copy of its descriptor to the native hub; it is free again at once.
   # Everything else passes through to the app.
@@ -63,17 +71,20 @@ module Spillway
     # (poll: at once; long-poll: at the first message, or empty after
     # long_poll_timeout), held in the native loop like a stream.
     IDENTITY = "spillway.identity"
+    SITE = "spillway.site_id"
     TRANSPORTS = { "stream" => 0, "long-poll" => Native::Hub::ATTACH_LONG_POLL,
                    "poll" => Native::Hub::ATTACH_POLL }.freeze
 
-    def initialize(app, mount: "/stream", authorize: nil, param: "channel", on_error: nil, identify: nil)
+    def initialize(app, mount: "/stream", authorize: nil, param: "channel", on_error: nil, identify: nil, site_id: nil)
       raise ArgumentError, "mount must start with /" unless mount.to_s.start_with?("/")
       raise ArgumentError, "authorize must respond to #call" if authorize && !authorize.respond_to?(:call)
       raise ArgumentError, "identify must respond to #call" if identify && !identify.respond_to?(:call)
       raise ArgumentError, "on_error must respond to #call" if on_error && !on_error.respond_to?(:call)
+      raise ArgumentError, "site_id must respond to #call (->(env) { site id or nil })" if site_id && !site_id.respond_to?(:call)
 
       @on_error = on_error
       @identify = identify
+      @site_id = site_id
 
       @app = app
       @mount = mount.to_s
@@ -166,14 +177,9 @@ module Spillway
       if client_id && !client_id.match?(Targets::ID)
         return text(400, "invalid client_id: 1 to 128 characters of A-Z a-z 0-9 _ . @ : + / -\n")
       end
-      if @identify || client_id
-        # The stream's identity (Targets.identity), for open_stream.
-        env[IDENTITY] = begin
-          Targets.identity(@identify&.call(env), client_id)
-        rescue StandardError => e
-          return failed(env, e, "identify")
-        end
-      end
+      failure = identify(env, client_id)
+      return failure if failure
+
       cursor = env["HTTP_LAST_EVENT_ID"] || cursor
       cursor = nil if cursor&.empty?
       return text(400, "Last-Event-ID longer than #{MAX_CURSOR_BYTES} bytes\n") if cursor && cursor.bytesize > MAX_CURSOR_BYTES
@@ -207,13 +213,34 @@ module Spillway
       open_stream(env, config, channels, cursor, flags)
     end
 
+    # The request's site (env[SITE]) and the stream's identity (env[IDENTITY],
+    # Targets.identity), or nil: the answer (on_error's or a 500) when
+    # site_id or identify raised or gave what they may not.
+    def identify(env, client_id)
+      if @site_id
+        env[SITE] = begin
+          Site.check!(@site_id.call(env), "site_id (from the middleware's site_id)")
+        rescue StandardError => e
+          return failed(env, e, "site_id")
+        end
+      end
+      return nil unless @identify || client_id
+
+      env[IDENTITY] = begin
+        Targets.identity(@identify&.call(env), client_id)
+      rescue StandardError => e
+        return failed(env, e, "identify")
+      end
+      nil
+    end
+
     # A signed token (Spillway.sign) opens exactly its channels, without
     # authorize; `param=` beside it may only narrow them.
     def serve_token(env, config, token, tokens, requested, cursor, flags)
       return text(400, "more than one stream token\n") if tokens > 1
 
       allowed = begin
-        Token.verify(token, secret: config.secret, config: config)
+        Token.verify(token, secret: config.secret, config: config, site: env[SITE])
       rescue Token::Invalid => e
         return text(403, "stream token refused: #{e.message}\n")
       rescue StandardError => e
@@ -258,9 +285,13 @@ module Spillway
         return text(503, "too many open streams (max_connections #{config.max_connections_effective})\n",
                     "retry-after" => retry_after.to_s)
       end
-      response = Fallback.open(env, hub, channels, cursor, flags, env[IDENTITY])
+      site = env[SITE]
+      names = site ? channels.map { |c| Site.internal(c, site) } : channels
+      response = Fallback.open(env, hub, names, cursor, flags, env[IDENTITY])
       if Instrumentation.listening?("stream_open.spillway")
-        ::ActiveSupport::Notifications.instrument("stream_open.spillway", channels: channels, cursor: cursor, mount: @mount)
+        payload = { channels: channels, cursor: cursor, mount: @mount }
+        payload[:site_id] = site if site
+        ::ActiveSupport::Notifications.instrument("stream_open.spillway", **payload)
       end
       response
     end

@@ -112,8 +112,11 @@ module Spillway
   class Subscription
     attr_reader :channel
 
-    def initialize(channel, last_id, block, on_reset)
+    # name: the hub's name of channel (its site's, Spillway::Site); the
+    # frames name the public channel.
+    def initialize(channel, last_id, block, on_reset, name = channel)
       @channel = channel
+      @name = name
       @last_id = last_id
       @block = block
       @on_reset = on_reset
@@ -167,7 +170,7 @@ module Spillway
       raise Error, "max_connections reached" unless hub.reserve
 
       begin
-        hub.attach(theirs, [@channel], @last_id, Native::Hub::ATTACH_CHANNEL | Native::Hub::ATTACH_ALL)
+        hub.attach(theirs, [@name], @last_id, Native::Hub::ATTACH_CHANNEL | Native::Hub::ATTACH_ALL)
       rescue StandardError
         hub.unreserve
         raise
