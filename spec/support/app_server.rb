@@ -326,10 +326,12 @@ class AppServer
     http.start { |h| h.post(path, body, "Content-Type" => "application/octet-stream") }
   end
 
-  # targets: user_ids:, group_ids:, client_ids: (Arrays); async: true
-  def publish(channel, data, event: nil, idempotency_key: nil, async: false, **targets)
+  # targets: user_ids:, group_ids:, client_ids: (Arrays); async: true;
+  # site: the site to publish for (the fixture's multisite site_id).
+  def publish(channel, data, event: nil, idempotency_key: nil, async: false, site: nil, **targets)
     q = "channel=#{URI.encode_www_form_component(channel)}"
     q << "&async=1" if async
+    q << "&site=#{URI.encode_www_form_component(site)}" if site
     targets.each { |k, ids| q << "&#{k}=#{URI.encode_www_form_component(ids.join(','))}" }
     q << "&event=#{URI.encode_www_form_component(event)}" if event
     q << "&key=#{URI.encode_www_form_component(idempotency_key)}" if idempotency_key
