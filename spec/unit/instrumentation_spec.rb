@@ -53,8 +53,8 @@ RSpec.describe "ActiveSupport::Notifications events" do
     ActiveSupport::Notifications.unsubscribe(sub)
   end
 
-  def attach(query, cursor: nil)
-    mw = Spillway::Middleware.new(->(_) { [404, {}, []] })
+  def attach(query, cursor: nil, **options)
+    mw = Spillway::Middleware.new(->(_) { [404, {}, []] }, **options)
     ours, theirs = UNIXSocket.pair
     env = { "PATH_INFO" => "/stream", "REQUEST_METHOD" => "GET", "QUERY_STRING" => query,
             "rack.hijack?" => true, "rack.hijack" => -> { theirs } }
@@ -87,6 +87,27 @@ RSpec.describe "ActiveSupport::Notifications events" do
       expect(event.payload[:reason]).to eq("the Last-Event-ID is from before this process started")
       sock.close
     end
+  end
+
+  it "names a site's channels by their public names, with the site_id, in stream_open, reset and stream_close" do
+    Spillway.hub
+    opened = capture("stream_open.spillway") do
+      collect("reset.spillway") do |wait|
+        collect("stream_close.spillway") do |closed|
+          sock = attach("channel=ev:s&channel=/global/ev", cursor: "1000-0", site_id: ->(_env) { "site-1" })
+          got = wait.call { |g| g.any? { |e, _| e.payload[:site_id] == "site-1" } }
+          event, = got.find { |e, _| e.payload[:site_id] == "site-1" }
+          expect(event.payload[:channels]).to eq(%w[ev:s /global/ev])
+          sock.close
+          got = closed.call { |g| g.any? { |e, _| e.payload[:site_id] == "site-1" } }
+          event, = got.find { |e, _| e.payload[:site_id] == "site-1" }
+          expect(event.payload).to include(channels: %w[ev:s /global/ev], reason: "client gone")
+        end
+      end
+    end
+    expect(opened.map(&:payload)).to include(include(channels: %w[ev:s /global/ev], site_id: "site-1"))
+    published = capture("publish.spillway") { Spillway.publish("ev:s", "x", site_id: "site-1") }
+    expect(published.first.payload).to include(channel: "ev:s", site_id: "site-1")
   end
 
   it "instruments redis_error.spillway for every occurrence (the log sums them up)" do
