@@ -167,6 +167,33 @@ RSpec.describe "Multisite (Redis backend, two Pumas)" do
 
   include_examples "multisite"
 
+  it "serves Spillway.subscribe, backlog and last_id per site from what another process published" do
+    Spillway.configure(redis_url: @redis.url, backlog_size: 5)
+    c0 = Spillway.cursor
+    got = Queue.new
+    Spillway.subscribe("ms:sub", last_id: c0, site_id: "b") { |m| got << m }
+    a = @pub.publish("ms:sub", "A1", site: "a")
+    b = @pub.publish("ms:sub", "B1", site: "b")
+    @pub.publish("ms:sub", "N")
+    wait_until(message: "B1") { !got.empty? }
+    m = got.pop
+    expect([m.channel, m.data, m.id]).to eq(["ms:sub", "B1", b])
+    expect(Spillway.backlog("ms:sub", since: c0, site_id: "a").map { |x| [x.channel, x.data, x.id] })
+      .to eq([["ms:sub", "A1", a]])
+    expect(Spillway.last_id("ms:sub", site_id: "a")).to eq(a)
+    expect(Spillway.last_id("ms:sub", site_id: "b")).to eq(b)
+    expect(Spillway.last_id("ms:sub", site_id: "c")).to be_nil
+    # Published here, for site a: the other Puma's site-a stream gets it.
+    stream = open("ms:sub", "a", server: @pub)
+    live!(1, @pub)
+    Spillway.publish("ms:sub", "from here", site_id: "a")
+    wait_data(stream, ["from here"])
+    expect(got).to be_empty
+  ensure
+    stream&.close
+    Spillway.shutdown
+  end
+
   it "keeps a site's backlog and idempotency keys under its own Redis keys, an unsited one under the old ones" do
     @pub.publish("ms:keys", "A", site: "a")
     @pub.publish("ms:keys", "N")
