@@ -48,6 +48,18 @@ typedef struct spillway_redis_config {
     struct spillway_tls_ctx *tls;
 } spillway_redis_config;
 
+/* Connection to PostgreSQL (pg.c, pg_publisher.c; strings copied by
+ * spillway_hub_new). conninfo NULL: no PostgreSQL. */
+typedef struct spillway_pg_config {
+    const char *conninfo; /* a libpq URL or keyword string */
+    const char *ns;       /* schema and LISTEN channel, "spillway" */
+    uint32_t connect_timeout_ms;
+    uint32_t command_timeout_ms;
+    uint32_t backlog_size;       /* rows kept per channel (at least 1) */
+    uint32_t backlog_ttl_s;      /* a channel's rows outlive its last message this long, 0: forever */
+    uint32_t idempotency_ttl_ms; /* how long an app-given idempotency key is kept */
+} spillway_pg_config;
+
 typedef struct spillway_config {
     uint32_t heartbeat_ms;          /* comment to every stream this often */
     uint32_t retry_ms;              /* the `retry:` hint sent to browsers */
@@ -62,6 +74,7 @@ typedef struct spillway_config {
     uint32_t queue_limit;           /* commands waiting for the reactor */
     const char *extra_headers;      /* raw "Name: value\r\n" lines added to the head, or NULL */
     spillway_redis_config redis;
+    spillway_pg_config pg;
     uint32_t log_interval_ms;       /* the log's rate limit per kind (spillway_hub_log_wait) */
     uint32_t long_poll_timeout_ms;  /* a long-poll with nothing to say is answered empty after this */
 } spillway_config;

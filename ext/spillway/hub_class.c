@@ -92,6 +92,7 @@ static VALUE hub_initialize(VALUE self, VALUE opts)
     cfg.log_interval_ms = spillway_opt_u32(opts, "log_interval_ms", 10000);
     cfg.long_poll_timeout_ms = spillway_opt_u32(opts, "long_poll_timeout_ms", 25000);
     spillway_fill_redis_config(opts, &cfg.redis);
+    spillway_fill_pg_config(opts, &cfg.pg);
 
     rc = spillway_hub_new(&cfg, &w->hub, err, sizeof(err));
     spillway_tls_ctx_unref(cfg.redis.tls); /* the hub holds its own */

@@ -83,3 +83,14 @@ void spillway_fill_redis_config(VALUE opts, spillway_redis_config *r)
     /* Last: nothing may raise once the caller holds a reference. */
     r->tls = spillway_opt_tls(opts);
 }
+
+void spillway_fill_pg_config(VALUE opts, spillway_pg_config *pg)
+{
+    pg->conninfo = spillway_opt_str(opts, "postgres_conninfo");
+    pg->ns = spillway_opt_str(opts, "namespace");
+    pg->connect_timeout_ms = spillway_opt_u32(opts, "connect_timeout_ms", 1000);
+    pg->command_timeout_ms = spillway_opt_u32(opts, "command_timeout_ms", 1000);
+    pg->backlog_size = spillway_opt_u32(opts, "backlog_size", 1000);
+    pg->backlog_ttl_s = spillway_opt_u32(opts, "backlog_ttl", 86400);
+    pg->idempotency_ttl_ms = spillway_opt_u32(opts, "idempotency_ttl_ms", 300000);
+}

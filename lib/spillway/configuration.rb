@@ -20,7 +20,8 @@ module Spillway
       # backend
       redis_url: nil,              # nil: ENV["REDIS_URL"]; still nil: the memory backend
       redis_tls: nil,              # rediss://: { ca_file:, ca_path:, cert_file:, key_file:, verify: true, server_name: }
-      namespace: "spillway",       # prefix of Redis keys and pub/sub channels
+      postgres_url: nil,           # nil: ENV["SPILLWAY_POSTGRES_URL"]; "postgres://..." or a libpq keyword string
+      namespace: "spillway",       # prefix of Redis keys and pub/sub channels; PostgreSQL: the schema and LISTEN channel
       # streams
       heartbeat: 15,               # seconds between heartbeat comments
       retry_interval: 2.0,         # seconds; the `retry:` hint browsers wait before reconnecting
@@ -115,6 +116,28 @@ module Spillway
       redis&.fetch(:tls, false) && redis_tls && redis_tls[:verify] == false ? true : false
     end
 
+    # A libpq URL (postgres://user:pass@host:port/db?sslmode=...) or keyword
+    # string ("host=/tmp port=5432 dbname=app"). Needs the gem built with
+    # libpq (Spillway::Native::POSTGRES).
+    def postgres_url=(url)
+      url = url.nil? || url.to_s.empty? ? nil : url.to_s
+      if url
+        unless Native::POSTGRES
+          raise ArgumentError, "postgres_url: this Spillway was built without libpq, so it has no PostgreSQL backend. " \
+                               "Install libpq (Debian/Ubuntu: apt-get install libpq-dev) and reinstall the gem"
+        end
+        if url.include?("://") && !url.match?(%r{\Apostgres(ql)?://})
+          raise ArgumentError, "unsupported PostgreSQL URL #{redact_pg(url).inspect}: use postgres://[user:password@]host[:port]/db " \
+                               "or a libpq keyword string"
+        end
+      end
+      @postgres_url = url
+    end
+
+    def effective_postgres_url
+      @postgres_url || (ENV["SPILLWAY_POSTGRES_URL"].to_s.empty? ? nil : ENV["SPILLWAY_POSTGRES_URL"])
+    end
+
     def namespace=(ns)
       ns = ns.to_s
       raise ArgumentError, "namespace must match #{CHANNEL_PATTERN.inspect}, got #{ns.inspect}" unless ns.match?(CHANNEL_PATTERN)
@@ -186,6 +209,7 @@ module Spillway
     end
 
     def backend
+      return :postgres if effective_postgres_url
       redis ? :redis : :memory
     end
 
@@ -240,8 +264,23 @@ module Spillway
         extra_headers: headers.empty? ? nil : headers.map { |k, v| "#{k}: #{v}\r\n" }.join,
         log_interval_ms: ms(log_interval), long_poll_timeout_ms: ms(long_poll_timeout)
       }
-      opts.merge!(redis_native_options) if redis
+      if backend == :postgres
+        opts.merge!(postgres_native_options)
+      elsif redis
+        opts.merge!(redis_native_options)
+      end
       opts
+    end
+
+    def postgres_native_options
+      if namespace.bytesize > 63
+        raise ArgumentError, "namespace #{namespace.inspect} is longer than 63 bytes: it names a PostgreSQL schema"
+      end
+      {
+        postgres_conninfo: effective_postgres_url, namespace: namespace, connect_timeout_ms: ms(connect_timeout),
+        command_timeout_ms: ms(command_timeout), backlog_size: [backlog_size, 1].max, backlog_ttl: backlog_ttl,
+        idempotency_ttl_ms: ms(idempotency_ttl)
+      }
     end
 
     def redis_native_options
@@ -284,6 +323,10 @@ module Spillway
       parsed
     rescue URI::InvalidURIError => e
       raise ArgumentError, "invalid Redis URL #{url.inspect}: #{e.message}"
+    end
+
+    def redact_pg(url)
+      url.sub(%r{://([^:/@]*):[^@]*@}, '://\\1:[password]@')
     end
 
     def redact(uri)
