@@ -106,6 +106,7 @@ int spillway_pg_parse_note(const char *payload, size_t len, spillway_pg_note *ou
 const char spillway_pg_listen_sql[] = "LISTEN @S";
 
 const char spillway_pg_setup_sql[] =
+    "SET client_min_messages = warning;\n"
     "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED;\n"
     "BEGIN;\n"
     "SELECT pg_advisory_xact_lock(hashtext('spillway setup @N'));\n"
