@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "frames.h"
 #include "pg_internal.h"
 
 /* ---- answers ------------------------------------------------------------ */
@@ -144,18 +145,36 @@ static bool conn_done(spillway_hub *hub, spillway_conn *c)
 static void resume_answered(spillway_hub *hub, spillway_conn *c, const PGresult *res)
 {
     pg_answer a;
+    spillway_frame **out;
     const char *why = NULL;
     if (spillway_pg_parse_answer(res, c->nmem, &a, &why) != 0) {
         spillway_hub_log(hub, SW_LOG_RESUME, "PostgreSQL resume read: %s; the stream is closed", why);
         spillway_conn_doom(hub, c, false);
         return;
     }
+    /* The frames as this stream takes them (with their channel named when
+     * it asked: borrowed copies that live as long as the answer's frames). */
+    out = malloc((a.n ? a.n : 1) * sizeof(*out));
+    if (out == NULL) {
+        spillway_pg_answer_free(&a);
+        spillway_conn_doom(hub, c, false);
+        return;
+    }
+    for (size_t i = 0; i < a.n; i++) {
+        out[i] = a.frames[i];
+        if (!spillway_frames_for(hub, c, out + i, 1, c->mem[a.idx[i]].ch)) {
+            free(out);
+            spillway_pg_answer_free(&a);
+            return; /* doomed */
+        }
+    }
     /* A cursor from the future must not hold back live frames. */
     c->last = a.all_reset && spillway_id_cmp(c->cursor, hub->last) > 0 ? hub->last : c->cursor;
-    spillway_conn_replay(hub, c, a.frames, a.n, a.reset, a.now,
+    spillway_conn_replay(hub, c, out, a.n, a.reset, a.now,
                          a.all_reset ? "the Last-Event-ID is outside the namespace's history (newer than any id, "
                                        "or from before the tables were created)"
                                      : "the backlog no longer reaches back to the Last-Event-ID");
+    free(out);
     spillway_pg_answer_free(&a);
 }
 

@@ -30,6 +30,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Bumped whenever the SQL below changes: a setup then replaces the functions. */
+#define SPILLWAY_PG_SCHEMA_VERSION "1"
+
 bool spillway_pg_ns_ok(const char *ns)
 {
     size_t n = ns ? strlen(ns) : 0;
@@ -108,8 +111,16 @@ const char spillway_pg_listen_sql[] = "LISTEN @S";
 const char spillway_pg_setup_sql[] =
     "SET client_min_messages = warning;\n"
     "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED;\n"
-    "BEGIN;\n"
-    "SELECT pg_advisory_xact_lock(hashtext('spillway setup @N'));\n"
+    /* One DO block: nothing happens when this version's functions are
+     * there (DDL on the tables would take locks that deadlock with
+     * publishes in flight), and creators are ordered by an advisory lock. */
+    "DO $do$ DECLARE v int;\n"
+    "BEGIN\n"
+    "  IF to_regprocedure('@S.version()') IS NOT NULL THEN\n"
+    "    EXECUTE 'SELECT @S.version()' INTO v;\n"
+    "    IF v = " SPILLWAY_PG_SCHEMA_VERSION " THEN RETURN; END IF;\n"
+    "  END IF;\n"
+    "PERFORM pg_advisory_xact_lock(hashtext('spillway setup @N'));\n"
     "CREATE SCHEMA IF NOT EXISTS @S;\n"
     "CREATE TABLE IF NOT EXISTS @S.meta (one int PRIMARY KEY CHECK (one = 1), ms bigint NOT NULL,\n"
     "  n bigint NOT NULL, since_ms bigint NOT NULL, since_n bigint NOT NULL);\n"
@@ -222,7 +233,9 @@ const char spillway_pg_setup_sql[] =
     "  IF NOT FOUND THEN m := @S.meta_row(); END IF;\n"
     "  RETURN m.ms || '-' || m.n;\n"
     "END $f$;\n"
-    "COMMIT;\n";
+    "CREATE OR REPLACE FUNCTION @S.version() RETURNS int LANGUAGE sql IMMUTABLE AS\n"
+    "  $f$ SELECT " SPILLWAY_PG_SCHEMA_VERSION " $f$;\n"
+    "END $do$;\n";
 
 const char spillway_pg_publish_sql[] = "SELECT @S.publish($1, $2, $3, $4, $5, $6)";
 const char spillway_pg_read_sql[] = "SELECT o_idx, o_ms, o_n, o_body FROM @S.read($1::text[], $2, $3, $4)";

@@ -116,6 +116,21 @@ RSpec.describe "PostgreSQL backend", if: Spillway::Native::POSTGRES && PostgresS
     client&.close
   end
 
+  it "serves Spillway.subscribe and Spillway.backlog in this process" do
+    Spillway.configure(postgres_url: @pg.url)
+    got = Queue.new
+    # subscribe starts from Spillway.cursor: publishes right after it are not missed.
+    Spillway.subscribe("sub") { |m| got << m.data }
+    3.times { |i| Spillway.publish("sub", "s#{i}") }
+    seen = []
+    wait_until(message: "3 messages") { (seen << got.pop(true) rescue nil) && seen.size >= 3 }
+    expect(seen).to eq(%w[s0 s1 s2])
+    cursor = Spillway.cursor
+    Spillway.publish("bk", "1")
+    Spillway.publish("bk", "2")
+    expect(Spillway.backlog("bk", since: cursor).map(&:data)).to eq(%w[1 2])
+  end
+
   it "deduplicates a publish retried under the same idempotency key" do
     start_server
     a = Spillway.publish("k", "once", idempotency_key: "order-1")
