@@ -209,6 +209,7 @@ static int eval_publish(spillway_publisher *p, spillway_sconn *conn, spillway_pu
         .bodylen = c->bodylen,
         .backlog_size = p->cfg.backlog_size,
         .backlog_ttl_s = p->cfg.backlog_ttl_s,
+        .backlog_window_ms = p->cfg.backlog_window_ms,
         .key_ttl_ms = key_ttl_ms(p, c),
     };
     char sha[41];

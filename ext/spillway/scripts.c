@@ -44,13 +44,14 @@ void spillway_keys_free(spillway_keys *k)
 int spillway_buf_publish(spillway_buf *b, const spillway_keys *k, const spillway_publish_args *a, bool eval,
                          const char *sha)
 {
-    char maxlen[16], ttl[16], kttl[16];
+    char maxlen[16], ttl[16], kttl[16], window[24];
     size_t mark = b->len;
-    int bad = spillway_buf_begin(b, 12);
+    int bad = spillway_buf_begin(b, 13);
 
     snprintf(maxlen, sizeof(maxlen), "%u", a->backlog_size);
     snprintf(ttl, sizeof(ttl), "%u", a->backlog_ttl_s);
     snprintf(kttl, sizeof(kttl), "%u", a->key_ttl_ms);
+    snprintf(window, sizeof(window), "%llu", (unsigned long long)a->backlog_window_ms);
     if (eval || sha == NULL || sha[0] == '\0') {
         bad |= spillway_buf_arg(b, "EVAL", 4);
         bad |= spillway_buf_arg(b, spillway_lua_publish, strlen(spillway_lua_publish));
@@ -68,6 +69,7 @@ int spillway_buf_publish(spillway_buf *b, const spillway_keys *k, const spillway
     bad |= spillway_buf_arg(b, maxlen, strlen(maxlen));
     bad |= spillway_buf_arg(b, ttl, strlen(ttl));
     bad |= spillway_buf_arg(b, kttl, strlen(kttl));
+    bad |= spillway_buf_arg(b, window, strlen(window));
     if (bad) {
         b->len = mark;
         return -1;
@@ -84,7 +86,12 @@ int spillway_buf_publish(spillway_buf *b, const spillway_keys *k, const spillway
  * trimmed. Exact, and it needs no XINFO (Redis 7.0 does not count trimmed
  * entries in max-deleted-entry-id). A stream that starts afresh records as
  * predecessor "now minus the TTL": an earlier stream of the channel that
- * expired held nothing newer. */
+ * expired held nothing newer.
+ *
+ * backlog_window trims by age too (XTRIM MINID, after the predecessor is
+ * read, so p stays the real last id even when the trim empties the stream):
+ * an entry of the window, or the newest, always survives; what the trim took
+ * shows as a predecessor newer than the cursor, a reset like MAXLEN's. */
 
 const char spillway_lua_publish[] =
     "local function parse(s)\n"
@@ -104,7 +111,7 @@ const char spillway_lua_publish[] =
     "local ms, seq = now, 0\n"
     "local lms, lseq = parse(redis.call('GET', KEYS[1]))\n"
     "if lms and lms >= ms then ms = lms; seq = lseq + 1 end\n"
-    "local maxlen, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])\n"
+    "local maxlen, ttl, window = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6] or '0')\n"
     "local prev = '0-0'\n"
     "if maxlen > 0 then\n"
     "  local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)\n"
@@ -119,6 +126,13 @@ const char spillway_lua_publish[] =
     "end\n"
     "local id = string.format('%d-%d', ms, seq)\n"
     "local frame = 'id: ' .. id .. '\\n' .. ARGV[2]\n"
+    "-- Before any write: a Redis without MINID (before 6.2) fails the publish whole.\n"
+    "if maxlen > 0 and window > 0 then\n"
+    "  local ok = redis.pcall('XTRIM', KEYS[2], 'MINID', '~', string.format('%d', now - window))\n"
+    "  if type(ok) == 'table' and ok.err then\n"
+    "    return redis.error_reply('backlog_window needs Redis 6.2 or later (XTRIM MINID): ' .. ok.err)\n"
+    "  end\n"
+    "end\n"
     "if maxlen > 0 then\n"
     "  redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, id, 'f', frame, 'p', prev)\n"
     "  if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end\n"

@@ -51,11 +51,12 @@ typedef struct spillway_publish_args {
     const char *body;    /* the frame after its id line */
     size_t bodylen;
     uint32_t backlog_size, backlog_ttl_s, key_ttl_ms;
+    uint64_t backlog_window_ms; /* 0: no trim by age */
 } spillway_publish_args;
 
 /* Appends the publish script's run for a to b: EVALSHA sha, or EVAL with
  * the script's text when eval is set or sha is "" (not loaded yet, or
- * NOSCRIPT), with its 4 keys and 5 arguments. The one place they are
+ * NOSCRIPT), with its 4 keys and 6 arguments. The one place they are
  * built, for the hub's async publishes and the publisher's. 0, or -1 when
  * out of memory, b then as it was (a half command would shift every later
  * reply). */
@@ -64,7 +65,9 @@ int spillway_buf_publish(spillway_buf *b, const spillway_keys *k, const spillway
 
 /* KEYS: id key, stream key, the idempotency key, since key. ARGV:
  * pub/sub channel, frame body (everything after the id line), backlog length
- * (0: no backlog), TTL seconds (0: none), the idempotency key's TTL in ms.
+ * (0: no backlog), TTL seconds (0: none), the idempotency key's TTL in ms,
+ * the backlog window in ms (0: none; entries older than TIME minus it are
+ * trimmed, XTRIM MINID ~, Redis 6.2+).
  * Returns the new id; when the idempotency key exists, the id stored there,
  * and publishes nothing. */
 extern const char spillway_lua_publish[];

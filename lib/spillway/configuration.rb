@@ -37,6 +37,7 @@ module Spillway
       # backlog (both backends)
       backlog_size: 1000,          # messages kept per channel for resume
       backlog_ttl: 86_400,         # seconds a channel's backlog outlives its last message (0: forever)
+      backlog_window: nil,         # seconds: a channel's backlog also drops messages older than this (nil/0: off)
       max_backlog_channels: 100_000, # memory backend: channels with a backlog (least recently used dropped)
       idempotency_ttl: 300,        # seconds a publish's idempotency_key is remembered (both backends)
       # Redis
@@ -185,6 +186,20 @@ module Spillway
       end
     end
 
+    # nil or 0: off. Otherwise seconds (at least a millisecond): publishing
+    # on a channel also trims its backlog to the messages of the last
+    # backlog_window seconds (under the backlog_size ceiling).
+    def backlog_window=(seconds)
+      if seconds.nil? || seconds == 0
+        @backlog_window = nil
+        return
+      end
+      value = Float(seconds)
+      raise ArgumentError, "backlog_window must be nil (off) or between 0.001 and #{2**31} seconds, got #{value}" unless value.between?(0.001, 2**31)
+
+      @backlog_window = value
+    end
+
     def backend
       redis ? :redis : :memory
     end
@@ -236,7 +251,7 @@ module Spillway
         heartbeat_ms: ms(heartbeat), retry_ms: ms(retry_interval), max_connections: max_connections_effective,
         max_channels_per_connection: max_channels_per_connection, outbox_limit: outbox_limit,
         max_lag_ms: ms(max_lag), memory_limit: memory_limit, backlog_size: backlog_size, backlog_ttl: backlog_ttl,
-        max_backlog_channels: max_backlog_channels, queue_limit: queue_limit,
+        backlog_window_ms: backlog_window ? ms(backlog_window) : 0, max_backlog_channels: max_backlog_channels, queue_limit: queue_limit,
         extra_headers: headers.empty? ? nil : headers.map { |k, v| "#{k}: #{v}\r\n" }.join,
         log_interval_ms: ms(log_interval), long_poll_timeout_ms: ms(long_poll_timeout)
       }
@@ -252,7 +267,7 @@ module Spillway
         redis_username: r[:username], redis_password: r[:password], redis_db: r[:db],
         namespace: namespace, connect_timeout_ms: ms(connect_timeout), command_timeout_ms: ms(command_timeout),
         health_interval_ms: ms(health_interval), backlog_size: backlog_size, backlog_ttl: backlog_ttl,
-        async_limit: async_limit, unsubscribe_linger_ms: ms(unsubscribe_linger),
+        backlog_window_ms: backlog_window ? ms(backlog_window) : 0, async_limit: async_limit, unsubscribe_linger_ms: ms(unsubscribe_linger),
         idempotency_ttl_ms: ms(idempotency_ttl)
       }
     end
