@@ -46,6 +46,9 @@ static void free_config_strings(spillway_config *cfg)
     free((char *)cfg->redis.username);
     free((char *)cfg->redis.password);
     free((char *)cfg->redis.ns);
+    free((char *)cfg->redis.sentinels);
+    free((char *)cfg->redis.sentinel_master);
+    free((char *)cfg->redis.sentinel_password);
     spillway_tls_ctx_unref(cfg->redis.tls);
 }
 
@@ -87,6 +90,9 @@ static void copy_config(spillway_config *to, const spillway_config *cfg)
     to->redis.username = dup_or_null(cfg->redis.username);
     to->redis.password = dup_or_null(cfg->redis.password);
     to->redis.ns = dup_or_null(cfg->redis.ns ? cfg->redis.ns : "spillway");
+    to->redis.sentinels = dup_or_null(cfg->redis.sentinels);
+    to->redis.sentinel_master = dup_or_null(cfg->redis.sentinel_master);
+    to->redis.sentinel_password = dup_or_null(cfg->redis.sentinel_password);
     to->redis.tls = spillway_tls_ctx_ref(cfg->redis.tls);
 }
 

@@ -33,6 +33,12 @@ typedef struct spillway_redis_config {
     const char *username; /* ACL user (NULL: none) */
     const char *password; /* NULL: no AUTH */
     int db;               /* database of the backlog keys */
+    /* Sentinel: ask these ("host:port,host:port") which node is the primary
+     * of sentinel_master (host is then only its name, for messages); NULL:
+     * host/port or path is Redis. */
+    const char *sentinels;
+    const char *sentinel_master;
+    const char *sentinel_password; /* AUTH to the sentinels, NULL: none */
     const char *ns;       /* key and channel namespace, "spillway" */
     uint32_t connect_timeout_ms;
     uint32_t command_timeout_ms;

@@ -71,6 +71,9 @@ void spillway_fill_redis_config(VALUE opts, spillway_redis_config *r)
     r->username = spillway_opt_str(opts, "redis_username");
     r->password = spillway_opt_str(opts, "redis_password");
     r->db = spillway_opt_int(opts, "redis_db", 0);
+    r->sentinels = spillway_opt_str(opts, "redis_sentinels");
+    r->sentinel_master = spillway_opt_str(opts, "redis_sentinel_master");
+    r->sentinel_password = spillway_opt_str(opts, "sentinel_password");
     r->ns = spillway_opt_str(opts, "namespace");
     r->connect_timeout_ms = spillway_opt_u32(opts, "connect_timeout_ms", 1000);
     r->command_timeout_ms = spillway_opt_u32(opts, "command_timeout_ms", 1000);

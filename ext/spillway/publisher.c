@@ -1,5 +1,7 @@
 #include "publisher.h"
 
+#include "sentinel.h"
+
 #include <errno.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -47,6 +49,9 @@ int spillway_publisher_new(const spillway_redis_config *cfg, spillway_publisher 
     p->cfg.username = dup0(cfg->username);
     p->cfg.password = dup0(cfg->password);
     p->cfg.ns = dup0(ns);
+    p->cfg.sentinels = dup0(cfg->sentinels);
+    p->cfg.sentinel_master = dup0(cfg->sentinel_master);
+    p->cfg.sentinel_password = dup0(cfg->sentinel_password);
     p->cfg.tls = spillway_tls_ctx_ref(cfg->tls);
     pthread_mutex_init(&p->lock, NULL);
     if (p->cfg.ns == NULL || spillway_keys_init(&p->keys, ns) != 0) {
@@ -115,7 +120,8 @@ static void set_err(spillway_publish_call *c, int rc, const char *fmt, ...)
 
 static void describe_target(const spillway_publisher *p, char *buf, size_t n)
 {
-    if (p->cfg.path) snprintf(buf, n, "unix://%s", p->cfg.path);
+    if (p->cfg.sentinels) snprintf(buf, n, "the primary of %.60s (sentinels %.60s)", p->cfg.sentinel_master, p->cfg.sentinels);
+    else if (p->cfg.path) snprintf(buf, n, "unix://%s", p->cfg.path);
     else snprintf(buf, n, "%s://%s:%d", p->cfg.tls ? "rediss" : "redis", p->cfg.host ? p->cfg.host : "127.0.0.1",
                   p->cfg.port);
 }
@@ -158,11 +164,33 @@ static int handshake(spillway_publisher *p, spillway_sconn *conn, spillway_publi
         if (setup_command(conn, c, command_ms, 2, argv) != 0) return -1;
         said = true;
     }
-    if (p->cfg.tls != NULL && !said) {
+    if (p->cfg.tls != NULL && !said && p->cfg.sentinels == NULL) {
         const char *argv[1] = {"PING"};
         if (setup_command(conn, c, command_ms, 1, argv) != 0) return -1;
     }
     return 0;
+}
+
+/* Sentinel: the node they named must be the primary (ROLE); a replica (a
+ * sentinel behind a failover) is no error of the publish: not run, asked
+ * again. 0, or -1 with c->rc and c->err. */
+static int check_role(spillway_publisher *p, spillway_sconn *conn, spillway_publish_call *c, uint32_t command_ms,
+                      const char *where)
+{
+    int r = spillway_sentinel_check_role(conn, command_ms, p->cfg.sentinel_master, where, c->err, sizeof(c->err));
+    if (r != 0) c->rc = r == -EAGAIN ? -EAGAIN : -EIO;
+    return r == 0 ? 0 : -1;
+}
+
+/* Sentinel: asks them for the primary and opens a connection there. */
+static spillway_sconn *open_primary(spillway_publisher *p, spillway_publish_call *c, uint32_t connect_ms,
+                                    uint32_t command_ms, char *where, size_t wherelen)
+{
+    int r;
+    spillway_sconn *conn =
+        spillway_sentinel_connect(&p->cfg, connect_ms, command_ms, where, wherelen, &r, c->err, sizeof(c->err));
+    if (conn == NULL) c->rc = r == -ENOMEM ? -ENOMEM : -ECONNREFUSED;
+    return conn;
 }
 
 /* A new connection with these timeouts (a retry cuts them to what is left
@@ -175,6 +203,15 @@ static spillway_sconn *connect_new(spillway_publisher *p, spillway_publish_call 
     spillway_sconn *conn;
 
     atomic_fetch_add(&p->connects, 1);
+    if (p->cfg.sentinels != NULL) {
+        conn = open_primary(p, c, connect_ms, command_ms, target, sizeof(target));
+        if (conn == NULL) return NULL;
+        if (handshake(p, conn, c, command_ms) != 0 || check_role(p, conn, c, command_ms, target) != 0) {
+            spillway_sconn_close(conn);
+            return NULL;
+        }
+        return conn;
+    }
     conn = spillway_sconn_open(&p->cfg, connect_ms, &rc, why, sizeof(why));
     if (conn == NULL) {
         describe_target(p, target, sizeof(target));
@@ -350,6 +387,14 @@ static int publish_reply(spillway_publish_call *c, spillway_sconn *conn, spillwa
         pool_give(c->p, conn);
         return A_NOT_RUN;
     }
+    if (c->p->cfg.sentinels != NULL && spillway_sentinel_demoted(v)) {
+        /* A failover made this node a replica: nothing ran; the next
+         * connection asks the sentinels for the new primary. */
+        set_err(c, -EAGAIN, "the Redis primary became a replica (a failover): %.180s", text);
+        spillway_rv_free(v);
+        spillway_sconn_close(conn);
+        return A_NOT_RUN;
+    }
     if (v->type != SW_RV_STRING || v->str == NULL || v->str->len >= SPILLWAY_ID_TEXT_MAX) {
         set_err(c, -EPROTO, "Redis refused the publish: %.180s", v->type == SW_RV_ERROR ? text : "unexpected reply");
         spillway_rv_free(v);
@@ -460,7 +505,9 @@ void spillway_publish_run(spillway_publish_call *c)
     limit = SW_MIN(limit, start + key_ttl_ms(p, c));
     r = attempt(c, false, rc->connect_timeout_ms, rc->command_timeout_ms);
     lost = r == A_LOST;
-    if (lost) r = retry_lost(c, limit);
+    /* Sentinel: a failover under way (no primary yet, a replica named) is
+     * waited out like a lost reply, within the same budget. */
+    if (lost || (r == A_NOT_RUN && p->cfg.sentinels != NULL)) r = retry_lost(c, limit);
     if (r == A_DONE) {
         /* What a lost attempt left there is no error of this call. */
         c->rc = 0;
@@ -554,6 +601,9 @@ void spillway_publisher_free(spillway_publisher *p)
     free((char *)p->cfg.username);
     free((char *)p->cfg.password);
     free((char *)p->cfg.ns);
+    free((char *)p->cfg.sentinels);
+    free((char *)p->cfg.sentinel_master);
+    free((char *)p->cfg.sentinel_password);
     spillway_tls_ctx_unref(p->cfg.tls);
     spillway_keys_free(&p->keys);
     pthread_mutex_destroy(&p->lock);

@@ -1,5 +1,7 @@
 #include "redis_link.h"
 
+#include "sentinel.h"
+
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -260,6 +262,10 @@ void spillway_link_write(spillway_hub *hub, spillway_rlink *l)
 
 static spillway_rq_fn on_handshake_reply;
 
+/* The privdata of the handshake's ROLE (Sentinel): the node must be the
+ * primary. */
+static char role_marker;
+
 /* One request of the handshake; sha: where a SCRIPT LOAD's SHA1 goes (NULL:
  * the reply must be +OK). */
 static void handshake_queue(spillway_hub *hub, spillway_rlink *l, char *sha, int argc, const char *const *argv)
@@ -291,6 +297,10 @@ static void handshake(spillway_hub *hub, spillway_rlink *l)
         const char *argv[] = {"SELECT", db};
         snprintf(db, sizeof(db), "%d", rc->db);
         handshake_queue(hub, l, NULL, 2, argv);
+    }
+    if (rc->sentinels != NULL) {
+        const char *argv[] = {"ROLE"};
+        handshake_queue(hub, l, &role_marker, 1, argv);
     }
     for (uint32_t i = 0; i < l->opt.nscripts; i++) {
         const char *argv[] = {"SCRIPT", "LOAD", l->opt.scripts[i]};
@@ -352,6 +362,7 @@ static void connect_next(spillway_hub *hub, spillway_rlink *l)
      * once the connection is up or has failed). */
 }
 
+
 void spillway_link_start(spillway_hub *hub, spillway_rlink *l)
 {
     const spillway_redis_config *rc = &hub->cfg.redis;
@@ -382,8 +393,8 @@ void spillway_link_start(spillway_hub *hub, spillway_rlink *l)
         connect_next(hub, l);
         return;
     }
-    /* A name: resolved on a helper thread, never in the loop. */
-    l->resolving = spillway_resolve_start(rc->host, rc->port);
+    /* A name, or the sentinels to ask: on a helper thread, never in the loop. */
+    l->resolving = rc->sentinels != NULL ? spillway_sentinel_resolve_start(rc, &l->ask_budget_ms) : spillway_resolve_start(rc->host, rc->port);
     if (l->resolving == NULL) {
         spillway_link_fail(hub, l, "resolve", strerror(errno));
         return;
@@ -399,20 +410,21 @@ void spillway_link_start(spillway_hub *hub, spillway_rlink *l)
         }
     }
     l->state = SW_LS_RESOLVING;
-    l->deadline = hub->now + rc->connect_timeout_ms;
+    l->deadline = hub->now + rc->connect_timeout_ms + l->ask_budget_ms;
 }
 
 static void on_resolved(spillway_hub *hub, spillway_rlink *l)
 {
-    char err[200];
+    char err[640];
     int rc = spillway_resolve_result(l->resolving, l->addrs, l->addrlens, err, sizeof(err));
 
+    snprintf(l->primary, sizeof(l->primary), "%s", spillway_resolve_found(l->resolving));
     epoll_ctl(hub->epfd, EPOLL_CTL_DEL, l->rh.fd, NULL);
     spillway_resolve_release(l->resolving);
     l->resolving = NULL;
     l->rh.fd = -1;
     if (rc < 0) {
-        spillway_link_fail(hub, l, "resolve", err);
+        spillway_link_fail(hub, l, hub->cfg.redis.sentinels ? "sentinels" : "resolve", err);
         return;
     }
     l->naddr = rc;
@@ -426,6 +438,7 @@ static void on_resolved(spillway_hub *hub, spillway_rlink *l)
  * handshake on its own): +OK, or a script's SHA1 as 40 hex digits. */
 static bool handshake_reply_ok(const spillway_rq *q, const spillway_rv *v)
 {
+    if (q->privdata == &role_marker) return v->type == SW_RV_ARRAY;
     if (q->privdata == NULL) return v->type == SW_RV_STATUS && spillway_rv_is(v, "OK");
     if (v->type != SW_RV_STRING || v->str == NULL || v->str->len != 40) return false;
     for (int i = 0; i < 40; i++) {
@@ -445,7 +458,7 @@ static void copy_sha(char *dst, const spillway_rv *v)
  * for +OK). A link that dropped needs nothing from it. */
 static void on_handshake_reply(spillway_hub *hub, spillway_rlink *l, spillway_rq *q, spillway_rv *v)
 {
-    char msg[200], what[100];
+    char msg[300], what[100];
     if (v == NULL) return;
     if (v->type == SW_RV_ERROR) {
         spillway_rv_text(v, 150, msg, sizeof(msg));
@@ -454,11 +467,19 @@ static void on_handshake_reply(spillway_hub *hub, spillway_rlink *l, spillway_rq
     }
     if (!handshake_reply_ok(q, v)) {
         snprintf(msg, sizeof(msg), "the handshake got %s instead of %s", spillway_rv_describe(v, what, sizeof(what)),
-                 q->privdata == NULL ? "+OK" : "a script's SHA1");
+                 q->privdata == NULL ? "+OK" : q->privdata == &role_marker ? "ROLE's array" : "a script's SHA1");
         spillway_link_protocol_error(hub, l, msg);
         return;
     }
-    if (q->privdata != NULL) copy_sha(q->privdata, v);
+    if (q->privdata == &role_marker && !spillway_sentinel_role_ok(v, what, sizeof(what))) {
+        /* A sentinel that has not caught up with a failover yet: ask again
+         * after the backoff. */
+        snprintf(msg, sizeof(msg), "%.60s (named by the sentinels as the primary of %.60s) is a %.40s, not the primary",
+                 l->primary, hub->cfg.redis.sentinel_master, what);
+        spillway_link_fail(hub, l, "role", msg);
+        return;
+    }
+    if (q->privdata != NULL && q->privdata != &role_marker) copy_sha(q->privdata, v);
     if (--l->handshake_left == 0) {
         l->state = SW_LS_READY;
         l->ever_ready = true;
@@ -501,6 +522,13 @@ static void dispatch(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
     spillway_rq *q;
     if (!handshaking && l->hooks.on_push != NULL) {
         l->hooks.on_push(hub, l, v);
+        return;
+    }
+    if (!handshaking && hub->cfg.redis.sentinels != NULL && spillway_sentinel_demoted(v)) {
+        /* The primary became a replica (a failover): every waiting request
+         * fails as on a dropped link, and the reconnect asks the sentinels
+         * for the new primary. */
+        spillway_link_fail(hub, l, "reply", "READONLY: the primary became a replica; asking the sentinels again");
         return;
     }
     q = spillway_link_pop(l);

@@ -86,6 +86,8 @@ struct spillway_rlink {
     struct sockaddr_storage addrs[SPILLWAY_RESOLVE_MAX];
     socklen_t addrlens[SPILLWAY_RESOLVE_MAX];
     int naddr, addr_i;
+    uint64_t ask_budget_ms; /* Sentinel: how long asking them may take */
+    char primary[300];      /* Sentinel: the "host:port" they named last */
     uint64_t next_ping, ping_deadline;
     bool ping_out;
     bool ever_ready;
