@@ -21,6 +21,10 @@
 /* Pauses between retries while Redis refuses connections or is loading. */
 #define RETRY_PAUSE_MIN_MS 20u
 #define RETRY_PAUSE_MAX_MS 250u
+/* Sentinel: how often the pool's primary is checked with them. More often
+ * than the hub's links (1 s): publishers that leave the old primary first
+ * leave the hubs on it nothing to miss (redis_link.c). */
+#define SENTINEL_CHECK_MS 250u
 
 struct spillway_publisher {
     spillway_redis_config cfg; /* strings owned, a reference of cfg.tls */
@@ -29,6 +33,12 @@ struct spillway_publisher {
     spillway_sconn *pool[POOL_MAX];
     uint32_t npool;
     char sha[41];
+    /* Sentinel: the primary the pool's connections go to, when the
+     * sentinels were last asked whether it still is, and a generation that
+     * changes with it (a connection of an older one is closed, not used). */
+    char primary[160];
+    uint64_t checked_ms;
+    uint32_t gen;
     atomic_uint_fast64_t published, failed, connects, retried;
 };
 
@@ -86,7 +96,7 @@ static spillway_sconn *pool_take(spillway_publisher *p)
         }
         /* Idle connections never have data to read: readable means Redis
          * closed it (restart, timeout, CLIENT KILL). */
-        if (!spillway_sconn_idle_ok(pc)) {
+        if (!spillway_sconn_idle_ok(pc) || pc->gen != p->gen) {
             spillway_sconn_close(pc);
             continue;
         }
@@ -99,7 +109,7 @@ static spillway_sconn *pool_take(spillway_publisher *p)
 static void pool_give(spillway_publisher *p, spillway_sconn *conn)
 {
     pthread_mutex_lock(&p->lock);
-    if (p->npool < POOL_MAX) {
+    if (p->npool < POOL_MAX && conn->gen == p->gen) {
         p->pool[p->npool++] = conn;
         conn = NULL;
     }
@@ -193,6 +203,37 @@ static spillway_sconn *open_primary(spillway_publisher *p, spillway_publish_call
     return conn;
 }
 
+/* Sentinel: every SENTINEL_CHECK_MS, asks them whether the pool's primary still
+ * is the primary. After a failover the old one may go on accepting writes
+ * for a while (until the sentinels turn it into a replica, which discards
+ * them): the pool's connections to it must not be used. A sentinel that
+ * does not answer changes nothing. */
+static void recheck_primary(spillway_publisher *p)
+{
+    spillway_sentinel_cfg s = {(char *)p->cfg.sentinels, (char *)p->cfg.sentinel_master,
+                               (char *)p->cfg.sentinel_password, p->cfg.connect_timeout_ms, p->cfg.command_timeout_ms,
+                               p->cfg.tls};
+    char host[256], where[160], err[640];
+    uint64_t now = mono_ms();
+    int port;
+
+    pthread_mutex_lock(&p->lock);
+    if (p->primary[0] == '\0' || now < p->checked_ms + SENTINEL_CHECK_MS) {
+        pthread_mutex_unlock(&p->lock);
+        return;
+    }
+    p->checked_ms = now; /* one caller asks, the others go on */
+    pthread_mutex_unlock(&p->lock);
+    if (spillway_sentinel_lookup(&s, host, sizeof(host), &port, err, sizeof(err)) != 0) return;
+    snprintf(where, sizeof(where), "%.140s:%d", host, port);
+    pthread_mutex_lock(&p->lock);
+    if (strcmp(where, p->primary) != 0) {
+        p->primary[0] = '\0';
+        p->gen++;
+    }
+    pthread_mutex_unlock(&p->lock);
+}
+
 /* A new connection with these timeouts (a retry cuts them to what is left
  * of its budget), or NULL with c->rc and c->err set. */
 static spillway_sconn *connect_new(spillway_publisher *p, spillway_publish_call *c, uint32_t connect_ms,
@@ -210,6 +251,15 @@ static spillway_sconn *connect_new(spillway_publisher *p, spillway_publish_call 
             spillway_sconn_close(conn);
             return NULL;
         }
+        pthread_mutex_lock(&p->lock);
+        if (strcmp(p->primary, target) != 0) {
+            /* A new primary: the pool's connections to the old one go. */
+            snprintf(p->primary, sizeof(p->primary), "%s", target);
+            p->gen++;
+        }
+        p->checked_ms = mono_ms();
+        conn->gen = p->gen;
+        pthread_mutex_unlock(&p->lock);
         return conn;
     }
     conn = spillway_sconn_open(&p->cfg, connect_ms, &rc, why, sizeof(why));
@@ -324,7 +374,9 @@ static bool not_ready(const spillway_rv *v)
 static spillway_sconn *attempt_conn(spillway_publish_call *c, bool fresh, uint32_t connect_ms, uint32_t command_ms,
                                     int *result)
 {
-    spillway_sconn *conn = fresh ? NULL : pool_take(c->p);
+    spillway_sconn *conn;
+    if (c->p->cfg.sentinels != NULL) recheck_primary(c->p);
+    conn = fresh ? NULL : pool_take(c->p);
     if (conn == NULL) conn = connect_new(c->p, c, connect_ms, command_ms);
     if (conn == NULL) {
         *result = c->rc == -EPROTO ? A_FAILED : A_NOT_RUN;

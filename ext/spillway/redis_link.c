@@ -19,6 +19,8 @@
 /* Protocol errors further apart than this start the backoff afresh. */
 #define PROTO_FORGET_MS 60000u
 #define READ_CHUNK 65536
+/* Sentinel: how often a link that is up asks them whether its node still is the primary. */
+#define SENTINEL_CHECK_MS 1000u
 
 void spillway_link_init(spillway_rlink *l, const spillway_link_options *opt, const spillway_link_hooks *hooks,
                         uint64_t now)
@@ -485,6 +487,7 @@ static void on_handshake_reply(spillway_hub *hub, spillway_rlink *l, spillway_rq
         l->ever_ready = true;
         l->backoff_ms = 0;
         l->next_ping = hub->now + hub->cfg.redis.health_interval_ms;
+        l->next_check = hub->now + SENTINEL_CHECK_MS;
         l->hooks.on_ready(hub, l);
     }
 }
@@ -584,10 +587,51 @@ static void link_read(spillway_hub *hub, spillway_rlink *l)
     }
 }
 
+/* Sentinel, on a link that is up: asks them again (on the helper thread)
+ * whether its node still is the primary. After a failover the old primary
+ * may go on accepting writes until the sentinels make it a replica (which
+ * discards them): the link moves as soon as they name another. */
+static void start_check(spillway_hub *hub, spillway_rlink *l)
+{
+    uint64_t budget;
+    struct epoll_event ev;
+    l->next_check = hub->now + SENTINEL_CHECK_MS;
+    l->resolving = spillway_sentinel_resolve_start(&hub->cfg.redis, &budget);
+    if (l->resolving == NULL) return;
+    l->rh.fd = spillway_resolve_fd(l->resolving);
+    ev.events = EPOLLIN;
+    ev.data.ptr = &l->rh;
+    if (epoll_ctl(hub->epfd, EPOLL_CTL_ADD, l->rh.fd, &ev) != 0) {
+        spillway_resolve_release(l->resolving);
+        l->resolving = NULL;
+        l->rh.fd = -1;
+    }
+}
+
+static void on_checked(spillway_hub *hub, spillway_rlink *l)
+{
+    struct sockaddr_storage addrs[SPILLWAY_RESOLVE_MAX];
+    socklen_t lens[SPILLWAY_RESOLVE_MAX];
+    char err[640], found[300], msg[700];
+    int rc = spillway_resolve_result(l->resolving, addrs, lens, err, sizeof(err));
+
+    snprintf(found, sizeof(found), "%s", spillway_resolve_found(l->resolving));
+    epoll_ctl(hub->epfd, EPOLL_CTL_DEL, l->rh.fd, NULL);
+    spillway_resolve_release(l->resolving);
+    l->resolving = NULL;
+    l->rh.fd = -1;
+    /* Sentinels that do not answer now change nothing: the link stays. */
+    if (rc < 0 || found[0] == '\0' || strcmp(found, l->primary) == 0) return;
+    snprintf(msg, sizeof(msg), "the sentinels now name %.200s as the primary of %.100s (was %.200s)", found,
+             hub->cfg.redis.sentinel_master, l->primary);
+    spillway_link_fail(hub, l, "failover", msg);
+}
+
 void spillway_link_on_event(spillway_hub *hub, spillway_rlink *l, spillway_handle *h, uint32_t events)
 {
     if (h == &l->rh) {
         if (l->state == SW_LS_RESOLVING && l->resolving != NULL) on_resolved(hub, l);
+        else if (l->state == SW_LS_READY && l->resolving != NULL) on_checked(hub, l);
         return;
     }
     if (l->h.fd < 0) return;
@@ -643,6 +687,7 @@ void spillway_link_timers(spillway_hub *hub, spillway_rlink *l)
         if (hub->now >= l->deadline) spillway_link_fail(hub, l, "connect", "timed out (connect_timeout)");
         break;
     case SW_LS_READY:
+        if (rc->sentinels != NULL && l->resolving == NULL && hub->now >= l->next_check) start_check(hub, l);
         if (!l->opt.health_ping && l->head != NULL) {
             if (hub->now >= l->head->sent_ms + head_limit(hub, l->head))
                 spillway_link_fail(hub, l, "command", "Redis did not answer in time (command_timeout)");
@@ -665,9 +710,11 @@ uint64_t spillway_link_next_timer(const spillway_hub *hub, const spillway_rlink 
 {
     switch (l->state) {
     case SW_LS_IDLE: return l->retry_at;
-    case SW_LS_READY:
-        if (l->opt.health_ping) return l->ping_out ? l->ping_deadline : l->next_ping;
-        return l->head != NULL ? l->head->sent_ms + head_limit(hub, l->head) : UINT64_MAX;
+    case SW_LS_READY: {
+        uint64_t t = hub->cfg.redis.sentinels != NULL && l->resolving == NULL ? l->next_check : UINT64_MAX;
+        if (l->opt.health_ping) return SW_MIN(t, l->ping_out ? l->ping_deadline : l->next_ping);
+        return SW_MIN(t, l->head != NULL ? l->head->sent_ms + head_limit(hub, l->head) : UINT64_MAX);
+    }
     default: return l->deadline;
     }
 }

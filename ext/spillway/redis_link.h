@@ -88,6 +88,7 @@ struct spillway_rlink {
     int naddr, addr_i;
     uint64_t ask_budget_ms; /* Sentinel: how long asking them may take */
     char primary[300];      /* Sentinel: the "host:port" they named last */
+    uint64_t next_check;    /* Sentinel: when an up link asks them again */
     uint64_t next_ping, ping_deadline;
     bool ping_out;
     bool ever_ready;

@@ -166,7 +166,19 @@ class SentinelGroup
   end
 
   def wait_settled(timeout: 30)
-    wait_until(timeout: timeout, interval: 0.05, message: "the sentinels settled (#{sentinels.first.log_tail})") { settled? }
+    wait_until(timeout: timeout, interval: 0.05, message: "the sentinels settled") { settled? }
+  rescue Waiting::Timeout => e
+    raise e, "#{e.message}: #{describe}"
+  end
+
+  # What the sentinels think, for a failure message.
+  def describe
+    sentinels.map do |s|
+      replicas = s.call("SENTINEL", "replicas", master).map { |r| r.each_slice(2).to_h.slice("port", "flags", "master-link-status") }
+      "#{s.port}: master #{master_addr([s]).inspect}, #{s.call('SENTINEL', 'sentinels', master).size} peers, replicas #{replicas}"
+    end.join("; ") + "; roles #{nodes.map { |n| [n.port, role(n)] }}\n#{sentinels.first.log_tail}"
+  rescue SystemCallError, RespClient::Error, IOError => e
+    e.message
   end
 
   # SENTINEL FAILOVER: returns once every sentinel names the new primary and
