@@ -46,7 +46,9 @@ int spillway_buf_publish(spillway_buf *b, const spillway_keys *k, const spillway
 {
     char maxlen[16], ttl[16], kttl[16], window[24];
     size_t mark = b->len;
-    int bad = spillway_buf_begin(b, 13);
+    /* The window's argument only when there is one: 12 elements otherwise,
+     * as before backlog_window (the script reads a missing one as 0). */
+    int bad = spillway_buf_begin(b, a->backlog_window_ms > 0 ? 13 : 12);
 
     snprintf(maxlen, sizeof(maxlen), "%u", a->backlog_size);
     snprintf(ttl, sizeof(ttl), "%u", a->backlog_ttl_s);
@@ -69,7 +71,7 @@ int spillway_buf_publish(spillway_buf *b, const spillway_keys *k, const spillway
     bad |= spillway_buf_arg(b, maxlen, strlen(maxlen));
     bad |= spillway_buf_arg(b, ttl, strlen(ttl));
     bad |= spillway_buf_arg(b, kttl, strlen(kttl));
-    bad |= spillway_buf_arg(b, window, strlen(window));
+    if (a->backlog_window_ms > 0) bad |= spillway_buf_arg(b, window, strlen(window));
     if (bad) {
         b->len = mark;
         return -1;

@@ -56,7 +56,7 @@ typedef struct spillway_publish_args {
 
 /* Appends the publish script's run for a to b: EVALSHA sha, or EVAL with
  * the script's text when eval is set or sha is "" (not loaded yet, or
- * NOSCRIPT), with its 4 keys and 6 arguments. The one place they are
+ * NOSCRIPT), with its 4 keys and 5 arguments (6 with a backlog window). The one place they are
  * built, for the hub's async publishes and the publisher's. 0, or -1 when
  * out of memory, b then as it was (a half command would shift every later
  * reply). */
@@ -66,7 +66,7 @@ int spillway_buf_publish(spillway_buf *b, const spillway_keys *k, const spillway
 /* KEYS: id key, stream key, the idempotency key, since key. ARGV:
  * pub/sub channel, frame body (everything after the id line), backlog length
  * (0: no backlog), TTL seconds (0: none), the idempotency key's TTL in ms,
- * the backlog window in ms (0: none; entries older than TIME minus it are
+ * the backlog window in ms (absent or 0: none; entries older than TIME minus it are
  * trimmed, XTRIM MINID ~, Redis 6.2+).
  * Returns the new id; when the idempotency key exists, the id stored there,
  * and publishes nothing. */
