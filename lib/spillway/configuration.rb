@@ -264,6 +264,7 @@ module Spillway
 
       parsed = url ? parse_redis_url(url) : { host: nil, port: nil, path: nil, db: 0, tls: false, shown: "(no redis_url)" }
       parsed = with_sentinels(parsed) if @redis_sentinels
+      parsed = parsed.reject { |k, _| %i[url_host url_port].include?(k) }
       @redis_parsed = parsed
       @redis_parsed_for = key
       check_tls_scheme(@redis_parsed)
