@@ -85,7 +85,8 @@ RSpec.describe "Redis Sentinel" do
         .to raise_error(Spillway::RedisError, /no sentinel answered for master "mymaster": 127.0.0.1:#{ports[0]}: Connection refused; 127.0.0.1:#{ports[1]}: Connection refused/)
 
       @fakes = [FakeSentinel.new { nil }]
-      Spillway.configure(redis_sentinels: @fakes.map(&:address), redis_sentinel_master: "nope")
+      # The fake answers from a thread of this process: time enough under valgrind.
+      Spillway.configure(redis_sentinels: @fakes.map(&:address), redis_sentinel_master: "nope", command_timeout: 1.0 * Waiting::SLOW)
       expect { Spillway.publish("x", "1") }.to raise_error(Spillway::RedisError, /no sentinel knows a master named "nope"/)
     end
 
