@@ -19,7 +19,7 @@ Gem::Specification.new do |spec|
   spec.required_ruby_version = ">= 3.0"
   spec.requirements = ["Linux (epoll)", "hiredis C library and headers (apt-get install libhiredis-dev)"]
 
-  spec.files = Dir["lib/**/*.rb", "lib/**/*.tt", "ext/**/*.{c,h,rb}", "README.md", "CHANGELOG.md", "LICENSE"]
+  spec.files = Dir["lib/**/*.rb", "lib/**/*.js", "lib/**/*.tt", "ext/**/*.{c,h,rb}", "README.md", "CHANGELOG.md", "LICENSE"]
   spec.require_paths = ["lib"]
   spec.extensions = ["ext/spillway/extconf.rb"]
   spec.metadata["rubygems_mfa_required"] = "true"

@@ -5,8 +5,10 @@ require "spillway/version"
 require "spillway/spillway_ext"
 require "spillway/configuration"
 require "spillway/fallback"
+require "spillway/subscription"
 require "spillway/idempotency_cache"
 require "spillway/instrumentation"
+require "spillway/targets"
 require "spillway/token"
 require "spillway/turbo"
 require "spillway/middleware"
@@ -76,7 +78,10 @@ module Spillway
     # (Redis: in every process of the namespace; memory: in this process).
     # Without one, Spillway still makes one up per call, so a publish it
     # sends again after a lost reply is never doubled.
-    def publish(channel, data, event: nil, async: false, idempotency_key: nil)
+    # user_ids:, group_ids:, client_ids: (Arrays of ids) reach only the
+    # streams whose identity matches (Targets; the middleware's identify).
+    def publish(channel, data, event: nil, async: false, idempotency_key: nil, user_ids: nil, group_ids: nil,
+                client_ids: nil)
       # One method, no extra frame: without a subscriber (or without
       # ActiveSupport) the instrumentation costs the defined? and nothing else.
       if defined?(::ActiveSupport::Notifications) && Instrumentation.listening?("publish.spillway")
@@ -88,19 +93,20 @@ module Spillway
       event = check_event!(event)
       key = check_idempotency_key!(idempotency_key)
       check_size!(data, event)
+      targets = Targets.spec(user_ids: user_ids, group_ids: group_ids, client_ids: client_ids) if user_ids || group_ids || client_ids
       id =
         if @config.backend == :memory
           warn_forked_memory if @forked
           if key
-            idempotency_cache.fetch(key) { hub.publish(channel, data, event) }
+            idempotency_cache.fetch(key) { hub.publish(channel, data, event, targets) }
           else
-            hub.publish(channel, data, event)
+            hub.publish(channel, data, event, targets)
           end
         elsif async
-          hub.publish_async(channel, data, event, key)
+          hub.publish_async(channel, data, event, key, targets)
           nil
         else
-          publisher_call { |p| p.publish(channel, data, event, key) }
+          publisher_call { |p| p.publish(channel, data, event, key, targets) }
         end
       @lock.synchronize { @published += 1 }
       if handle
@@ -137,8 +143,79 @@ module Spillway
       end
     end
 
-    def publish_async(channel, data, event: nil, idempotency_key: nil)
-      publish(channel, data, event: event, async: true, idempotency_key: idempotency_key)
+    # Subscribes this process to channel: the block gets every message
+    # published on it after last_id (the backlog first, then live), as a
+    # Spillway::Message (channel, data, id, event), in order, once, on the
+    # process's subscriber thread. last_id: nil is "from now on". Returns a
+    # Spillway::Subscription (#unsubscribe, #last_id). A block that raises
+    # is logged and the subscription goes on. When the backlog no longer
+    # reaches back to the last id, on_reset gets a Spillway::Reset
+    # (channel, id: where it goes on from); without on_reset it is logged.
+    # Each subscription is one stream of the hub: it counts in
+    # stats[:connections] and against max_connections.
+    def subscribe(channel, last_id: nil, on_reset: nil, &block)
+      channel = check_channel!(channel)
+      raise ArgumentError, "Spillway.subscribe needs a block" unless block
+      raise ArgumentError, "on_reset must respond to call" unless on_reset.nil? || on_reset.respond_to?(:call)
+
+      cursor = check_cursor!(last_id, "last_id")
+      # "From now on" is the current cursor: a stream opened again later
+      # (the hub restarted) then resumes from there and misses nothing.
+      cursor ||= begin
+        self.cursor
+      rescue Error => e
+        warn_once(:subscribe_cursor, "Spillway.subscribe: no cursor to start from (#{e.message}); starting from " \
+                                     "whatever the hub sees first")
+        nil
+      end
+      sub = Subscription.new(channel, cursor, block, on_reset)
+      Subscriber.add(sub)
+      sub
+    end
+
+    # The messages of channel after since (an id: a message's, a reset's or
+    # Spillway.cursor's), oldest first, as Spillway::Message, up to now.
+    # Raises Spillway::ResetError when the backlog no longer reaches back to
+    # since. One answer of the hub (a poll) per 1 MiB of frames.
+    def backlog(channel, since:)
+      channel = check_channel!(channel)
+      cursor = check_cursor!(since, "since")
+      raise ArgumentError, "since: must be an id (Spillway.cursor is \"now\")" if cursor.nil?
+
+      out = []
+      # A frame is at most its data (each line with "data: ") and a few
+      # fields: an answer that long may have been cut short.
+      room = Native::Hub::POLL_BODY_MAX - (7 * @config.max_message_bytes + 1024)
+      loop do
+        before = out.size
+        bytes = poll_answer(channel, cursor) do |frame|
+          raise ResetError.new(channel, frame.id) if frame.channel.nil? && frame.event == "reset"
+
+          out << Message.new(frame.channel, frame.data.force_encoding(Encoding::UTF_8), frame.id, frame.event)
+        end
+        break if bytes <= room || out.size == before
+
+        cursor = out.last.id
+      end
+      out
+    end
+
+    # The id of the newest message of channel its backlog holds (Redis: in
+    # the namespace; memory: in this process), or nil when there is none.
+    def last_id(channel)
+      channel = check_channel!(channel)
+      if @config.backend == :memory
+        # A publish returns before the loop took it: an answer of the loop
+        # comes after every publish made before it.
+        poll_answer(channel, nil) { nil }
+        hub.last_id(channel)
+      else
+        publisher_call { |p| p.last_id(channel) }
+      end
+    end
+
+    def publish_async(channel, data, event: nil, idempotency_key: nil, **targets)
+      publish(channel, data, event: event, async: true, idempotency_key: idempotency_key, **targets)
     end
 
     # Waits until every async publish made before the call is finished.
@@ -187,6 +264,8 @@ module Spillway
     # closed, the thread exits. Also runs at exit. The hub starts again on
     # the next stream or publish.
     def shutdown(timeout: 2.0)
+      # Subscriptions end first: their thread would open them again.
+      Subscriber.close_all(timeout)
       @lock.synchronize do
         check_pid!
         stop_native(timeout)
@@ -243,6 +322,7 @@ module Spillway
     # In a fork child: the parent's hub is not ours (its descriptors were
     # closed by the native atfork handler); drop the references.
     def forget_native!
+      Subscriber.forked!
       @hub = nil
       @idempotency = nil
       @log_thread = nil # the parent's: no thread of it lives here
@@ -369,6 +449,44 @@ module Spillway
                              "(max_channel_length) characters of A-Z a-z 0-9 _ - . : @ / = +"
       end
       channel
+    end
+
+    ID_FORMAT = /\A\d{1,20}(-\d{1,20})?\z/.freeze
+
+    def check_cursor!(id, what)
+      return nil if id.nil?
+
+      unless id.is_a?(String) && ID_FORMAT.match?(id)
+        raise ArgumentError, "invalid #{what} #{id.inspect[0, 80]}: an id like \"1700000000000-0\" or nil"
+      end
+
+      id
+    end
+
+    # One poll of the hub for channel from cursor, read to its end; yields
+    # each frame; returns the bytes of the answer.
+    def poll_answer(channel, cursor, &block)
+      h = hub
+      raise Error, "Spillway: max_connections reached" unless h.reserve
+
+      ours, theirs = UNIXSocket.pair
+      begin
+        h.attach(theirs, [channel], cursor, Native::Hub::ATTACH_POLL | Native::Hub::ATTACH_CHANNEL | Native::Hub::ATTACH_ALL)
+      rescue StandardError
+        h.unreserve
+        raise
+      ensure
+        theirs.close
+      end
+      reader = SSEReader.new(@config.max_message_bytes + 1024)
+      bytes = 0
+      while (chunk = ours.read(64 * 1024))
+        bytes += chunk.bytesize
+        reader.feed(chunk, &block)
+      end
+      bytes
+    ensure
+      ours&.close
     end
 
     def coerce_data(data)

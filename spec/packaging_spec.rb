@@ -22,10 +22,10 @@ RSpec.describe "Packaging" do
       expect(status).to be_success, out
       expect(out.lines.first.strip).to eq(Spillway::VERSION)
       expect(out.lines.last).to match(/\A\d+-\d+\n\z/)
-      # Everything the gem loads at run time is in it (the generator's template too).
+      # Everything the gem loads at run time is in it (the generator's template and client.js too).
       installed = Dir[File.join(dir, "gems", "gems", "spillway-*")].first
       Dir.chdir(root) do
-        (Dir["lib/**/*.rb"] + Dir["lib/**/*.tt"]).reject { |f| f.end_with?(".so") }.each do |f|
+        (Dir["lib/**/*.rb"] + Dir["lib/**/*.tt"] + Dir["lib/**/*.js"]).reject { |f| f.end_with?(".so") }.each do |f|
           expect(File).to exist(File.join(installed, f)), f
         end
       end

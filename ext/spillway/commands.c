@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "commands.h"
+#include "targets.h"
 
 spillway_cmd_publish *spillway_cmd_publish_new(int kind, const char *channel, size_t chlen, spillway_frame *frame,
                                                size_t keyspace)
@@ -27,5 +28,6 @@ void spillway_cmd_free(spillway_cmd *cmd)
 {
     if (cmd->kind == SW_CMD_PUBLISH || cmd->kind == SW_CMD_PUBLISH_ASYNC)
         spillway_frame_unref(((spillway_cmd_publish *)cmd)->frame);
+    if (cmd->kind == SW_CMD_ATTACH) spillway_targets_unref(((spillway_cmd_attach *)cmd)->ident);
     free(cmd);
 }

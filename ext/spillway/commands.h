@@ -33,6 +33,7 @@ typedef struct spillway_cmd_attach {
     bool cursor_ok;
     spillway_id cursor;
     uint32_t nch;
+    struct spillway_targets *ident; /* who the stream is (targets.h), or NULL; the command's reference */
     uint16_t *lens; /* points into the same allocation */
     char *names;    /* the names back to back, no separators */
 } spillway_cmd_attach;

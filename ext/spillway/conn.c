@@ -60,6 +60,7 @@ spillway_conn *spillway_conn_new(spillway_hub *hub, int fd, unsigned flags)
     if (flags & SPILLWAY_ATTACH_TURBO) c->flags |= SW_CF_TURBO;
     if (flags & SPILLWAY_ATTACH_HEAD) c->flags |= SW_CF_HEAD;
     if (flags & SPILLWAY_ATTACH_CHANNEL) c->flags |= SW_CF_CHANNEL;
+    if (flags & SPILLWAY_ATTACH_ALL) c->flags |= SW_CF_ALL;
     if (flags & (SPILLWAY_ATTACH_POLL | SPILLWAY_ATTACH_LONG_POLL)) c->flags |= SW_CF_POLL;
     if (flags & SPILLWAY_ATTACH_LONG_POLL) c->flags |= SW_CF_LONG_POLL;
     set_socket_options(hub, c);
@@ -298,6 +299,12 @@ void spillway_conn_deliver(spillway_hub *hub, spillway_conn *c, spillway_frame *
         return;
     }
     if (spillway_id_cmp(f->id, c->last) <= 0) return;
+    /* Not for this stream: skipped, but its id still moves the cursor (a
+     * resume from there must not be told it missed anything). */
+    if (f->targets != NULL && !(c->flags & SW_CF_ALL) && !spillway_targets_match(f->targets, c->ident)) {
+        c->last = f->id;
+        return;
+    }
     if (spillway_conn_push(hub, c, f) == 0) c->last = f->id;
 }
 
@@ -352,10 +359,38 @@ static uint64_t out_sent(spillway_hub *hub, spillway_conn *c, size_t n)
     return messages;
 }
 
+/* What a flush leaves: an answered poll closes, an idle stream gives its
+ * ring back, a stream with frames waiting is judged and kept on the
+ * queued list. */
+static void after_flush(spillway_hub *hub, spillway_conn *c)
+{
+    if (c->flags & SW_CF_DOOMED) return;
+    if (c->out_len == 0) {
+        if (c->flags & SW_CF_ANSWERED) {
+            spillway_conn_doom_why(hub, c, false, "answered");
+            return;
+        }
+        /* A burst made the ring big; give the memory back while idle. */
+        if (c->out_cap > 64) out_free(c);
+        if (c->held_len == 0) spillway_conn_queued_remove(hub, c);
+        return;
+    }
+    if (!hub->stopping && too_slow(hub, c)) {
+        spillway_conn_doom_why(hub, c, true, "slow (max_lag or outbox_limit)");
+        return;
+    }
+    queued_add(hub, c);
+}
+
 /* Writes as much of the outbox as the socket takes: one sendmsg per batch of
  * up to SPILLWAY_IOV_BATCH frames. Errors doom the stream. */
 void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
 {
+    /* A poll still collecting writes nothing: its head comes with its
+     * answer (polls.c). Checked here, not only at the end of the iteration:
+     * a socket's first EPOLLOUT may come in the same batch of events as the
+     * read that filled its outbox. */
+    if ((c->flags & (SW_CF_POLL | SW_CF_ANSWERED)) == SW_CF_POLL) return;
     while (c->out_len > 0 && !(c->flags & (SW_CF_DOOMED | SW_CF_BLOCKED))) {
         uint32_t cnt = SW_MIN(c->out_len, (uint32_t)SPILLWAY_IOV_BATCH);
         size_t want = 0;
@@ -402,22 +437,7 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
             break;
         }
     }
-    if (c->flags & SW_CF_DOOMED) return;
-    if (c->out_len == 0) {
-        if (c->flags & SW_CF_ANSWERED) {
-            spillway_conn_doom_why(hub, c, false, "answered");
-            return;
-        }
-        /* A burst made the ring big; give the memory back while idle. */
-        if (c->out_cap > 64) out_free(c);
-        if (c->held_len == 0) spillway_conn_queued_remove(hub, c);
-        return;
-    }
-    if (!hub->stopping && too_slow(hub, c)) {
-        spillway_conn_doom_why(hub, c, true, "slow (max_lag or outbox_limit)");
-        return;
-    }
-    queued_add(hub, c);
+    after_flush(hub, c);
 }
 
 void spillway_conn_on_event(spillway_hub *hub, spillway_conn *c, uint32_t events)
@@ -506,6 +526,8 @@ void spillway_conn_close(spillway_hub *hub, spillway_conn *c)
     free(c->mem);
     c->mem = NULL;
     c->nmem = 0;
+    spillway_targets_unref(c->ident);
+    c->ident = NULL;
     spillway_conn_queued_remove(hub, c);
     while (c->out_len > 0) out_pop(hub, c);
     out_free(c);

@@ -37,7 +37,8 @@ enum spillway_conn_flag {
     SW_CF_LONG_POLL = 1u << 14,  /* the answer waits for a frame or the timeout */
     SW_CF_ANSWERED = 1u << 15,   /* the answer is in the outbox: close once it is written */
     SW_CF_HEAD = 1u << 16,       /* the hub writes the HTTP head (SPILLWAY_ATTACH_HEAD) */
-    SW_CF_CHANNEL = 1u << 17     /* message frames name their channel (SPILLWAY_ATTACH_CHANNEL) */
+    SW_CF_CHANNEL = 1u << 17,    /* message frames name their channel (SPILLWAY_ATTACH_CHANNEL) */
+    SW_CF_ALL = 1u << 18         /* every targeted message too (SPILLWAY_ATTACH_ALL) */
 };
 
 typedef struct spillway_member {
@@ -90,6 +91,7 @@ typedef struct spillway_conn {
     struct spillway_conn *aprev, *anext; /* the list of every stream (hub->streams) */
     struct spillway_conn *pprev, *pnext; /* the held long-polls, oldest first (polls.c) */
     uint64_t poll_deadline;              /* a long-poll is answered empty at this hub->now */
+    struct spillway_targets *ident;      /* who the stream is (targets.h), or NULL; one reference */
     struct spillway_conn *dirty_next;    /* the dirty list (SW_CF_DIRTY) */
     struct spillway_conn *doomed_next;   /* the doomed list (SW_CF_DOOMED) */
     uint32_t wslot;

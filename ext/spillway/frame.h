@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "id.h"
+#include "targets.h"
 
 typedef struct spillway_frame {
     uint32_t refs;
@@ -37,6 +38,8 @@ typedef struct spillway_frame {
      * frames.c), built on first need by the reactor and owned by this
      * frame: one reference, dropped when this frame is freed. */
     struct spillway_frame *tagged;
+    /* Who the message is for (targets.h); NULL: everyone. One reference. */
+    spillway_targets *targets;
     char data[];
 } spillway_frame;
 
@@ -59,6 +62,7 @@ static inline spillway_frame *spillway_frame_new(size_t len)
     f->queued = 0;
     f->holders = 0;
     f->tagged = NULL;
+    f->targets = NULL;
     return f;
 }
 
@@ -68,6 +72,7 @@ static inline void spillway_frame_unref(spillway_frame *f);
 static inline void spillway_frame_free_(spillway_frame *f)
 {
     if (f->tagged != NULL) spillway_frame_unref(f->tagged);
+    spillway_targets_unref(f->targets);
     free(f);
 }
 

@@ -111,6 +111,7 @@ spillway_frame *spillway_frame_tagged(spillway_frame *f, const char *name, size_
     t->data[head + 9 + namelen] = '\n';
     memcpy(t->data + head + 10 + namelen, f->data + head, f->len - head);
     t->id = f->id;
+    t->targets = spillway_targets_ref(f->targets);
     f->tagged = t;
     return t;
 }

@@ -23,6 +23,7 @@
 #include "idem.h"
 #include "reactor.h"
 #include "sse.h"
+#include "targets.h"
 #include "tickets.h"
 #include "tls.h"
 
@@ -235,36 +236,22 @@ int spillway_hub_attach(spillway_hub *hub, int fd, unsigned flags, const char *c
                         const size_t *lens, size_t n, const char *cursor, size_t cursorlen,
                         char *err, size_t errlen)
 {
-    spillway_cmd_attach *cmd;
-    size_t names = 0;
-    char *p;
-    int rc;
+    return spillway_hub_attach_as(hub, fd, flags, channels, lens, n, cursor, cursorlen, NULL, 0, err, errlen);
+}
 
-    if (!atomic_load(&hub->running)) {
-        spillway_set_err(err, errlen, "spillway_hub_attach: the hub is not running");
-        return -EPIPE;
-    }
-    if (n == 0 || n > hub->cfg.max_channels_per_conn) {
-        spillway_set_err(err, errlen, "spillway_hub_attach: %zu channels (allowed: 1..%u)", n,
-                hub->cfg.max_channels_per_conn);
-        return -EINVAL;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (!spillway_channel_name_ok(channels[i], lens[i])) {
-            spillway_set_err(err, errlen, "spillway_hub_attach: invalid channel name");
-            return -EINVAL;
-        }
-        names += lens[i];
-    }
-    cmd = malloc(sizeof(*cmd) + n * sizeof(uint16_t) + names);
-    if (cmd == NULL) {
-        spillway_set_err(err, errlen, "spillway_hub_attach: out of memory");
-        return -ENOMEM;
-    }
+/* The attach command: the names copied after it in one allocation. */
+static spillway_cmd_attach *attach_cmd(int fd, unsigned flags, const char *const *channels, const size_t *lens,
+                                       size_t n, size_t names, const char *cursor, size_t cursorlen)
+{
+    spillway_cmd_attach *cmd = malloc(sizeof(*cmd) + n * sizeof(uint16_t) + names);
+    char *p;
+
+    if (cmd == NULL) return NULL;
     cmd->base.kind = SW_CMD_ATTACH;
     cmd->fd = fd;
     cmd->flags = flags;
     cmd->nch = (uint32_t)n;
+    cmd->ident = NULL;
     cmd->lens = (uint16_t *)(cmd + 1);
     cmd->names = (char *)(cmd->lens + n);
     p = cmd->names;
@@ -276,10 +263,47 @@ int spillway_hub_attach(spillway_hub *hub, int fd, unsigned flags, const char *c
     cmd->has_cursor = cursor != NULL;
     cmd->cursor_ok = cursor != NULL && spillway_id_parse(cursor, cursorlen, &cmd->cursor) == 0;
     if (!cmd->cursor_ok) cmd->cursor = (spillway_id){0, 0};
+    return cmd;
+}
 
+int spillway_hub_attach_as(spillway_hub *hub, int fd, unsigned flags, const char *const *channels,
+                           const size_t *lens, size_t n, const char *cursor, size_t cursorlen, const char *ident,
+                           size_t identlen, char *err, size_t errlen)
+{
+    spillway_cmd_attach *cmd;
+    size_t names = 0;
+    const char *why = NULL;
+    int rc;
+
+    if (!atomic_load(&hub->running)) {
+        spillway_set_err(err, errlen, "spillway_hub_attach: the hub is not running");
+        return -EPIPE;
+    }
+    if (n == 0 || n > hub->cfg.max_channels_per_conn) {
+        spillway_set_err(err, errlen, "spillway_hub_attach: %zu channels (allowed: 1..%u)", n,
+                         hub->cfg.max_channels_per_conn);
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!spillway_channel_name_ok(channels[i], lens[i])) {
+            spillway_set_err(err, errlen, "spillway_hub_attach: invalid channel name");
+            return -EINVAL;
+        }
+        names += lens[i];
+    }
+    cmd = attach_cmd(fd, flags, channels, lens, n, names, cursor, cursorlen);
+    if (cmd != NULL && ident != NULL && (cmd->ident = spillway_targets_parse(ident, identlen, true, &why)) == NULL) {
+        free(cmd);
+        spillway_set_err(err, errlen, "spillway_hub_attach: identity %s", why);
+        return strcmp(why, "out of memory") == 0 ? -ENOMEM : -EINVAL;
+    }
+    if (cmd == NULL) {
+        spillway_set_err(err, errlen, "spillway_hub_attach: out of memory");
+        return -ENOMEM;
+    }
     rc = spillway_queue_push(&hub->q, &cmd->base.node, SPILLWAY_QUEUE_FORCE, NULL, NULL);
     if (rc == -EPIPE || rc == -EAGAIN) {
-        free(cmd);
+        spillway_cmd_free(&cmd->base);
         spillway_set_err(err, errlen, "spillway_hub_attach: the hub is stopping");
         return rc;
     }
@@ -412,6 +436,24 @@ int spillway_hub_busiest_channels(spillway_hub *hub, spillway_channel_info *out,
     n = spillway_chtab_busiest(hub, out, max);
     pthread_mutex_unlock(&hub->loop_lock);
     return (int)SW_MIN(n, (size_t)INT32_MAX);
+}
+
+/* Server-side subscribe (Spillway.last_id): the newest id this process's
+ * table knows for the channel. Any thread but the reactor's. */
+int spillway_hub_channel_last(spillway_hub *hub, const char *name, size_t len, char *out, uint32_t timeout_ms)
+{
+    struct timespec until = spillway_timespec_after(CLOCK_REALTIME, timeout_ms);
+    const spillway_channel *ch;
+    int found = 0;
+    int rc = pthread_mutex_timedlock(&hub->loop_lock, &until);
+    if (rc != 0) return -rc;
+    ch = spillway_chtab_find(&hub->chans, name, len);
+    if (ch != NULL && !spillway_id_is_zero(ch->last)) {
+        spillway_id_format(ch->last, out);
+        found = 1;
+    }
+    pthread_mutex_unlock(&hub->loop_lock);
+    return found;
 }
 
 void spillway_hub_events_enable(spillway_hub *hub, bool on)

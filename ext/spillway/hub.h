@@ -130,6 +130,9 @@ typedef struct spillway_stats {
  * it). Resets name their channels already. The tagged copy of a message is
  * made once, on first need, and shared by every stream that asked. */
 #define SPILLWAY_ATTACH_CHANNEL 32u
+/* Targeted messages reach this stream whoever they are for (a server-side
+ * subscription, Spillway.subscribe and backlog; never an HTTP client). */
+#define SPILLWAY_ATTACH_ALL 64u
 
 /*
  * Creates the hub and starts its thread. 0 and *out, or -errno with a message
@@ -155,6 +158,13 @@ void spillway_hub_unreserve(spillway_hub *hub);
 int spillway_hub_attach(spillway_hub *hub, int fd, unsigned flags, const char *const *channels,
                         const size_t *lens, size_t n, const char *cursor, size_t cursorlen,
                         char *err, size_t errlen);
+/* The same for a stream with an identity (targets.h: "u=7;g=a,b;c=x", at
+ * most one user and one client), matched against every targeted message
+ * it would get, live or replayed. ident NULL: none. -EINVAL when it is not
+ * well formed. */
+int spillway_hub_attach_as(spillway_hub *hub, int fd, unsigned flags, const char *const *channels,
+                           const size_t *lens, size_t n, const char *cursor, size_t cursorlen, const char *ident,
+                           size_t identlen, char *err, size_t errlen);
 
 /*
  * Memory backend: publishes one message in this process. The frame is
@@ -174,6 +184,11 @@ int spillway_hub_attach(spillway_hub *hub, int fd, unsigned flags, const char *c
 int spillway_hub_publish(spillway_hub *hub, const char *channel, size_t chlen, const char *event,
                          size_t evlen, const char *data, size_t datalen, char *idbuf, char *err,
                          size_t errlen);
+/* The same for the streams the targets name (targets.h text, checked here:
+ * -EINVAL when malformed; NULL: everyone), live and in every replay. */
+int spillway_hub_publish_to(spillway_hub *hub, const char *channel, size_t chlen, const char *event, size_t evlen,
+                            const char *data, size_t datalen, const char *targets, size_t targetslen, char *idbuf,
+                            char *err, size_t errlen);
 
 /* Memory backend: the newest id issued so far (the start of this hub when
  * none), for a page that renders state and then subscribes from "now". */
@@ -190,6 +205,11 @@ int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t ch
                                const char *event, size_t evlen, const char *data,
                                size_t datalen, const char *key, size_t keylen, uint64_t *seq,
                                char *err, size_t errlen);
+/* The same with targets (targets.h text; NULL: everyone). */
+int spillway_hub_publish_async_to(spillway_hub *hub, const char *channel, size_t chlen, const char *event,
+                                  size_t evlen, const char *data, size_t datalen, const char *targets,
+                                  size_t targetslen, const char *key, size_t keylen, uint64_t *seq, char *err,
+                                  size_t errlen);
 
 /*
  * The interrupt state of one blocking call, owned by its caller (on the
@@ -239,6 +259,15 @@ typedef struct spillway_channel_info {
  */
 int spillway_hub_busiest_channels(spillway_hub *hub, spillway_channel_info *out, size_t max,
                                   uint32_t timeout_ms);
+
+/*
+ * The newest id of channel name in this process's table (memory backend: the
+ * last message published on it while it has lived here) into out
+ * (SPILLWAY_ID_TEXT_MAX bytes). 1 when found, 0 when the table has no such
+ * channel (or it never had a message), -ETIMEDOUT when the loop did not let
+ * go within timeout_ms. Any thread but the reactor's (loop_lock).
+ */
+int spillway_hub_channel_last(spillway_hub *hub, const char *name, size_t len, char *out, uint32_t timeout_ms);
 
 /*
  * The hub's log: every error and every reset the reactor records, for a

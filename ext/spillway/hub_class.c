@@ -107,6 +107,10 @@ static VALUE hub_initialize(VALUE self, VALUE opts)
 
 /* ---- streams ----------------------------------------------------------- */
 
+/* An optional String argument (nil: none). */
+#define OPT_PTR(v) (NIL_P(v) ? NULL : RSTRING_PTR(v))
+#define OPT_LEN(v) (NIL_P(v) ? 0 : (size_t)RSTRING_LEN(v))
+
 static VALUE hub_reserve(VALUE self)
 {
     return spillway_hub_reserve(get_hub(self)) == 0 ? Qtrue : Qfalse;
@@ -125,20 +129,24 @@ static int io_fd(VALUE io)
 }
 
 /*
- * hub.attach(io, channels, cursor, flags) — takes a duplicate of io's
- * descriptor (close-on-exec, non-blocking) and hands it to the hub, with the
- * reservation made by #reserve. The caller closes io afterwards; the hub's
- * copy lives on.
+ * hub.attach(io, channels, cursor, flags, identity = nil) — takes a
+ * duplicate of io's descriptor (close-on-exec, non-blocking) and hands it to
+ * the hub, with the reservation made by #reserve. The caller closes io
+ * afterwards; the hub's copy lives on. identity: "u=..;g=..;c=.."
+ * (targets.h), matched against targeted messages.
  */
-static VALUE hub_attach(VALUE self, VALUE io, VALUE channels, VALUE cursor, VALUE vflags)
+static VALUE hub_attach(int argc, VALUE *argv, VALUE self)
 {
     spillway_hub *hub = get_hub(self);
+    VALUE io, channels, cursor, vflags, ident;
     long n;
     const char **names;
     size_t *lens;
     char err[256] = "";
     int fd, dupfd, fl, rc;
 
+    rb_scan_args(argc, argv, "41", &io, &channels, &cursor, &vflags, &ident);
+    if (!NIL_P(ident)) StringValue(ident);
     Check_Type(channels, T_ARRAY);
     n = RARRAY_LEN(channels);
     if (n <= 0 || n > SPILLWAY_MAX_CHANNELS_PER_CONN)
@@ -163,11 +171,11 @@ static VALUE hub_attach(VALUE self, VALUE io, VALUE channels, VALUE cursor, VALU
         errno = e;
         rb_sys_fail("Spillway::Native::Hub#attach: fcntl(F_SETFL, O_NONBLOCK)");
     }
-    rc = spillway_hub_attach(hub, dupfd, NUM2UINT(vflags), names, lens, (size_t)n,
-                             NIL_P(cursor) ? NULL : RSTRING_PTR(cursor),
-                             NIL_P(cursor) ? 0 : (size_t)RSTRING_LEN(cursor), err, sizeof(err));
+    rc = spillway_hub_attach_as(hub, dupfd, NUM2UINT(vflags), names, lens, (size_t)n, OPT_PTR(cursor),
+                                OPT_LEN(cursor), OPT_PTR(ident), OPT_LEN(ident), err, sizeof(err));
     RB_GC_GUARD(channels);
     RB_GC_GUARD(cursor);
+    RB_GC_GUARD(ident);
     if (rc != 0) {
         close(dupfd);
         if (rc == -EINVAL) rb_raise(rb_eArgError, "%s", err);
@@ -185,23 +193,28 @@ static void raise_publish(int rc, const char *err)
     rb_raise(spillway_eError, "%s", err);
 }
 
-/* hub.publish(channel, data, event) -> id (memory backend) */
-static VALUE hub_publish(VALUE self, VALUE channel, VALUE data, VALUE event)
+
+/* hub.publish(channel, data, event, targets = nil) -> id (memory backend);
+ * targets: "u=..;g=..;c=.." (targets.h) or nil for everyone */
+static VALUE hub_publish(int argc, VALUE *argv, VALUE self)
 {
     spillway_hub *hub = get_hub(self);
     char id[SPILLWAY_ID_TEXT_MAX], err[256] = "";
+    VALUE channel, data, event, targets;
     int rc;
 
+    rb_scan_args(argc, argv, "31", &channel, &data, &event, &targets);
     StringValue(channel);
     StringValue(data);
     if (!NIL_P(event)) StringValue(event);
-    rc = spillway_hub_publish(hub, RSTRING_PTR(channel), (size_t)RSTRING_LEN(channel),
-                              NIL_P(event) ? NULL : RSTRING_PTR(event),
-                              NIL_P(event) ? 0 : (size_t)RSTRING_LEN(event), RSTRING_PTR(data),
-                              (size_t)RSTRING_LEN(data), id, err, sizeof(err));
+    if (!NIL_P(targets)) StringValue(targets);
+    rc = spillway_hub_publish_to(hub, RSTRING_PTR(channel), (size_t)RSTRING_LEN(channel), OPT_PTR(event),
+                                 OPT_LEN(event), RSTRING_PTR(data), (size_t)RSTRING_LEN(data), OPT_PTR(targets),
+                                 OPT_LEN(targets), id, err, sizeof(err));
     RB_GC_GUARD(channel);
     RB_GC_GUARD(data);
     RB_GC_GUARD(event);
+    RB_GC_GUARD(targets);
     if (rc != 0) raise_publish(rc, err);
     return rb_str_new_cstr(id);
 }
@@ -214,29 +227,31 @@ static VALUE hub_cursor(VALUE self)
     return rb_str_new_cstr(id);
 }
 
-/* hub.publish_async(channel, data, event, idempotency_key) -> ticket (Redis
- * backend). The key may be nil: the hub makes one up. */
-static VALUE hub_publish_async(VALUE self, VALUE channel, VALUE data, VALUE event, VALUE key)
+/* hub.publish_async(channel, data, event, idempotency_key, targets = nil)
+ * -> ticket (Redis backend). The key may be nil: the hub makes one up. */
+static VALUE hub_publish_async(int argc, VALUE *argv, VALUE self)
 {
     spillway_hub *hub = get_hub(self);
     char err[256] = "";
     uint64_t seq = 0;
+    VALUE channel, data, event, key, targets;
     int rc;
 
+    rb_scan_args(argc, argv, "41", &channel, &data, &event, &key, &targets);
     StringValue(channel);
     StringValue(data);
     if (!NIL_P(event)) StringValue(event);
     if (!NIL_P(key)) StringValue(key);
-    rc = spillway_hub_publish_async(hub, RSTRING_PTR(channel), (size_t)RSTRING_LEN(channel),
-                                    NIL_P(event) ? NULL : RSTRING_PTR(event),
-                                    NIL_P(event) ? 0 : (size_t)RSTRING_LEN(event),
-                                    RSTRING_PTR(data), (size_t)RSTRING_LEN(data),
-                                    NIL_P(key) ? NULL : RSTRING_PTR(key),
-                                    NIL_P(key) ? 0 : (size_t)RSTRING_LEN(key), &seq, err, sizeof(err));
+    if (!NIL_P(targets)) StringValue(targets);
+    rc = spillway_hub_publish_async_to(hub, RSTRING_PTR(channel), (size_t)RSTRING_LEN(channel), OPT_PTR(event),
+                                       OPT_LEN(event), RSTRING_PTR(data), (size_t)RSTRING_LEN(data),
+                                       OPT_PTR(targets), OPT_LEN(targets), OPT_PTR(key), OPT_LEN(key), &seq, err,
+                                       sizeof(err));
     RB_GC_GUARD(channel);
     RB_GC_GUARD(data);
     RB_GC_GUARD(event);
     RB_GC_GUARD(key);
+    RB_GC_GUARD(targets);
     if (rc != 0) raise_publish(rc, err);
     return ULL2NUM(seq);
 }
@@ -548,6 +563,37 @@ static VALUE hub_busiest_channels(VALUE self, VALUE vmax)
     return list;
 }
 
+/* hub.last_id(channel) -> the newest id the loop has seen on it, or nil
+ * (Spillway.last_id, memory backend). Waits up to a second for the loop. */
+struct last_args {
+    spillway_hub *hub;
+    const char *name;
+    size_t len;
+    char id[SPILLWAY_ID_TEXT_MAX];
+    int rc;
+};
+
+static void *last_nogvl(void *p)
+{
+    struct last_args *a = p;
+    a->rc = spillway_hub_channel_last(a->hub, a->name, a->len, a->id, 1000);
+    return NULL;
+}
+
+static VALUE hub_last_id(VALUE self, VALUE channel)
+{
+    struct last_args a;
+    StringValue(channel);
+    a.hub = get_hub(self);
+    a.name = RSTRING_PTR(channel);
+    a.len = (size_t)RSTRING_LEN(channel);
+    a.rc = 0;
+    rb_thread_call_without_gvl(last_nogvl, &a, NULL, NULL);
+    RB_GC_GUARD(channel);
+    if (a.rc < 0) rb_raise(spillway_eError, "Spillway.last_id: the native loop stayed busy for a second");
+    return a.rc == 1 ? rb_str_new_cstr(a.id) : Qnil;
+}
+
 static VALUE hub_pid(VALUE self)
 {
     hub_wrap *w;
@@ -571,9 +617,9 @@ void Init_spillway_hub(void)
     rb_define_method(cHub, "initialize", hub_initialize, 1);
     rb_define_method(cHub, "reserve", hub_reserve, 0);
     rb_define_method(cHub, "unreserve", hub_unreserve, 0);
-    rb_define_method(cHub, "attach", hub_attach, 4);
-    rb_define_method(cHub, "publish", hub_publish, 3);
-    rb_define_method(cHub, "publish_async", hub_publish_async, 4);
+    rb_define_method(cHub, "attach", hub_attach, -1);
+    rb_define_method(cHub, "publish", hub_publish, -1);
+    rb_define_method(cHub, "publish_async", hub_publish_async, -1);
     rb_define_method(cHub, "cursor", hub_cursor, 0);
     rb_define_method(cHub, "flush", hub_flush, 1);
     rb_define_method(cHub, "log_wait", hub_log_wait, 1);
@@ -581,6 +627,7 @@ void Init_spillway_hub(void)
     rb_define_method(cHub, "events_wait", hub_events_wait, 1);
     rb_define_method(cHub, "stats", hub_stats, 0);
     rb_define_method(cHub, "busiest_channels", hub_busiest_channels, 1);
+    rb_define_method(cHub, "last_id", hub_last_id, 1);
     rb_define_method(cHub, "stop", hub_stop, 1);
     rb_define_method(cHub, "pid", hub_pid, 0);
     rb_define_method(cHub, "running?", hub_running_p, 0);
@@ -590,4 +637,6 @@ void Init_spillway_hub(void)
     rb_define_const(cHub, "ATTACH_POLL", UINT2NUM(SPILLWAY_ATTACH_POLL));
     rb_define_const(cHub, "ATTACH_LONG_POLL", UINT2NUM(SPILLWAY_ATTACH_LONG_POLL));
     rb_define_const(cHub, "ATTACH_CHANNEL", UINT2NUM(SPILLWAY_ATTACH_CHANNEL));
+    rb_define_const(cHub, "ATTACH_ALL", UINT2NUM(SPILLWAY_ATTACH_ALL));
+    rb_define_const(cHub, "POLL_BODY_MAX", UINT2NUM(SPILLWAY_POLL_BODY_MAX));
 }

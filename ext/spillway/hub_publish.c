@@ -15,6 +15,7 @@
 #include "hub_internal.h"
 #include "idem.h"
 #include "sse.h"
+#include "targets.h"
 
 /* What both publish paths check first. */
 static int check_publish(spillway_hub *hub, const char *fn, const char *channel, size_t chlen, char *err,
@@ -59,48 +60,82 @@ static void stamp_publish(spillway_qnode *node, void *arg)
     st->frame->id = id;
 }
 
+/* The targets of a publish (text NULL: none), checked on the caller's
+ * thread. 0, or -EINVAL / -ENOMEM with err set. */
+static int parse_targets(const char *fn, const char *text, size_t len, spillway_targets **out, char *err,
+                         size_t errlen)
+{
+    const char *why = NULL;
+    *out = NULL;
+    if (text == NULL) return 0;
+    *out = spillway_targets_parse(text, len, false, &why);
+    if (*out != NULL) return 0;
+    spillway_set_err(err, errlen, "%s: targets %s", fn, why);
+    return strcmp(why, "out of memory") == 0 ? -ENOMEM : -EINVAL;
+}
+
+/* A frame sized for the message with the longest id; NULL with err set. */
+static spillway_frame *sized_frame(const char *event, size_t evlen, const char *data, size_t datalen, size_t *cap,
+                                   int *rc, char *err, size_t errlen)
+{
+    char longest[SPILLWAY_ID_TEXT_MAX];
+    spillway_frame *f;
+    ssize_t need;
+
+    memset(longest, '9', SPILLWAY_ID_TEXT_MAX - 1);
+    longest[20] = '-';
+    need = spillway_sse_size(longest, SPILLWAY_ID_TEXT_MAX - 1, event, evlen, data, datalen);
+    *rc = -EINVAL;
+    if (need < 0) {
+        spillway_set_err(err, errlen, "spillway_hub_publish: %s", spillway_sse_strerror(need));
+        return NULL;
+    }
+    if ((size_t)need > SPILLWAY_FRAME_MAX) {
+        spillway_set_err(err, errlen, "spillway_hub_publish: a frame of %zd bytes is over SPILLWAY_FRAME_MAX (%u)",
+                         need, SPILLWAY_FRAME_MAX);
+        return NULL;
+    }
+    f = spillway_frame_new((size_t)need);
+    *rc = -ENOMEM;
+    if (f == NULL) spillway_set_err(err, errlen, "spillway_hub_publish: out of memory (%zd bytes)", need);
+    *cap = (size_t)need;
+    return f;
+}
+
 int spillway_hub_publish(spillway_hub *hub, const char *channel, size_t chlen, const char *event,
                          size_t evlen, const char *data, size_t datalen, char *idbuf, char *err,
                          size_t errlen)
 {
-    char longest[SPILLWAY_ID_TEXT_MAX];
+    return spillway_hub_publish_to(hub, channel, chlen, event, evlen, data, datalen, NULL, 0, idbuf, err, errlen);
+}
+
+int spillway_hub_publish_to(spillway_hub *hub, const char *channel, size_t chlen, const char *event, size_t evlen,
+                            const char *data, size_t datalen, const char *targets, size_t targetslen, char *idbuf,
+                            char *err, size_t errlen)
+{
     struct publish_stamp st;
     spillway_cmd_publish *cmd;
-    ssize_t need;
+    spillway_targets *to;
     int rc;
 
     if (hub->backend.ops->publish == NULL) {
-        spillway_set_err(err, errlen, "spillway_hub_publish: this hub uses %s (publish through %s)", hub->backend.ops->name,
-                hub->backend.ops->name);
+        spillway_set_err(err, errlen, "spillway_hub_publish: this hub uses %s (publish through %s)",
+                         hub->backend.ops->name, hub->backend.ops->name);
         return -EINVAL;
     }
     rc = check_publish(hub, "spillway_hub_publish", channel, chlen, err, errlen);
+    if (rc == 0) rc = parse_targets("spillway_hub_publish", targets, targetslen, &to, err, errlen);
     if (rc != 0) return rc;
-    memset(longest, '9', SPILLWAY_ID_TEXT_MAX - 1);
-    longest[20] = '-';
-    need = spillway_sse_size(longest, SPILLWAY_ID_TEXT_MAX - 1, event, evlen, data, datalen);
-    if (need < 0) {
-        spillway_set_err(err, errlen, "spillway_hub_publish: %s", spillway_sse_strerror(need));
-        return -EINVAL;
-    }
-    if ((size_t)need > SPILLWAY_FRAME_MAX) {
-        spillway_set_err(err, errlen, "spillway_hub_publish: a frame of %zd bytes is over SPILLWAY_FRAME_MAX (%u)", need,
-                SPILLWAY_FRAME_MAX);
-        return -EINVAL;
-    }
-    st.frame = spillway_frame_new((size_t)need);
-    if (st.frame == NULL) {
-        spillway_set_err(err, errlen, "spillway_hub_publish: out of memory (%zd bytes)", need);
-        return -ENOMEM;
-    }
-    cmd = spillway_cmd_publish_new(SW_CMD_PUBLISH, channel, chlen, st.frame, 0);
+    st.frame = sized_frame(event, evlen, data, datalen, &st.cap, &rc, err, errlen);
+    cmd = st.frame ? spillway_cmd_publish_new(SW_CMD_PUBLISH, channel, chlen, st.frame, 0) : NULL;
     if (cmd == NULL) {
+        if (st.frame != NULL) spillway_set_err(err, errlen, "spillway_hub_publish: out of memory");
         spillway_frame_unref(st.frame);
-        spillway_set_err(err, errlen, "spillway_hub_publish: out of memory");
-        return -ENOMEM;
+        spillway_targets_unref(to);
+        return st.frame != NULL ? -ENOMEM : rc;
     }
+    st.frame->targets = to;
     st.hub = hub;
-    st.cap = (size_t)need;
     st.event = event;
     st.evlen = evlen;
     st.data = data;
@@ -109,10 +144,9 @@ int spillway_hub_publish(spillway_hub *hub, const char *channel, size_t chlen, c
     rc = spillway_queue_push(&hub->q, &cmd->base.node, 0, stamp_publish, &st);
     if (rc == -EAGAIN || rc == -EPIPE) {
         spillway_cmd_free(&cmd->base);
-        spillway_set_err(err, errlen, rc == -EAGAIN
-                                 ? "spillway_hub_publish: the hub's queue is full (queue_limit %u)"
-                                 : "spillway_hub_publish: the hub is stopping (queue_limit %u)",
-                hub->cfg.queue_limit);
+        spillway_set_err(err, errlen, rc == -EAGAIN ? "spillway_hub_publish: the hub's queue is full (queue_limit %u)"
+                                                    : "spillway_hub_publish: the hub is stopping (queue_limit %u)",
+                         hub->cfg.queue_limit);
         return rc;
     }
     return 0;
@@ -159,20 +193,48 @@ int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t ch
                                size_t datalen, const char *key, size_t keylen, uint64_t *seq,
                                char *err, size_t errlen)
 {
+    return spillway_hub_publish_async_to(hub, channel, chlen, event, evlen, data, datalen, NULL, 0, key, keylen, seq,
+                                         err, errlen);
+}
+
+/* The body an async publish sends: the targets line (targets.h) when there
+ * are targets, then the message without its id. NULL when out of memory. */
+static spillway_frame *async_body(const char *event, size_t evlen, const char *data, size_t datalen,
+                                  const char *targets, size_t targetslen, size_t need)
+{
+    size_t head = targets != NULL ? sizeof(SPILLWAY_TARGETS_FIELD) - 1 + targetslen + 1 : 0;
+    spillway_frame *body = spillway_frame_new(head + need);
+    if (body == NULL) return NULL;
+    if (head > 0) {
+        memcpy(body->data, SPILLWAY_TARGETS_FIELD, head - targetslen - 1);
+        memcpy(body->data + head - targetslen - 1, targets, targetslen);
+        body->data[head - 1] = '\n';
+    }
+    spillway_sse_encode(body->data + head, need, NULL, 0, event, evlen, data, datalen);
+    return body;
+}
+
+int spillway_hub_publish_async_to(spillway_hub *hub, const char *channel, size_t chlen, const char *event,
+                                  size_t evlen, const char *data, size_t datalen, const char *targets,
+                                  size_t targetslen, const char *key, size_t keylen, uint64_t *seq, char *err,
+                                  size_t errlen)
+{
     struct async_stamp st = {hub, 0};
     spillway_cmd_publish *cmd;
     spillway_frame *body;
+    spillway_targets *to;
     char genkey[SPILLWAY_IDEM_GEN_LEN + 1];
     ssize_t need;
     int rc;
-    uint_fast32_t waiting;
 
     if (hub->backend.ops->publish_async == NULL) {
         spillway_set_err(err, errlen, "spillway_hub_publish_async: no Redis configured");
         return -EINVAL;
     }
     rc = check_publish(hub, "spillway_hub_publish_async", channel, chlen, err, errlen);
+    if (rc == 0) rc = parse_targets("spillway_hub_publish_async", targets, targetslen, &to, err, errlen);
     if (rc != 0) return rc;
+    spillway_targets_unref(to); /* checked; they travel as text */
     if (key != NULL && !spillway_idem_key_ok(key, keylen)) {
         spillway_set_err(err, errlen, "spillway_hub_publish_async: invalid idempotency key (1 to %d bytes, no CR, LF or NUL)",
                 SPILLWAY_IDEM_KEY_MAX);
@@ -189,16 +251,13 @@ int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t ch
         spillway_set_err(err, errlen, "spillway_hub_publish_async: %s", spillway_sse_strerror(need));
         return -EINVAL;
     }
-    waiting = atomic_fetch_add(&hub->async_waiting_count, 1);
-    if (waiting >= hub->cfg.redis.async_limit) {
+    if (atomic_fetch_add(&hub->async_waiting_count, 1) >= hub->cfg.redis.async_limit) {
         atomic_fetch_sub(&hub->async_waiting_count, 1);
-        spillway_set_err(err, errlen,
-                "spillway_hub_publish_async: %u async publishes are waiting for Redis "
-                "(async_limit)",
-                hub->cfg.redis.async_limit);
+        spillway_set_err(err, errlen, "spillway_hub_publish_async: %u async publishes are waiting for Redis (async_limit)",
+                         hub->cfg.redis.async_limit);
         return -EAGAIN;
     }
-    body = spillway_frame_new((size_t)need);
+    body = async_body(event, evlen, data, datalen, targets, targetslen, (size_t)need);
     cmd = body ? async_cmd(hub, channel, chlen, body, key, keylen, key == genkey) : NULL;
     if (cmd == NULL) {
         spillway_frame_unref(body);
@@ -206,7 +265,6 @@ int spillway_hub_publish_async(spillway_hub *hub, const char *channel, size_t ch
         spillway_set_err(err, errlen, "spillway_hub_publish_async: out of memory");
         return -ENOMEM;
     }
-    spillway_sse_encode(body->data, (size_t)need, NULL, 0, event, evlen, data, datalen);
     rc = spillway_queue_push(&hub->q, &cmd->base.node, SPILLWAY_QUEUE_FORCE, stamp_async, &st);
     if (rc == -EPIPE) {
         spillway_cmd_free(&cmd->base);

@@ -1,3 +1,9 @@
+/*
+ * The blocking publisher (publisher.h): a pool of connections (sconn.c),
+ * the publish with its retries and idempotency, and the two reads (cursor,
+ * last id). About 620 lines on purpose: they share the pool and the call's
+ * interrupt state, which no other file should see.
+ */
 #include "publisher.h"
 
 #include "sentinel.h"
@@ -579,35 +585,86 @@ void spillway_publish_run(spillway_publish_call *c)
     atomic_fetch_add(&p->failed, 1);
 }
 
-void spillway_publish_cursor(spillway_publish_call *c)
+/* One command on a pooled connection, for the reads (cursor, last id):
+ * the reply in *v and the connection to give back in *conn, or an error
+ * in c naming what was read. 0 or -1. */
+static int read_command(spillway_publish_call *c, int argc, const char **argv, const char *what, spillway_rv **v,
+                        spillway_sconn **conn)
 {
     spillway_publisher *p = c->p;
-    spillway_sconn *conn = pool_take(p);
-    const char *argv[5] = {"EVAL", spillway_lua_cursor, "2", p->keys.id, p->keys.since};
-    char why[200], text[200];
-    spillway_rv *v = NULL;
+    char why[200];
     int r = -EINTR;
 
     c->rc = 0;
     c->id[0] = '\0';
-    if (conn == NULL) conn = connect_new(p, c, p->cfg.connect_timeout_ms, p->cfg.command_timeout_ms);
-    if (conn == NULL) return;
+    *conn = pool_take(p);
+    if (*conn == NULL) *conn = connect_new(p, c, p->cfg.connect_timeout_ms, p->cfg.command_timeout_ms);
+    if (*conn == NULL) return -1;
     snprintf(why, sizeof(why), "interrupted");
-    if (!set_call_fd(c, conn->fd))
-        r = spillway_sconn_command(conn, 5, argv, NULL, p->cfg.command_timeout_ms, &v, why, sizeof(why));
+    if (!set_call_fd(c, (*conn)->fd))
+        r = spillway_sconn_command(*conn, argc, argv, NULL, p->cfg.command_timeout_ms, v, why, sizeof(why));
     set_call_fd(c, -1);
-    if (r != 0) {
-        set_err(c, call_interrupted(c) ? -EINTR : -EIO, "Redis connection failed while reading the cursor (%.150s)",
-                why);
-        spillway_sconn_close(conn);
+    if (r == 0) return 0;
+    set_err(c, call_interrupted(c) ? -EINTR : -EIO, "Redis connection failed while reading %s (%.150s)", what, why);
+    spillway_sconn_close(*conn);
+    return -1;
+}
+
+/* A reply's id (a bulk string shorter than an id's longest text) into c. */
+static bool take_id(spillway_publish_call *c, const spillway_rv *id)
+{
+    if (id == NULL || id->type != SW_RV_STRING || id->str == NULL || id->str->len >= SPILLWAY_ID_TEXT_MAX) return false;
+    memcpy(c->id, id->str->data, id->str->len);
+    c->id[id->str->len] = '\0';
+    return true;
+}
+
+static void refused(spillway_publish_call *c, const char *what, const spillway_rv *v)
+{
+    char text[200];
+    set_err(c, -EPROTO, "Redis refused the %s read: %.180s", what,
+            v->type == SW_RV_ERROR ? spillway_rv_text(v, 180, text, sizeof(text)) : "unexpected reply");
+}
+
+void spillway_publish_cursor(spillway_publish_call *c)
+{
+    spillway_publisher *p = c->p;
+    const char *argv[5] = {"EVAL", spillway_lua_cursor, "2", p->keys.id, p->keys.since};
+    spillway_sconn *conn;
+    spillway_rv *v = NULL;
+
+    if (read_command(c, 5, argv, "the cursor", &v, &conn) != 0) return;
+    if (!take_id(c, v)) refused(c, "cursor", v);
+    spillway_rv_free(v);
+    pool_give(p, conn);
+}
+
+void spillway_publish_last_id(spillway_publish_call *c)
+{
+    spillway_publisher *p = c->p;
+    const char *argv[6] = {"XREVRANGE", NULL, "+", "-", "COUNT", "1"};
+    spillway_sconn *conn;
+    spillway_rv *v = NULL;
+    char *key = malloc(p->keys.stream_len + c->chlen + 1);
+    int r;
+
+    if (key == NULL) {
+        set_err(c, -ENOMEM, "out of memory");
         return;
     }
-    if (v->type != SW_RV_STRING || v->str == NULL || v->str->len >= SPILLWAY_ID_TEXT_MAX) {
-        set_err(c, -EPROTO, "Redis refused the cursor read: %.180s",
-                v->type == SW_RV_ERROR ? spillway_rv_text(v, 180, text, sizeof(text)) : "unexpected reply");
-    } else {
-        memcpy(c->id, v->str->data, v->str->len);
-        c->id[v->str->len] = '\0';
+    memcpy(key, p->keys.stream, p->keys.stream_len);
+    memcpy(key + p->keys.stream_len, c->channel, c->chlen);
+    key[p->keys.stream_len + c->chlen] = '\0';
+    argv[1] = key;
+    r = read_command(c, 6, argv, "the last id", &v, &conn);
+    free(key);
+    if (r != 0) return;
+    if (v->type != SW_RV_ARRAY) {
+        refused(c, "last id", v);
+    } else if (v->elements > 0) {
+        const spillway_rv *e = v->element[0];
+        if (!take_id(c, e->type == SW_RV_ARRAY && e->elements > 0 ? e->element[0] : NULL))
+            set_err(c, -EPROTO, "Redis answered the last id read with an unexpected reply");
     }
     spillway_rv_free(v);
     pool_give(p, conn);

@@ -72,6 +72,9 @@ void spillway_publish_run(spillway_publish_call *call);
 void spillway_publish_cursor(spillway_publish_call *call);
 
 /* Unblock function: shuts down the connection of this call only. */
+/* XREVRANGE <ns>:s:<call->channel> + - COUNT 1: the id of the channel's
+ * newest retained message into call->id ("" when its backlog is empty). */
+void spillway_publish_last_id(spillway_publish_call *call);
 void spillway_publish_interrupt(spillway_publish_call *call);
 
 /* Closes the pooled connections (no command is sent). In a fork child this

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "binding.h"
+#include "targets.h"
 #include "frame.h"
 #include "idem.h"
 #include "publisher.h"
@@ -93,12 +94,31 @@ static void publish_ubf(void *ptr)
 }
 
 /* publisher.publish(channel, data, event, idempotency_key) -> id */
-static VALUE pub_publish(VALUE self, VALUE channel, VALUE data, VALUE event, VALUE key)
+/* The targets line a targeted message's body starts with (targets.h),
+ * checked; 0 bytes without targets. */
+static size_t targets_head(VALUE targets)
+{
+    const char *why = NULL;
+    spillway_targets *t;
+    if (NIL_P(targets)) return 0;
+    StringValue(targets);
+    t = spillway_targets_parse(RSTRING_PTR(targets), (size_t)RSTRING_LEN(targets), false, &why);
+    if (t == NULL) rb_raise(rb_eArgError, "targets %s", why);
+    spillway_targets_unref(t);
+    return sizeof(SPILLWAY_TARGETS_FIELD) - 1 + (size_t)RSTRING_LEN(targets) + 1;
+}
+
+/* publisher.publish(channel, data, event, key, targets = nil) -> id */
+static VALUE pub_publish(int argc, VALUE *argv, VALUE self)
 {
     pub_wrap *w = get(self);
     spillway_publish_call call;
     ssize_t need;
     char *body, *keycopy = NULL;
+    VALUE channel, data, event, key, targets;
+    size_t head;
+
+    rb_scan_args(argc, argv, "41", &channel, &data, &event, &key, &targets);
 
     if (w->pid != getpid()) rb_raise(spillway_eError, "publisher of process %d used in %d", (int)w->pid, (int)getpid());
     StringValue(channel);
@@ -113,11 +133,17 @@ static VALUE pub_publish(VALUE self, VALUE channel, VALUE data, VALUE event, VAL
                              NIL_P(event) ? 0 : (size_t)RSTRING_LEN(event), RSTRING_PTR(data),
                              (size_t)RSTRING_LEN(data));
     if (need < 0) rb_raise(rb_eArgError, "%s", spillway_sse_strerror(need));
-    if ((size_t)need + SPILLWAY_ID_TEXT_MAX + 4 > SPILLWAY_FRAME_MAX)
+    head = targets_head(targets);
+    if ((size_t)need + head + SPILLWAY_ID_TEXT_MAX + 4 > SPILLWAY_FRAME_MAX)
         rb_raise(rb_eArgError, "a frame of %zd bytes is over SPILLWAY_FRAME_MAX (%u)", need, SPILLWAY_FRAME_MAX);
     /* Encoded here, with the GVL: the Strings may change once it is gone. */
-    body = ruby_xmalloc((size_t)need + 1);
-    spillway_sse_encode(body, (size_t)need, NULL, 0, NIL_P(event) ? NULL : RSTRING_PTR(event),
+    body = ruby_xmalloc(head + (size_t)need + 1);
+    if (head > 0) {
+        memcpy(body, SPILLWAY_TARGETS_FIELD, sizeof(SPILLWAY_TARGETS_FIELD) - 1);
+        memcpy(body + sizeof(SPILLWAY_TARGETS_FIELD) - 1, RSTRING_PTR(targets), (size_t)RSTRING_LEN(targets));
+        body[head - 1] = '\n';
+    }
+    spillway_sse_encode(body + head, (size_t)need, NULL, 0, NIL_P(event) ? NULL : RSTRING_PTR(event),
                         NIL_P(event) ? 0 : (size_t)RSTRING_LEN(event), RSTRING_PTR(data),
                         (size_t)RSTRING_LEN(data));
     spillway_publish_call_init(&call, w->p);
@@ -129,7 +155,7 @@ static VALUE pub_publish(VALUE self, VALUE channel, VALUE data, VALUE event, VAL
         call.channel = copy;
     }
     call.body = body;
-    call.bodylen = (size_t)need;
+    call.bodylen = head + (size_t)need;
     if (!NIL_P(key)) {
         /* Copied like the channel: the String may change once the GVL is gone. */
         call.keylen = (size_t)RSTRING_LEN(key);
@@ -146,6 +172,7 @@ static VALUE pub_publish(VALUE self, VALUE channel, VALUE data, VALUE event, VAL
     RB_GC_GUARD(data);
     RB_GC_GUARD(event);
     RB_GC_GUARD(key);
+    RB_GC_GUARD(targets);
     if (call.rc == -EINTR) rb_thread_check_ints();
     if (call.rc != 0) rb_raise(spillway_eRedisError, "Spillway.publish: %s", call.err);
     return rb_str_new_cstr(call.id);
@@ -169,6 +196,34 @@ static VALUE pub_cursor(VALUE self)
     if (call.rc == -EINTR) rb_thread_check_ints();
     if (call.rc != 0) rb_raise(spillway_eRedisError, "Spillway.cursor: %s", call.err);
     return rb_str_new_cstr(call.id);
+}
+
+static void *last_id_nogvl(void *ptr)
+{
+    spillway_publish_last_id(ptr);
+    return NULL;
+}
+
+/* publisher.last_id(channel) -> the newest id in the channel's backlog, or nil */
+static VALUE pub_last_id(VALUE self, VALUE channel)
+{
+    pub_wrap *w = get(self);
+    spillway_publish_call call;
+    char *copy;
+    if (w->pid != getpid()) rb_raise(spillway_eError, "publisher of process %d used in %d", (int)w->pid, (int)getpid());
+    StringValue(channel);
+    spillway_publish_call_init(&call, w->p);
+    call.chlen = (size_t)RSTRING_LEN(channel);
+    copy = ruby_xmalloc(call.chlen + 1);
+    memcpy(copy, RSTRING_PTR(channel), call.chlen);
+    copy[call.chlen] = '\0';
+    call.channel = copy;
+    rb_thread_call_without_gvl(last_id_nogvl, &call, publish_ubf, &call);
+    spillway_publish_call_done(&call);
+    xfree(copy);
+    if (call.rc == -EINTR) rb_thread_check_ints();
+    if (call.rc != 0) rb_raise(spillway_eRedisError, "Spillway.last_id: %s", call.err);
+    return call.id[0] ? rb_str_new_cstr(call.id) : Qnil;
 }
 
 static VALUE pub_close(VALUE self)
@@ -210,8 +265,9 @@ void Init_spillway_publisher(void)
     VALUE c = rb_define_class_under(spillway_mNative, "Publisher", rb_cObject);
     rb_define_alloc_func(c, pub_alloc);
     rb_define_method(c, "initialize", pub_initialize, 1);
-    rb_define_method(c, "publish", pub_publish, 4);
+    rb_define_method(c, "publish", pub_publish, -1);
     rb_define_method(c, "cursor", pub_cursor, 0);
+    rb_define_method(c, "last_id", pub_last_id, 1);
     rb_define_method(c, "close", pub_close, 0);
     rb_define_method(c, "abandon", pub_abandon, 0);
     rb_define_method(c, "stats", pub_stats, 0);

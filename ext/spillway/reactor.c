@@ -30,11 +30,47 @@
 
 /* ---- commands ---------------------------------------------------------- */
 
+/* The stream's memberships: each channel once, announced to the backend.
+ * False when out of memory (the stream is doomed). */
+static bool join_channels(spillway_hub *hub, spillway_conn *c, const spillway_cmd_attach *cmd)
+{
+    const spillway_backend *b = &hub->backend;
+    const char *p = cmd->names;
+
+    c->mem = calloc(cmd->nch ? cmd->nch : 1, sizeof(*c->mem));
+    if (c->mem == NULL) {
+        spillway_hub_log(hub, SW_LOG_MEMORY, "do_attach: out of memory");
+        spillway_conn_doom(hub, c, false);
+        return false;
+    }
+    for (uint32_t i = 0; i < cmd->nch; i++) {
+        size_t len = cmd->lens[i];
+        spillway_channel *ch = spillway_chtab_get(hub, p, len);
+        bool dup = false;
+        p += len;
+        if (ch == NULL) {
+            spillway_hub_log(hub, SW_LOG_MEMORY, "do_attach: cannot create channel (out of memory)");
+            spillway_conn_doom(hub, c, false);
+            return false;
+        }
+        for (uint32_t j = 0; j < c->nmem; j++) dup |= c->mem[j].ch == ch;
+        if (dup) continue;
+        if (spillway_channel_add_sub(ch, c, c->nmem) != 0) {
+            spillway_hub_log(hub, SW_LOG_MEMORY, "do_attach: out of memory");
+            spillway_channel_maybe_release(hub, ch);
+            spillway_conn_doom(hub, c, false);
+            return false;
+        }
+        c->nmem++;
+        if (b->ops->channel_wanted != NULL) b->ops->channel_wanted(b->self, ch);
+    }
+    return true;
+}
+
 static void do_attach(spillway_hub *hub, spillway_cmd_attach *cmd)
 {
     spillway_conn *c = spillway_conn_new(hub, cmd->fd, cmd->flags);
     const spillway_backend *b = &hub->backend;
-    const char *p = cmd->names;
 
     if (c == NULL) {
         close(cmd->fd);
@@ -42,6 +78,8 @@ static void do_attach(spillway_hub *hub, spillway_cmd_attach *cmd)
         return;
     }
     cmd->fd = -1;
+    c->ident = cmd->ident; /* the stream takes the command's reference */
+    cmd->ident = NULL;
     STAT_ADD(hub, st_accepted, 1);
     if (c->flags & SW_CF_FALLBACK) {
         STAT_ADD(hub, st_fallback, 1);
@@ -61,33 +99,7 @@ static void do_attach(spillway_hub *hub, spillway_cmd_attach *cmd)
     c->cursor = cmd->cursor;
     if (c->has_cursor) STAT_ADD(hub, st_resumes, 1);
 
-    c->mem = calloc(cmd->nch ? cmd->nch : 1, sizeof(*c->mem));
-    if (c->mem == NULL) {
-        spillway_hub_log(hub, SW_LOG_MEMORY, "do_attach: out of memory");
-        spillway_conn_doom(hub, c, false);
-        return;
-    }
-    for (uint32_t i = 0; i < cmd->nch; i++) {
-        size_t len = cmd->lens[i];
-        spillway_channel *ch = spillway_chtab_get(hub, p, len);
-        bool dup = false;
-        p += len;
-        if (ch == NULL) {
-            spillway_hub_log(hub, SW_LOG_MEMORY, "do_attach: cannot create channel (out of memory)");
-            spillway_conn_doom(hub, c, false);
-            return;
-        }
-        for (uint32_t j = 0; j < c->nmem; j++) dup |= c->mem[j].ch == ch;
-        if (dup) continue;
-        if (spillway_channel_add_sub(ch, c, c->nmem) != 0) {
-            spillway_hub_log(hub, SW_LOG_MEMORY, "do_attach: out of memory");
-            spillway_channel_maybe_release(hub, ch);
-            spillway_conn_doom(hub, c, false);
-            return;
-        }
-        c->nmem++;
-        if (b->ops->channel_wanted != NULL) b->ops->channel_wanted(b->self, ch);
-    }
+    if (!join_channels(hub, c, cmd)) return;
     b->ops->join(b->self, c);
     /* Joined at once (memory, or a Redis stream without a cursor whose
      * channels were ACTIVE): a poll may be answered at the end of this

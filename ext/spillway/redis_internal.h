@@ -196,13 +196,17 @@ static inline void conn_unref(spillway_hub *hub, spillway_conn *c)
     }
 }
 
+/* The id of a frame read from Redis, and its targets (targets.h). */
 static inline int frame_set_id(spillway_frame *f)
 {
     uint32_t end = 4;
+    const char *why;
     if (f->len < 6 || memcmp(f->data, "id: ", 4) != 0) return -1;
     while (end < f->len && end < 4 + SPILLWAY_ID_TEXT_MAX && f->data[end] != '\n') end++;
     if (end >= f->len || f->data[end] != '\n') return -1;
-    return spillway_id_parse(f->data + 4, end - 4, &f->id);
+    if (spillway_id_parse(f->data + 4, end - 4, &f->id) != 0) return -1;
+    /* A targeted message: its targets line comes out here (targets.h). */
+    return spillway_targets_take(f, &f->targets, &why);
 }
 
 /* Takes the frame out of a reply value (the value keeps nothing). */

@@ -226,7 +226,12 @@ static void fill_complete(spillway_hub *hub, spillway_channel *ch, spillway_id s
     for (uint32_t i = 0; i < keep; i++) ring[i] = spillway_frame_ref(ch->fill[i]);
     for (uint32_t i = 0; i < ch->ring_len; i++) ring[keep + i] = ch->ring[(ch->ring_start + i) % ch->ring_cap];
     spillway_backlog_adopt(hub, ch, ring, total, keep);
+    /* The ring now holds every message after fill_from: what it had
+     * trimmed before is back (the fill reached the old ring's start). Left
+     * as it was, `trimmed` would still say the ring does not reach back to
+     * the waiters' cursor, and they would ask for the same fill forever. */
     ch->cache_from = ch->fill_from;
+    if (spillway_id_cmp(ch->trimmed, ch->fill_from) > 0) ch->trimmed = ch->fill_from;
     fill_clear(r, ch);
     cache_touch(hub, ch);
     fill_waiters(hub, ch);

@@ -194,47 +194,6 @@ void spillway_link_protocol_error(spillway_hub *hub, spillway_rlink *l, const ch
     spillway_link_fail(hub, l, "protocol", why);
 }
 
-/* ---- transport: the socket itself, or a TLS session on it ------------- */
-
-/* What the link asks of its connection, with the answers of tls.h for
- * both: OK (*n bytes moved), WANT_* (wait for the socket), CLOSED (read:
- * the peer closed), ERROR (*why). */
-static spillway_tls_rc transport_send(spillway_rlink *l, const char *p, size_t len, size_t *n, const char **why)
-{
-    ssize_t r;
-    if (l->tls != NULL) {
-        spillway_tls_rc rc = spillway_tls_write(l->tls, p, len, n);
-        if (rc == SW_TLS_CLOSED) rc = SW_TLS_ERROR;
-        if (rc == SW_TLS_ERROR) *why = spillway_tls_error(l->tls);
-        return rc;
-    }
-    do r = send(l->h.fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-    while (r < 0 && errno == EINTR);
-    *n = r > 0 ? (size_t)r : 0;
-    if (r > 0) return SW_TLS_OK;
-    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return SW_TLS_WANT_WRITE;
-    *why = r < 0 ? strerror(errno) : "closed";
-    return SW_TLS_ERROR;
-}
-
-static spillway_tls_rc transport_recv(spillway_rlink *l, char *p, size_t len, size_t *n, const char **why)
-{
-    ssize_t r;
-    if (l->tls != NULL) {
-        spillway_tls_rc rc = spillway_tls_read(l->tls, p, len, n);
-        if (rc == SW_TLS_ERROR) *why = spillway_tls_error(l->tls);
-        return rc;
-    }
-    do r = recv(l->h.fd, p, len, MSG_DONTWAIT);
-    while (r < 0 && errno == EINTR);
-    *n = r > 0 ? (size_t)r : 0;
-    if (r > 0) return SW_TLS_OK;
-    if (r == 0) return SW_TLS_CLOSED;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return SW_TLS_WANT_READ;
-    *why = strerror(errno);
-    return SW_TLS_ERROR;
-}
-
 /* Writes until the socket is full. With TLS a write may also wait for a
  * read (WANT_READ): every event of a TLS link drives both directions, so
  * the next edge of either kind retries it, with the same bytes (out only
@@ -245,7 +204,7 @@ void spillway_link_write(spillway_hub *hub, spillway_rlink *l)
            (l->state == SW_LS_READY || l->state == SW_LS_HANDSHAKE)) {
         const char *why = NULL;
         size_t n = 0;
-        spillway_tls_rc rc = transport_send(l, l->out.data + l->out.off, l->out.len - l->out.off, &n, &why);
+        spillway_tls_rc rc = spillway_link_send(l, l->out.data + l->out.off, l->out.len - l->out.off, &n, &why);
         if (rc == SW_TLS_OK) {
             l->out.off += n;
             l->written_total += (uint64_t)n;
@@ -556,7 +515,7 @@ static void link_read(spillway_hub *hub, spillway_rlink *l)
     for (;;) {
         size_t n = 0;
         const char *err = NULL;
-        spillway_tls_rc rc = transport_recv(l, buf, sizeof(buf), &n, &err);
+        spillway_tls_rc rc = spillway_link_recv(l, buf, sizeof(buf), &n, &err);
         if (rc == SW_TLS_CLOSED) {
             spillway_link_fail(hub, l, "recv", "connection closed by Redis");
             return;
@@ -591,7 +550,7 @@ static void link_read(spillway_hub *hub, spillway_rlink *l)
  * whether its node still is the primary. After a failover the old primary
  * may go on accepting writes until the sentinels make it a replica (which
  * discards them): the link moves as soon as they name another. */
-static void start_check(spillway_hub *hub, spillway_rlink *l)
+void spillway_link_start_check(spillway_hub *hub, spillway_rlink *l)
 {
     uint64_t budget;
     struct epoll_event ev;
@@ -662,61 +621,6 @@ void spillway_link_on_event(spillway_hub *hub, spillway_rlink *l, spillway_handl
         if (l->state == SW_LS_IDLE) return;
     }
     if (events & EPOLLOUT) spillway_link_write(hub, l);
-}
-
-/* ---- timers ------------------------------------------------------------ */
-
-/* How long Redis may take on the request at the head of the FIFO (a
- * request that reads much, like a gap repair, asks for more time). */
-static uint64_t head_limit(const spillway_hub *hub, const spillway_rq *q)
-{
-    return (uint64_t)hub->cfg.redis.command_timeout_ms * q->timeout_scale;
-}
-
-void spillway_link_timers(spillway_hub *hub, spillway_rlink *l)
-{
-    const spillway_redis_config *rc = &hub->cfg.redis;
-    switch (l->state) {
-    case SW_LS_IDLE:
-        if (hub->now >= l->retry_at) spillway_link_start(hub, l);
-        break;
-    case SW_LS_RESOLVING:
-    case SW_LS_CONNECTING:
-    case SW_LS_TLS:
-    case SW_LS_HANDSHAKE:
-        if (hub->now >= l->deadline) spillway_link_fail(hub, l, "connect", "timed out (connect_timeout)");
-        break;
-    case SW_LS_READY:
-        if (rc->sentinels != NULL && l->resolving == NULL && hub->now >= l->next_check) start_check(hub, l);
-        if (!l->opt.health_ping && l->head != NULL) {
-            if (hub->now >= l->head->sent_ms + head_limit(hub, l->head))
-                spillway_link_fail(hub, l, "command", "Redis did not answer in time (command_timeout)");
-        } else if (l->opt.health_ping) {
-            if (l->ping_out && hub->now >= l->ping_deadline) {
-                spillway_link_fail(hub, l, "health check", "no PONG in time");
-            } else if (!l->ping_out && hub->now >= l->next_ping) {
-                const char *argv[] = {"PING"};
-                spillway_link_queue(hub, l, NULL, 1, argv, NULL);
-                l->ping_out = true;
-                l->ping_deadline = hub->now + rc->command_timeout_ms + 1000;
-                l->next_ping = hub->now + rc->health_interval_ms;
-            }
-        }
-        break;
-    }
-}
-
-uint64_t spillway_link_next_timer(const spillway_hub *hub, const spillway_rlink *l)
-{
-    switch (l->state) {
-    case SW_LS_IDLE: return l->retry_at;
-    case SW_LS_READY: {
-        uint64_t t = hub->cfg.redis.sentinels != NULL && l->resolving == NULL ? l->next_check : UINT64_MAX;
-        if (l->opt.health_ping) return SW_MIN(t, l->ping_out ? l->ping_deadline : l->next_ping);
-        return SW_MIN(t, l->head != NULL ? l->head->sent_ms + head_limit(hub, l->head) : UINT64_MAX);
-    }
-    default: return l->deadline;
-    }
 }
 
 void spillway_link_teardown(spillway_hub *hub, spillway_rlink *l)

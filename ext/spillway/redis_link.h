@@ -138,4 +138,16 @@ void spillway_link_teardown(spillway_hub *hub, spillway_rlink *l);
  * connection): the child's copy of the socket is closed, nothing else. */
 void spillway_link_abandon(spillway_rlink *l);
 
+/* redis_link_io.c: what the link asks of its connection, with the answers
+ * of tls.h for both the socket and a TLS session: OK (*n bytes moved),
+ * WANT_* (wait for the socket), CLOSED (read: the peer closed), ERROR
+ * (*why). */
+#include "tls.h"
+spillway_tls_rc spillway_link_send(spillway_rlink *l, const char *p, size_t len, size_t *n, const char **why);
+spillway_tls_rc spillway_link_recv(spillway_rlink *l, char *p, size_t len, size_t *n, const char **why);
+
+/* Sentinel mode: asks the sentinels again whether this link's node is
+ * still the primary (on the resolver thread); a change reconnects. */
+void spillway_link_start_check(spillway_hub *hub, spillway_rlink *l);
+
 #endif

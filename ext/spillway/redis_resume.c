@@ -74,6 +74,23 @@ static bool tag_replay(spillway_hub *hub, spillway_conn *c, spillway_frame **fra
     return true;
 }
 
+/* Which of c's channels the read flags for a reset (reset[], one per
+ * membership), and why, for a read that answered in shape. */
+static const char *read_resets(const spillway_hub *hub, const spillway_conn *c, const spillway_rv *v,
+                               spillway_id now, bool *reset)
+{
+    for (uint32_t i = 0; i < c->nmem; i++) {
+        const spillway_rv *e = v->element[1]->element[i];
+        reset[i] = !c->cursor_ok || (e != NULL && e->type == SW_RV_INTEGER && e->integer == 1);
+        /* Without a backlog nothing can be replayed: anything after the
+         * cursor is a hole. */
+        if (hub->cfg.redis.backlog_size == 0 && spillway_id_cmp(now, c->cursor) > 0) reset[i] = true;
+    }
+    if (!c->cursor_ok) return "the Last-Event-ID is not an event id";
+    if (hub->cfg.redis.backlog_size == 0) return "no backlog (backlog_size 0)";
+    return "the backlog no longer reaches back to the Last-Event-ID";
+}
+
 static void on_resume_reply(spillway_hub *hub, const struct resume_req *q, spillway_rv *v)
 {
     spillway_conn *c = q->conn;
@@ -118,16 +135,7 @@ static void on_resume_reply(spillway_hub *hub, const struct resume_req *q, spill
         reason = "the resume read failed";
     } else {
         now = spillway_redis_parse_last(hub, v->element[0]);
-        for (uint32_t i = 0; i < c->nmem; i++) {
-            spillway_rv *e = v->element[1]->element[i];
-            reset[i] = !c->cursor_ok || (e != NULL && e->type == SW_RV_INTEGER && e->integer == 1);
-            /* Without a backlog nothing can be replayed: anything after the
-             * cursor is a hole. */
-            if (hub->cfg.redis.backlog_size == 0 && spillway_id_cmp(now, c->cursor) > 0) reset[i] = true;
-        }
-        if (!c->cursor_ok) reason = "the Last-Event-ID is not an event id";
-        else if (hub->cfg.redis.backlog_size == 0) reason = "no backlog (backlog_size 0)";
-        else reason = "the backlog no longer reaches back to the Last-Event-ID";
+        reason = read_resets(hub, c, v, now, reset);
     }
     /* A cursor newer than anything Redis issued (from the future) must not
      * hold back live frames: the stream starts from now, with its reset. */

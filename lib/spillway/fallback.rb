@@ -47,17 +47,18 @@ module Spillway
     # here when anything fails before that. The native path (1) allocates
     # as little as it can: it runs once per stream, thousands at once after
     # a deploy.
-    def open(env, hub, channels, cursor, flags = 0)
+    # ident: the stream's identity ("u=..;g=..;c=..", Targets.identity) or nil.
+    def open(env, hub, channels, cursor, flags = 0, ident = nil)
       io = begin
         full_hijack(env)
       rescue Exception # rubocop:disable Lint/RescueException
         hub.unreserve
         raise
       end
-      return open_slow(env, io, hub, channels, cursor, flags) unless io.is_a?(::BasicSocket)
+      return open_slow(env, io, hub, channels, cursor, flags, ident) unless io.is_a?(::BasicSocket)
 
       begin
-        hub.attach(io, channels, cursor, Native::Hub::ATTACH_HEAD | flags)
+        hub.attach(io, channels, cursor, Native::Hub::ATTACH_HEAD | flags, ident)
       rescue Exception # rubocop:disable Lint/RescueException
         give_back(hub, io)
         raise
@@ -78,10 +79,10 @@ module Spillway
     EMPTY_BODY = [].freeze
 
     # Paths 2 to 4 (io: what full hijack gave, nil when nothing).
-    def open_slow(env, io, hub, channels, cursor, flags)
+    def open_slow(env, io, hub, channels, cursor, flags, ident)
       attached = false
       attach = lambda do |sock, flags|
-        hub.attach(sock, channels, cursor, flags)
+        hub.attach(sock, channels, cursor, flags, ident)
         attached = true
       end
       if io

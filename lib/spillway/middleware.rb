@@ -2,6 +2,7 @@
 
 require "socket"
 require "cgi/util"
+require "digest"
 
 module Spillway
   # Rack middleware that serves Server-Sent Events streams:
@@ -14,6 +15,12 @@ module Spillway
   # same frames and ids) and closes; `transport=poll` answers at once.
   # `include=channel` adds a `channel: <name>` line to every message (for a
   # client that routes one stream's messages by channel, like spillway.js).
+  #
+  # identify: ->(env) { { user_id:, group_ids:, client_id: } } (or nil) gives
+  # the stream an identity, matched in the native loop against messages
+  # published with user_ids:/group_ids:/client_ids: (Targets); a
+  # `client_id=` parameter is the client id when identify gives none. An
+  # exception in identify goes to on_error (or a 500), like authorize's.
   #
   # The request thread validates, authorizes, hijacks the socket and hands a
   # copy of its descriptor to the native hub; it is free again at once.
@@ -55,23 +62,26 @@ module Spillway
     # transport= values and their attach flags: a stream, or one answer
     # (poll: at once; long-poll: at the first message, or empty after
     # long_poll_timeout), held in the native loop like a stream.
+    IDENTITY = "spillway.identity"
     TRANSPORTS = { "stream" => 0, "long-poll" => Native::Hub::ATTACH_LONG_POLL,
                    "poll" => Native::Hub::ATTACH_POLL }.freeze
 
-    def initialize(app, mount: "/stream", authorize: nil, param: "channel", on_error: nil)
+    def initialize(app, mount: "/stream", authorize: nil, param: "channel", on_error: nil, identify: nil)
       raise ArgumentError, "mount must start with /" unless mount.to_s.start_with?("/")
       raise ArgumentError, "authorize must respond to #call" if authorize && !authorize.respond_to?(:call)
+      raise ArgumentError, "identify must respond to #call" if identify && !identify.respond_to?(:call)
       raise ArgumentError, "on_error must respond to #call" if on_error && !on_error.respond_to?(:call)
 
       @on_error = on_error
+      @identify = identify
 
       @app = app
       @mount = mount.to_s
       @authorize = authorize
       @param = param.to_s
       raise ArgumentError, "param must be a non-empty name without & = % +" if @param.empty? || @param.match?(/[&=%+]/)
-      if %w[lastEventId token turbo transport include].include?(@param)
-        raise ArgumentError, "param #{@param.inspect} is taken (lastEventId, token, turbo, transport, include)"
+      if %w[lastEventId token turbo transport include client_id].include?(@param)
+        raise ArgumentError, "param #{@param.inspect} is taken (lastEventId, token, turbo, transport, include, client_id)"
       end
 
       @param = @param.dup.force_encoding(Encoding::UTF_8).freeze
@@ -79,12 +89,33 @@ module Spillway
     end
 
     def call(env)
-      return @app.call(env) unless env["PATH_INFO"] == @mount
+      path = env["PATH_INFO"]
+      return serve(env) if path == @mount
+      return client_js(env) if path.end_with?("/client.js") && path == "#{@mount}/client.js"
 
-      serve(env)
+      @app.call(env)
     end
 
+    # spillway.js (lib/spillway/client.js), read once: <mount>/client.js.
+    CLIENT_JS = File.binread(File.expand_path("client.js", __dir__)).freeze
+    CLIENT_ETAG = %("#{Digest::SHA256.hexdigest(CLIENT_JS)[0, 32]}").freeze
+    CLIENT_HEADERS = { "content-type" => "text/javascript; charset=utf-8", "etag" => CLIENT_ETAG,
+                       "cache-control" => "public, max-age=3600" }.freeze
+
     private
+
+    # GET or HEAD <mount>/client.js: the browser client, 304 when the
+    # browser's copy (If-None-Match) is this one.
+    def client_js(env)
+      method = env["REQUEST_METHOD"]
+      return text(405, "#{method} is not allowed here\n", "allow" => "GET, HEAD") unless %w[GET HEAD].include?(method)
+
+      tags = env["HTTP_IF_NONE_MATCH"].to_s.split(",").map { |t| t.strip.delete_prefix("W/") }
+      return [304, CLIENT_HEADERS.dup, []] if tags.include?(CLIENT_ETAG) || tags.include?("*")
+
+      headers = CLIENT_HEADERS.merge("content-length" => CLIENT_JS.bytesize.to_s)
+      [200, headers, method == "HEAD" ? [] : [CLIENT_JS]]
+    end
 
     def serve(env)
       method = env["REQUEST_METHOD"]
@@ -97,7 +128,7 @@ module Spillway
       config = Spillway.config
       max = config.max_channels_per_connection
       channels = []
-      cursor = token = turbo = transport = include = nil
+      cursor = token = turbo = transport = include = client_id = nil
       tokens = turbos = 0
       scan_query(query) do |name, value|
         case name
@@ -111,6 +142,7 @@ module Spillway
         when :cursor then cursor ||= value
         when :transport then transport ||= value
         when :include then include ||= value
+        when :client_id then client_id ||= value
         when :token
           tokens += 1
           token ||= value
@@ -130,6 +162,17 @@ module Spillway
       when nil, "" then nil
       when "channel" then flags |= Native::Hub::ATTACH_CHANNEL
       else return text(400, "unknown include #{include[0, 32].inspect}: the one allowed value is channel\n")
+      end
+      if client_id && !client_id.match?(Targets::ID)
+        return text(400, "invalid client_id: 1 to 128 characters of A-Z a-z 0-9 _ . @ : + / -\n")
+      end
+      if @identify || client_id
+        # The stream's identity (Targets.identity), for open_stream.
+        env[IDENTITY] = begin
+          Targets.identity(@identify&.call(env), client_id)
+        rescue StandardError => e
+          return failed(env, e, "identify")
+        end
       end
       cursor = env["HTTP_LAST_EVENT_ID"] || cursor
       cursor = nil if cursor&.empty?
@@ -215,7 +258,7 @@ module Spillway
         return text(503, "too many open streams (max_connections #{config.max_connections_effective})\n",
                     "retry-after" => retry_after.to_s)
       end
-      response = Fallback.open(env, hub, channels, cursor, flags)
+      response = Fallback.open(env, hub, channels, cursor, flags, env[IDENTITY])
       if Instrumentation.listening?("stream_open.spillway")
         ::ActiveSupport::Notifications.instrument("stream_open.spillway", channels: channels, cursor: cursor, mount: @mount)
       end
@@ -259,7 +302,8 @@ module Spillway
     TURBO_AT = /\Gturbo/
     TRANSPORT_AT = /\Gtransport/
     INCLUDE_AT = /\Ginclude/
-    private_constant :CURSOR_AT, :TOKEN_AT, :TURBO_AT, :TRANSPORT_AT, :INCLUDE_AT
+    CLIENT_ID_AT = /\Gclient_id/
+    private_constant :CURSOR_AT, :TOKEN_AT, :TURBO_AT, :TRANSPORT_AT, :INCLUDE_AT, :CLIENT_ID_AT
 
     # :channel, :cursor, :token, :turbo, :transport or nil for the unescaped pair name
     # query[from...eq].
@@ -270,6 +314,7 @@ module Spillway
       elsif eq - from == 5 && TURBO_AT.match?(query, from) then :turbo
       elsif eq - from == 9 && TRANSPORT_AT.match?(query, from) then :transport
       elsif eq - from == 7 && INCLUDE_AT.match?(query, from) then :include
+      elsif eq - from == 9 && CLIENT_ID_AT.match?(query, from) then :client_id
       end
     end
 
@@ -281,6 +326,7 @@ module Spillway
       elsif name == "turbo" then :turbo
       elsif name == "transport" then :transport
       elsif name == "include" then :include
+      elsif name == "client_id" then :client_id
       end
     end
 

@@ -88,6 +88,11 @@ RSpec.describe "Compound Redis faults during numbered publishing" do
       nil # what is missing is reported below, stream by stream
     end
     bad = swarm.clients.reject { |c| c.problems.empty? && c.complete?(total) }
+    if !bad.empty? && ENV["FAULTS_HOLD"]
+      # For gdb: the servers stay up a while, their pids in FAULTS_HOLD.
+      File.write(ENV["FAULTS_HOLD"], @servers.map(&:pid).join(" "))
+      sleep 180
+    end
     per_server = bad.group_by { |c| swarm.clients.index(c) / streams_per_server }.transform_values(&:size)
     summary = bad.map do |c|
       "#{c.channels.join('&')} (#{c.resets} resets, #{c.reconnects} reconnects, at #{c.last}): #{c.problems.first(3).join('; ')}"
@@ -101,7 +106,7 @@ RSpec.describe "Compound Redis faults during numbered publishing" do
   end
 
   def server_stats
-    @servers.map { |s| s.stats.slice(:gap_repairs, :resets, :redis_reconnects, :dropped_slow, :errors, :last_error, :joining) }
+    @servers.map { |s| s.stats.slice(:gap_repairs, :resets, :redis_reconnects, :dropped_slow, :errors, :last_error, :joining, :connections, :long_polls, :polls_answered) }
   end
 
   it "delivers every message once and in order under kills, cuts, delays, pauses and restarts (AOF, LOADING)" do

@@ -51,6 +51,38 @@ RSpec.describe "Redis: resumes under load" do
     watcher&.close
   end
 
+  it "serves a resume from before what the resume cache's ring still holds, with one fill" do
+    # The server keeps 100 frames per channel in its ring; the publishes
+    # (this process) keep 10,000 in Redis, so Redis still has what the ring
+    # trimmed.
+    @redis = RedisServer.new.start
+    @server = AppServer.new(config: { redis_url: @redis.url, backlog_size: 100 }).start
+    Spillway.configure(redis_url: @redis.url, backlog_size: 10_000)
+    watcher = SSEClient.open(@server.port, "trim")
+    watcher.wait_for_head
+    wait_until { s = @server.stats; s[:connections] == 1 && s[:joining].zero? }
+    ids = [Spillway.publish("trim", "m0")]
+    # A resume starts the channel's cache (from where the hub stands now).
+    first = SSEClient.open(@server.port, "trim", cursor: ids[0])
+    first.wait_for_head
+    wait_until { @server.stats[:joining].zero? && @server.stats[:resumes] >= 1 }
+    150.times { |i| ids << Spillway.publish("trim", "m#{i + 1}") }
+    watcher.wait_for_events(151)
+    before = command_calls(@redis)
+    # From m10: 140 messages, more than the ring's 100.
+    late = SSEClient.open(@server.port, "trim", cursor: ids[10])
+    late.wait_for_events(140, timeout: 10)
+    expect(late.data).to eq(Array.new(140) { |i| "m#{i + 11}" })
+    expect(late.events.map(&:last_event_id)).to eq(ids[11..])
+    spent = command_calls(@redis).sum { |k, v| v - before.fetch(k, 0) } - 1
+    expect(spent).to be <= 5 # one fill (one or two pages), not a loop of them
+    Spillway.publish("trim", "live")
+    late.wait_for_events(141)
+    expect(late.data.last).to eq("live")
+  ensure
+    [watcher, first, late].each { |c| c&.close }
+  end
+
   it "keeps memory bounded and other streams served when clients ask for big replays and never read" do
     start(command_timeout: 1.0)
     cursor = Spillway.cursor

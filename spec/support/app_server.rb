@@ -326,8 +326,11 @@ class AppServer
     http.start { |h| h.post(path, body, "Content-Type" => "application/octet-stream") }
   end
 
-  def publish(channel, data, event: nil, idempotency_key: nil)
+  # targets: user_ids:, group_ids:, client_ids: (Arrays); async: true
+  def publish(channel, data, event: nil, idempotency_key: nil, async: false, **targets)
     q = "channel=#{URI.encode_www_form_component(channel)}"
+    q << "&async=1" if async
+    targets.each { |k, ids| q << "&#{k}=#{URI.encode_www_form_component(ids.join(','))}" }
     q << "&event=#{URI.encode_www_form_component(event)}" if event
     q << "&key=#{URI.encode_www_form_component(idempotency_key)}" if idempotency_key
     res = post("/publish?#{q}", data)
