@@ -202,14 +202,16 @@ void spillway_channel_leave_all(spillway_hub *hub, spillway_conn *c)
 }
 
 /* Counts a message in its rate window: the windows are fixed intervals of
- * the loop's clock, so a count needs no timer. */
+ * the loop's clock, so a count needs no timer, and the division runs only
+ * when a window ends. */
 static void count_message(const spillway_hub *hub, spillway_channel *ch)
 {
-    uint64_t w = hub->now / SPILLWAY_RATE_WINDOW_MS;
-    if (w != ch->rate_window) {
+    if (hub->now >= ch->rate_until) {
+        uint64_t w = hub->now / SPILLWAY_RATE_WINDOW_MS;
         ch->rate_prev = w == ch->rate_window + 1 ? ch->rate_cur : 0;
         ch->rate_cur = 0;
         ch->rate_window = w;
+        ch->rate_until = (w + 1) * SPILLWAY_RATE_WINDOW_MS;
     }
     ch->rate_cur++;
     ch->messages++;

@@ -57,7 +57,7 @@ typedef struct spillway_channel {
     spillway_id last;    /* highest id seen on this channel */
     /* Messages fanned out: in all, in the window numbered rate_window
      * (hub->now / SPILLWAY_RATE_WINDOW_MS), and in the window before it. */
-    uint64_t messages, rate_window;
+    uint64_t messages, rate_window, rate_until; /* rate_until: hub->now when rate_window ends */
     uint32_t rate_cur, rate_prev;
     /* memory: the LRU of backlogs, and the last message (for the TTL) */
     struct spillway_channel *lru_prev, *lru_next;

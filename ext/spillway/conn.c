@@ -7,6 +7,7 @@
  * "The loop", says why and what was measured.
  */
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
@@ -37,12 +38,15 @@ static void set_socket_options(spillway_hub *hub, spillway_conn *c)
     setsockopt(c->h.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 #ifdef TCP_USER_TIMEOUT
     {
-        /* A peer that vanished (no FIN, no RST) leaves our heartbeat
-         * unacknowledged: the kernel drops the connection after this long
-         * instead of retrying for ~15 minutes, so it is released within
-         * two heartbeats. */
-        unsigned int ms = hub->cfg.heartbeat_ms;
-        setsockopt(c->h.fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms));
+        /* Since Linux 5.11 the user timeout also ends a connection whose
+         * window stayed shut that long (probes answered or not): bytes the
+         * kernel holds for a stream that stopped reading are then dropped
+         * after max_lag and a heartbeat, as an outbox of ours would be
+         * after max_lag (on_error counts it slow). A peer gone with bytes in
+         * flight is caught sooner, by the wheel (spillway_conn_vanished). */
+        uint64_t ms = (uint64_t)hub->cfg.max_lag_ms + hub->cfg.heartbeat_ms;
+        unsigned int uto = ms > UINT_MAX ? UINT_MAX : (unsigned int)ms;
+        setsockopt(c->h.fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &uto, sizeof(uto));
     }
 #endif
 }
@@ -382,6 +386,15 @@ static void after_flush(spillway_hub *hub, spillway_conn *c)
     queued_add(hub, c);
 }
 
+/* A socket error: EPIPE, ECONNRESET and the like mean the client is gone;
+ * ETIMEDOUT is the user timeout, which (the wheel having caught a vanished
+ * peer a heartbeat earlier) means the window stayed shut past max_lag: slow. */
+static void on_error(spillway_hub *hub, spillway_conn *c, int e)
+{
+    if (e == ETIMEDOUT) spillway_conn_doom_why(hub, c, true, "slow (max_lag)");
+    else spillway_conn_doom_why(hub, c, false, "client gone");
+}
+
 /* Writes as much of the outbox as the socket takes: one sendmsg per batch of
  * up to SPILLWAY_IOV_BATCH frames. Errors doom the stream. */
 void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
@@ -421,9 +434,8 @@ void spillway_conn_flush(spillway_hub *hub, spillway_conn *c)
                 c->flags |= SW_CF_BLOCKED;
                 break;
             }
-            /* EPIPE, ECONNRESET, ETIMEDOUT (TCP_USER_TIMEOUT): gone. */
             sw_debug("sendmsg(fd %d): %s", c->h.fd, strerror(e));
-            spillway_conn_doom_why(hub, c, false, "client gone");
+            on_error(hub, c, e);
             return;
         }
         STAT_ADD(hub, st_bytes_out, (uint64_t)n);
@@ -444,7 +456,10 @@ void spillway_conn_on_event(spillway_hub *hub, spillway_conn *c, uint32_t events
 {
     if (c->flags & (SW_CF_DOOMED | SW_CF_ZOMBIE)) return;
     if (events & (EPOLLERR | EPOLLHUP)) {
-        spillway_conn_doom_why(hub, c, false, "client gone");
+        int e = 0;
+        socklen_t len = sizeof(e);
+        if (getsockopt(c->h.fd, SOL_SOCKET, SO_ERROR, &e, &len) != 0) e = 0;
+        on_error(hub, c, e);
         return;
     }
     if (events & (EPOLLIN | EPOLLRDHUP)) {
@@ -480,6 +495,45 @@ void spillway_conn_on_event(spillway_hub *hub, spillway_conn *c, uint32_t events
         c->flags &= ~SW_CF_BLOCKED;
         if (c->out_len > 0) spillway_conn_flush(hub, c);
     }
+}
+
+/* ---- vanished peers ---------------------------------------------------- */
+
+/* Whether the peer stopped acknowledging: bytes in flight and no ACK for
+ * three quarters of a heartbeat. The wheel asks once per period, just before
+ * the stream's heartbeat; the previous heartbeat left one period ago, so a
+ * live peer acknowledged it (or a window probe) long since, even one that
+ * stopped reading (it acknowledges with a zero window, and then nothing is in
+ * flight). A peer gone at any moment has its next heartbeat unacknowledged,
+ * and is caught at the tick after: within two heartbeats. TCP_USER_TIMEOUT
+ * alone gives the kernel's last retransmission, a few hundred ms past its
+ * timeout (1.4 s for 1 s, 15.6 s for 15 s here), so past two heartbeats. */
+bool spillway_conn_vanished(const spillway_hub *hub, const spillway_conn *c)
+{
+#ifdef TCP_INFO
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+
+    if (!(c->flags & SW_CF_TCP) || c->h.fd < 0) return false;
+    memset(&ti, 0, sizeof(ti));
+    if (getsockopt(c->h.fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0) return false;
+    return ti.tcpi_unacked > 0 && (uint64_t)ti.tcpi_last_ack_recv * 4 >= (uint64_t)hub->cfg.heartbeat_ms * 3;
+#else
+    SW_UNUSED(hub);
+    SW_UNUSED(c);
+    return false;
+#endif
+}
+
+/* Closes a vanished peer with a reset: nothing sent could arrive, and an
+ * orderly close would leave the kernel retransmitting an orphan. */
+void spillway_conn_abandon_vanished(spillway_hub *hub, spillway_conn *c)
+{
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+
+    setsockopt(c->h.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    sw_debug("fd %d: no acknowledgement for a heartbeat, peer vanished", c->h.fd);
+    spillway_conn_doom_why(hub, c, false, "client gone");
 }
 
 /* ---- closing ----------------------------------------------------------- */

@@ -115,6 +115,12 @@ void spillway_conn_doom(spillway_hub *hub, spillway_conn *c, bool slow);
  * the first reason given stays. Without one the close says "slow" or
  * "error". */
 void spillway_conn_doom_why(spillway_hub *hub, spillway_conn *c, bool slow, const char *why);
+/* Whether a TCP stream's peer stopped acknowledging for most of a heartbeat
+ * while bytes were in flight (TCP_INFO); asked by the wheel before each
+ * heartbeat. */
+bool spillway_conn_vanished(const spillway_hub *hub, const spillway_conn *c);
+/* Dooms a vanished stream; its close sends a reset. */
+void spillway_conn_abandon_vanished(spillway_hub *hub, spillway_conn *c);
 void spillway_conn_close(spillway_hub *hub, spillway_conn *c);
 
 void spillway_conn_release(spillway_hub *hub, spillway_conn *c);

@@ -51,12 +51,31 @@ static VALUE pub_alloc(VALUE klass)
     return obj;
 }
 
-static pub_wrap *get(VALUE self)
+static pub_wrap *get_open(VALUE self)
 {
     pub_wrap *w;
     TypedData_Get_Struct(self, pub_wrap, &pub_type, w);
     if (w->p == NULL) rb_raise(spillway_eError, "the publisher is closed");
     return w;
+}
+
+/* The publisher, open and made by this process (a fork child has its own). */
+static pub_wrap *get(VALUE self)
+{
+    pub_wrap *w = get_open(self);
+    if (w->pid != getpid()) rb_raise(spillway_eError, "publisher of process %d used in %d", (int)w->pid, (int)getpid());
+    return w;
+}
+
+/* A NUL-terminated copy of s on the heap (xfree it): the String may change
+ * once the GVL is released. */
+static char *copy_string(VALUE s)
+{
+    size_t len = (size_t)RSTRING_LEN(s);
+    char *copy = ruby_xmalloc(len + 1);
+    memcpy(copy, RSTRING_PTR(s), len);
+    copy[len] = '\0';
+    return copy;
 }
 
 /* Publisher.new(options) — the Redis part of the hub options. */
@@ -120,7 +139,6 @@ static VALUE pub_publish(int argc, VALUE *argv, VALUE self)
 
     rb_scan_args(argc, argv, "41", &channel, &data, &event, &key, &targets);
 
-    if (w->pid != getpid()) rb_raise(spillway_eError, "publisher of process %d used in %d", (int)w->pid, (int)getpid());
     StringValue(channel);
     StringValue(data);
     if (!NIL_P(event)) StringValue(event);
@@ -148,21 +166,13 @@ static VALUE pub_publish(int argc, VALUE *argv, VALUE self)
                         (size_t)RSTRING_LEN(data));
     spillway_publish_call_init(&call, w->p);
     call.chlen = (size_t)RSTRING_LEN(channel);
-    {
-        char *copy = ruby_xmalloc(call.chlen + 1);
-        memcpy(copy, RSTRING_PTR(channel), call.chlen);
-        copy[call.chlen] = '\0';
-        call.channel = copy;
-    }
+    call.channel = copy_string(channel);
     call.body = body;
     call.bodylen = head + (size_t)need;
     if (!NIL_P(key)) {
         /* Copied like the channel: the String may change once the GVL is gone. */
         call.keylen = (size_t)RSTRING_LEN(key);
-        keycopy = ruby_xmalloc(call.keylen + 1);
-        memcpy(keycopy, RSTRING_PTR(key), call.keylen);
-        keycopy[call.keylen] = '\0';
-        call.key = keycopy;
+        call.key = keycopy = copy_string(key);
     }
     rb_thread_call_without_gvl(publish_nogvl, &call, publish_ubf, &call);
     spillway_publish_call_done(&call);
@@ -189,7 +199,6 @@ static VALUE pub_cursor(VALUE self)
 {
     pub_wrap *w = get(self);
     spillway_publish_call call;
-    if (w->pid != getpid()) rb_raise(spillway_eError, "publisher of process %d used in %d", (int)w->pid, (int)getpid());
     spillway_publish_call_init(&call, w->p);
     rb_thread_call_without_gvl(cursor_nogvl, &call, publish_ubf, &call);
     spillway_publish_call_done(&call);
@@ -210,14 +219,10 @@ static VALUE pub_last_id(VALUE self, VALUE channel)
     pub_wrap *w = get(self);
     spillway_publish_call call;
     char *copy;
-    if (w->pid != getpid()) rb_raise(spillway_eError, "publisher of process %d used in %d", (int)w->pid, (int)getpid());
     StringValue(channel);
     spillway_publish_call_init(&call, w->p);
     call.chlen = (size_t)RSTRING_LEN(channel);
-    copy = ruby_xmalloc(call.chlen + 1);
-    memcpy(copy, RSTRING_PTR(channel), call.chlen);
-    copy[call.chlen] = '\0';
-    call.channel = copy;
+    call.channel = copy = copy_string(channel);
     rb_thread_call_without_gvl(last_id_nogvl, &call, publish_ubf, &call);
     spillway_publish_call_done(&call);
     xfree(copy);
@@ -248,7 +253,7 @@ static VALUE pub_abandon(VALUE self)
 
 static VALUE pub_stats(VALUE self)
 {
-    pub_wrap *w = get(self);
+    pub_wrap *w = get_open(self);
     spillway_publisher_stats st;
     VALUE h = rb_hash_new();
     spillway_publisher_stats_get(w->p, &st);

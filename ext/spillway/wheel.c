@@ -59,6 +59,11 @@ void spillway_wheel_tick(spillway_hub *hub)
             /* Frames waiting are traffic enough; a heartbeat behind them
              * would only take another entry. A poll gets none (its answer
              * is one response). */
+            if (c->flags & SW_CF_DOOMED) continue;
+            if (spillway_conn_vanished(hub, c)) {
+                spillway_conn_abandon_vanished(hub, c);
+                continue;
+            }
             if (c->out_len == 0 && !(c->flags & SW_CF_POLL)) spillway_conn_push(hub, c, hub->f_heartbeat);
         }
         hub->wheel_pos = (hub->wheel_pos + 1) % hub->wheel_slots;

@@ -82,6 +82,54 @@ RSpec.describe "Connection lifecycle" do
       rules&.each { |dir, p| system("iptables", "-D", "INPUT", "-i", "lo", "-p", "tcp", dir, p, "-j", "DROP") }
       client&.close
     end
+    it "keeps a live client that stopped reading (zero window) past several heartbeats" do
+      # The vanished-peer check must not take a full receive window for a
+      # pulled cable: the peer still acknowledges (with a zero window).
+      stuck = SSEClient.open(@server.port, "stalled", rcvbuf: 4096)
+      stuck.wait_for_head
+      wait_until { @server.stats[:connections] == 1 }
+      # 30 x 2 KiB: more than the client's 4 KiB window, well under the
+      # outbox limit and published at once (no lag builds up).
+      @server.post("/publish_seq?channel=stalled&from=1&count=30&size=2048")
+      wait_until(timeout: 5, message: "the window closed") { zero_window?(stuck.sock.local_address.ip_port) }
+      deadline = monotonic + 3.5 # three heartbeats and a half
+      wait_until(timeout: 5, message: "3.5 heartbeats") do
+        expect(@server.stats[:connections]).to eq(1)
+        monotonic > deadline
+      end
+      stuck.wait_for_events(30)
+      expect(stuck.data.map(&:to_i)).to eq((1..30).to_a)
+      expect(@server.stats[:connections]).to eq(1)
+    ensure
+      stuck&.close
+    end
+  end
+
+  describe "a client whose window stays shut" do
+    it "is dropped as slow once the kernel has held its bytes past max_lag (and a heartbeat)" do
+      server = AppServer.new(config: { heartbeat: 1, max_lag: 1 }).start
+      stuck = SSEClient.open(server.port, "shut", rcvbuf: 4096)
+      reader = SSEClient.open(server.port, "shut")
+      [stuck, reader].each(&:wait_for_head)
+      wait_until { server.stats[:connections] == 2 }
+      # Our outbox stays empty (the kernel takes all 60 KiB): only the
+      # socket's user timeout can see that nothing moves.
+      server.post("/publish_seq?channel=shut&from=1&count=30&size=2048")
+      wait_until(timeout: 5, message: "the window closed") { zero_window?(stuck.sock.local_address.ip_port) }
+      t0 = monotonic
+      wait_until(timeout: 5, message: "the stalled stream dropped") do
+        reader.pump
+        server.stats[:connections] == 1
+      end
+      expect(monotonic - t0).to be <= 2.5 * Waiting::SLOW
+      expect(server.stats[:dropped_slow]).to eq(1)
+      reader.wait_for_events(30)
+      expect(reader.data.map(&:to_i)).to eq((1..30).to_a)
+    ensure
+      stuck&.close
+      reader&.close
+      server&.stop
+    end
   end
 
   describe "shutdown" do
@@ -98,5 +146,12 @@ RSpec.describe "Connection lifecycle" do
       client&.close
       server&.stop
     end
+  end
+
+  # Whether the server's side of the stream to client port `port` waits on a
+  # zero window (ss: the persist timer runs, "timer:(persist,...)").
+  def zero_window?(port)
+    out = IO.popen(["ss", "-tnoH", "state", "established", "dport", "= :#{port}"], &:read)
+    out.include?("persist")
   end
 end

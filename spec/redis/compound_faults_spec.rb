@@ -37,11 +37,11 @@ RSpec.describe "Compound Redis faults during numbered publishing" do
     [Integer(n), Integer(retries), done == "done"]
   end
 
-  def start_publisher(url)
+  def start_publisher(url, backlog: 1000)
     @progress_file = File.join(@redis.dir, "progress")
     lib = File.expand_path("../../lib", __dir__)
     script = File.expand_path("../fixtures/numbered_publisher.rb", __dir__)
-    @publisher_pid = Process.spawn(RbConfig.ruby, "-I#{lib}", script, url, CHANNELS.join(","),
+    @publisher_pid = Process.spawn({ "PUBLISHER_BACKLOG" => backlog.to_s }, RbConfig.ruby, "-I#{lib}", script, url, CHANNELS.join(","),
                                    per_channel.to_s, rate.to_s, @progress_file,
                                    out: File.join(@redis.dir, "publisher.log"), err: File.join(@redis.dir, "publisher.log"))
   end
@@ -119,15 +119,20 @@ RSpec.describe "Compound Redis faults during numbered publishing" do
     pad.call("BGREWRITEAOF")
     pad.close
     @proxy = FaultProxy.new(@redis.port)
-    # One Puma straight at Redis, one through the relay.
-    @servers = [AppServer.new(config: { redis_url: @redis.url }).start,
-                AppServer.new(config: { redis_url: "redis://127.0.0.1:#{@proxy.port}/0" }).start]
+    # One Puma straight at Redis, one through the relay. The backlog holds
+    # 10,000 messages a channel (50 s at this rate): the longest outage the
+    # faults make (a restart with LOADING, a pause, reconnect backoff, all
+    # slower on a loaded 2-core machine) stays inside it, so no reset is due
+    # (with 1,000, an outage over 5 s on one server was an honest reset for
+    # every stream there).
+    @servers = [AppServer.new(config: { redis_url: @redis.url, backlog_size: 10_000 }).start,
+                AppServer.new(config: { redis_url: "redis://127.0.0.1:#{@proxy.port}/0", backlog_size: 10_000 }).start]
     swarm = SSESwarm.new(@servers.flat_map { |s| open_streams(s) })
     @servers.each do |s|
       wait_until(message: "streams live") { st = s.stats; st[:connections] == streams_per_server && st[:joining].zero? && st[:redis_connected] }
     end
     admin = ->(*cmd) { RespClient.new(port: @redis.port, timeout: 2).then { |r| r.call(*cmd).tap { r.close } } }
-    start_publisher(@redis.url)
+    start_publisher(@redis.url, backlog: 10_000)
     restarts = FULL ? [0.3, 0.65] : [0.45]
     @faults = run_faults([
       [1.5, 1.0, "kill sub links", -> { admin.call("CLIENT", "KILL", "TYPE", "pubsub") }],
