@@ -146,6 +146,14 @@ void spillway_link_abandon(spillway_rlink *l);
 spillway_tls_rc spillway_link_send(spillway_rlink *l, const char *p, size_t len, size_t *n, const char **why);
 spillway_tls_rc spillway_link_recv(spillway_rlink *l, char *p, size_t len, size_t *n, const char **why);
 
+/* Sentinel: how often a link that is up asks them whether its node still
+ * is the primary. */
+#define SENTINEL_CHECK_MS 1000u
+
+/* redis_link_handshake.c: sends the Redis handshake (state HANDSHAKE); the
+ * link's on_ready hook runs when its last reply is in. */
+void spillway_link_handshake(spillway_hub *hub, spillway_rlink *l);
+
 /* Sentinel mode: asks the sentinels again whether this link's node is
  * still the primary (on the resolver thread); a change reconnects. */
 void spillway_link_start_check(spillway_hub *hub, spillway_rlink *l);

@@ -216,6 +216,86 @@ const char spillway_lua_resume[] =
     "for _, e in ipairs(entries) do flat[#flat + 1] = e[3]; flat[#flat + 1] = e[4] end\n"
     "return {last or string.format('%d-0', now), resets, flat}\n";
 
+/* The witness (scripts.h): KEYS id, since, the channel's stream; ARGV the
+ * id, the backlog TTL in seconds, "1" when channels keep a backlog. Returns
+ * 1 when the id proved missing (since and the id key then move up to now:
+ * other processes' messages may have gone with it, which no one here can
+ * name, so every cursor from before gets a reset, as after a Redis that
+ * lost everything), else 0. Entries are trimmed oldest first, and a replica applies writes in
+ * order, so the id alone tells: present, trimmed (the entry after it names
+ * it, or something after it, as predecessor), or lost (this history went
+ * from an older entry straight past it, or stops before it). */
+const char spillway_lua_witness[] =
+    "local function parse(s)\n"
+    "  if not s then return nil end\n"
+    "  local a, b = string.match(s, '^(%d+)%-(%d+)$')\n"
+    "  if not a then return nil end\n"
+    "  return tonumber(a), tonumber(b)\n"
+    "end\n"
+    "local function after(ams, aseq, bms, bseq)\n"
+    "  return ams > bms or (ams == bms and aseq > bseq)\n"
+    "end\n"
+    "local function field(fields, name)\n"
+    "  for j = 1, #fields, 2 do if fields[j] == name then return fields[j + 1] end end\n"
+    "end\n"
+    "local wms, wseq = parse(ARGV[1])\n"
+    "if not wms then return 0 end\n"
+    "local ttl = tonumber(ARGV[2])\n"
+    "local ims, iseq = parse(redis.call('GET', KEYS[1]))\n"
+    "local lost = 0\n"
+    "if not ims or after(wms, wseq, ims, iseq) then\n"
+    "  -- The id key is behind it: it never reached this history.\n"
+    "  lost = 1\n"
+    "elseif ARGV[3] == '1' and #redis.call('XRANGE', KEYS[3], ARGV[1], ARGV[1]) == 0 then\n"
+    "  local nxt = redis.call('XRANGE', KEYS[3], '(' .. ARGV[1], '+', 'COUNT', 1)\n"
+    "  if #nxt > 0 then\n"
+    "    local pms, pseq = parse(field(nxt[1][2], 'p'))\n"
+    "    if pms ~= nil and after(wms, wseq, pms, pseq) then lost = 2 end\n"
+    "  elseif redis.call('EXISTS', KEYS[3]) == 1 then\n"
+    "    lost = 3 -- the stream's newest entry is older\n"
+    "  else\n"
+    "    -- No stream: expired (its TTL ran out after this entry), or lost.\n"
+    "    local t = redis.call('TIME')\n"
+    "    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "    if ttl == 0 or wms + ttl * 1000 > now then lost = 4 end\n"
+    "  end\n"
+    "end\n"
+    "if lost == 0 then return 0 end\n"
+    "-- What else went with it is unknown (other processes' messages): the\n"
+    "-- history this Redis vouches for starts now, as after losing all of it.\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local mms = math.max(now, wms + 1)\n"
+    "local mark = string.format('%d-0', mms)\n"
+    "if not ims or ims < mms then redis.call('SET', KEYS[1], mark) end\n"
+    "local sms = parse(redis.call('GET', KEYS[2]))\n"
+    "if not sms or sms < mms then redis.call('SET', KEYS[2], mark) end\n"
+    "return lost\n";
+
+int spillway_buf_witness(spillway_buf *b, const spillway_keys *k, const char *chan, size_t chlen, const char *id,
+                         uint32_t backlog_ttl_s, bool backlog)
+{
+    char ttl[16];
+    size_t mark = b->len;
+    int bad = spillway_buf_begin(b, 9);
+
+    snprintf(ttl, sizeof(ttl), "%u", backlog_ttl_s);
+    bad |= spillway_buf_arg(b, "EVAL", 4);
+    bad |= spillway_buf_arg(b, spillway_lua_witness, strlen(spillway_lua_witness));
+    bad |= spillway_buf_arg(b, "3", 1);
+    bad |= spillway_buf_arg(b, k->id, strlen(k->id));
+    bad |= spillway_buf_arg(b, k->since, strlen(k->since));
+    bad |= spillway_buf_arg2(b, k->stream, k->stream_len, chan, chlen);
+    bad |= spillway_buf_arg(b, id, strlen(id));
+    bad |= spillway_buf_arg(b, ttl, strlen(ttl));
+    bad |= spillway_buf_arg(b, backlog ? "1" : "0", 1);
+    if (bad) {
+        b->len = mark;
+        return -1;
+    }
+    return 0;
+}
+
 const char spillway_lua_cursor[] =
     "local v = redis.call('GET', KEYS[1])\n"
     "if v then return v end\n"

@@ -72,6 +72,21 @@ int spillway_buf_publish(spillway_buf *b, const spillway_keys *k, const spillway
  * and publishes nothing. */
 extern const char spillway_lua_publish[];
 
+/* The witness: a process that was told of message `id` on channel `chan`
+ * (a publish acknowledged, a live message received) asks a Redis it
+ * (re)connected to whether that message is in its history. A failover to a
+ * replica that lagged loses writes the old primary acknowledged; when this
+ * one is missing, NS:since and NS:id move up to Redis's clock (after the
+ * id), so a cursor from before gets a reset instead of silently skipping
+ * what was lost, and ids go on after it. Plain EVAL (it runs once per connection). 0, or -1 when out of
+ * memory (b then as it was). The reply: :0 when the message is there or was
+ * trimmed; when it proved missing, why: :1 the id key is behind it, :2 the
+ * entry after it names an older predecessor, :3 the stream ends before it,
+ * :4 the stream is gone though its TTL cannot have run out. */
+int spillway_buf_witness(spillway_buf *b, const spillway_keys *k, const char *chan, size_t chlen, const char *id,
+                         uint32_t backlog_ttl_s, bool backlog);
+extern const char spillway_lua_witness[];
+
 /* KEYS: id key, since key, then one stream key per channel. ARGV: mode
  * ("c": read after the cursor and report resets, for a client's cursor and
  * for gap repair; "n": only the last id), TTL seconds, the most entries to

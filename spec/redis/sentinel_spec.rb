@@ -159,7 +159,9 @@ RSpec.describe "Redis Sentinel" do
     @progress_file = File.join(dir, "progress")
     lib = File.expand_path("../../lib", __dir__)
     script = File.expand_path("../fixtures/numbered_publisher.rb", __dir__)
-    env = { "SPILLWAY_PUBLISHER_CONFIG" => JSON.generate(sentinel_config(group)) }
+    # A backlog that holds the whole run: the final primary's history then
+    # shows every hole a failover made, not only the last 1,000.
+    env = { "SPILLWAY_PUBLISHER_CONFIG" => JSON.generate(sentinel_config(group)), "PUBLISHER_BACKLOG" => "20000" }
     @publisher_pid = Process.spawn(env, RbConfig.ruby, "-I#{lib}", script, "redis:///0", SENTINEL_CHANNELS.join(","),
                                    per_channel.to_s, rate.to_s, @progress_file,
                                    out: File.join(dir, "publisher.log"), err: File.join(dir, "publisher.log"))
@@ -176,7 +178,7 @@ RSpec.describe "Redis Sentinel" do
     streams = FULL_SENTINEL ? 100 : 15
     @group = SentinelGroup.new.start
     first = @group.primary
-    @servers = Array.new(2) { AppServer.new(config: sentinel_config(@group)).start }
+    @servers = Array.new(2) { AppServer.new(config: sentinel_config(@group, backlog_size: 20_000)).start }
     sets = [%w[a], %w[a b], %w[a b c], %w[b c]]
     swarm = SSESwarm.new(@servers.flat_map { |s| Array.new(streams) { |i| SequenceClient.new(s.port, sets[i % sets.size]) } })
     @servers.each do |s|
@@ -218,11 +220,25 @@ RSpec.describe "Redis Sentinel" do
       warn File.read(File.join(third.dir, "redis.log")).lines.last(40).join
     end
     holes = numbers.transform_values { |ns| ns.each_cons(2).count { |x, y| y != x + 1 } }
+    # What the hubs' witness found missing (scripts.h): a message a hub
+    # received live from the old primary that the new one's history skips.
+    witnessed = @servers.flat_map do |s|
+      File.read(File.join(s.instance_variable_get(:@dir), "server.log")).scan(/lacks message (\S+) of (\S+),/)
+    end.uniq
+    # Every such claim is true of the final history: the id is not in it.
+    witnessed.each do |id, ch|
+      expect(third.call("XRANGE", "spillway:s:#{ch}", id, id)).to eq([]), "the witness said #{id} of #{ch} was lost, but it is there"
+    end
     resets = swarm.clients.sum(&:resets)
-    # A reset only where the promoted node provably lacked part of the
-    # backlog: a hole (messages acknowledged by the old primary that never
-    # reached its replica).
-    expect(resets).to eq(0), "#{resets} resets though the final backlog has no hole; servers: #{stats}" if holes.values.all?(&:zero?)
+    # A reset only where a promoted node provably lacked part of the
+    # backlog: a hole in the numbers (acknowledged by the old primary, never
+    # at its replica), or a message the hubs had that the history skips (its
+    # number published again under another id by the publisher's retry, or
+    # not: nobody can tell which other messages went with it).
+    if holes.values.all?(&:zero?) && witnessed.empty?
+      expect(resets).to eq(0), "#{resets} resets though the final backlog has no hole; servers: #{stats}"
+    end
+    warn "sentinel failover: holes #{holes}, witnessed #{witnessed.size}, resets #{resets}" if ENV["SENTINEL_DEBUG"]
     expect(numbers.values.map(&:last)).to all(eq(per_channel))
     expect(stats.map { |s| s[:redis_reconnects] }).to all(be >= 2)
   ensure
