@@ -386,6 +386,7 @@ static const spillway_link_hooks sub_hooks = {
     .on_ready = on_link_ready,
     .on_push = on_sub_reply,
     .on_lost = on_link_lost,
+    .handshake = spillway_link_handshake,
 };
 
 /* The command link: requests answered in order, the three scripts. */
@@ -402,6 +403,7 @@ static const spillway_link_options cmd_options = {
 static const spillway_link_hooks cmd_hooks = {
     .on_ready = on_link_ready,
     .on_lost = on_link_lost,
+    .handshake = spillway_link_handshake,
 };
 
 static int redis_new(spillway_hub *hub, char *err, size_t errlen)

@@ -356,7 +356,7 @@ static void tls_step(spillway_hub *hub, spillway_rlink *l)
         spillway_link_fail(hub, l, "TLS handshake", spillway_tls_error(l->tls));
         return;
     }
-    spillway_link_handshake(hub, l);
+    l->hooks.handshake(hub, l);
 }
 
 static void tls_start(spillway_hub *hub, spillway_rlink *l)
@@ -500,7 +500,7 @@ void spillway_link_on_event(spillway_hub *hub, spillway_rlink *l, spillway_handl
             tls_start(hub, l);
             return; /* the handshake wrote and read what there was */
         }
-        spillway_link_handshake(hub, l);
+        l->hooks.handshake(hub, l);
         if (l->state == SW_LS_IDLE) return;
     } else if (l->state == SW_LS_TLS) {
         tls_step(hub, l);

@@ -53,6 +53,10 @@ typedef struct spillway_link_hooks {
     void (*on_push)(spillway_hub *hub, spillway_rlink *l, spillway_rv *v);
     /* The link dropped (each waiting request's callback already ran). */
     void (*on_lost)(spillway_hub *hub, spillway_rlink *l, bool was_ready);
+    /* The socket (and TLS) is up: send the Redis handshake
+     * (spillway_link_handshake, redis_link_handshake.c, which sits above
+     * this file: it queues and fails through the link's functions). */
+    void (*handshake)(spillway_hub *hub, spillway_rlink *l);
 } spillway_link_hooks;
 
 /* What kind of link it is. */
