@@ -47,6 +47,9 @@ static void free_config_strings(spillway_config *cfg)
     free((char *)cfg->redis.username);
     free((char *)cfg->redis.password);
     free((char *)cfg->redis.ns);
+    free((char *)cfg->redis.sentinels);
+    free((char *)cfg->redis.sentinel_master);
+    free((char *)cfg->redis.sentinel_password);
     spillway_tls_ctx_unref(cfg->redis.tls);
     free((char *)cfg->pg.conninfo);
     free((char *)cfg->pg.ns);
@@ -90,6 +93,9 @@ static void copy_config(spillway_config *to, const spillway_config *cfg)
     to->redis.username = dup_or_null(cfg->redis.username);
     to->redis.password = dup_or_null(cfg->redis.password);
     to->redis.ns = dup_or_null(cfg->redis.ns ? cfg->redis.ns : "spillway");
+    to->redis.sentinels = dup_or_null(cfg->redis.sentinels);
+    to->redis.sentinel_master = dup_or_null(cfg->redis.sentinel_master);
+    to->redis.sentinel_password = dup_or_null(cfg->redis.sentinel_password);
     to->redis.tls = spillway_tls_ctx_ref(cfg->redis.tls);
     to->pg.conninfo = dup_or_null(cfg->pg.conninfo);
     to->pg.ns = dup_or_null(cfg->pg.ns ? cfg->pg.ns : "spillway");

@@ -33,12 +33,19 @@ typedef struct spillway_redis_config {
     const char *username; /* ACL user (NULL: none) */
     const char *password; /* NULL: no AUTH */
     int db;               /* database of the backlog keys */
+    /* Sentinel: ask these ("host:port,host:port") which node is the primary
+     * of sentinel_master (host is then only its name, for messages); NULL:
+     * host/port or path is Redis. */
+    const char *sentinels;
+    const char *sentinel_master;
+    const char *sentinel_password; /* AUTH to the sentinels, NULL: none */
     const char *ns;       /* key and channel namespace, "spillway" */
     uint32_t connect_timeout_ms;
     uint32_t command_timeout_ms;
     uint32_t health_interval_ms; /* PING the subscriber link this often */
     uint32_t backlog_size;       /* MAXLEN of a channel's stream */
     uint32_t backlog_ttl_s;      /* EXPIRE of a channel's stream, 0: none */
+    uint64_t backlog_window_ms;  /* XTRIM MINID: entries older than this go on publish, 0: off */
     uint32_t async_limit;        /* async publishes waiting for Redis at most */
     uint32_t unsubscribe_linger_ms;
     uint32_t idempotency_ttl_ms; /* how long Redis keeps an app-given idempotency key */
@@ -70,6 +77,7 @@ typedef struct spillway_config {
     uint64_t memory_limit;          /* bytes of all waiting frames: the laggiest streams dropped beyond */
     uint32_t backlog_size;          /* memory backend: messages kept per channel */
     uint32_t backlog_ttl_s;         /* memory backend: kept this long after the last message, 0: forever */
+    uint64_t backlog_window_ms;     /* a ring drops frames this much older than the newest, 0: off */
     uint32_t max_backlog_channels;  /* memory backend: channels with a backlog, LRU beyond */
     uint32_t queue_limit;           /* commands waiting for the reactor */
     const char *extra_headers;      /* raw "Name: value\r\n" lines added to the head, or NULL */

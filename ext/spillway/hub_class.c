@@ -86,6 +86,7 @@ static VALUE hub_initialize(VALUE self, VALUE opts)
     cfg.memory_limit = spillway_opt_u64(opts, "memory_limit", 256ull << 20);
     cfg.backlog_size = spillway_opt_u32(opts, "backlog_size", 1000);
     cfg.backlog_ttl_s = spillway_opt_u32(opts, "backlog_ttl", 86400);
+    cfg.backlog_window_ms = spillway_opt_u64(opts, "backlog_window_ms", 0);
     cfg.max_backlog_channels = spillway_opt_u32(opts, "max_backlog_channels", 100000);
     cfg.queue_limit = spillway_opt_u32(opts, "queue_limit", 65536);
     cfg.extra_headers = spillway_opt_str(opts, "extra_headers");

@@ -21,6 +21,9 @@ module Spillway
       redis_url: nil,              # nil: ENV["REDIS_URL"]; still nil: the memory backend
       redis_tls: nil,              # rediss://: { ca_file:, ca_path:, cert_file:, key_file:, verify: true, server_name: }
       postgres_url: nil,           # nil: ENV["SPILLWAY_POSTGRES_URL"]; "postgres://..." or a libpq keyword string
+      redis_sentinels: nil,        # ["host:26379", ...]: ask these Sentinels for the primary (redis_url: credentials, db, TLS)
+      redis_sentinel_master: nil,  # the master's name the sentinels monitor (or the host of redis_url)
+      sentinel_password: nil,      # AUTH to the sentinels (nil: none)
       namespace: "spillway",       # prefix of Redis keys and pub/sub channels; PostgreSQL: the schema and LISTEN channel
       # streams
       heartbeat: 15,               # seconds between heartbeat comments
@@ -38,6 +41,7 @@ module Spillway
       # backlog (both backends)
       backlog_size: 1000,          # messages kept per channel for resume
       backlog_ttl: 86_400,         # seconds a channel's backlog outlives its last message (0: forever)
+      backlog_window: nil,         # seconds: a channel's backlog also drops messages older than this (nil/0: off)
       max_backlog_channels: 100_000, # memory backend: channels with a backlog (least recently used dropped)
       idempotency_ttl: 300,        # seconds a publish's idempotency_key is remembered (both backends)
       # Redis
@@ -73,6 +77,7 @@ module Spillway
 
         public_send(:"#{key}=", value)
       end
+      check_sentinels
       self
     end
 
@@ -164,7 +169,7 @@ module Spillway
 
     # Settings are shown in consoles and logs: the secret is not.
     def inspect
-      "#<#{self.class.name} #{SETTINGS.keys.map { |k| "#{k}=#{k == :secret ? (@secret ? '[set]' : 'nil') : public_send(k).inspect}" }.join(' ')}>"
+      "#<#{self.class.name} #{SETTINGS.keys.map { |k| "#{k}=#{%i[secret sentinel_password].include?(k) ? (public_send(k) ? '[set]' : 'nil') : public_send(k).inspect}" }.join(' ')}>"
     end
 
     def headers=(headers)
@@ -208,6 +213,62 @@ module Spillway
       end
     end
 
+    # nil or 0: off. Otherwise seconds (at least a millisecond): publishing
+    # on a channel also trims its backlog to the messages of the last
+    # backlog_window seconds (under the backlog_size ceiling).
+    def backlog_window=(seconds)
+      if seconds.nil? || seconds == 0
+        @backlog_window = nil
+        return
+      end
+      value = Float(seconds)
+      raise ArgumentError, "backlog_window must be nil (off) or between 0.001 and #{2**31} seconds, got #{value}" unless value.between?(0.001, 2**31)
+
+      @backlog_window = value
+    end
+
+    # Sentinel: "host:port" (port 26379 when left out, IPv6 as [addr]:port),
+    # an Array or a comma-separated String; nil or empty: off.
+    def redis_sentinels=(list)
+      list = list.split(",") if list.is_a?(String)
+      if list.nil? || list.empty?
+        @redis_sentinels = nil
+        return
+      end
+      raise ArgumentError, "redis_sentinels must be an Array of \"host:port\" Strings, got #{list.class}" unless list.is_a?(Array)
+
+      @redis_sentinels = list.map { |entry| sentinel_address(entry) }.freeze
+    end
+
+    def redis_sentinel_master=(name)
+      if name.nil?
+        @redis_sentinel_master = nil
+        return
+      end
+      name = name.to_s
+      unless name.match?(/\A[^\s,\x00-\x1f]{1,200}\z/)
+        raise ArgumentError, "redis_sentinel_master must be the name the sentinels monitor (1..200 characters, no spaces), got #{name.inspect}"
+      end
+
+      @redis_sentinel_master = name
+    end
+
+    def sentinel_password=(password)
+      raise ArgumentError, "sentinel_password must be a String or nil, got #{password.class}" unless password.nil? || password.is_a?(String)
+
+      @sentinel_password = password.nil? || password.empty? ? nil : password
+    end
+
+    # The settings that only mean something with redis_sentinels.
+    def check_sentinels
+      if @redis_sentinels.nil?
+        raise ArgumentError, "redis_sentinel_master is set but redis_sentinels is not: list the sentinels to ask" if @redis_sentinel_master
+        raise ArgumentError, "sentinel_password is set but redis_sentinels is not: list the sentinels to ask" if @sentinel_password
+        return
+      end
+      redis
+    end
+
     def backend
       return :postgres if effective_postgres_url
       redis ? :redis : :memory
@@ -220,12 +281,40 @@ module Spillway
     # The parsed Redis URL as a Hash, or nil for the memory backend.
     def redis
       url = effective_redis_url
-      return nil unless url
-      return check_tls_scheme(@redis_parsed) if @redis_parsed_for == url
+      return nil unless url || @redis_sentinels
 
-      @redis_parsed = parse_redis_url(url)
-      @redis_parsed_for = url
+      key = [url, @redis_sentinels, @redis_sentinel_master]
+      return check_tls_scheme(@redis_parsed) if @redis_parsed_for == key
+
+      parsed = url ? parse_redis_url(url) : { host: nil, port: nil, path: nil, db: 0, tls: false, shown: "(no redis_url)" }
+      parsed = with_sentinels(parsed) if @redis_sentinels
+      parsed = parsed.reject { |k, _| %i[url_host url_port].include?(k) }
+      @redis_parsed = parsed
+      @redis_parsed_for = key
       check_tls_scheme(@redis_parsed)
+    end
+
+    # Sentinel: the master's name (redis_sentinel_master, or the host of
+    # redis_url) instead of an address; credentials, db and TLS stay the URL's.
+    def with_sentinels(parsed)
+      if parsed[:path]
+        raise ArgumentError, "redis_sentinels with a unix:// Redis URL (#{parsed[:shown]}): the sentinels name a host and port; " \
+                             "use redis://[user:password@][master-name][/db]"
+      end
+      if parsed[:url_port]
+        raise ArgumentError, "redis_sentinels: the primary's port comes from the sentinels; drop the port from the Redis URL #{parsed[:shown]}"
+      end
+      url_master = parsed[:url_host]
+      master = @redis_sentinel_master || url_master
+      unless master
+        raise ArgumentError, "redis_sentinels needs the name of the master they monitor: redis_sentinel_master: \"mymaster\" " \
+                             "(or as the host of redis_url: redis://:password@mymaster/0)"
+      end
+      if @redis_sentinel_master && url_master && url_master != @redis_sentinel_master
+        raise ArgumentError, "the Redis URL #{parsed[:shown]} names #{url_master.inspect} but redis_sentinel_master is " \
+                             "#{@redis_sentinel_master.inspect}: give the master's name once (or leave the URL's host out)"
+      end
+      parsed.merge(host: master, port: 0, sentinels: @redis_sentinels, master: master)
     end
 
     # Settings for TLS and a URL without it: never plaintext by mistake.
@@ -260,7 +349,7 @@ module Spillway
         heartbeat_ms: ms(heartbeat), retry_ms: ms(retry_interval), max_connections: max_connections_effective,
         max_channels_per_connection: max_channels_per_connection, outbox_limit: outbox_limit,
         max_lag_ms: ms(max_lag), memory_limit: memory_limit, backlog_size: backlog_size, backlog_ttl: backlog_ttl,
-        max_backlog_channels: max_backlog_channels, queue_limit: queue_limit,
+        backlog_window_ms: backlog_window ? ms(backlog_window) : 0, max_backlog_channels: max_backlog_channels, queue_limit: queue_limit,
         extra_headers: headers.empty? ? nil : headers.map { |k, v| "#{k}: #{v}\r\n" }.join,
         log_interval_ms: ms(log_interval), long_poll_timeout_ms: ms(long_poll_timeout)
       }
@@ -291,9 +380,16 @@ module Spillway
         redis_username: r[:username], redis_password: r[:password], redis_db: r[:db],
         namespace: namespace, connect_timeout_ms: ms(connect_timeout), command_timeout_ms: ms(command_timeout),
         health_interval_ms: ms(health_interval), backlog_size: backlog_size, backlog_ttl: backlog_ttl,
-        async_limit: async_limit, unsubscribe_linger_ms: ms(unsubscribe_linger),
+        backlog_window_ms: backlog_window ? ms(backlog_window) : 0, async_limit: async_limit, unsubscribe_linger_ms: ms(unsubscribe_linger),
         idempotency_ttl_ms: ms(idempotency_ttl)
-      }
+      }.merge(sentinel_native_options(r))
+    end
+
+    def sentinel_native_options(parsed)
+      return {} unless parsed[:sentinels]
+
+      { redis_sentinels: parsed[:sentinels].join(","), redis_sentinel_master: parsed[:master],
+        sentinel_password: sentinel_password, redis_port: 0 }
     end
 
     private
@@ -307,10 +403,11 @@ module Spillway
       parsed =
         case uri.scheme
         when "redis", "rediss"
-          host = uri.host.to_s.empty? ? "127.0.0.1" : uri.host.delete_prefix("[").delete_suffix("]")
+          url_host = uri.host.to_s.empty? ? nil : uri.host.delete_prefix("[").delete_suffix("]")
           path_db = uri.path.to_s.delete_prefix("/")
           db = path_db.empty? ? query_db(uri) : Integer(path_db, 10)
-          { host: host, port: uri.port || 6379, path: nil, db: db, tls: uri.scheme == "rediss" }.merge(credentials(uri))
+          { host: url_host || "127.0.0.1", port: uri.port || 6379, path: nil, db: db, tls: uri.scheme == "rediss",
+            url_host: url_host, url_port: uri.port }.merge(credentials(uri))
         when "unix"
           raise ArgumentError, "unix:// Redis URL without a socket path: #{url}" if uri.path.to_s.empty?
 
@@ -327,6 +424,17 @@ module Spillway
 
     def redact_pg(url)
       url.sub(%r{://([^:/@]*):[^@]*@}, '://\\1:[password]@')
+    end
+
+    def sentinel_address(entry)
+      text = entry.to_s.strip
+      m = text.match(/\A(?:\[([0-9A-Fa-f:.]+)\]|([^\s:,\[\]]+))(?::(\d{1,5}))?\z/)
+      port = m && (m[3] ? Integer(m[3], 10) : 26_379)
+      unless m && port.between?(1, 65_535)
+        raise ArgumentError, "redis_sentinels: #{entry.inspect} is not \"host:port\" (e.g. \"10.0.0.5:26379\", \"[::1]:26379\")"
+      end
+
+      m[1] ? "[#{m[1]}]:#{port}" : "#{m[2]}:#{port}"
     end
 
     def redact(uri)
