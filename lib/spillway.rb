@@ -112,6 +112,9 @@ module Spillway
           else
             hub.publish(channel, data, event, targets)
           end
+        elsif async && @config.backend == :postgres
+          raise Error, "async publishes are not available with the PostgreSQL backend: publish without async: " \
+                       "(it returns once PostgreSQL committed)"
         elsif async
           hub.publish_async(channel, data, event, key, targets)
           nil
@@ -458,7 +461,7 @@ module Spillway
         check_pid!
         @publisher ||= begin
           warn_insecure_tls
-          Native::Publisher.new(@config.native_options)
+          @config.backend == :postgres ? Native::PgPublisher.new(@config.native_options) : Native::Publisher.new(@config.native_options)
         end
       end
       yield p

@@ -67,6 +67,7 @@ module SpillwayCTest
     "test_resp" => %w[resp],
     "test_tls" => %w[tls sconn resp resolve id],
     "test_targets" => %w[targets],
+    "test_pg_sql" => %w[pg_sql],
     "test_channel" => %w[channel conn replay budget wheel streams polls frames log events id sse targets],
     "test_memory" => %w[memory channel conn replay budget wheel streams polls frames log events id sse targets],
     "test_hub" => HUB_CORE,
@@ -89,11 +90,13 @@ module SpillwayCTest
 
   # hiredis and OpenSSL (tls.c): pkg-config's flags, or the plain names.
   def hiredis_flags
-    @hiredis_flags ||= %w[hiredis openssl].flat_map do |lib|
+    @hiredis_flags ||= %w[hiredis openssl libpq].flat_map do |lib|
       out = `pkg-config --cflags --libs #{lib} 2>/dev/null`
-      next Shellwords.split(out) if $?.success?
+      # libpq is optional, as in extconf.rb: with it the PostgreSQL backend
+      # is built (and tested) too.
+      next Shellwords.split(out) + (lib == "libpq" ? %w[-DSPILLWAY_HAVE_LIBPQ=1] : []) if $?.success?
 
-      lib == "openssl" ? %w[-lssl -lcrypto] : %w[-lhiredis]
+      { "openssl" => %w[-lssl -lcrypto], "hiredis" => %w[-lhiredis], "libpq" => [] }.fetch(lib)
     end
   end
 

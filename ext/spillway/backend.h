@@ -3,7 +3,8 @@
  * finds what it missed. The hub (hub.c, the reactor loop) calls a backend only
  * through this table and its `self`, in the style of hiredis's
  * redisAsyncContext.ev hooks, so it never knows which backend runs: memory.c
- * (in-process ids and backlog) or redis.c (two links to Redis). A new backend
+ * (in-process ids and backlog), redis.c (two links to Redis) or pg.c (one
+ * LISTEN connection to PostgreSQL). A new backend
  * (Sentinel, Cluster, PostgreSQL) fills in a table of its own and plugs in
  * without touching the loop.
  *
@@ -94,5 +95,7 @@ typedef struct spillway_backend {
 /* The constructors (each sets hub->backend; 0, or -errno with err set). */
 int spillway_memory_backend_new(struct spillway_hub *hub, char *err, size_t errlen);
 int spillway_redis_backend_new(struct spillway_hub *hub, char *err, size_t errlen);
+/* pg.c: -ENOTSUP (err says how to get it) when built without libpq. */
+int spillway_pg_backend_new(struct spillway_hub *hub, char *err, size_t errlen);
 
 #endif

@@ -14,12 +14,13 @@
 #include "hub.h"
 
 extern VALUE spillway_mSpillway, spillway_mNative, spillway_eError, spillway_eQueueFull,
-    spillway_eRedisError;
+    spillway_eRedisError, spillway_ePostgresError;
 
 /* One Init per Ruby class or module, each in its own file. */
 void Init_spillway_sse(void);       /* native.c: Spillway::Native's functions */
 void Init_spillway_hub(void);       /* hub_class.c: Spillway::Native::Hub */
 void Init_spillway_publisher(void); /* publisher_class.c: Spillway::Native::Publisher */
+void Init_spillway_pg_publisher(void); /* pg_publisher_class.c: Spillway::Native::PgPublisher */
 
 /* options.c: readers for the Hash the Ruby layer passes in. */
 uint32_t spillway_opt_u32(VALUE opts, const char *key, uint32_t def);
@@ -35,5 +36,8 @@ struct spillway_tls_ctx *spillway_opt_tls(VALUE opts);
  * is a reference of the caller's: spillway_tls_ctx_unref it once the hub
  * or publisher made (or failed to make) its own. */
 void spillway_fill_redis_config(VALUE opts, spillway_redis_config *r);
+/* The postgres_conninfo option (NULL: no PostgreSQL), namespace, timeouts
+ * and backlog limits. */
+void spillway_fill_pg_config(VALUE opts, spillway_pg_config *pg);
 
 #endif

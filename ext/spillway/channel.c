@@ -337,6 +337,11 @@ int spillway_backlog_push(spillway_hub *hub, spillway_channel *ch, spillway_fram
         ch->ring_start = 0;
     }
     if (ch->ring_len == ch->ring_cap) spillway_backlog_trim(hub, ch, ch->ring_len - 1);
+    /* backlog_window: frames older than the window before this one go (by
+     * the ids' clock, like Redis's MINID trim). */
+    while (hub->cfg.backlog_window_ms > 0 && ch->ring_len > 0 &&
+           ch->ring[ch->ring_start]->id.ms + hub->cfg.backlog_window_ms < f->id.ms)
+        spillway_backlog_trim(hub, ch, ch->ring_len - 1);
     ch->ring[(ch->ring_start + ch->ring_len) % ch->ring_cap] = spillway_frame_ref(f);
     ch->ring_len++;
     backlog_account(hub, f, +1);

@@ -8,6 +8,8 @@ require "mkmf"
 #   SPILLWAY_DEBUG=1      debug output from the C core, -O0 -g3
 #   --with-hiredis-dir=/opt/hiredis   a hiredis outside the system paths
 #   --with-openssl-dir=/opt/openssl   an OpenSSL outside the system paths (rediss://)
+#   --with-pq-dir=/opt/postgresql     a libpq outside the system paths (postgres_url)
+#   SPILLWAY_NO_LIBPQ=1   build without the PostgreSQL backend even when libpq is there
 
 _, hiredis_lib = dir_config("hiredis")
 if hiredis_lib
@@ -66,6 +68,35 @@ pkg_config("openssl")
 have_library("crypto", "ERR_get_error", ["openssl/err.h"]) || abort(OPENSSL_HINT)
 have_library("ssl", "SSL_CTX_new", ["openssl/ssl.h"]) || abort(OPENSSL_HINT)
 have_func("SSL_read_ex", ["openssl/ssl.h"]) || abort(OPENSSL_HINT + "  (OpenSSL 1.1.1 or later is needed)\n")
+
+# libpq is optional: without it the gem builds, and postgres_url raises
+# with the install hint (Spillway::Native::POSTGRES is false).
+PQ_HINT = <<~MSG
+
+  libpq was not found: Spillway is built without its PostgreSQL backend (postgres_url).
+  For it, install libpq and its headers, then reinstall the gem:
+    Debian/Ubuntu:  sudo apt-get install libpq-dev
+    Fedora/RHEL:    sudo dnf install libpq-devel
+    Alpine:         apk add libpq-dev
+    macOS:          brew install libpq
+  or point at your own build:  gem install spillway -- --with-pq-dir=/path/to/postgresql
+
+MSG
+_, pq_lib = dir_config("pq")
+if pq_lib
+  pq_lib.split(File::PATH_SEPARATOR).reverse_each { |dir| $DEFLIBPATH.unshift(dir) }
+  pq_lib.split(File::PATH_SEPARATOR).each { |dir| $LDFLAGS << " -Wl,-rpath,#{dir}" }
+end
+if ENV["SPILLWAY_NO_LIBPQ"] == "1"
+  message "SPILLWAY_NO_LIBPQ=1: building without the PostgreSQL backend\n"
+else
+  pkg_config("libpq")
+  if have_library("pq", "PQconnectStartParams", ["libpq-fe.h"]) && have_header("libpq-fe.h")
+    $defs << "-DSPILLWAY_HAVE_LIBPQ=1"
+  else
+    message PQ_HINT
+  end
+end
 
 have_header("sys/epoll.h") || abort("sys/epoll.h is missing")
 have_header("sys/eventfd.h") || abort("sys/eventfd.h is missing")

@@ -47,7 +47,12 @@ static void free_config_strings(spillway_config *cfg)
     free((char *)cfg->redis.username);
     free((char *)cfg->redis.password);
     free((char *)cfg->redis.ns);
+    free((char *)cfg->redis.sentinels);
+    free((char *)cfg->redis.sentinel_master);
+    free((char *)cfg->redis.sentinel_password);
     spillway_tls_ctx_unref(cfg->redis.tls);
+    free((char *)cfg->pg.conninfo);
+    free((char *)cfg->pg.ns);
 }
 
 static int check_config(const spillway_config *cfg, char *err, size_t errlen)
@@ -88,7 +93,12 @@ static void copy_config(spillway_config *to, const spillway_config *cfg)
     to->redis.username = dup_or_null(cfg->redis.username);
     to->redis.password = dup_or_null(cfg->redis.password);
     to->redis.ns = dup_or_null(cfg->redis.ns ? cfg->redis.ns : "spillway");
+    to->redis.sentinels = dup_or_null(cfg->redis.sentinels);
+    to->redis.sentinel_master = dup_or_null(cfg->redis.sentinel_master);
+    to->redis.sentinel_password = dup_or_null(cfg->redis.sentinel_password);
     to->redis.tls = spillway_tls_ctx_ref(cfg->redis.tls);
+    to->pg.conninfo = dup_or_null(cfg->pg.conninfo);
+    to->pg.ns = dup_or_null(cfg->pg.ns ? cfg->pg.ns : "spillway");
 }
 
 static void init_locks(spillway_hub *hub)
@@ -187,7 +197,8 @@ int spillway_hub_new(const spillway_config *cfg, spillway_hub **out, char *err, 
     rc = open_loop(hub, err, errlen);
     if (rc != 0) goto fail;
     /* The only place that chooses: everything else calls hub->backend. */
-    if (hub->cfg.redis.host != NULL || hub->cfg.redis.path != NULL) rc = spillway_redis_backend_new(hub, err, errlen);
+    if (hub->cfg.pg.conninfo != NULL) rc = spillway_pg_backend_new(hub, err, errlen);
+    else if (hub->cfg.redis.host != NULL || hub->cfg.redis.path != NULL) rc = spillway_redis_backend_new(hub, err, errlen);
     else rc = spillway_memory_backend_new(hub, err, errlen);
     if (rc != 0) goto fail;
 

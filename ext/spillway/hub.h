@@ -62,12 +62,19 @@ typedef struct spillway_redis_config {
     const char *username; /* ACL user (NULL: none) */
     const char *password; /* NULL: no AUTH */
     int db;               /* database of the backlog keys */
+    /* Sentinel: ask these ("host:port,host:port") which node is the primary
+     * of sentinel_master (host is then only its name, for messages); NULL:
+     * host/port or path is Redis. */
+    const char *sentinels;
+    const char *sentinel_master;
+    const char *sentinel_password; /* AUTH to the sentinels, NULL: none */
     const char *ns;       /* key and channel namespace, "spillway" */
     uint32_t connect_timeout_ms;
     uint32_t command_timeout_ms;
     uint32_t health_interval_ms; /* PING the subscriber link this often */
     uint32_t backlog_size;       /* MAXLEN of a channel's stream */
     uint32_t backlog_ttl_s;      /* EXPIRE of a channel's stream, 0: none */
+    uint64_t backlog_window_ms;  /* XTRIM MINID: entries older than this go on publish, 0: off */
     uint32_t async_limit;        /* async publishes waiting for Redis at most */
     uint32_t unsubscribe_linger_ms;
     uint32_t idempotency_ttl_ms; /* how long Redis keeps an app-given idempotency key */
@@ -76,6 +83,18 @@ typedef struct spillway_redis_config {
      * (spillway_tls_ctx_ref) and drops it with its copy. */
     struct spillway_tls_ctx *tls;
 } spillway_redis_config;
+
+/* Connection to PostgreSQL (pg.c, pg_publisher.c; strings copied by
+ * spillway_hub_new). conninfo NULL: no PostgreSQL. */
+typedef struct spillway_pg_config {
+    const char *conninfo; /* a libpq URL or keyword string */
+    const char *ns;       /* schema and LISTEN channel, "spillway" */
+    uint32_t connect_timeout_ms;
+    uint32_t command_timeout_ms;
+    uint32_t backlog_size;       /* rows kept per channel (at least 1) */
+    uint32_t backlog_ttl_s;      /* a channel's rows outlive its last message this long, 0: forever */
+    uint32_t idempotency_ttl_ms; /* how long an app-given idempotency key is kept */
+} spillway_pg_config;
 
 typedef struct spillway_config {
     uint32_t heartbeat_ms;          /* comment to every stream this often */
@@ -87,10 +106,12 @@ typedef struct spillway_config {
     uint64_t memory_limit;          /* bytes of all waiting frames: the laggiest streams dropped beyond */
     uint32_t backlog_size;          /* memory backend: messages kept per channel */
     uint32_t backlog_ttl_s;         /* memory backend: kept this long after the last message, 0: forever */
+    uint64_t backlog_window_ms;     /* a ring drops frames this much older than the newest, 0: off */
     uint32_t max_backlog_channels;  /* memory backend: channels with a backlog, LRU beyond */
     uint32_t queue_limit;           /* commands waiting for the reactor */
     const char *extra_headers;      /* raw "Name: value\r\n" lines added to the head, or NULL */
     spillway_redis_config redis;
+    spillway_pg_config pg;
     uint32_t log_interval_ms;       /* the log's rate limit per kind (spillway_hub_log_wait) */
     uint32_t long_poll_timeout_ms;  /* a long-poll with nothing to say is answered empty after this */
 } spillway_config;

@@ -86,12 +86,14 @@ static VALUE hub_initialize(VALUE self, VALUE opts)
     cfg.memory_limit = spillway_opt_u64(opts, "memory_limit", 256ull << 20);
     cfg.backlog_size = spillway_opt_u32(opts, "backlog_size", 1000);
     cfg.backlog_ttl_s = spillway_opt_u32(opts, "backlog_ttl", 86400);
+    cfg.backlog_window_ms = spillway_opt_u64(opts, "backlog_window_ms", 0);
     cfg.max_backlog_channels = spillway_opt_u32(opts, "max_backlog_channels", 100000);
     cfg.queue_limit = spillway_opt_u32(opts, "queue_limit", 65536);
     cfg.extra_headers = spillway_opt_str(opts, "extra_headers");
     cfg.log_interval_ms = spillway_opt_u32(opts, "log_interval_ms", 10000);
     cfg.long_poll_timeout_ms = spillway_opt_u32(opts, "long_poll_timeout_ms", 25000);
     spillway_fill_redis_config(opts, &cfg.redis);
+    spillway_fill_pg_config(opts, &cfg.pg);
 
     rc = spillway_hub_new(&cfg, &w->hub, err, sizeof(err));
     spillway_tls_ctx_unref(cfg.redis.tls); /* the hub holds its own */

@@ -31,6 +31,8 @@ static const struct {
     [SW_LOG_MEMORY] = {"memory", true, false, false},
     [SW_LOG_RESET] = {"reset", false, true, false},
     [SW_LOG_SLOW_CLIENT] = {"slow_client", false, true, false},
+    [SW_LOG_PG_LINK] = {"postgres_link", true, true, true},
+    [SW_LOG_PG_CONNECT] = {"postgres_connect", true, true, true},
 };
 
 static void vlog(spillway_hub *hub, spillway_log_kind kind, const char *fmt, va_list ap)

@@ -26,6 +26,8 @@ typedef enum spillway_log_kind {
     SW_LOG_MEMORY,         /* "memory": out of memory */
     SW_LOG_RESET,          /* "reset": a stream was sent `event: reset` (a warning, not an error) */
     SW_LOG_SLOW_CLIENT,    /* "slow_client": a stream was dropped for being slow (a warning) */
+    SW_LOG_PG_LINK,        /* "postgres_link": the LISTEN connection dropped or a query on it failed */
+    SW_LOG_PG_CONNECT,     /* "postgres_connect": an attempt to connect failed (refused, timeout, auth) */
     SW_LOG_KINDS
 } spillway_log_kind;
 

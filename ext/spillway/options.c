@@ -71,15 +71,30 @@ void spillway_fill_redis_config(VALUE opts, spillway_redis_config *r)
     r->username = spillway_opt_str(opts, "redis_username");
     r->password = spillway_opt_str(opts, "redis_password");
     r->db = spillway_opt_int(opts, "redis_db", 0);
+    r->sentinels = spillway_opt_str(opts, "redis_sentinels");
+    r->sentinel_master = spillway_opt_str(opts, "redis_sentinel_master");
+    r->sentinel_password = spillway_opt_str(opts, "sentinel_password");
     r->ns = spillway_opt_str(opts, "namespace");
     r->connect_timeout_ms = spillway_opt_u32(opts, "connect_timeout_ms", 1000);
     r->command_timeout_ms = spillway_opt_u32(opts, "command_timeout_ms", 1000);
     r->health_interval_ms = spillway_opt_u32(opts, "health_interval_ms", 5000);
     r->backlog_size = spillway_opt_u32(opts, "backlog_size", 1000);
     r->backlog_ttl_s = spillway_opt_u32(opts, "backlog_ttl", 86400);
+    r->backlog_window_ms = spillway_opt_u64(opts, "backlog_window_ms", 0);
     r->async_limit = spillway_opt_u32(opts, "async_limit", 10000);
     r->unsubscribe_linger_ms = spillway_opt_u32(opts, "unsubscribe_linger_ms", 1000);
     r->idempotency_ttl_ms = spillway_opt_u32(opts, "idempotency_ttl_ms", 300000);
     /* Last: nothing may raise once the caller holds a reference. */
     r->tls = spillway_opt_tls(opts);
+}
+
+void spillway_fill_pg_config(VALUE opts, spillway_pg_config *pg)
+{
+    pg->conninfo = spillway_opt_str(opts, "postgres_conninfo");
+    pg->ns = spillway_opt_str(opts, "namespace");
+    pg->connect_timeout_ms = spillway_opt_u32(opts, "connect_timeout_ms", 1000);
+    pg->command_timeout_ms = spillway_opt_u32(opts, "command_timeout_ms", 1000);
+    pg->backlog_size = spillway_opt_u32(opts, "backlog_size", 1000);
+    pg->backlog_ttl_s = spillway_opt_u32(opts, "backlog_ttl", 86400);
+    pg->idempotency_ttl_ms = spillway_opt_u32(opts, "idempotency_ttl_ms", 300000);
 }

@@ -1,40 +1,26 @@
 /*
  * The blocking publisher (publisher.h): a pool of connections (sconn.c),
  * the publish with its retries and idempotency, and the two reads (cursor,
- * last id). About 620 lines on purpose: they share the pool and the call's
- * interrupt state, which no other file should see.
+ * last id); they share the pool and the call's interrupt state. A new
+ * connection is made in publisher_conn.c.
  */
-#include "publisher.h"
+#include "publisher_internal.h"
 
 #include <errno.h>
 #include <poll.h>
-#include <stdarg.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "scripts.h"
-#include "sconn.h"
+#include "sentinel.h"
 #include "tls.h"
 
-#define POOL_MAX 16
 /* Pauses between retries while Redis refuses connections or is loading. */
 #define RETRY_PAUSE_MIN_MS 20u
 #define RETRY_PAUSE_MAX_MS 250u
-
-struct spillway_publisher {
-    spillway_redis_config cfg; /* strings owned, a reference of cfg.tls */
-    spillway_keys keys;        /* the namespace's key names (scripts.h) */
-    pthread_mutex_t lock;
-    spillway_sconn *pool[POOL_MAX];
-    uint32_t npool;
-    char sha[41];
-    atomic_uint_fast64_t published, failed, connects, retried;
-};
 
 static char *dup0(const char *s)
 {
@@ -53,6 +39,9 @@ int spillway_publisher_new(const spillway_redis_config *cfg, spillway_publisher 
     p->cfg.username = dup0(cfg->username);
     p->cfg.password = dup0(cfg->password);
     p->cfg.ns = dup0(ns);
+    p->cfg.sentinels = dup0(cfg->sentinels);
+    p->cfg.sentinel_master = dup0(cfg->sentinel_master);
+    p->cfg.sentinel_password = dup0(cfg->sentinel_password);
     p->cfg.tls = spillway_tls_ctx_ref(cfg->tls);
     pthread_mutex_init(&p->lock, NULL);
     if (p->cfg.ns == NULL || spillway_keys_init(&p->keys, ns) != 0) {
@@ -87,7 +76,7 @@ static spillway_sconn *pool_take(spillway_publisher *p)
         }
         /* Idle connections never have data to read: readable means Redis
          * closed it (restart, timeout, CLIENT KILL). */
-        if (!spillway_sconn_idle_ok(pc)) {
+        if (!spillway_sconn_idle_ok(pc) || pc->gen != p->gen) {
             spillway_sconn_close(pc);
             continue;
         }
@@ -100,98 +89,12 @@ static spillway_sconn *pool_take(spillway_publisher *p)
 static void pool_give(spillway_publisher *p, spillway_sconn *conn)
 {
     pthread_mutex_lock(&p->lock);
-    if (p->npool < POOL_MAX) {
+    if (p->npool < POOL_MAX && conn->gen == p->gen) {
         p->pool[p->npool++] = conn;
         conn = NULL;
     }
     pthread_mutex_unlock(&p->lock);
     if (conn != NULL) spillway_sconn_close(conn);
-}
-
-static void set_err(spillway_publish_call *c, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(spillway_publish_call *c, int rc, const char *fmt, ...)
-{
-    va_list ap;
-    c->rc = rc;
-    va_start(ap, fmt);
-    vsnprintf(c->err, sizeof(c->err), fmt, ap);
-    va_end(ap);
-}
-
-static void describe_target(const spillway_publisher *p, char *buf, size_t n)
-{
-    if (p->cfg.path) snprintf(buf, n, "unix://%s", p->cfg.path);
-    else snprintf(buf, n, "%s://%s:%d", p->cfg.tls ? "rediss" : "redis", p->cfg.host ? p->cfg.host : "127.0.0.1",
-                  p->cfg.port);
-}
-
-/* One command of the connection setup: 0, or -1 with c->rc and c->err. */
-static int setup_command(spillway_sconn *conn, spillway_publish_call *c, uint32_t command_ms, int argc,
-                         const char **argv)
-{
-    char why[200], text[160];
-    spillway_rv *v = NULL;
-    int r = spillway_sconn_command(conn, argc, argv, NULL, command_ms, &v, why, sizeof(why));
-    if (r != 0) {
-        set_err(c, -EIO, "Redis connection setup failed: %.180s", why);
-        return -1;
-    }
-    if (v->type == SW_RV_ERROR) {
-        set_err(c, -EPROTO, "Redis refused the connection setup: %.150s", spillway_rv_text(v, 150, text, sizeof(text)));
-        spillway_rv_free(v);
-        return -1;
-    }
-    spillway_rv_free(v);
-    return 0;
-}
-
-/* AUTH and SELECT as configured. Over TLS at least one round trip: Redis
- * refuses a missing client certificate only after the handshake (TLS
- * 1.3), and that must fail the connect, not look like a lost publish. */
-static int handshake(spillway_publisher *p, spillway_sconn *conn, spillway_publish_call *c, uint32_t command_ms)
-{
-    char db[16];
-    bool said = false;
-    if (p->cfg.password != NULL) {
-        const char *argv[3] = {"AUTH", p->cfg.username ? p->cfg.username : p->cfg.password, p->cfg.password};
-        if (setup_command(conn, c, command_ms, p->cfg.username ? 3 : 2, argv) != 0) return -1;
-        said = true;
-    }
-    if (p->cfg.db != 0) {
-        const char *argv[2] = {"SELECT", db};
-        snprintf(db, sizeof(db), "%d", p->cfg.db);
-        if (setup_command(conn, c, command_ms, 2, argv) != 0) return -1;
-        said = true;
-    }
-    if (p->cfg.tls != NULL && !said) {
-        const char *argv[1] = {"PING"};
-        if (setup_command(conn, c, command_ms, 1, argv) != 0) return -1;
-    }
-    return 0;
-}
-
-/* A new connection with these timeouts (a retry cuts them to what is left
- * of its budget), or NULL with c->rc and c->err set. */
-static spillway_sconn *connect_new(spillway_publisher *p, spillway_publish_call *c, uint32_t connect_ms,
-                                   uint32_t command_ms)
-{
-    char target[160], why[300];
-    int rc;
-    spillway_sconn *conn;
-
-    atomic_fetch_add(&p->connects, 1);
-    conn = spillway_sconn_open(&p->cfg, connect_ms, &rc, why, sizeof(why));
-    if (conn == NULL) {
-        describe_target(p, target, sizeof(target));
-        set_err(c, rc == -ENOMEM ? -ENOMEM : -ECONNREFUSED, "cannot connect to Redis at %.100s: %.250s", target, why);
-        return NULL;
-    }
-    if (handshake(p, conn, c, command_ms) != 0) {
-        spillway_sconn_close(conn);
-        return NULL;
-    }
-    return conn;
 }
 
 /* The key's TTL: the app's keys live idempotency_ttl, generated ones only
@@ -215,6 +118,7 @@ static int eval_publish(spillway_publisher *p, spillway_sconn *conn, spillway_pu
         .bodylen = c->bodylen,
         .backlog_size = p->cfg.backlog_size,
         .backlog_ttl_s = p->cfg.backlog_ttl_s,
+        .backlog_window_ms = p->cfg.backlog_window_ms,
         .key_ttl_ms = key_ttl_ms(p, c),
     };
     char sha[41];
@@ -292,15 +196,17 @@ static bool not_ready(const spillway_rv *v)
 static spillway_sconn *attempt_conn(spillway_publish_call *c, bool fresh, uint32_t connect_ms, uint32_t command_ms,
                                     int *result)
 {
-    spillway_sconn *conn = fresh ? NULL : pool_take(c->p);
-    if (conn == NULL) conn = connect_new(c->p, c, connect_ms, command_ms);
+    spillway_sconn *conn;
+    if (c->p->cfg.sentinels != NULL) spillway_pub_recheck_primary(c->p);
+    conn = fresh ? NULL : pool_take(c->p);
+    if (conn == NULL) conn = spillway_pub_connect(c->p, c, connect_ms, command_ms);
     if (conn == NULL) {
         *result = c->rc == -EPROTO ? A_FAILED : A_NOT_RUN;
         return NULL;
     }
     if (set_call_fd(c, conn->fd)) {
         set_call_fd(c, -1);
-        set_err(c, -EINTR, "interrupted");
+        spillway_pub_set_err(c, -EINTR, "interrupted");
         spillway_sconn_close(conn);
         *result = A_FAILED;
         return NULL;
@@ -313,14 +219,14 @@ static spillway_sconn *attempt_conn(spillway_publish_call *c, bool fresh, uint32
 static int reply_lost(spillway_publish_call *c, spillway_sconn *conn, int r, const char *why)
 {
     char target[160];
-    describe_target(c->p, target, sizeof(target));
+    spillway_pub_describe_target(c->p, target, sizeof(target));
     spillway_sconn_close(conn);
     if (call_interrupted(c)) {
-        set_err(c, -EINTR, "interrupted");
+        spillway_pub_set_err(c, -EINTR, "interrupted");
         return A_FAILED;
     }
-    if (r == -ETIMEDOUT) set_err(c, -ETIMEDOUT, "Redis at %.100s did not answer within command_timeout", target);
-    else set_err(c, -EIO, "Redis connection failed during publish (%.100s: %.150s)", target, why);
+    if (r == -ETIMEDOUT) spillway_pub_set_err(c, -ETIMEDOUT, "Redis at %.100s did not answer within command_timeout", target);
+    else spillway_pub_set_err(c, -EIO, "Redis connection failed during publish (%.100s: %.150s)", target, why);
     return A_LOST;
 }
 
@@ -350,13 +256,21 @@ static int publish_reply(spillway_publish_call *c, spillway_sconn *conn, spillwa
     char text[200];
     spillway_rv_text(v, 180, text, sizeof(text));
     if (not_ready(v)) {
-        set_err(c, -EAGAIN, "Redis is not ready: %.180s", text);
+        spillway_pub_set_err(c, -EAGAIN, "Redis is not ready: %.180s", text);
         spillway_rv_free(v);
         pool_give(c->p, conn);
         return A_NOT_RUN;
     }
+    if (c->p->cfg.sentinels != NULL && spillway_sentinel_demoted(v)) {
+        /* A failover made this node a replica: nothing ran; the next
+         * connection asks the sentinels for the new primary. */
+        spillway_pub_set_err(c, -EAGAIN, "the Redis primary became a replica (a failover): %.180s", text);
+        spillway_rv_free(v);
+        spillway_sconn_close(conn);
+        return A_NOT_RUN;
+    }
     if (v->type != SW_RV_STRING || v->str == NULL || v->str->len >= SPILLWAY_ID_TEXT_MAX) {
-        set_err(c, -EPROTO, "Redis refused the publish: %.180s", v->type == SW_RV_ERROR ? text : "unexpected reply");
+        spillway_pub_set_err(c, -EPROTO, "Redis refused the publish: %.180s", v->type == SW_RV_ERROR ? text : "unexpected reply");
         spillway_rv_free(v);
         pool_give(c->p, conn);
         return A_FAILED;
@@ -364,6 +278,7 @@ static int publish_reply(spillway_publish_call *c, spillway_sconn *conn, spillwa
     memcpy(c->id, v->str->data, v->str->len);
     c->id[v->str->len] = '\0';
     spillway_rv_free(v);
+    spillway_pub_witness_note(c->p, c);
     if (by_text && !learn_sha(c->p, conn, command_ms)) spillway_sconn_close(conn);
     else pool_give(c->p, conn);
     return A_DONE;
@@ -423,14 +338,14 @@ static int retry_lost(spillway_publish_call *c, uint64_t limit)
         if (r == A_NOT_RUN) {
             /* Refused or loading: a restart, most likely. Give it a moment. */
             if (pause_call(c, (uint32_t)SW_MIN((uint64_t)pause, limit - now))) {
-                set_err(c, -EINTR, "interrupted");
+                spillway_pub_set_err(c, -EINTR, "interrupted");
                 return A_FAILED;
             }
             pause = SW_MIN(pause * 2, RETRY_PAUSE_MAX_MS);
             now = mono_ms();
             if (now >= limit) break;
         } else if (call_interrupted(c)) {
-            set_err(c, -EINTR, "interrupted");
+            spillway_pub_set_err(c, -EINTR, "interrupted");
             return A_FAILED;
         }
         left = (uint32_t)(limit - now);
@@ -465,7 +380,9 @@ void spillway_publish_run(spillway_publish_call *c)
     limit = SW_MIN(limit, start + key_ttl_ms(p, c));
     r = attempt(c, false, rc->connect_timeout_ms, rc->command_timeout_ms);
     lost = r == A_LOST;
-    if (lost) r = retry_lost(c, limit);
+    /* Sentinel: a failover under way (no primary yet, a replica named) is
+     * waited out like a lost reply, within the same budget. */
+    if (lost || (r == A_NOT_RUN && p->cfg.sentinels != NULL)) r = retry_lost(c, limit);
     if (r == A_DONE) {
         /* What a lost attempt left there is no error of this call. */
         c->rc = 0;
@@ -477,7 +394,7 @@ void spillway_publish_run(spillway_publish_call *c)
         /* Say what the caller needs to know: it may well be in Redis. */
         char last[sizeof(c->err)];
         memcpy(last, c->err, sizeof(last));
-        set_err(c, c->rc,
+        spillway_pub_set_err(c, c->rc,
                 "%.250s; a reply was lost and the publish was retried %u time%s within %llu ms: it may have "
                 "been published (publishing it again under the same idempotency_key is safe)",
                 last, c->retries, c->retries == 1 ? "" : "s", (unsigned long long)(mono_ms() - start));
@@ -498,14 +415,14 @@ static int read_command(spillway_publish_call *c, int argc, const char **argv, c
     c->rc = 0;
     c->id[0] = '\0';
     *conn = pool_take(p);
-    if (*conn == NULL) *conn = connect_new(p, c, p->cfg.connect_timeout_ms, p->cfg.command_timeout_ms);
+    if (*conn == NULL) *conn = spillway_pub_connect(p, c, p->cfg.connect_timeout_ms, p->cfg.command_timeout_ms);
     if (*conn == NULL) return -1;
     snprintf(why, sizeof(why), "interrupted");
     if (!set_call_fd(c, (*conn)->fd))
         r = spillway_sconn_command(*conn, argc, argv, NULL, p->cfg.command_timeout_ms, v, why, sizeof(why));
     set_call_fd(c, -1);
     if (r == 0) return 0;
-    set_err(c, call_interrupted(c) ? -EINTR : -EIO, "Redis connection failed while reading %s (%.150s)", what, why);
+    spillway_pub_set_err(c, call_interrupted(c) ? -EINTR : -EIO, "Redis connection failed while reading %s (%.150s)", what, why);
     spillway_sconn_close(*conn);
     return -1;
 }
@@ -522,7 +439,7 @@ static bool take_id(spillway_publish_call *c, const spillway_rv *id)
 static void refused(spillway_publish_call *c, const char *what, const spillway_rv *v)
 {
     char text[200];
-    set_err(c, -EPROTO, "Redis refused the %s read: %.180s", what,
+    spillway_pub_set_err(c, -EPROTO, "Redis refused the %s read: %.180s", what,
             v->type == SW_RV_ERROR ? spillway_rv_text(v, 180, text, sizeof(text)) : "unexpected reply");
 }
 
@@ -549,7 +466,7 @@ void spillway_publish_last_id(spillway_publish_call *c)
     int r;
 
     if (key == NULL) {
-        set_err(c, -ENOMEM, "out of memory");
+        spillway_pub_set_err(c, -ENOMEM, "out of memory");
         return;
     }
     memcpy(key, p->keys.stream, p->keys.stream_len);
@@ -564,7 +481,7 @@ void spillway_publish_last_id(spillway_publish_call *c)
     } else if (v->elements > 0) {
         const spillway_rv *e = v->element[0];
         if (!take_id(c, e->type == SW_RV_ARRAY && e->elements > 0 ? e->element[0] : NULL))
-            set_err(c, -EPROTO, "Redis answered the last id read with an unexpected reply");
+            spillway_pub_set_err(c, -EPROTO, "Redis answered the last id read with an unexpected reply");
     }
     spillway_rv_free(v);
     pool_give(p, conn);
@@ -610,6 +527,9 @@ void spillway_publisher_free(spillway_publisher *p)
     free((char *)p->cfg.username);
     free((char *)p->cfg.password);
     free((char *)p->cfg.ns);
+    free((char *)p->cfg.sentinels);
+    free((char *)p->cfg.sentinel_master);
+    free((char *)p->cfg.sentinel_password);
     spillway_tls_ctx_unref(p->cfg.tls);
     spillway_keys_free(&p->keys);
     pthread_mutex_destroy(&p->lock);

@@ -93,6 +93,11 @@ static void on_message(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
         spillway_frame_unref(f);
         return;
     }
+    if (spillway_id_cmp(f->id, r->w_id) > 0 && ch->namelen <= sizeof(r->w_chan)) {
+        r->w_id = f->id;
+        memcpy(r->w_chan, ch->name, ch->namelen);
+        r->w_chlen = ch->namelen;
+    }
     if (r->holding) {
         spillway_redis_hold(hub, ch, f);
         return;
@@ -208,6 +213,49 @@ static void on_sub_reply(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
     else spillway_redis_on_unsubscribed(hub, ch);
 }
 
+static void on_witness_rq(spillway_hub *hub, spillway_rlink *l, spillway_rq *q, spillway_rv *v)
+{
+    spillway_redis *r = R(hub);
+    char text[160], id[SPILLWAY_ID_TEXT_MAX];
+    SW_UNUSED(l);
+    SW_UNUSED(q);
+    if (v == NULL) return; /* the link dropped: asked again on the next one */
+    if (v->type == SW_RV_INTEGER && v->integer >= 1 && v->integer <= 4) {
+        static const char *const how[] = {"", "its id is newer than the namespace's last", "the entry after it names an older one as predecessor",
+                                          "the channel's backlog ends before it", "the channel's backlog is gone, not expired"};
+        spillway_id_format(r->w_id, id);
+        spillway_hub_log(hub, SW_LOG_REPAIR,
+                         "Redis lacks message %s of %.*s, which this hub received (%s): it lost acknowledged writes "
+                         "(a failover to a replica that lagged, or a restart without persistence); a resume from "
+                         "before it gets a reset",
+                         id, (int)SW_MIN(r->w_chlen, 200), r->w_chan, how[v->integer]);
+    } else if (v->type != SW_RV_INTEGER) {
+        spillway_hub_log(hub, SW_LOG_REPAIR, "Redis refused the witness check: %s",
+                         spillway_rv_text(v, 150, text, sizeof(text)));
+    }
+}
+
+/* A new command link (a reconnect, maybe to a new primary): is the newest
+ * message this hub received live still in Redis's history (scripts.h)?
+ * First on the link, before any resume read. */
+static void send_witness(spillway_hub *hub)
+{
+    spillway_redis *r = R(hub);
+    char id[SPILLWAY_ID_TEXT_MAX];
+    spillway_rq *q;
+
+    if (spillway_id_is_zero(r->w_id)) return;
+    q = spillway_rq_new(on_witness_rq, 0);
+    spillway_id_format(r->w_id, id);
+    if (q == NULL || spillway_buf_witness(&r->cmd.out, &r->keys, r->w_chan, r->w_chlen, id,
+                                          hub->cfg.redis.backlog_ttl_s, hub->cfg.redis.backlog_size > 0) != 0) {
+        spillway_rq_free(q);
+        spillway_hub_error(hub, "Redis command link: out of memory");
+        return;
+    }
+    spillway_link_push_rq(hub, &r->cmd, q);
+}
+
 static void on_link_ready(spillway_hub *hub, spillway_rlink *l)
 {
     spillway_redis *r = R(hub);
@@ -225,6 +273,7 @@ static void on_link_ready(spillway_hub *hub, spillway_rlink *l)
     } else {
         /* Barriers that were on the old connection are sent again. */
         for (spillway_channel *ch = r->slist; ch != NULL; ch = ch->snext) ch->barrier = 0;
+        send_witness(hub);
         spillway_redis_send_async_queue(hub);
         spillway_redis_join_all_ready(hub);
     }
@@ -337,6 +386,7 @@ static const spillway_link_hooks sub_hooks = {
     .on_ready = on_link_ready,
     .on_push = on_sub_reply,
     .on_lost = on_link_lost,
+    .handshake = spillway_link_handshake,
 };
 
 /* The command link: requests answered in order, the three scripts. */
@@ -353,6 +403,7 @@ static const spillway_link_options cmd_options = {
 static const spillway_link_hooks cmd_hooks = {
     .on_ready = on_link_ready,
     .on_lost = on_link_lost,
+    .handshake = spillway_link_handshake,
 };
 
 static int redis_new(spillway_hub *hub, char *err, size_t errlen)

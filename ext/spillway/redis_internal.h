@@ -92,6 +92,11 @@ struct spillway_redis {
     spillway_channel *cache_head, *cache_tail;
     uint64_t fill_bytes; /* frames read by fills in flight, not yet in a ring */
     uint64_t barrier_retry_at;   /* after a failed barrier */
+    /* The newest message received live on a channel with streams: asked
+     * about on every new command link (scripts.h, the witness). */
+    spillway_id w_id;
+    size_t w_chlen;
+    char w_chan[SPILLWAY_MAX_CHANNEL_LEN];
 };
 
 /* The requests of the command link, each with its continuation (the

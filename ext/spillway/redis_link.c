@@ -1,5 +1,7 @@
 #include "redis_link.h"
 
+#include "sentinel.h"
+
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -217,47 +219,6 @@ void spillway_link_write(spillway_hub *hub, spillway_rlink *l)
     }
 }
 
-static spillway_rq_fn on_handshake_reply;
-
-/* One request of the handshake; sha: where a SCRIPT LOAD's SHA1 goes (NULL:
- * the reply must be +OK). */
-static void handshake_queue(spillway_hub *hub, spillway_rlink *l, char *sha, int argc, const char *const *argv)
-{
-    spillway_rq *q = spillway_rq_new(on_handshake_reply, 0);
-    if (q != NULL) q->privdata = sha;
-    spillway_link_queue(hub, l, q, argc, argv, NULL);
-    l->handshake_left++;
-}
-
-static void handshake(spillway_hub *hub, spillway_rlink *l)
-{
-    const spillway_redis_config *rc = &hub->cfg.redis;
-    char name[64], db[16];
-
-    l->state = SW_LS_HANDSHAKE;
-    l->deadline = hub->now + rc->connect_timeout_ms + rc->command_timeout_ms;
-    l->handshake_left = 0;
-    if (rc->password != NULL) {
-        const char *argv[] = {"AUTH", rc->username ? rc->username : rc->password, rc->password};
-        handshake_queue(hub, l, NULL, rc->username ? 3 : 2, argv);
-    }
-    snprintf(name, sizeof(name), "spillway-%s-%d", l->opt.tag, (int)getpid());
-    {
-        const char *argv[] = {"CLIENT", "SETNAME", name};
-        handshake_queue(hub, l, NULL, 3, argv);
-    }
-    if (l->opt.select_db && rc->db != 0) {
-        const char *argv[] = {"SELECT", db};
-        snprintf(db, sizeof(db), "%d", rc->db);
-        handshake_queue(hub, l, NULL, 2, argv);
-    }
-    for (uint32_t i = 0; i < l->opt.nscripts; i++) {
-        const char *argv[] = {"SCRIPT", "LOAD", l->opt.scripts[i]};
-        handshake_queue(hub, l, l->sha[i], 3, argv);
-    }
-    spillway_link_write(hub, l);
-}
-
 static void connect_next(spillway_hub *hub, spillway_rlink *l);
 
 /* The current address failed: the next one, or the link fails. */
@@ -311,6 +272,7 @@ static void connect_next(spillway_hub *hub, spillway_rlink *l)
      * once the connection is up or has failed). */
 }
 
+
 void spillway_link_start(spillway_hub *hub, spillway_rlink *l)
 {
     const spillway_redis_config *rc = &hub->cfg.redis;
@@ -341,8 +303,8 @@ void spillway_link_start(spillway_hub *hub, spillway_rlink *l)
         connect_next(hub, l);
         return;
     }
-    /* A name: resolved on a helper thread, never in the loop. */
-    l->resolving = spillway_resolve_start(rc->host, rc->port);
+    /* A name, or the sentinels to ask: on a helper thread, never in the loop. */
+    l->resolving = rc->sentinels != NULL ? spillway_sentinel_resolve_start(rc, &l->ask_budget_ms) : spillway_resolve_start(rc->host, rc->port);
     if (l->resolving == NULL) {
         spillway_link_fail(hub, l, "resolve", strerror(errno));
         return;
@@ -358,20 +320,21 @@ void spillway_link_start(spillway_hub *hub, spillway_rlink *l)
         }
     }
     l->state = SW_LS_RESOLVING;
-    l->deadline = hub->now + rc->connect_timeout_ms;
+    l->deadline = hub->now + rc->connect_timeout_ms + l->ask_budget_ms;
 }
 
 static void on_resolved(spillway_hub *hub, spillway_rlink *l)
 {
-    char err[200];
+    char err[640];
     int rc = spillway_resolve_result(l->resolving, l->addrs, l->addrlens, err, sizeof(err));
 
+    snprintf(l->primary, sizeof(l->primary), "%s", spillway_resolve_found(l->resolving));
     epoll_ctl(hub->epfd, EPOLL_CTL_DEL, l->rh.fd, NULL);
     spillway_resolve_release(l->resolving);
     l->resolving = NULL;
     l->rh.fd = -1;
     if (rc < 0) {
-        spillway_link_fail(hub, l, "resolve", err);
+        spillway_link_fail(hub, l, hub->cfg.redis.sentinels ? "sentinels" : "resolve", err);
         return;
     }
     l->naddr = rc;
@@ -380,52 +343,6 @@ static void on_resolved(spillway_hub *hub, spillway_rlink *l)
 }
 
 /* ---- replies ----------------------------------------------------------- */
-
-/* What each handshake request must get back (an error reply fails the
- * handshake on its own): +OK, or a script's SHA1 as 40 hex digits. */
-static bool handshake_reply_ok(const spillway_rq *q, const spillway_rv *v)
-{
-    if (q->privdata == NULL) return v->type == SW_RV_STATUS && spillway_rv_is(v, "OK");
-    if (v->type != SW_RV_STRING || v->str == NULL || v->str->len != 40) return false;
-    for (int i = 0; i < 40; i++) {
-        char c = v->str->data[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) return false;
-    }
-    return true;
-}
-
-static void copy_sha(char *dst, const spillway_rv *v)
-{
-    memcpy(dst, v->str->data, 40);
-    dst[40] = '\0';
-}
-
-/* A handshake request's callback (privdata: where its SHA1 goes, or NULL
- * for +OK). A link that dropped needs nothing from it. */
-static void on_handshake_reply(spillway_hub *hub, spillway_rlink *l, spillway_rq *q, spillway_rv *v)
-{
-    char msg[200], what[100];
-    if (v == NULL) return;
-    if (v->type == SW_RV_ERROR) {
-        spillway_rv_text(v, 150, msg, sizeof(msg));
-        spillway_link_fail(hub, l, "handshake", msg);
-        return;
-    }
-    if (!handshake_reply_ok(q, v)) {
-        snprintf(msg, sizeof(msg), "the handshake got %s instead of %s", spillway_rv_describe(v, what, sizeof(what)),
-                 q->privdata == NULL ? "+OK" : "a script's SHA1");
-        spillway_link_protocol_error(hub, l, msg);
-        return;
-    }
-    if (q->privdata != NULL) copy_sha(q->privdata, v);
-    if (--l->handshake_left == 0) {
-        l->state = SW_LS_READY;
-        l->ever_ready = true;
-        l->backoff_ms = 0;
-        l->next_ping = hub->now + hub->cfg.redis.health_interval_ms;
-        l->hooks.on_ready(hub, l);
-    }
-}
 
 /* rediss://: the TLS handshake, step by step as the socket allows; the
  * Redis handshake once it is done. A failure (the certificate, the name,
@@ -439,7 +356,7 @@ static void tls_step(spillway_hub *hub, spillway_rlink *l)
         spillway_link_fail(hub, l, "TLS handshake", spillway_tls_error(l->tls));
         return;
     }
-    handshake(hub, l);
+    l->hooks.handshake(hub, l);
 }
 
 static void tls_start(spillway_hub *hub, spillway_rlink *l)
@@ -460,6 +377,13 @@ static void dispatch(spillway_hub *hub, spillway_rlink *l, spillway_rv *v)
     spillway_rq *q;
     if (!handshaking && l->hooks.on_push != NULL) {
         l->hooks.on_push(hub, l, v);
+        return;
+    }
+    if (!handshaking && hub->cfg.redis.sentinels != NULL && spillway_sentinel_demoted(v)) {
+        /* The primary became a replica (a failover): every waiting request
+         * fails as on a dropped link, and the reconnect asks the sentinels
+         * for the new primary. */
+        spillway_link_fail(hub, l, "reply", "READONLY: the primary became a replica; asking the sentinels again");
         return;
     }
     q = spillway_link_pop(l);
@@ -515,10 +439,51 @@ static void link_read(spillway_hub *hub, spillway_rlink *l)
     }
 }
 
+/* Sentinel, on a link that is up: asks them again (on the helper thread)
+ * whether its node still is the primary. After a failover the old primary
+ * may go on accepting writes until the sentinels make it a replica (which
+ * discards them): the link moves as soon as they name another. */
+void spillway_link_start_check(spillway_hub *hub, spillway_rlink *l)
+{
+    uint64_t budget;
+    struct epoll_event ev;
+    l->next_check = hub->now + SENTINEL_CHECK_MS;
+    l->resolving = spillway_sentinel_resolve_start(&hub->cfg.redis, &budget);
+    if (l->resolving == NULL) return;
+    l->rh.fd = spillway_resolve_fd(l->resolving);
+    ev.events = EPOLLIN;
+    ev.data.ptr = &l->rh;
+    if (epoll_ctl(hub->epfd, EPOLL_CTL_ADD, l->rh.fd, &ev) != 0) {
+        spillway_resolve_release(l->resolving);
+        l->resolving = NULL;
+        l->rh.fd = -1;
+    }
+}
+
+static void on_checked(spillway_hub *hub, spillway_rlink *l)
+{
+    struct sockaddr_storage addrs[SPILLWAY_RESOLVE_MAX];
+    socklen_t lens[SPILLWAY_RESOLVE_MAX];
+    char err[640], found[300], msg[700];
+    int rc = spillway_resolve_result(l->resolving, addrs, lens, err, sizeof(err));
+
+    snprintf(found, sizeof(found), "%s", spillway_resolve_found(l->resolving));
+    epoll_ctl(hub->epfd, EPOLL_CTL_DEL, l->rh.fd, NULL);
+    spillway_resolve_release(l->resolving);
+    l->resolving = NULL;
+    l->rh.fd = -1;
+    /* Sentinels that do not answer now change nothing: the link stays. */
+    if (rc < 0 || found[0] == '\0' || strcmp(found, l->primary) == 0) return;
+    snprintf(msg, sizeof(msg), "the sentinels now name %.200s as the primary of %.100s (was %.200s)", found,
+             hub->cfg.redis.sentinel_master, l->primary);
+    spillway_link_fail(hub, l, "failover", msg);
+}
+
 void spillway_link_on_event(spillway_hub *hub, spillway_rlink *l, spillway_handle *h, uint32_t events)
 {
     if (h == &l->rh) {
         if (l->state == SW_LS_RESOLVING && l->resolving != NULL) on_resolved(hub, l);
+        else if (l->state == SW_LS_READY && l->resolving != NULL) on_checked(hub, l);
         return;
     }
     if (l->h.fd < 0) return;
@@ -535,7 +500,7 @@ void spillway_link_on_event(spillway_hub *hub, spillway_rlink *l, spillway_handl
             tls_start(hub, l);
             return; /* the handshake wrote and read what there was */
         }
-        handshake(hub, l);
+        l->hooks.handshake(hub, l);
         if (l->state == SW_LS_IDLE) return;
     } else if (l->state == SW_LS_TLS) {
         tls_step(hub, l);

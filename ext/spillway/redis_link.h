@@ -53,6 +53,10 @@ typedef struct spillway_link_hooks {
     void (*on_push)(spillway_hub *hub, spillway_rlink *l, spillway_rv *v);
     /* The link dropped (each waiting request's callback already ran). */
     void (*on_lost)(spillway_hub *hub, spillway_rlink *l, bool was_ready);
+    /* The socket (and TLS) is up: send the Redis handshake
+     * (spillway_link_handshake, redis_link_handshake.c, which sits above
+     * this file: it queues and fails through the link's functions). */
+    void (*handshake)(spillway_hub *hub, spillway_rlink *l);
 } spillway_link_hooks;
 
 /* What kind of link it is. */
@@ -86,6 +90,9 @@ struct spillway_rlink {
     struct sockaddr_storage addrs[SPILLWAY_RESOLVE_MAX];
     socklen_t addrlens[SPILLWAY_RESOLVE_MAX];
     int naddr, addr_i;
+    uint64_t ask_budget_ms; /* Sentinel: how long asking them may take */
+    char primary[300];      /* Sentinel: the "host:port" they named last */
+    uint64_t next_check;    /* Sentinel: when an up link asks them again */
     uint64_t next_ping, ping_deadline;
     bool ping_out;
     bool ever_ready;
@@ -142,5 +149,17 @@ void spillway_link_abandon(spillway_rlink *l);
 #include "tls.h"
 spillway_tls_rc spillway_link_send(spillway_rlink *l, const char *p, size_t len, size_t *n, const char **why);
 spillway_tls_rc spillway_link_recv(spillway_rlink *l, char *p, size_t len, size_t *n, const char **why);
+
+/* Sentinel: how often a link that is up asks them whether its node still
+ * is the primary. */
+#define SENTINEL_CHECK_MS 1000u
+
+/* redis_link_handshake.c: sends the Redis handshake (state HANDSHAKE); the
+ * link's on_ready hook runs when its last reply is in. */
+void spillway_link_handshake(spillway_hub *hub, spillway_rlink *l);
+
+/* Sentinel mode: asks the sentinels again whether this link's node is
+ * still the primary (on the resolver thread); a change reconnects. */
+void spillway_link_start_check(spillway_hub *hub, spillway_rlink *l);
 
 #endif

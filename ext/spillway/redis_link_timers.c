@@ -26,6 +26,7 @@ void spillway_link_timers(spillway_hub *hub, spillway_rlink *l)
         if (hub->now >= l->deadline) spillway_link_fail(hub, l, "connect", "timed out (connect_timeout)");
         break;
     case SW_LS_READY:
+        if (rc->sentinels != NULL && l->resolving == NULL && hub->now >= l->next_check) spillway_link_start_check(hub, l);
         if (!l->opt.health_ping && l->head != NULL) {
             if (hub->now >= l->head->sent_ms + head_limit(hub, l->head))
                 spillway_link_fail(hub, l, "command", "Redis did not answer in time (command_timeout)");
@@ -48,10 +49,11 @@ uint64_t spillway_link_next_timer(const spillway_hub *hub, const spillway_rlink 
 {
     switch (l->state) {
     case SW_LS_IDLE: return l->retry_at;
-    case SW_LS_READY:
-        if (l->opt.health_ping) return l->ping_out ? l->ping_deadline : l->next_ping;
-        return l->head != NULL ? l->head->sent_ms + head_limit(hub, l->head) : UINT64_MAX;
+    case SW_LS_READY: {
+        uint64_t t = hub->cfg.redis.sentinels != NULL && l->resolving == NULL ? l->next_check : UINT64_MAX;
+        if (l->opt.health_ping) return SW_MIN(t, l->ping_out ? l->ping_deadline : l->next_ping);
+        return SW_MIN(t, l->head != NULL ? l->head->sent_ms + head_limit(hub, l->head) : UINT64_MAX);
+    }
     default: return l->deadline;
     }
 }
-

@@ -27,6 +27,7 @@ static int queue_publish(spillway_hub *hub, spillway_cmd_publish *cmd, bool eval
         .bodylen = cmd->frame->len,
         .backlog_size = rc->backlog_size,
         .backlog_ttl_s = rc->backlog_ttl_s,
+        .backlog_window_ms = rc->backlog_window_ms,
         .key_ttl_ms = cmd->key_ttl_ms,
     };
     struct publish_req *pr;

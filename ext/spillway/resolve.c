@@ -16,11 +16,15 @@ struct spillway_resolve {
     int efd;
     char *host;
     int port;
+    spillway_resolve_ask_fn *ask;    /* asked for host and port first (Sentinel), or NULL */
+    spillway_resolve_free_fn *ask_free;
+    void *ask_arg;
+    char found[300];                 /* with ask: "host:port" it named */
     int rc;
     int naddr;
     struct sockaddr_storage addrs[SPILLWAY_RESOLVE_MAX];
     socklen_t lens[SPILLWAY_RESOLVE_MAX];
-    char err[160];
+    char err[640];
 };
 
 static void unref(spillway_resolve *r)
@@ -28,28 +32,24 @@ static void unref(spillway_resolve *r)
     if (atomic_fetch_sub(&r->refs, 1) == 1) {
         if (r->efd >= 0) close(r->efd);
         free(r->host);
+        if (r->ask_free) r->ask_free(r->ask_arg);
         free(r);
     }
 }
 
-static void *resolve_main(void *arg)
+static void lookup(spillway_resolve *r, const char *host, int port)
 {
-    spillway_resolve *r = arg;
     struct addrinfo hints, *res = NULL;
-    char port[16];
+    char sport[16];
     int rc;
-    uint64_t one = 1;
-    sigset_t all;
 
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    snprintf(port, sizeof(port), "%d", r->port);
-    rc = getaddrinfo(r->host, port, &hints, &res);
+    snprintf(sport, sizeof(sport), "%d", port);
+    rc = getaddrinfo(host, sport, &hints, &res);
     if (rc != 0 || res == NULL) {
-        snprintf(r->err, sizeof(r->err), "getaddrinfo(%s): %s", r->host,
+        snprintf(r->err, sizeof(r->err), "getaddrinfo(%s): %s", host,
                  rc != 0 ? gai_strerror(rc) : "no address");
         r->rc = -1;
     } else {
@@ -62,9 +62,31 @@ static void *resolve_main(void *arg)
             r->naddr++;
         }
         r->rc = r->naddr > 0 ? 0 : -1;
-        if (r->rc != 0) snprintf(r->err, sizeof(r->err), "getaddrinfo(%s): no usable address", r->host);
+        if (r->rc != 0) snprintf(r->err, sizeof(r->err), "getaddrinfo(%s): no usable address", host);
     }
     if (res != NULL) freeaddrinfo(res);
+}
+
+static void *resolve_main(void *arg)
+{
+    spillway_resolve *r = arg;
+    uint64_t one = 1;
+    sigset_t all;
+
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    if (r->ask != NULL) {
+        char host[256];
+        int port;
+        if (r->ask(r->ask_arg, host, sizeof(host), &port, r->err, sizeof(r->err)) != 0) {
+            r->rc = -1;
+        } else {
+            snprintf(r->found, sizeof(r->found), strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+            lookup(r, host, port);
+        }
+    } else {
+        lookup(r, r->host, r->port);
+    }
     /* The reactor may have let go already; the eventfd is still ours. */
     if (write(r->efd, &one, sizeof(one)) < 0) { /* nothing to do */
     }
@@ -72,17 +94,29 @@ static void *resolve_main(void *arg)
     return NULL;
 }
 
-spillway_resolve *spillway_resolve_start(const char *host, int port)
+static void free_arg(spillway_resolve_free_fn *fn, void *arg)
+{
+    if (fn != NULL) fn(arg);
+}
+
+static spillway_resolve *start(const char *host, int port, spillway_resolve_ask_fn *ask,
+                               spillway_resolve_free_fn *ask_free, void *arg)
 {
     pthread_attr_t attr;
     pthread_t t;
     int rc;
     spillway_resolve *r = calloc(1, sizeof(*r));
 
-    if (r == NULL) return NULL;
+    if (r == NULL) {
+        free_arg(ask_free, arg);
+        return NULL;
+    }
     r->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     r->host = strdup(host);
     r->port = port;
+    r->ask = ask;
+    r->ask_free = ask_free;
+    r->ask_arg = arg;
     r->rc = -1;
     atomic_init(&r->refs, 2);
     if (r->efd < 0 || r->host == NULL) {
@@ -90,6 +124,7 @@ spillway_resolve *spillway_resolve_start(const char *host, int port)
         if (r->efd >= 0) close(r->efd);
         free(r->host);
         free(r);
+        free_arg(ask_free, arg);
         errno = e ? e : ENOMEM;
         return NULL;
     }
@@ -102,10 +137,27 @@ spillway_resolve *spillway_resolve_start(const char *host, int port)
         close(r->efd);
         free(r->host);
         free(r);
+        free_arg(ask_free, arg);
         errno = rc;
         return NULL;
     }
     return r;
+}
+
+spillway_resolve *spillway_resolve_start(const char *host, int port)
+{
+    return start(host, port, NULL, NULL, NULL);
+}
+
+spillway_resolve *spillway_resolve_start_asking(const char *name, spillway_resolve_ask_fn *ask,
+                                                spillway_resolve_free_fn *ask_free, void *arg)
+{
+    return start(name, 0, ask, ask_free, arg);
+}
+
+const char *spillway_resolve_found(const spillway_resolve *r)
+{
+    return r->found;
 }
 
 int spillway_resolve_fd(const spillway_resolve *r)

@@ -18,6 +18,18 @@ typedef struct spillway_resolve spillway_resolve;
 /* Starts resolving host:port. NULL on failure to start (errno set). The
  * eventfd spillway_resolve_fd() becomes readable when done. */
 spillway_resolve *spillway_resolve_start(const char *host, int port);
+/* Sentinel: the helper thread first calls ask(arg, ...) for the address
+ * (blocking: sentinel.h's lookup; 0 with host and port, or -1 with err),
+ * then resolves that. name is for messages. ask_free(arg) runs when the
+ * request is freed, even on failure to start. Through function pointers:
+ * the resolver stays below what asks. */
+typedef int spillway_resolve_ask_fn(void *arg, char *host, size_t hostlen, int *port, char *err, size_t errlen);
+typedef void spillway_resolve_free_fn(void *arg);
+spillway_resolve *spillway_resolve_start_asking(const char *name, spillway_resolve_ask_fn *ask,
+                                                spillway_resolve_free_fn *ask_free, void *arg);
+/* Once readable, for an asking request: the "host:port" ask named ("" when
+ * it named none). */
+const char *spillway_resolve_found(const spillway_resolve *r);
 int spillway_resolve_fd(const spillway_resolve *r);
 #define SPILLWAY_RESOLVE_MAX 8
 

@@ -25,6 +25,7 @@ typedef struct spillway_sconn {
     spillway_resp_reader *reader;
     spillway_buf out;         /* the command being sent */
     pid_t pid;                /* the process that opened it */
+    uint32_t gen;             /* the owner's: which primary it was opened to (Sentinel) */
 } spillway_sconn;
 
 /* Connects to cfg's Redis (unix socket, or host and port: every address

@@ -44,13 +44,16 @@ void spillway_keys_free(spillway_keys *k)
 int spillway_buf_publish(spillway_buf *b, const spillway_keys *k, const spillway_publish_args *a, bool eval,
                          const char *sha)
 {
-    char maxlen[16], ttl[16], kttl[16];
+    char maxlen[16], ttl[16], kttl[16], window[24];
     size_t mark = b->len;
-    int bad = spillway_buf_begin(b, 12);
+    /* The window's argument only when there is one: 12 elements otherwise,
+     * as before backlog_window (the script reads a missing one as 0). */
+    int bad = spillway_buf_begin(b, a->backlog_window_ms > 0 ? 13 : 12);
 
     snprintf(maxlen, sizeof(maxlen), "%u", a->backlog_size);
     snprintf(ttl, sizeof(ttl), "%u", a->backlog_ttl_s);
     snprintf(kttl, sizeof(kttl), "%u", a->key_ttl_ms);
+    snprintf(window, sizeof(window), "%llu", (unsigned long long)a->backlog_window_ms);
     if (eval || sha == NULL || sha[0] == '\0') {
         bad |= spillway_buf_arg(b, "EVAL", 4);
         bad |= spillway_buf_arg(b, spillway_lua_publish, strlen(spillway_lua_publish));
@@ -68,6 +71,7 @@ int spillway_buf_publish(spillway_buf *b, const spillway_keys *k, const spillway
     bad |= spillway_buf_arg(b, maxlen, strlen(maxlen));
     bad |= spillway_buf_arg(b, ttl, strlen(ttl));
     bad |= spillway_buf_arg(b, kttl, strlen(kttl));
+    if (a->backlog_window_ms > 0) bad |= spillway_buf_arg(b, window, strlen(window));
     if (bad) {
         b->len = mark;
         return -1;
@@ -84,7 +88,12 @@ int spillway_buf_publish(spillway_buf *b, const spillway_keys *k, const spillway
  * trimmed. Exact, and it needs no XINFO (Redis 7.0 does not count trimmed
  * entries in max-deleted-entry-id). A stream that starts afresh records as
  * predecessor "now minus the TTL": an earlier stream of the channel that
- * expired held nothing newer. */
+ * expired held nothing newer.
+ *
+ * backlog_window trims by age too (XTRIM MINID, after the predecessor is
+ * read, so p stays the real last id even when the trim empties the stream):
+ * an entry of the window, or the newest, always survives; what the trim took
+ * shows as a predecessor newer than the cursor, a reset like MAXLEN's. */
 
 const char spillway_lua_publish[] =
     "local function parse(s)\n"
@@ -104,7 +113,7 @@ const char spillway_lua_publish[] =
     "local ms, seq = now, 0\n"
     "local lms, lseq = parse(redis.call('GET', KEYS[1]))\n"
     "if lms and lms >= ms then ms = lms; seq = lseq + 1 end\n"
-    "local maxlen, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])\n"
+    "local maxlen, ttl, window = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6] or '0')\n"
     "local prev = '0-0'\n"
     "if maxlen > 0 then\n"
     "  local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)\n"
@@ -119,6 +128,13 @@ const char spillway_lua_publish[] =
     "end\n"
     "local id = string.format('%d-%d', ms, seq)\n"
     "local frame = 'id: ' .. id .. '\\n' .. ARGV[2]\n"
+    "-- Before any write: a Redis without MINID (before 6.2) fails the publish whole.\n"
+    "if maxlen > 0 and window > 0 then\n"
+    "  local ok = redis.pcall('XTRIM', KEYS[2], 'MINID', '~', string.format('%d', now - window))\n"
+    "  if type(ok) == 'table' and ok.err then\n"
+    "    return redis.error_reply('backlog_window needs Redis 6.2 or later (XTRIM MINID): ' .. ok.err)\n"
+    "  end\n"
+    "end\n"
     "if maxlen > 0 then\n"
     "  redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, id, 'f', frame, 'p', prev)\n"
     "  if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end\n"
@@ -199,6 +215,86 @@ const char spillway_lua_resume[] =
     "local flat = {}\n"
     "for _, e in ipairs(entries) do flat[#flat + 1] = e[3]; flat[#flat + 1] = e[4] end\n"
     "return {last or string.format('%d-0', now), resets, flat}\n";
+
+/* The witness (scripts.h): KEYS id, since, the channel's stream; ARGV the
+ * id, the backlog TTL in seconds, "1" when channels keep a backlog. Returns
+ * 1 when the id proved missing (since and the id key then move up to now:
+ * other processes' messages may have gone with it, which no one here can
+ * name, so every cursor from before gets a reset, as after a Redis that
+ * lost everything), else 0. Entries are trimmed oldest first, and a replica applies writes in
+ * order, so the id alone tells: present, trimmed (the entry after it names
+ * it, or something after it, as predecessor), or lost (this history went
+ * from an older entry straight past it, or stops before it). */
+const char spillway_lua_witness[] =
+    "local function parse(s)\n"
+    "  if not s then return nil end\n"
+    "  local a, b = string.match(s, '^(%d+)%-(%d+)$')\n"
+    "  if not a then return nil end\n"
+    "  return tonumber(a), tonumber(b)\n"
+    "end\n"
+    "local function after(ams, aseq, bms, bseq)\n"
+    "  return ams > bms or (ams == bms and aseq > bseq)\n"
+    "end\n"
+    "local function field(fields, name)\n"
+    "  for j = 1, #fields, 2 do if fields[j] == name then return fields[j + 1] end end\n"
+    "end\n"
+    "local wms, wseq = parse(ARGV[1])\n"
+    "if not wms then return 0 end\n"
+    "local ttl = tonumber(ARGV[2])\n"
+    "local ims, iseq = parse(redis.call('GET', KEYS[1]))\n"
+    "local lost = 0\n"
+    "if not ims or after(wms, wseq, ims, iseq) then\n"
+    "  -- The id key is behind it: it never reached this history.\n"
+    "  lost = 1\n"
+    "elseif ARGV[3] == '1' and #redis.call('XRANGE', KEYS[3], ARGV[1], ARGV[1]) == 0 then\n"
+    "  local nxt = redis.call('XRANGE', KEYS[3], '(' .. ARGV[1], '+', 'COUNT', 1)\n"
+    "  if #nxt > 0 then\n"
+    "    local pms, pseq = parse(field(nxt[1][2], 'p'))\n"
+    "    if pms ~= nil and after(wms, wseq, pms, pseq) then lost = 2 end\n"
+    "  elseif redis.call('EXISTS', KEYS[3]) == 1 then\n"
+    "    lost = 3 -- the stream's newest entry is older\n"
+    "  else\n"
+    "    -- No stream: expired (its TTL ran out after this entry), or lost.\n"
+    "    local t = redis.call('TIME')\n"
+    "    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "    if ttl == 0 or wms + ttl * 1000 > now then lost = 4 end\n"
+    "  end\n"
+    "end\n"
+    "if lost == 0 then return 0 end\n"
+    "-- What else went with it is unknown (other processes' messages): the\n"
+    "-- history this Redis vouches for starts now, as after losing all of it.\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local mms = math.max(now, wms + 1)\n"
+    "local mark = string.format('%d-0', mms)\n"
+    "if not ims or ims < mms then redis.call('SET', KEYS[1], mark) end\n"
+    "local sms = parse(redis.call('GET', KEYS[2]))\n"
+    "if not sms or sms < mms then redis.call('SET', KEYS[2], mark) end\n"
+    "return lost\n";
+
+int spillway_buf_witness(spillway_buf *b, const spillway_keys *k, const char *chan, size_t chlen, const char *id,
+                         uint32_t backlog_ttl_s, bool backlog)
+{
+    char ttl[16];
+    size_t mark = b->len;
+    int bad = spillway_buf_begin(b, 9);
+
+    snprintf(ttl, sizeof(ttl), "%u", backlog_ttl_s);
+    bad |= spillway_buf_arg(b, "EVAL", 4);
+    bad |= spillway_buf_arg(b, spillway_lua_witness, strlen(spillway_lua_witness));
+    bad |= spillway_buf_arg(b, "3", 1);
+    bad |= spillway_buf_arg(b, k->id, strlen(k->id));
+    bad |= spillway_buf_arg(b, k->since, strlen(k->since));
+    bad |= spillway_buf_arg2(b, k->stream, k->stream_len, chan, chlen);
+    bad |= spillway_buf_arg(b, id, strlen(id));
+    bad |= spillway_buf_arg(b, ttl, strlen(ttl));
+    bad |= spillway_buf_arg(b, backlog ? "1" : "0", 1);
+    if (bad) {
+        b->len = mark;
+        return -1;
+    }
+    return 0;
+}
 
 const char spillway_lua_cursor[] =
     "local v = redis.call('GET', KEYS[1])\n"

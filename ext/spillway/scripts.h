@@ -51,11 +51,12 @@ typedef struct spillway_publish_args {
     const char *body;    /* the frame after its id line */
     size_t bodylen;
     uint32_t backlog_size, backlog_ttl_s, key_ttl_ms;
+    uint64_t backlog_window_ms; /* 0: no trim by age */
 } spillway_publish_args;
 
 /* Appends the publish script's run for a to b: EVALSHA sha, or EVAL with
  * the script's text when eval is set or sha is "" (not loaded yet, or
- * NOSCRIPT), with its 4 keys and 5 arguments. The one place they are
+ * NOSCRIPT), with its 4 keys and 5 arguments (6 with a backlog window). The one place they are
  * built, for the hub's async publishes and the publisher's. 0, or -1 when
  * out of memory, b then as it was (a half command would shift every later
  * reply). */
@@ -64,10 +65,27 @@ int spillway_buf_publish(spillway_buf *b, const spillway_keys *k, const spillway
 
 /* KEYS: id key, stream key, the idempotency key, since key. ARGV:
  * pub/sub channel, frame body (everything after the id line), backlog length
- * (0: no backlog), TTL seconds (0: none), the idempotency key's TTL in ms.
+ * (0: no backlog), TTL seconds (0: none), the idempotency key's TTL in ms,
+ * the backlog window in ms (absent or 0: none; entries older than TIME minus it are
+ * trimmed, XTRIM MINID ~, Redis 6.2+).
  * Returns the new id; when the idempotency key exists, the id stored there,
  * and publishes nothing. */
 extern const char spillway_lua_publish[];
+
+/* The witness: a process that was told of message `id` on channel `chan`
+ * (a publish acknowledged, a live message received) asks a Redis it
+ * (re)connected to whether that message is in its history. A failover to a
+ * replica that lagged loses writes the old primary acknowledged; when this
+ * one is missing, NS:since and NS:id move up to Redis's clock (after the
+ * id), so a cursor from before gets a reset instead of silently skipping
+ * what was lost, and ids go on after it. Plain EVAL (it runs once per connection). 0, or -1 when out of
+ * memory (b then as it was). The reply: :0 when the message is there or was
+ * trimmed; when it proved missing, why: :1 the id key is behind it, :2 the
+ * entry after it names an older predecessor, :3 the stream ends before it,
+ * :4 the stream is gone though its TTL cannot have run out. */
+int spillway_buf_witness(spillway_buf *b, const spillway_keys *k, const char *chan, size_t chlen, const char *id,
+                         uint32_t backlog_ttl_s, bool backlog);
+extern const char spillway_lua_witness[];
 
 /* KEYS: id key, since key, then one stream key per channel. ARGV: mode
  * ("c": read after the cursor and report resets, for a client's cursor and

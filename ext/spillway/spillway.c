@@ -6,7 +6,7 @@
 #include "binding.h"
 
 VALUE spillway_mSpillway, spillway_mNative, spillway_eError, spillway_eQueueFull,
-    spillway_eRedisError;
+    spillway_eRedisError, spillway_ePostgresError;
 
 __attribute__((visibility("default"))) void Init_spillway_ext(void)
 {
@@ -15,8 +15,10 @@ __attribute__((visibility("default"))) void Init_spillway_ext(void)
     spillway_eError = rb_define_class_under(spillway_mSpillway, "Error", rb_eStandardError);
     spillway_eQueueFull = rb_define_class_under(spillway_mSpillway, "QueueFull", spillway_eError);
     spillway_eRedisError = rb_define_class_under(spillway_mSpillway, "RedisError", spillway_eError);
+    spillway_ePostgresError = rb_define_class_under(spillway_mSpillway, "PostgresError", spillway_eError);
 
     Init_spillway_sse();
     Init_spillway_hub();
     Init_spillway_publisher();
+    Init_spillway_pg_publisher();
 }

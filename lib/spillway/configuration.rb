@@ -20,7 +20,11 @@ module Spillway
       # backend
       redis_url: nil,              # nil: ENV["REDIS_URL"]; still nil: the memory backend
       redis_tls: nil,              # rediss://: { ca_file:, ca_path:, cert_file:, key_file:, verify: true, server_name: }
-      namespace: "spillway",       # prefix of Redis keys and pub/sub channels
+      postgres_url: nil,           # nil: ENV["SPILLWAY_POSTGRES_URL"]; "postgres://..." or a libpq keyword string
+      redis_sentinels: nil,        # ["host:26379", ...]: ask these Sentinels for the primary (redis_url: credentials, db, TLS)
+      redis_sentinel_master: nil,  # the master's name the sentinels monitor (or the host of redis_url)
+      sentinel_password: nil,      # AUTH to the sentinels (nil: none)
+      namespace: "spillway",       # prefix of Redis keys and pub/sub channels; PostgreSQL: the schema and LISTEN channel
       # streams
       heartbeat: 15,               # seconds between heartbeat comments
       retry_interval: 2.0,         # seconds; the `retry:` hint browsers wait before reconnecting
@@ -38,6 +42,7 @@ module Spillway
       # backlog (both backends)
       backlog_size: 1000,          # messages kept per channel for resume
       backlog_ttl: 86_400,         # seconds a channel's backlog outlives its last message (0: forever)
+      backlog_window: nil,         # seconds: a channel's backlog also drops messages older than this (nil/0: off)
       max_backlog_channels: 100_000, # memory backend: channels with a backlog (least recently used dropped)
       idempotency_ttl: 300,        # seconds a publish's idempotency_key is remembered (both backends)
       # Redis
@@ -73,6 +78,7 @@ module Spillway
 
         public_send(:"#{key}=", value)
       end
+      check_sentinels
       self
     end
 
@@ -127,6 +133,28 @@ module Spillway
       redis&.fetch(:tls, false) && redis_tls && redis_tls[:verify] == false ? true : false
     end
 
+    # A libpq URL (postgres://user:pass@host:port/db?sslmode=...) or keyword
+    # string ("host=/tmp port=5432 dbname=app"). Needs the gem built with
+    # libpq (Spillway::Native::POSTGRES).
+    def postgres_url=(url)
+      url = url.nil? || url.to_s.empty? ? nil : url.to_s
+      if url
+        unless Native::POSTGRES
+          raise ArgumentError, "postgres_url: this Spillway was built without libpq, so it has no PostgreSQL backend. " \
+                               "Install libpq (Debian/Ubuntu: apt-get install libpq-dev) and reinstall the gem"
+        end
+        if url.include?("://") && !url.match?(%r{\Apostgres(ql)?://})
+          raise ArgumentError, "unsupported PostgreSQL URL #{redact_pg(url).inspect}: use postgres://[user:password@]host[:port]/db " \
+                               "or a libpq keyword string"
+        end
+      end
+      @postgres_url = url
+    end
+
+    def effective_postgres_url
+      @postgres_url || (ENV["SPILLWAY_POSTGRES_URL"].to_s.empty? ? nil : ENV["SPILLWAY_POSTGRES_URL"])
+    end
+
     def namespace=(ns)
       ns = ns.to_s
       raise ArgumentError, "namespace must match #{CHANNEL_PATTERN.inspect}, got #{ns.inspect}" unless ns.match?(CHANNEL_PATTERN)
@@ -153,7 +181,7 @@ module Spillway
 
     # Settings are shown in consoles and logs: the secret is not.
     def inspect
-      "#<#{self.class.name} #{SETTINGS.keys.map { |k| "#{k}=#{k == :secret ? (@secret ? '[set]' : 'nil') : public_send(k).inspect}" }.join(' ')}>"
+      "#<#{self.class.name} #{SETTINGS.keys.map { |k| "#{k}=#{%i[secret sentinel_password].include?(k) ? (public_send(k) ? '[set]' : 'nil') : public_send(k).inspect}" }.join(' ')}>"
     end
 
     def headers=(headers)
@@ -197,7 +225,64 @@ module Spillway
       end
     end
 
+    # nil or 0: off. Otherwise seconds (at least a millisecond): publishing
+    # on a channel also trims its backlog to the messages of the last
+    # backlog_window seconds (under the backlog_size ceiling).
+    def backlog_window=(seconds)
+      if seconds.nil? || seconds == 0
+        @backlog_window = nil
+        return
+      end
+      value = Float(seconds)
+      raise ArgumentError, "backlog_window must be nil (off) or between 0.001 and #{2**31} seconds, got #{value}" unless value.between?(0.001, 2**31)
+
+      @backlog_window = value
+    end
+
+    # Sentinel: "host:port" (port 26379 when left out, IPv6 as [addr]:port),
+    # an Array or a comma-separated String; nil or empty: off.
+    def redis_sentinels=(list)
+      list = list.split(",") if list.is_a?(String)
+      if list.nil? || list.empty?
+        @redis_sentinels = nil
+        return
+      end
+      raise ArgumentError, "redis_sentinels must be an Array of \"host:port\" Strings, got #{list.class}" unless list.is_a?(Array)
+
+      @redis_sentinels = list.map { |entry| sentinel_address(entry) }.freeze
+    end
+
+    def redis_sentinel_master=(name)
+      if name.nil?
+        @redis_sentinel_master = nil
+        return
+      end
+      name = name.to_s
+      unless name.match?(/\A[^\s,\x00-\x1f]{1,200}\z/)
+        raise ArgumentError, "redis_sentinel_master must be the name the sentinels monitor (1..200 characters, no spaces), got #{name.inspect}"
+      end
+
+      @redis_sentinel_master = name
+    end
+
+    def sentinel_password=(password)
+      raise ArgumentError, "sentinel_password must be a String or nil, got #{password.class}" unless password.nil? || password.is_a?(String)
+
+      @sentinel_password = password.nil? || password.empty? ? nil : password
+    end
+
+    # The settings that only mean something with redis_sentinels.
+    def check_sentinels
+      if @redis_sentinels.nil?
+        raise ArgumentError, "redis_sentinel_master is set but redis_sentinels is not: list the sentinels to ask" if @redis_sentinel_master
+        raise ArgumentError, "sentinel_password is set but redis_sentinels is not: list the sentinels to ask" if @sentinel_password
+        return
+      end
+      redis
+    end
+
     def backend
+      return :postgres if effective_postgres_url
       redis ? :redis : :memory
     end
 
@@ -208,12 +293,40 @@ module Spillway
     # The parsed Redis URL as a Hash, or nil for the memory backend.
     def redis
       url = effective_redis_url
-      return nil unless url
-      return check_tls_scheme(@redis_parsed) if @redis_parsed_for == url
+      return nil unless url || @redis_sentinels
 
-      @redis_parsed = parse_redis_url(url)
-      @redis_parsed_for = url
+      key = [url, @redis_sentinels, @redis_sentinel_master]
+      return check_tls_scheme(@redis_parsed) if @redis_parsed_for == key
+
+      parsed = url ? parse_redis_url(url) : { host: nil, port: nil, path: nil, db: 0, tls: false, shown: "(no redis_url)" }
+      parsed = with_sentinels(parsed) if @redis_sentinels
+      parsed = parsed.reject { |k, _| %i[url_host url_port].include?(k) }
+      @redis_parsed = parsed
+      @redis_parsed_for = key
       check_tls_scheme(@redis_parsed)
+    end
+
+    # Sentinel: the master's name (redis_sentinel_master, or the host of
+    # redis_url) instead of an address; credentials, db and TLS stay the URL's.
+    def with_sentinels(parsed)
+      if parsed[:path]
+        raise ArgumentError, "redis_sentinels with a unix:// Redis URL (#{parsed[:shown]}): the sentinels name a host and port; " \
+                             "use redis://[user:password@][master-name][/db]"
+      end
+      if parsed[:url_port]
+        raise ArgumentError, "redis_sentinels: the primary's port comes from the sentinels; drop the port from the Redis URL #{parsed[:shown]}"
+      end
+      url_master = parsed[:url_host]
+      master = @redis_sentinel_master || url_master
+      unless master
+        raise ArgumentError, "redis_sentinels needs the name of the master they monitor: redis_sentinel_master: \"mymaster\" " \
+                             "(or as the host of redis_url: redis://:password@mymaster/0)"
+      end
+      if @redis_sentinel_master && url_master && url_master != @redis_sentinel_master
+        raise ArgumentError, "the Redis URL #{parsed[:shown]} names #{url_master.inspect} but redis_sentinel_master is " \
+                             "#{@redis_sentinel_master.inspect}: give the master's name once (or leave the URL's host out)"
+      end
+      parsed.merge(host: master, port: 0, sentinels: @redis_sentinels, master: master)
     end
 
     # Settings for TLS and a URL without it: never plaintext by mistake.
@@ -248,12 +361,27 @@ module Spillway
         heartbeat_ms: ms(heartbeat), retry_ms: ms(retry_interval), max_connections: max_connections_effective,
         max_channels_per_connection: max_channels_per_connection, outbox_limit: outbox_limit,
         max_lag_ms: ms(max_lag), memory_limit: memory_limit, backlog_size: backlog_size, backlog_ttl: backlog_ttl,
-        max_backlog_channels: max_backlog_channels, queue_limit: queue_limit,
+        backlog_window_ms: backlog_window ? ms(backlog_window) : 0, max_backlog_channels: max_backlog_channels, queue_limit: queue_limit,
         extra_headers: headers.empty? ? nil : headers.map { |k, v| "#{k}: #{v}\r\n" }.join,
         log_interval_ms: ms(log_interval), long_poll_timeout_ms: ms(long_poll_timeout)
       }
-      opts.merge!(redis_native_options) if redis
+      if backend == :postgres
+        opts.merge!(postgres_native_options)
+      elsif redis
+        opts.merge!(redis_native_options)
+      end
       opts
+    end
+
+    def postgres_native_options
+      if namespace.bytesize > 63
+        raise ArgumentError, "namespace #{namespace.inspect} is longer than 63 bytes: it names a PostgreSQL schema"
+      end
+      {
+        postgres_conninfo: effective_postgres_url, namespace: namespace, connect_timeout_ms: ms(connect_timeout),
+        command_timeout_ms: ms(command_timeout), backlog_size: [backlog_size, 1].max, backlog_ttl: backlog_ttl,
+        idempotency_ttl_ms: ms(idempotency_ttl)
+      }
     end
 
     def redis_native_options
@@ -264,9 +392,16 @@ module Spillway
         redis_username: r[:username], redis_password: r[:password], redis_db: r[:db],
         namespace: namespace, connect_timeout_ms: ms(connect_timeout), command_timeout_ms: ms(command_timeout),
         health_interval_ms: ms(health_interval), backlog_size: backlog_size, backlog_ttl: backlog_ttl,
-        async_limit: async_limit, unsubscribe_linger_ms: ms(unsubscribe_linger),
+        backlog_window_ms: backlog_window ? ms(backlog_window) : 0, async_limit: async_limit, unsubscribe_linger_ms: ms(unsubscribe_linger),
         idempotency_ttl_ms: ms(idempotency_ttl)
-      }
+      }.merge(sentinel_native_options(r))
+    end
+
+    def sentinel_native_options(parsed)
+      return {} unless parsed[:sentinels]
+
+      { redis_sentinels: parsed[:sentinels].join(","), redis_sentinel_master: parsed[:master],
+        sentinel_password: sentinel_password, redis_port: 0 }
     end
 
     private
@@ -280,10 +415,11 @@ module Spillway
       parsed =
         case uri.scheme
         when "redis", "rediss"
-          host = uri.host.to_s.empty? ? "127.0.0.1" : uri.host.delete_prefix("[").delete_suffix("]")
+          url_host = uri.host.to_s.empty? ? nil : uri.host.delete_prefix("[").delete_suffix("]")
           path_db = uri.path.to_s.delete_prefix("/")
           db = path_db.empty? ? query_db(uri) : Integer(path_db, 10)
-          { host: host, port: uri.port || 6379, path: nil, db: db, tls: uri.scheme == "rediss" }.merge(credentials(uri))
+          { host: url_host || "127.0.0.1", port: uri.port || 6379, path: nil, db: db, tls: uri.scheme == "rediss",
+            url_host: url_host, url_port: uri.port }.merge(credentials(uri))
         when "unix"
           raise ArgumentError, "unix:// Redis URL without a socket path: #{url}" if uri.path.to_s.empty?
 
@@ -296,6 +432,21 @@ module Spillway
       parsed
     rescue URI::InvalidURIError => e
       raise ArgumentError, "invalid Redis URL #{url.inspect}: #{e.message}"
+    end
+
+    def redact_pg(url)
+      url.sub(%r{://([^:/@]*):[^@]*@}, '://\\1:[password]@')
+    end
+
+    def sentinel_address(entry)
+      text = entry.to_s.strip
+      m = text.match(/\A(?:\[([0-9A-Fa-f:.]+)\]|([^\s:,\[\]]+))(?::(\d{1,5}))?\z/)
+      port = m && (m[3] ? Integer(m[3], 10) : 26_379)
+      unless m && port.between?(1, 65_535)
+        raise ArgumentError, "redis_sentinels: #{entry.inspect} is not \"host:port\" (e.g. \"10.0.0.5:26379\", \"[::1]:26379\")"
+      end
+
+      m[1] ? "[#{m[1]}]:#{port}" : "#{m[2]}:#{port}"
     end
 
     def redact(uri)

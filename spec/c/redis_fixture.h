@@ -56,7 +56,7 @@ enum {
 #define FX_MAX_STREAMS 32
 #define FX_MAX_SUBS 64
 
-enum { FX_SCRIPT_NONE, FX_SCRIPT_PUBLISH, FX_SCRIPT_RESUME, FX_SCRIPT_BARRIER };
+enum { FX_SCRIPT_NONE, FX_SCRIPT_PUBLISH, FX_SCRIPT_RESUME, FX_SCRIPT_BARRIER, FX_SCRIPT_WITNESS };
 
 /* One connection the hub opened to the fake Redis. */
 typedef struct fx_conn {
@@ -95,6 +95,8 @@ typedef struct fx {
     /* When set, the answer to every CLIENT SETNAME / SCRIPT LOAD instead of
      * the right one. */
     const char *setname_reply, *script_reply;
+    /* When set, the answer to the witness script (default ":0"). */
+    const char *witness_reply;
 } fx;
 
 FX_API void fx_die(const char *what)
@@ -259,6 +261,7 @@ FX_API int fx_script(const spillway_rv *v, bool eval)
         if (spillway_rv_is(a, spillway_lua_publish)) return FX_SCRIPT_PUBLISH;
         if (spillway_rv_is(a, spillway_lua_resume)) return FX_SCRIPT_RESUME;
         if (spillway_rv_is(a, spillway_lua_barrier)) return FX_SCRIPT_BARRIER;
+        if (spillway_rv_is(a, spillway_lua_witness)) return FX_SCRIPT_WITNESS;
         return FX_SCRIPT_NONE;
     }
     if (spillway_rv_is(a, FX_SHA_PUBLISH)) return FX_SCRIPT_PUBLISH;
@@ -357,6 +360,12 @@ FX_API void fx_command(fx *x, fx_conn *k, const spillway_rv *v)
             if (fx_subscribed(fx_conn_of(x, 'S'), v->element[5]->str->data, v->element[5]->str->len))
                 fx_push_message(x, v->element[5]->str->data, v->element[5]->str->len, text, strlen(text));
             fx_bulk(k, id, strlen(id));
+            answered = true;
+        } else if (script == FX_SCRIPT_WITNESS) {
+            /* Sent once per new command link after a message was received
+             * live: "nothing lost" unless the test says otherwise. */
+            const char *w = x->witness_reply ? x->witness_reply : ":0\r\n";
+            fx_write(k, w, strlen(w));
             answered = true;
         } else if (script == FX_SCRIPT_RESUME && (x->autos & FX_AUTO_RESUME)) {
             const spillway_frame *nk = v->element[2]->str;

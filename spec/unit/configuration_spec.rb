@@ -140,4 +140,32 @@ RSpec.describe Spillway::Configuration do
     expect { described_class.new(log_interval: -1) }.to raise_error(ArgumentError, /log_interval must be between 0 and/)
     expect { described_class.new(log_interval: "often") }.to raise_error(ArgumentError)
   end
+
+  describe "postgres_url", if: Spillway::Native::POSTGRES do
+    it "selects the PostgreSQL backend, ahead of Redis, with its native options" do
+      c = described_class.new(postgres_url: "postgres://u:secret@db:5433/app", redis_url: "redis://r/0", backlog_size: 0)
+      expect(c.backend).to eq(:postgres)
+      opts = c.native_options
+      expect(opts[:postgres_conninfo]).to eq("postgres://u:secret@db:5433/app")
+      expect(opts[:namespace]).to eq("spillway")
+      expect(opts[:backlog_size]).to eq(1) # the row of a message too big for its notification is read back
+      expect(opts).not_to have_key(:redis_host)
+    end
+
+    it "takes a libpq keyword string, and SPILLWAY_POSTGRES_URL" do
+      expect(described_class.new(postgres_url: "host=/tmp dbname=app").backend).to eq(:postgres)
+      old = ENV["SPILLWAY_POSTGRES_URL"]
+      ENV["SPILLWAY_POSTGRES_URL"] = "postgresql://localhost/app"
+      expect(described_class.new.backend).to eq(:postgres)
+    ensure
+      old ? ENV["SPILLWAY_POSTGRES_URL"] = old : ENV.delete("SPILLWAY_POSTGRES_URL")
+    end
+
+    it "refuses another scheme (without showing the password) and a namespace too long for a schema" do
+      expect { described_class.new(postgres_url: "mysql://u:hunter2@h/db") }
+        .to raise_error(ArgumentError, /unsupported PostgreSQL URL "mysql:\/\/u:\[password\]@h\/db"/)
+      c = described_class.new(postgres_url: "postgres://h/db", namespace: "n" * 64)
+      expect { c.native_options }.to raise_error(ArgumentError, /longer than 63 bytes/)
+    end
+  end
 end
