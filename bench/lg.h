@@ -31,7 +31,7 @@
 #define LG_ID_STDIN UINT32_MAX
 #define LG_ID_PUB (UINT32_MAX - 1)
 
-enum lg_mode { MODE_SSE, MODE_MB };
+enum lg_mode { MODE_SSE, MODE_MB, MODE_LP };
 enum lg_cstate { C_IDLE, C_CONNECTING, C_HEAD, C_BODY, C_WAIT_RETRY, C_DEAD };
 enum lg_ckstate { CK_SIZE, CK_EXT, CK_DATA, CK_DATA_END, CK_TRAILER, CK_END };
 
@@ -63,6 +63,7 @@ struct conn {
     uint32_t polls;
     int64_t last_seq;  /* highest seq seen; -1 until the first one */
     int64_t mb_pos;    /* message_bus: last message id seen on our channel */
+    char lp_id[64];    /* lp: the last SSE id seen, the next poll's Last-Event-ID */
     uint64_t *seen;    /* bitmap of the owed seqs (base+1..base+expect) when -e is given */
     uint32_t stale;    /* messages at or before the resume cursor (-B): the client had them */
     uint16_t local_port;
@@ -128,6 +129,7 @@ struct lg_state {
     int quiet;
     int ready_on_body;
     int64_t batch_ns;      /* -b: minimum loop period, lets bytes pile up per read */
+    int mb_plain;          /* -m mb-lp: ask message_bus for plain long polls (Dont-Chunk) */
     char mb_channel[256];
     char mb_channel_enc[768];
     char last_event_id[128]; /* -I: resume cursor of every stream ("" = none) */

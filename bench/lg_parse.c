@@ -71,8 +71,16 @@ static int sse_line(struct conn *c, const char *p, size_t n)
             lg_grow_append(&c->data, &c->dlen, &c->dcap, "\n", 1, LG_MAX_DATA) < 0)
             return -1;
     } else if (nl == 2 && memcmp(p, "id", 2) == 0) {
-        if (!memchr(v, 0, vl))
+        if (!memchr(v, 0, vl)) {
             lg.ids++;
+            /* lp: the cursor of the next poll (an id too long for it is an error, not a silent cut) */
+            if (lg.mode == MODE_LP) {
+                if (vl >= sizeof c->lp_id)
+                    return -1;
+                memcpy(c->lp_id, v, vl);
+                c->lp_id[vl] = 0;
+            }
+        }
     } else if (nl == 5 && memcmp(p, "retry", 5) == 0) {
         size_t k = 0;
         while (k < vl && v[k] >= '0' && v[k] <= '9')
@@ -380,7 +388,7 @@ static int body_consume(struct conn *c, const char *p, size_t n)
 {
     if (n == 0)
         return 0;
-    int r = lg.mode == MODE_SSE ? sse_feed(c, p, n) : mb_feed(c, p, n);
+    int r = lg.mode == MODE_MB ? mb_feed(c, p, n) : sse_feed(c, p, n);
     c->body_seen = 1;
     if (!c->ever_ok)
         lg_mark_connected(c);

@@ -306,7 +306,7 @@ void lg_print_summary(void)
            "\"latency_ms\":{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"p999\":%.3f,\"max\":%.3f,\"mean\":%.3f},"
            "\"connect_s\":{\"all\":%.3f,\"mean\":%.4f,\"max\":%.3f},"
            "\"bytes\":%llu,\"cpu_s\":%.3f,\"cpu_busy_in_window\":%.3f,\"deliveries_per_cpu_s\":%.0f,\"wall_s\":%.3f",
-           lg.mode == MODE_SSE ? "sse" : "mb", lg.url.host, lg.url.port, lg.url.path, lg.target,
+           lg.mode == MODE_SSE ? "sse" : lg.mode == MODE_LP ? "lp" : lg.mb_plain ? "mb-lp" : "mb", lg.url.host, lg.url.port, lg.url.path, lg.target,
            lg.connected, lg.failed, (unsigned long long)lg.retries, lg.closed_by_server, lg.open,
            (unsigned long long)lg.repolls, (unsigned long long)lg.messages,
            (unsigned long long)lg.other_events, (unsigned long long)lg.comments,

@@ -13,6 +13,15 @@
  *        "<channel>=<last id>&__seq=<n>"; the chunked body carries JSON arrays
  *        separated by "\r\n|\r\n"; when the server ends a poll, poll again from
  *        the last message id, as message_bus's own JavaScript client does.
+ *        mb-lp: the same with a "Dont-Chunk: true" header, which asks for a
+ *        plain long poll (one JSON array, then the server closes), as
+ *        message_bus's client does with enableChunkedEncoding off.
+ *   lp   a long-poll that answers an SSE body (Spillway's transport=long-poll:
+ *        Content-Length, then close): poll again at once with Last-Event-ID =
+ *        the last id of the answer. A poll counts as connected when its
+ *        request is written (the answer only comes with a message), so the
+ *        first poll should carry a cursor (-I) for nothing to fall between
+ *        "ready" and the server holding it.
  *
  * Payload convention: a message's data starts with "<seq> <t_ns>", seq being
  * a per-channel counter from 1 and t_ns the CLOCK_REALTIME nanoseconds at
@@ -94,7 +103,7 @@ static void end_of_response(struct conn *c)
         c->len = 0;
     }
     conn_close_fd(c);
-    if (lg.mode == MODE_MB && !lg_stop) {
+    if (lg.mode != MODE_SSE && !lg_stop) {
         lg.repolls++;
         c->polls++;
         conn_start((int)(c - lg.c));
@@ -228,12 +237,14 @@ static void send_request(struct conn *c, int idx)
 {
     char req[2048];
     int n;
-    if (lg.mode == MODE_SSE) {
+    if (lg.mode != MODE_MB) {
         /* -I: every stream resumes from the same cursor, as EventSource
-         * sends it after a reconnect. */
+         * sends it after a reconnect; lp: a poll after the first resumes
+         * from the last id of the previous answer. */
+        const char *cursor = lg.mode == MODE_LP && c->lp_id[0] ? c->lp_id : lg.last_event_id;
         char resume[sizeof lg.last_event_id + 32] = "";
-        if (lg.last_event_id[0])
-            snprintf(resume, sizeof resume, "Last-Event-ID: %s\r\n", lg.last_event_id);
+        if (cursor[0])
+            snprintf(resume, sizeof resume, "Last-Event-ID: %s\r\n", cursor);
         n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
                      "Cache-Control: no-cache\r\n%sUser-Agent: spillway-loadgen\r\n\r\n",
@@ -243,9 +254,10 @@ static void send_request(struct conn *c, int idx)
         int bl = snprintf(body, sizeof body, "%s=%lld&__seq=%u", lg.mb_channel_enc,
                           (long long)c->mb_pos, c->polls + 1);
         n = snprintf(req, sizeof req,
-                     "POST %s/lg%dx%d/poll HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: spillway-loadgen\r\n"
+                     "POST %s/lg%dx%d/poll HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: spillway-loadgen\r\n%s"
                      "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s",
-                     lg.url.path, (int)getpid(), idx, lg.url.host, lg.url.port, bl, body);
+                     lg.url.path, (int)getpid(), idx, lg.url.host, lg.url.port,
+                     lg.mb_plain ? "Dont-Chunk: true\r\n" : "", bl, body);
     }
     ssize_t w = send(c->fd, req, (size_t)n, MSG_NOSIGNAL);
     if (w != n) {
@@ -255,6 +267,10 @@ static void send_request(struct conn *c, int idx)
     c->state = C_HEAD;
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)idx};
     epoll_ctl(lg.ep, EPOLL_CTL_MOD, c->fd, &ev);
+    if (lg.mode == MODE_LP && !c->ever_ok) {
+        lg_now_mono = mono_ns();
+        lg_mark_connected(c); /* held by the server from here on (see the mode list above) */
+    }
 }
 
 static void on_writable(struct conn *c, int idx)
@@ -365,7 +381,8 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: loadgen [options] URL\n"
-            "  -m sse|mb     protocol (default sse). For mb, URL is message_bus's base\n"
+            "  -m MODE       sse, lp, mb or mb-lp (default sse; see the top of loadgen.c).\n"
+            "                For mb and mb-lp, URL is message_bus's base\n"
             "                (http://127.0.0.1:P/message-bus) and -C names the channel\n"
             "  -C CHANNEL    message_bus channel (e.g. /bench)\n"
             "  -c N          connections (default 1, at most %d per process)\n"
@@ -429,6 +446,11 @@ int main(int argc, char **argv)
                 lg.mode = MODE_SSE;
             else if (strcmp(optarg, "mb") == 0)
                 lg.mode = MODE_MB;
+            else if (strcmp(optarg, "mb-lp") == 0) {
+                lg.mode = MODE_MB;
+                lg.mb_plain = 1;
+            } else if (strcmp(optarg, "lp") == 0)
+                lg.mode = MODE_LP;
             else
                 usage();
             break;

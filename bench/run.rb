@@ -21,6 +21,7 @@ require "erb"
 require "etc"
 require "fileutils"
 require "json"
+require "net/http"
 require "optparse"
 require "rbconfig"
 require "socket"
@@ -59,9 +60,15 @@ LIVE_HEADROOM = 512
 LOCKSTEP_MIN_ROUNDS = 20
 LOCKSTEP_MIN_BURSTS = 3
 
-SYSTEMS = %w[ceiling nchan nchan-redis live message_bus spillway spillway-memory].freeze
+SYSTEMS = %w[ceiling nchan nchan-redis live message_bus message_bus-lp spillway spillway-lp spillway-memory
+             spillway-pg].freeze
 # profile runs only for the Spillway systems, and only where perf works.
-WORKLOADS = %w[ramp memory throughput burst openloop latency storm fin vanish profile].freeze
+WORKLOADS = %w[ramp memory throughput burst openloop latency roundtrip storm fin vanish profile].freeze
+# The long-poll systems (the same servers, clients that poll): what a held
+# poll costs and how fast polls deliver. A poll's release on FIN or silence
+# is a stream's (the same socket in the same loop), the storm is a stream's
+# resume, and the profile is of the streaming path.
+LONG_POLL_WORKLOADS = %w[ramp memory throughput burst openloop latency].freeze
 
 Options = Struct.new(:quick, :systems, :streams, :messages, :burst, :ramp_steps, :live_threads,
                      :latency_seconds, :rate, :vanish_timeout, :workloads, :output, :install,
@@ -191,6 +198,10 @@ def main(argv)
   if opts.workloads.include?("profile") && !perf_usable?
     opts.workloads.delete("profile")
     opts.skipped << "profile (perf record failed)"
+  end
+  if opts.systems.include?("spillway-pg") && !(Postgres.available? && spillway_has_libpq?(opts, tmp))
+    opts.systems.delete("spillway-pg")
+    opts.skipped << "spillway-pg (no PostgreSQL server in #{Postgres::BIN}, or Spillway built without libpq)"
   end
   opts.skipped.each { |s| log "SKIPPED: #{s}" }
   log "systems: #{opts.systems.join(', ')}; workloads: #{opts.workloads.join(', ')}; tmp #{tmp}"

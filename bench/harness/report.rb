@@ -119,6 +119,8 @@ def metrics(r, opts)
     busy_open: o.dig(:loadgen, "cpu_busy_in_window"),
     round1: t.dig(:lockstep, "round_ms", "p50"),
     round100: b.dig(:lockstep, "round_ms", "p50"),
+    rt_p50: r.dig(:roundtrip, :p50_us),
+    rt_p99: r.dig(:roundtrip, :p99_us),
     burst_as: b.dig(:lockstep, "mode") && (b.dig(:lockstep, "mode") == "app" ? "1 request count=#{opts.burst}" : "#{opts.burst} pipelined POSTs")
   }
 end
@@ -136,6 +138,8 @@ METRICS = [
   [:p99, "latency p99 at 10 msg/s (ms)", 2, :lower],
   [:fin, "client gone with FIN/RST: released after (s)", 2, :lower],
   [:release, "client gone silently: released after (s)", 1, :lower],
+  [:rt_p50, "publish round trip in the app process, p50 (µs)", 0, :lower],
+  [:rt_p99, "publish round trip in the app process, p99 (µs)", 0, :lower],
   [:cpu1, "server CPU s per million deliveries, one at a time", 2, :lower],
   [:cpu100, "server CPU s per million deliveries, bursts of 100", 2, :lower]
 ].freeze
@@ -220,6 +224,7 @@ def run_notes(results, m)
     (r[:memory].is_a?(Array) ? r[:memory] : []).each do |x|
       errs << "memory, fresh process, #{x[:size]} streams: #{x[:error]}#{x[:received] ? " (#{x[:received]} had it)" : ''}" if x[:error]
     end
+    errs << "roundtrip: #{r[:roundtrip][:error]}" if r[:roundtrip].is_a?(Hash) && r[:roundtrip][:error]
     %i[throughput burst openloop latency].each do |k|
       x = r[k]
       next unless x.is_a?(Hash) && x[:connected] && x[:connected] < x[:streams]
@@ -291,10 +296,38 @@ def report(results, opts, started, finished, argv)
   else
     out << "\n## Ratios\n\nNo Spillway result in this run (not selected), so no ratios and no targets.\n"
   end
+  pairs = pairs_section(names, m, opts)
+  out << "\n## Long-poll and PostgreSQL (issue #12)\n\n" << pairs if pairs
   out << "\n" << how_measured(opts)
   prof = profile_section(results)
   out << "\n" << prof if prof
   out
+end
+
+# The comparisons issue #12 asks for, each of two systems of the same run:
+# Spillway's long-poll against message_bus's plain long-poll (the same
+# servers as the streaming rows, clients that poll), and the PostgreSQL
+# backend against the Redis one.
+PAIRS = [
+  ["spillway-lp", "message_bus-lp", %i[held mem_kb mem_slope_kb dps1 dps100 dpsopen p50 p99 cpu1 cpu100]],
+  ["spillway-pg", "spillway", %i[dps1 dps100 dpsopen p50 p99 rt_p50 rt_p99 cpu1 cpu100 held mem_kb]],
+  ["spillway-pg", "message_bus", %i[dps1 dps100 rt_p50 rt_p99]]
+].freeze
+
+def pairs_section(names, m, opts)
+  rows = metric_rows(opts).to_h { |key, label, digits, dir| [key, [label, digits, dir]] }
+  out = +""
+  PAIRS.each do |a, b, keys|
+    next unless names.include?(a) && names.include?(b)
+
+    out << "**#{a} / #{b}**\n\n| metric | better | #{a} | #{b} | ratio |\n|---|---|---:|---:|---:|\n"
+    keys.each do |k|
+      label, digits, dir = rows.fetch(k)
+      out << "| #{label} | #{dir} | #{fmt(m[a][k], digits)} | #{fmt(m[b][k], digits)} | #{ratio_s(m[a][k], m[b][k])} |\n"
+    end
+    out << "\n"
+  end
+  out.empty? ? nil : out
 end
 
 def how_measured(opts)
@@ -346,6 +379,20 @@ def how_measured(opts)
       handed on (Redis, or the hub's queue), so messages queue up and Spillway batches every pending frame
       of a socket into one write. Counted at the streams from the first publish stamp to the last receive;
       a window under #{MIN_WINDOW_S} s is repeated with more messages (up to #{MAX_MESSAGES}).
+    - **long-poll systems** (`spillway-lp`, `message_bus-lp`; issue #12): the same servers as `spillway` and
+      `message_bus`, clients that poll instead of streaming. Spillway: `GET /stream?channel=C&transport=long-poll`,
+      answered with a complete SSE body once a message after the cursor exists, then closed; the loadgen
+      polls again at once with `Last-Event-ID` = the answer's last id (`-m lp`). The first poll carries
+      `Spillway.cursor` (`GET /cursor` of the peer), and a poll counts as held once its request is out.
+      message_bus: its client protocol with `Dont-Chunk: true`, as its JavaScript client sends with
+      `enableChunkedEncoding: false`: one JSON array per poll, then closed (`-m mb-lp`). Every delivery is
+      then one answer and one new connection per client, for both. *Streams held* is held long-polls (each
+      ramp step's message makes every one of them answer and poll again).
+    - **publish round trip** (`roundtrip`): #{opts.quick ? 300 : 3000} publishes one after the other inside the app
+      process (`POST /pubtime`), each timed from the call to its return, on a channel nobody listens to:
+      `Spillway.publish` (Redis: one script and its answer; PostgreSQL (`spillway-pg`, a PostgreSQL 15 the
+      bench initializes with fsync and synchronous_commit off, like its Redis that saves nothing): one
+      INSERT + NOTIFY statement and its answer; memory: in process) and `MessageBus.publish`.
     - **CPU busy server / loadgen**: CPU seconds over the lockstep window. This VM has #{Etc.nprocessors} cores; when
       both are near 1.00 the machine is the limit (one loopback delivery costs the sender ~5 µs and the
       receiver ~5 µs of kernel time), and a second loadgen process would only share the same cores.

@@ -4,11 +4,12 @@
 # workload) and the Redis each one gets.
 
 # A running system under test.
-Server = Struct.new(:name, :pid, :port, :pub_port, :redis, :pub_mode, :lg_mode, :threads, :log, :dir,
+Server = Struct.new(:name, :pid, :port, :pub_port, :redis, :pg, :pub_mode, :lg_mode, :threads, :log, :dir,
                     keyword_init: true) do
   def sub_url(channel)
     case lg_mode
-    when "mb" then "http://127.0.0.1:#{port}/message-bus"
+    when "mb", "mb-lp" then "http://127.0.0.1:#{port}/message-bus"
+    when "lp" then "http://127.0.0.1:#{port}/stream?channel=#{channel}&transport=long-poll"
     else "http://127.0.0.1:#{port}#{name == 'ceiling' || name.start_with?('nchan') ? '/sub' : '/stream'}?channel=#{channel}"
     end
   end
@@ -17,9 +18,73 @@ Server = Struct.new(:name, :pid, :port, :pub_port, :redis, :pub_mode, :lg_mode, 
     "http://127.0.0.1:#{pub_port || port}/pub?channel=#{channel}"
   end
 
-  # loadgen arguments that pick the protocol for this system
+  # loadgen arguments that pick the protocol for this system. A long-poll
+  # starts from the server's cursor of now: the loadgen counts a poll as
+  # connected once its request is out, and whatever is published before the
+  # server holds it is then answered from the backlog, not missed.
   def lg_args(channel)
-    lg_mode == "mb" ? ["-m", "mb", "-C", "/#{channel}"] : ["-m", "sse"]
+    case lg_mode
+    when "mb", "mb-lp" then ["-m", lg_mode, "-C", "/#{channel}"]
+    when "lp" then ["-m", "lp", "-I", http_get(port, "/cursor").strip]
+    else ["-m", "sse"]
+    end
+  end
+end
+
+# The body of a GET to the server on port (raises unless 200).
+def http_get(port, path, timeout: 10)
+  res = Net::HTTP.start("127.0.0.1", port, open_timeout: timeout, read_timeout: timeout) { |h| h.get(path) }
+  raise "GET #{path}: #{res.code} #{res.body.to_s[0, 200]}" unless res.code == "200"
+
+  res.body
+end
+
+def http_post(port, path, timeout: 120)
+  res = Net::HTTP.start("127.0.0.1", port, open_timeout: 10, read_timeout: timeout) { |h| h.post(path, "") }
+  raise "POST #{path}: #{res.code} #{res.body.to_s[0, 200]}" unless res.code == "200"
+
+  res.body
+end
+
+# A PostgreSQL of Debian's package for one server: initdb'ed in the run's
+# temporary directory, trust authentication on 127.0.0.1, durability off
+# (fsync, synchronous_commit: like the bench's Redis, which saves nothing).
+# initdb and postgres refuse root, so as root they run as the postgres user.
+class Postgres
+  BIN = ENV.fetch("SPILLWAY_PG_BIN", "/usr/lib/postgresql/15/bin")
+  attr_reader :pid, :port, :url
+
+  def self.available?
+    File.executable?(File.join(BIN, "postgres")) && (Process.uid != 0 || system("id", "-u", "postgres", out: File::NULL))
+  end
+
+  # Its own temporary directory, not one below the run's (mode 0700, owned
+  # by whoever runs the bench, which the postgres user could not enter).
+  def initialize(_run_dir)
+    @port = free_port
+    @dir = Dir.mktmpdir("spillway-bench-pg-")
+    FileUtils.chown("postgres", "postgres", @dir) if Process.uid.zero?
+    owner = Process.uid.zero? ? %w[runuser -u postgres --] : []
+    log = File.join(@dir, "log")
+    system(*owner, File.join(BIN, "initdb"), "-D", "#{@dir}/data", "-U", "postgres", "--auth=trust", "-N",
+           out: log, err: [:child, :out]) or raise "initdb failed (#{log})"
+    @pid = Process.spawn(*owner, File.join(BIN, "postgres"), "-D", "#{@dir}/data", "-p", @port.to_s, "-k", @dir,
+                         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
+                         "-c", "full_page_writes=off", out: [log, "a"], err: [:child, :out])
+    @url = "postgres://postgres@127.0.0.1:#{@port}/postgres"
+    wait_until("postgres on #{@port}", 30) { port_open?(@port) }
+  end
+
+  # SIGINT to the postmaster (its pid file names it; runuser is its parent):
+  # a fast shutdown, which does not wait for connections to end.
+  def stop
+    pm = Integer(File.read("#{@dir}/data/postmaster.pid").lines.first, exception: false)
+    Process.kill("INT", pm) if pm
+    stop_process(@pid, grace: 10)
+  rescue Errno::ENOENT, Errno::ESRCH
+    stop_process(@pid, grace: 10)
+  ensure
+    FileUtils.rm_rf(@dir)
   end
 end
 
@@ -46,10 +111,11 @@ class Redis
   end
 end
 
-def ruby_env(redis)
-  env = { "BUNDLE_GEMFILE" => GEMFILE, "RACK_ENV" => "production", "REDIS_URL" => nil,
-          "MB_MAX_ACTIVE_CLIENTS" => "20000" }
+def ruby_env(redis, pg = nil)
+  env = { "BUNDLE_GEMFILE" => GEMFILE, "RACK_ENV" => "production", "REDIS_URL" => nil, "POSTGRES_URL" => nil,
+          "SPILLWAY_POSTGRES_URL" => nil, "MB_MAX_ACTIVE_CLIENTS" => "20000" }
   env["REDIS_URL"] = redis.url if redis
+  env["POSTGRES_URL"] = pg.url if pg
   env
 end
 
@@ -70,11 +136,14 @@ def start_server(name, opts, tmp, workers: nil, backlog: PUMA_BACKLOG)
   FileUtils.mkdir_p(dir)
   logf = File.join(dir, "server.log")
   redis = nil
-  redis = Redis.new(tmp) if %w[nchan-redis live message_bus spillway].include?(name)
+  pg = nil
+  kind = name.delete_suffix("-lp") # the -lp systems: the same server, long-poll clients
+  redis = Redis.new(tmp) if %w[nchan-redis live message_bus spillway].include?(kind)
+  pg = Postgres.new(tmp) if kind == "spillway-pg"
   pub_port = name == "live" ? free_port : nil
   spawn_opts = { out: logf, err: [:child, :out], rlimit_nofile: [NOFILE, NOFILE], pgroup: true }
   pid, pub_mode, lg_mode, threads =
-    case name
+    case kind
     when "ceiling"
       [Process.spawn(File.join(BENCH, "ceiling"), port.to_s, **spawn_opts), "raw", "sse", 1]
     when "nchan", "nchan-redis"
@@ -89,14 +158,16 @@ def start_server(name, opts, tmp, workers: nil, backlog: PUMA_BACKLOG)
                      chdir: File.join(BENCH, "peers/live"), **spawn_opts), "app", "sse", opts.live_threads]
     when "message_bus"
       [Process.spawn(ruby_env(redis), *puma_cmd(port, "1:1"),
-                     chdir: File.join(BENCH, "peers/message_bus"), **spawn_opts), "app", "mb", 1]
-    when "spillway", "spillway-memory"
+                     chdir: File.join(BENCH, "peers/message_bus"), **spawn_opts), "app",
+       name.end_with?("-lp") ? "mb-lp" : "mb", 1]
+    when "spillway", "spillway-memory", "spillway-pg"
       cluster = workers ? ["-w", workers.to_s] : []
-      [Process.spawn(ruby_env(redis), *puma_cmd(port, "1:1", ["-I", spillway_lib(opts, tmp), *cluster], backlog: backlog),
-                     chdir: File.join(BENCH, "peers/spillway"), **spawn_opts), "app", "sse", 1]
+      [Process.spawn(ruby_env(redis, pg), *puma_cmd(port, "1:1", ["-I", spillway_lib(opts, tmp), *cluster], backlog: backlog),
+                     chdir: File.join(BENCH, "peers/spillway"), **spawn_opts), "app",
+       name.end_with?("-lp") ? "lp" : "sse", 1]
     end
-  srv = Server.new(name: name, pid: pid, port: port, pub_port: pub_port, redis: redis, pub_mode: pub_mode, lg_mode: lg_mode,
-                   threads: threads, log: logf, dir: dir)
+  srv = Server.new(name: name, pid: pid, port: port, pub_port: pub_port, redis: redis, pg: pg, pub_mode: pub_mode,
+                   lg_mode: lg_mode, threads: threads, log: logf, dir: dir)
   begin
     wait_until("#{name} to listen on #{port}", 60) do
       raise "#{name} exited at start: #{File.read(logf).lines.last(5).join}" unless alive?(pid)
@@ -115,6 +186,7 @@ def stop_server(srv)
 
   stop_process(srv.pid, grace: 3)
   srv.redis&.stop
+  srv.pg&.stop
 end
 
 def with_server(name, opts, tmp, **kw)
@@ -169,6 +241,14 @@ def spillway_lib(opts, tmp)
     opts.spillway_built = sha
     File.join(dir, "lib")
   end
+end
+
+# Whether the Spillway the peer loads was built with libpq (its PostgreSQL
+# backend is optional).
+def spillway_has_libpq?(opts, tmp)
+  out = IO.popen([RbConfig.ruby, "-I", spillway_lib(opts, tmp), "-rspillway", "-e", "print Spillway::Native::POSTGRES"],
+                 err: File::NULL, &:read)
+  out == "true"
 end
 
 # What the Spillway peer ran: the revision, and the extension it loaded.

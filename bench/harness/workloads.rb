@@ -277,10 +277,24 @@ def lockstep_rounds(results, opts, tmp)
   end
 end
 
+# The publish round trip: N publishes one after the other inside the app
+# process (POST /pubtime), each timed from the call to its return: for Redis
+# and PostgreSQL the script or statement and its answer, for the memory
+# backend the in-process cost. Nobody listens on the channel, so it is the
+# publisher's cost alone.
+ROUNDTRIP_SYSTEMS = %w[message_bus spillway spillway-memory spillway-pg].freeze
+
+def roundtrip(srv, opts)
+  warm_up(srv, opts)
+  n = opts.quick ? 300 : 3000
+  JSON.parse(http_post(srv.port, "/pubtime?channel=roundtrip&count=#{n}"), symbolize_names: true)
+end
+
 def run_system(name, opts, tmp)
   res = { name: name, loadavg_start: File.read("/proc/loadavg").split[0, 3].join(" ") }
   log "#{name}: starting"
   wl = opts.workloads
+  wl &= LONG_POLL_WORKLOADS if name.end_with?("-lp")
   step = lambda do |key, &blk|
     begin
       res[key] = blk.call
@@ -313,6 +327,10 @@ def run_system(name, opts, tmp)
       end
     end
     log "  #{name} latency p99: #{res[:latency].dig(:loadgen, 'latency_ms', 'p99') || res[:latency][:error]} ms"
+  end
+  if wl.include?("roundtrip") && ROUNDTRIP_SYSTEMS.include?(name)
+    step.call(:roundtrip) { with_server(name, opts, tmp) { |s| roundtrip(s, opts) } }
+    log "  #{name} publish round trip: #{res[:roundtrip].inspect}"
   end
   if wl.include?("storm") && STORM_SYSTEMS.include?(name)
     step.call(:storm) { with_server(name, opts, tmp) { |s| storm(s, opts, tmp) } }

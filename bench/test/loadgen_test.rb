@@ -201,6 +201,46 @@ class LoadgenTest < Minitest::Test
     assert_equal 1, r["served"]["streams"]
   end
 
+  # lp: each answer is a complete SSE body with Content-Length; the next poll
+  # goes out at once and carries the last id of the answer as its cursor.
+  def test_long_poll_repolls_from_the_last_id
+    answer = lambda do |*pairs|
+      body = pairs.map { |id, seq| "id: #{id}\ndata: #{stamp(seq)}\n\n" }.join
+      ["HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: #{body.bytesize}\r\n" \
+       "Connection: close\r\n\r\n#{body[0, 7]}", body[7..]]
+    end
+    polls = ->(i) { i.zero? ? answer.(["7-0", 1], ["7-1", 2]) : answer.(["9-0", 3]) }
+    r = run_loadgen(polls, %w[-m lp -c 1 -I 5-0 -e 3 -M 3], requests: 2) do |p|
+      "http://127.0.0.1:#{p}/stream?channel=c&transport=long-poll"
+    end
+    assert_equal 3, r["messages"]
+    assert_equal 0, r["missing"]
+    assert_equal 0, r["dup"]
+    assert_equal "lp", r["mode"]
+    assert_match(%r{\AGET /stream\?channel=c&transport=long-poll HTTP/1.1\r\n}, @requests[0])
+    assert_match(/\r\nLast-Event-ID: 5-0\r\n/, @requests[0])
+    assert_match(/\r\nLast-Event-ID: 7-1\r\n/, @requests[1]) # from the answer, not -I
+  end
+
+  # A poll is connected once its request is out: a server that says nothing
+  # until a message exists still lets the run go "ready".
+  def test_long_poll_counts_connected_when_held
+    r = run_loadgen(["HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"], %w[-m lp -c 1 -r 0], keep_open: 0.5) do |p|
+      "http://127.0.0.1:#{p}/stream?channel=c&transport=long-poll"
+    end
+    assert_equal 1, r["connected"]
+    assert_equal 0, r["failed"]
+  end
+
+  def test_message_bus_plain_long_poll_asks_not_to_chunk
+    body = JSON.dump([{ global_id: -1, message_id: -1, channel: "/__status", data: { "/c" => 4 } }])
+    r = run_loadgen(["HTTP/1.1 200 OK\r\nContent-Length: #{body.bytesize}\r\n\r\n#{body}"], %w[-m mb-lp -C /c -c 1],
+                    requests: 2) { |p| "http://127.0.0.1:#{p}/message-bus" }
+    assert_equal "mb-lp", r["mode"]
+    assert_match(/\r\nDont-Chunk: true\r\n/, @requests[0])
+    assert_match(/\r\n\r\n%2Fc=4&__seq=2\z/, @requests[1]) # the status answer's position
+  end
+
   def test_message_bus_cursor_must_be_an_id
     out = IO.popen([File.join(BENCH_DIR, "loadgen"), "-m", "mb", "-C", "/c", "-I", "12-0",
                     "http://127.0.0.1:9/message-bus"], err: %i[child out], &:read)

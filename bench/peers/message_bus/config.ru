@@ -12,10 +12,14 @@
 #                                        stamped right before its publish. Answers
 #                                        the message id of the last one (the
 #                                        reconnect storm resumes from it).
+#   POST /pubtime?channel=C&count=N      N MessageBus.publish calls one after the
+#                                        other, each timed (µs percentiles, JSON)
 #   GET  /ping                           an ordinary request ("pong"), timed by
 #                                        the harness while the streams are held
 #
 # Run: REDIS_URL=redis://127.0.0.1:PORT puma -t 1:1 -b tcp://127.0.0.1:PORT
+require "json"
+require_relative "../timing"
 require "message_bus"
 require "logger"
 
@@ -38,6 +42,13 @@ use MessageBus::Rack::Middleware
 run lambda { |env|
   req = Rack::Request.new(env)
   return [200, { "content-type" => "text/plain", "content-length" => "5" }, ["pong\n"]] if req.path_info == "/ping"
+
+  if req.path_info == "/pubtime"
+    channel = req.params["channel"] or return [400, {}, ["channel?\n"]]
+    n = (req.params["count"] || 1000).to_i.clamp(1, 100_000)
+    body = JSON.generate(time_calls(n) { |i| MessageBus.publish("/#{channel}", "#{i + 1} 0") })
+    return [200, { "content-type" => "application/json", "content-length" => body.bytesize.to_s }, [body]]
+  end
 
   if req.path_info == "/pub"
     channel = req.params["channel"] or return [400, {}, ["channel?\n"]]

@@ -6,6 +6,13 @@
 #                                  "<seq> <t_ns> <body>" (seqs from S, else this
 #                                  process's count), stamped right before its
 #                                  publish call
+#   POST /pubtime?channel=C&count=N
+#                                  N Spillway.publish calls one after the other,
+#                                  each timed: the publish round trip (to Redis
+#                                  or PostgreSQL and back; the memory backend's
+#                                  in-process cost) as JSON percentiles in µs
+#   GET  /cursor                   Spillway.cursor: where a long-poll client
+#                                  that has seen nothing yet starts
 #   GET  /stats                    Spillway.stats as JSON
 #   GET  /ping                     an ordinary request ("pong"), timed by the
 #                                  harness while the streams are held
@@ -17,13 +24,14 @@
 #                                  every allocation traced from start to report,
 #                                  which groups the objects by class and site
 #
-# Run: [REDIS_URL=redis://127.0.0.1:PORT] puma -t 1:1 -b tcp://127.0.0.1:PORT
-# Without REDIS_URL Spillway uses its in-process memory backend.
+# Run: [REDIS_URL=redis://127.0.0.1:PORT | POSTGRES_URL=postgres://...] puma -t 1:1 -b tcp://127.0.0.1:PORT
+# Without either Spillway uses its in-process memory backend.
 require "json"
+require_relative "../timing"
 require "objspace" if ENV["BENCH_ALLOC_TRACE"] == "1" # only the tracing endpoints need it
 require "spillway"
 
-Spillway.configure(redis_url: ENV["REDIS_URL"])
+Spillway.configure(redis_url: ENV["REDIS_URL"], postgres_url: ENV["POSTGRES_URL"])
 
 SEQ = Hash.new(0)
 SEQ_LOCK = Mutex.new
@@ -77,6 +85,14 @@ run lambda { |env|
       end
     end
     body = "#{last}\n"
+    [200, { "content-type" => "text/plain", "content-length" => body.bytesize.to_s }, [body]]
+  when "/pubtime"
+    channel = req.params["channel"] or return [400, {}, ["channel?\n"]]
+    n = (req.params["count"] || 1000).to_i.clamp(1, 100_000)
+    body = JSON.generate(time_calls(n) { |i| Spillway.publish(channel, "#{i + 1} 0") })
+    [200, { "content-type" => "application/json", "content-length" => body.bytesize.to_s }, [body]]
+  when "/cursor"
+    body = "#{Spillway.cursor}\n"
     [200, { "content-type" => "text/plain", "content-length" => body.bytesize.to_s }, [body]]
   when "/ping"
     [200, { "content-type" => "text/plain", "content-length" => "5" }, ["pong\n"]]
