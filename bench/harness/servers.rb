@@ -46,8 +46,8 @@ def http_post(port, path, timeout: 120)
   res.body
 end
 
-# A PostgreSQL of Debian's package for one server: initdb'ed in the run's
-# temporary directory, trust authentication on 127.0.0.1, durability off
+# A PostgreSQL of Debian's package for one server: initdb'ed in a temporary
+# directory of its own (removed when it stops), trust authentication on 127.0.0.1, durability off
 # (fsync, synchronous_commit: like the bench's Redis, which saves nothing).
 # initdb and postgres refuse root, so as root they run as the postgres user.
 class Postgres
