@@ -31,7 +31,9 @@ require_relative "../timing"
 require "objspace" if ENV["BENCH_ALLOC_TRACE"] == "1" # only the tracing endpoints need it
 require "spillway"
 
-Spillway.configure(redis_url: ENV["REDIS_URL"], postgres_url: ENV["POSTGRES_URL"])
+# postgres_url only when asked: an A/B run (--spillway-rev) may load a
+# Spillway from before the PostgreSQL backend, which knows no such key.
+Spillway.configure(redis_url: ENV["REDIS_URL"], **(ENV["POSTGRES_URL"] ? { postgres_url: ENV["POSTGRES_URL"] } : {}))
 
 SEQ = Hash.new(0)
 SEQ_LOCK = Mutex.new
