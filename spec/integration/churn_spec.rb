@@ -180,9 +180,17 @@ RSpec.describe "Churn: connect/disconnect cycles" do
           # Flat: no growth over the second half of the run (a leak grows all
           # the way; malloc's arenas reach their high-water mark early and
           # stay), and a bounded rise overall.
-          rss_mid = samples.min_by { |n, _| (n - cycles / 2).abs }&.last || rss_base
-          expect(rss_end - rss_mid).to be < rss_bound_kib / 2,
-                                       -> { "RSS grew #{rss_end - rss_mid} KiB over the second half (bound #{rss_bound_kib / 2})" }
+          # A step of the allocator inside the second half (seen twice in CI:
+          # 4.2 MiB, then flat) is not a leak; growth that goes on into the
+          # last quarter is. A leak of ~800 bytes a cycle fails both.
+          at = ->(frac) { samples.min_by { |n, _| (n - cycles * frac).abs }&.last || rss_base }
+          rss_mid = at.(0.5)
+          rss_q3 = at.(0.75)
+          half_ok = rss_end - rss_mid < rss_bound_kib / 2
+          expect(half_ok || rss_end - rss_q3 < rss_bound_kib / 8).to be(true),
+                                       -> { "RSS grew #{rss_end - rss_mid} KiB over the second half (bound #{rss_bound_kib / 2}) " \
+                                            "and #{rss_end - rss_q3} KiB over the last quarter (bound #{rss_bound_kib / 8}): " \
+                                            "#{samples.map(&:last).join(', ')}" }
           expect(rss_end - rss_base).to be < 2 * rss_bound_kib,
                                         -> { "RSS grew #{rss_end - rss_base} KiB over #{cycles} cycles (bound #{2 * rss_bound_kib})" }
         end
